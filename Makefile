@@ -1,0 +1,45 @@
+# lungseg: every target creates .venv and installs the project first if needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch (installed first, so nothing pulls a multi-GB CUDA build); GPU users: make install TORCH=torch
+TORCH  ?= torch==2.13.0
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install demo train data check test test-all lint tensorboard clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install          ## train briefly on the built-in synthetic sample data (written on first use)
+	$(BIN)/python -m lungseg.train +experiment=demo
+
+train: install         ## the original recipe on the Kaggle data (make data first)
+	$(BIN)/python -m lungseg.train +experiment=baseline
+
+data: install          ## download the Kaggle dataset into data/lung_mask_dataset (needs Kaggle credentials)
+	$(BIN)/python -m lungseg.data.download
+
+check: install         ## validate a dataset folder: make check ROOT=/path
+	$(BIN)/python -m lungseg.data.check $(if $(ROOT),data.root=$(ROOT),)
+
+test: install          ## the fast test suite
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: install      ## every test, including the slow real-data training
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check lungseg tests
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir outputs
+
+clean:
+	rm -rf outputs/*/ .pytest_cache

@@ -1,0 +1,124 @@
+"""LungDataModule: the train/val/test splits of one dataset folder as DataLoaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, get_worker_info
+
+from lungseg.data.dataset import LungDataset
+from lungseg.data.layout import SPLITS, find_pairs, require_root
+from lungseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def init_worker(worker_id: int) -> None:
+    """Seed a DataLoader worker: Lightning's per-worker seeds plus the dataset's augmentation seed.
+
+    ``torch.initial_seed()`` in a worker is the loader's base seed (drawn anew each epoch from the
+    main process's generator) plus the worker id, so epochs and workers all augment differently,
+    and the same ``seed=`` reproduces them.
+    """
+    seed = torch.initial_seed()
+    pl_worker_init_function(worker_id)
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(seed)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers: none on CPU-only machines (the cached pipeline is cheap next to the model
+    and a worker would steal a core from training), up to 8 beside a GPU."""
+    if not torch.cuda.is_available():
+        return 0
+    return min(8, max(1, (os.cpu_count() or 1) - 1))
+
+
+class LungDataModule(L.LightningDataModule):
+    """Chest X-ray image/mask pairs from ``<root>/ChestXray/{train,val,test}/{image,mask}/``."""
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int | str = "auto",
+        cache: bool = True,
+        train_transform: Any = None,
+        eval_transform: Any = None,
+        synthesize: bool = False,
+        pin_memory: bool | str = "auto",
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers == "auto" else int(num_workers)
+        self.cache = cache
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.synthesize = synthesize
+        self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        self.datasets: dict[str, LungDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Write the built-in synthetic sample set when asked to and it is not there yet."""
+        if self.synthesize:
+            from lungseg.data.sample import ensure_sample_dataset
+
+            ensure_sample_dataset(self.root)
+
+    def _stage_splits(self, stage: str | None) -> tuple[str, ...]:
+        return {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Pair and validate the splits the stage needs; every problem is reported at once."""
+        require_root(self.root)
+        wanted = [s for s in self._stage_splits(stage) if s not in self.datasets]
+        found, problems = {}, []
+        for split in wanted:
+            found[split], split_problems = find_pairs(self.root, split)
+            problems += split_problems
+        if problems:
+            raise DataError(f"dataset at {self.root} has {len(problems)} problem(s):", problems)
+        for split in wanted:
+            transform = self.train_transform if split == "train" else self.eval_transform
+            dataset = LungDataset(found[split], self.image_size, transform, cache=self.cache)
+            dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()))  # follows seed_everything
+            self.datasets[split] = dataset
+            log.info("%s: %d pairs from %s", split, len(dataset), self.root)
+
+    def dataset(self, split: str) -> LungDataset:
+        """The dataset of one split, set up on first use."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return self.datasets[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=init_worker,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,75 @@
+"""The pixel metrics, defined once and used by training, evaluation and prediction.
+
+All are pooled over every pixel seen in an epoch (as the original reported them), computed from
+probabilities: thresholded at ``threshold`` where a hard mask is needed, while AUROC uses the
+probabilities themselves over ``auroc_bins`` fixed thresholds (bounded memory on 137M pixels).
+For binary masks Dice equals F1, so ``dice`` is torchmetrics' pooled F1 under the name people look for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryJaccardIndex,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+)
+
+
+class BinnedAUROC(BinaryAUROC):
+    """torchmetrics' binned BinaryAUROC with an O(pixels) update (bucketize + bincount).
+
+    torchmetrics compares every pixel with every threshold (0.45 s per batch of 8 images at 200
+    bins on 2 cores); this fills the same ``confmat`` state, [threshold, target, prediction], from
+    two histograms, and leaves ``compute`` to torchmetrics.
+    """
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        thresholds = self.thresholds.to(preds.device, preds.dtype)
+        n_t = thresholds.numel()
+        # bucket b = number of thresholds <= p, so p >= thresholds[j] exactly for j < b.
+        bucket = torch.bucketize(preds, thresholds, right=True)
+        target = target.long()
+        hist = torch.bincount(bucket + (n_t + 1) * target, minlength=2 * (n_t + 1)).reshape(2, n_t + 1)
+        at_or_above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # (target, threshold): count with p >= t
+        totals = hist.sum(1, keepdim=True)
+        confmat = torch.stack([totals - at_or_above, at_or_above], dim=-1)  # (target, threshold, pred)
+        self.confmat += confmat.permute(1, 0, 2).to(self.confmat.dtype)
+
+
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc")
+
+
+def pixel_metrics(prefix: str = "", threshold: float = 0.5, auroc_bins: int = 200) -> MetricCollection:
+    """A MetricCollection of the pooled pixel metrics, keys ``<prefix><name>``."""
+    kw = {"threshold": threshold, "validate_args": False}
+    return MetricCollection(
+        {
+            "accuracy": BinaryAccuracy(**kw),
+            "precision": BinaryPrecision(**kw),
+            "recall": BinaryRecall(**kw),
+            "f1": BinaryF1Score(**kw),
+            "specificity": BinarySpecificity(**kw),
+            "iou": BinaryJaccardIndex(**kw),
+            "dice": BinaryF1Score(**kw),
+            "auroc": BinnedAUROC(thresholds=auroc_bins, validate_args=False),
+        },
+        prefix=prefix,
+        compute_groups=[["accuracy", "precision", "recall", "f1", "specificity", "dice"], ["iou"], ["auroc"]],
+    )
+
+
+def confusion_matrix(threshold: float = 0.5) -> BinaryConfusionMatrix:
+    """Pooled pixel confusion matrix [[TN, FP], [FN, TP]] (rows: truth, columns: prediction)."""
+    return BinaryConfusionMatrix(threshold=threshold, validate_args=False)
+
+
+def flatten(probs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and {0,1} masks of any shape -> flat float probabilities and int targets."""
+    return probs.detach().float().reshape(-1), masks.detach().reshape(-1).long()

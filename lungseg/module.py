@@ -1,0 +1,107 @@
+"""LungSegModule: the U-Net, its loss (BCE on logits + Keras-style L2 on conv kernels), optimiser and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lungseg.metrics import confusion_matrix, flatten, pixel_metrics
+
+STAGES = ("train", "val", "test")
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig -> plain dict (checkpoints then hold only primitives and load with weights_only)."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def conv_kernels(net: nn.Module) -> list[torch.Tensor]:
+    """The weight tensors that Keras' ``kernel_regularizer`` covers: conv kernels, not biases or BatchNorm."""
+    return [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+class LungSegModule(L.LightningModule):
+    """Trains ``net`` on image/mask batches and logs pooled pixel metrics under ``train/``, ``val/``, ``test/``.
+
+    Every argument is a plain config (``_target_`` dicts), saved with the checkpoint, so a
+    checkpoint alone rebuilds the model: ``LungSegModule.load_from_checkpoint(path)``.
+    """
+
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict,
+        loss: dict,
+        scheduler: dict | None = None,
+        kernel_l2: float = 0.01,
+        threshold: float = 0.5,
+        channels_last: bool = True,
+        monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {"net": _plain(net), "optimizer": _plain(optimizer), "loss": _plain(loss),
+             "scheduler": _plain(scheduler), "kernel_l2": kernel_l2, "threshold": threshold,
+             "channels_last": channels_last, "monitor": monitor}
+        )
+        self.net: nn.Module = instantiate(self.hparams.net)
+        self.loss_fn: nn.Module = instantiate(self.hparams.loss)
+        # ModuleDict keys cannot be "train" (nn.Module.train), hence the "_metrics" suffix.
+        self.metrics = nn.ModuleDict({f"{s}_metrics": pixel_metrics(f"{s}/", threshold) for s in STAGES})
+        self.test_confusion = confusion_matrix(threshold)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 1, H, W) in [0, 1] -> logits (N, 1, H, W)."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def l2_penalty(self) -> torch.Tensor:
+        """Keras ``regularizers.L2(l)``: ``l * sum(w**2)`` over conv kernels, added to the training loss."""
+        return self.hparams.kernel_l2 * sum(w.float().pow(2).sum() for w in conv_kernels(self.net))
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits.float(), batch["mask"])
+        probs = torch.sigmoid(logits.float())
+        preds, target = flatten(probs, batch["mask"])
+        metrics = self.metrics[f"{stage}_metrics"]
+        metrics.update(preds, target)
+        if stage == "test":
+            self.test_confusion.update(preds, target)
+        n = batch["image"].shape[0]
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        if self.hparams.kernel_l2:
+            penalty = self.l2_penalty()
+            self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
+            loss = loss + penalty
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return {"optimizer": optimizer}
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch"}}
