@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The tunable part of the config as flat ``a/b: value`` pairs for TensorBoard's HParams tab."""
-    wanted = {k: cfg[k] for k in ("data", "model", "loss", "optimizer", "scheduler") if k in cfg}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    wanted = {k: resolved[k] for k in ("data", "model", "loss", "optimizer", "scheduler") if k in resolved}
     flat: dict[str, Any] = {"seed": cfg.seed}
 
     def walk(node: Any, prefix: str) -> None:
@@ -35,7 +36,7 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         else:
             flat[prefix] = str(node)
 
-    walk(OmegaConf.to_container(DictConfig(wanted), resolve=True), "")
+    walk(wanted, "")
     return flat
 
 
@@ -53,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    checkpoint = trainer.checkpoint_callback
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     best = checkpoint.best_model_path if checkpoint is not None else ""
     if cfg.get("test"):
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)

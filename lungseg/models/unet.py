@@ -31,12 +31,12 @@ class GaussianNoise(nn.Module):
 class ConvBNReLU(nn.Sequential):
     """Two 3x3 'same' convolutions, each followed by ReLU and BatchNorm (the notebook's order)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float = 0.1) -> None:
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
-            # Keras BatchNormalization: momentum 0.99 (= 0.01 in PyTorch's convention), eps 1e-3.
+            # eps 1e-3 as Keras; momentum in PyTorch's convention (Keras' 0.99 is 0.01 here).
             layers += [nn.Conv2d(c_in, out_channels, 3, padding=1), nn.ReLU(inplace=True),
-                       nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.01)]
+                       nn.BatchNorm2d(out_channels, eps=1e-3, momentum=bn_momentum)]
         super().__init__(*layers)
 
 
@@ -60,10 +60,10 @@ class Up(nn.Module):
 class DecoderBlock(nn.Module):
     """Upsample, concatenate the encoder's skip output, then two conv-BN layers."""
 
-    def __init__(self, in_channels: int, out_channels: int, mode: Decoder) -> None:
+    def __init__(self, in_channels: int, out_channels: int, mode: Decoder, bn_momentum: float = 0.1) -> None:
         super().__init__()
         self.up = Up(in_channels, out_channels, mode)
-        self.conv = ConvBNReLU(2 * out_channels, out_channels)
+        self.conv = ConvBNReLU(2 * out_channels, out_channels, bn_momentum)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([self.up(x), skip], dim=1))
@@ -80,6 +80,7 @@ class UNet(nn.Module):
         dropout: float = 0.5,
         noise_std: float = 0.1,
         decoder: Decoder = "transpose",
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         widths = [base_filters * 2**i for i in range(depth)]
@@ -87,13 +88,13 @@ class UNet(nn.Module):
         self.encoders = nn.ModuleList()
         c_in = in_channels
         for width in widths:
-            self.encoders.append(ConvBNReLU(c_in, width))
+            self.encoders.append(ConvBNReLU(c_in, width, bn_momentum))
             c_in = width
         self.pool = nn.MaxPool2d(2)
         self.dropout = nn.Dropout2d(dropout)  # Keras SpatialDropout2D: drops whole feature maps
-        self.bottleneck = ConvBNReLU(widths[-1], 2 * widths[-1])
+        self.bottleneck = ConvBNReLU(widths[-1], 2 * widths[-1], bn_momentum)
         self.decoders = nn.ModuleList(
-            DecoderBlock(2 * width, width, decoder) for width in reversed(widths)
+            DecoderBlock(2 * width, width, decoder, bn_momentum) for width in reversed(widths)
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
         self.divisor = 2**depth

@@ -1,0 +1,151 @@
+"""The LightningDataModule and the configured augmentation, on pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lungseg.data.datamodule import LungDataModule
+from lungseg.errors import DataError
+from tests.conftest import CXR, requires_cxr, write_split
+
+
+def _train_transform(compose_cfg: Callable[..., DictConfig]):
+    return instantiate(compose_cfg().data.train_transform, _convert_="all")
+
+
+def _stripes(size: int = 128) -> np.ndarray:
+    """A mask with structure in every direction: two off-centre blobs."""
+    mask = np.zeros((size, size), np.uint8)
+    cv2.ellipse(mask, (40, 60), (18, 35), 10, 0, 360, 1, -1)
+    cv2.ellipse(mask, (92, 64), (15, 30), -5, 0, 360, 1, -1)
+    return mask
+
+
+def test_batches_have_the_documented_shapes_and_ranges(tiny_dataset: Path) -> None:
+    dm = LungDataModule(str(tiny_dataset), image_size=32, batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 1, 32, 32) and batch["image"].dtype == torch.float32
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert batch["mask"].shape == (4, 1, 32, 32)
+
+
+def test_val_and_test_visit_every_image_exactly_once(tiny_dataset: Path) -> None:
+    dm = LungDataModule(str(tiny_dataset), image_size=32, batch_size=3)
+    dm.setup()
+    for split, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+        seen = [i for batch in loader for i in batch["index"].tolist()]
+        assert seen == list(range(len(dm.dataset(split))))
+
+
+def test_setup_reports_problems_and_missing_root(tiny_dataset: Path, tmp_path: Path) -> None:
+    (tiny_dataset / "ChestXray" / "val" / "mask" / "cxrmask_31.jpeg").unlink()
+    with pytest.raises(DataError, match="cxrimage_31.png: no mask"):
+        LungDataModule(str(tiny_dataset)).setup("fit")
+    with pytest.raises(DataError, match=r"no dataset at .*\+experiment=demo"):
+        LungDataModule(str(tmp_path / "absent")).setup("fit")
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        LungDataModule(str(tiny_dataset)).dataset("dev")
+
+
+def test_configured_affine_keeps_image_and_mask_aligned(compose_cfg) -> None:
+    transform = _train_transform(compose_cfg)
+    transform.set_random_seed(0)
+    mask = _stripes()
+    image = (mask * 200 + 30).astype(np.uint8)  # the image *is* the mask, brightened
+    changed = 0
+    for _ in range(30):
+        out = transform(image=image, mask=mask)
+        aug_image, aug_mask = out["image"], out["mask"]
+        assert set(np.unique(aug_mask)) <= {0, 1}  # nearest interpolation: still binary
+        from_image = aug_image > (30 * 1.2 + 230 * 0.8) / 2
+        inter = (from_image & (aug_mask > 0)).sum()
+        union = (from_image | (aug_mask > 0)).sum()
+        assert inter / union > 0.95
+        changed += not np.array_equal(aug_mask, mask)
+    assert changed >= 28
+
+
+def test_configured_ranges_are_really_applied(compose_cfg) -> None:
+    """Albumentations 2.x ignores unknown (1.x) argument names silently: measure what each transform does."""
+    affine, brightness = _train_transform(compose_cfg).transforms
+    affine.set_random_seed(1)
+    brightness.set_random_seed(2)
+    size = 128
+    mask = np.zeros((size, size), np.uint8)
+    mask[44:84, 34:94] = 1  # a 40x60 box in the centre
+    flat = np.full((size, size), 100, np.uint8)
+    areas, shifts, angles, ratios = [], [], [], []
+    for _ in range(300):
+        out = affine(image=flat, mask=mask)
+        assert out["image"].min() == 100  # BORDER_REPLICATE (Keras 'nearest'): no black corners
+        m = out["mask"]
+        areas.append(m.sum() / mask.sum())
+        ys, xs = np.nonzero(m)
+        shifts.append(((xs.mean() - 63.5) / size, (ys.mean() - 63.5) / size))
+        (_, _), (_, _), angle = cv2.minAreaRect(np.column_stack([xs, ys]).astype(np.float32))
+        angles.append(min(angle % 90, 90 - angle % 90))
+        ratios.append(brightness(image=flat)["image"].mean() / 100)
+    shifts = np.array(shifts)
+    assert 0.80 <= min(areas) < 0.9 and 1.1 < max(areas) <= 1.23  # zoom 0.9-1.1 per axis
+    assert np.abs(shifts).max() <= 0.05 + 0.01 and np.abs(shifts).max() > 0.04  # shift 5 %
+    assert max(angles) <= 10.5 and max(angles) > 8  # rotation +-10 degrees
+    assert 0.8 - 1e-3 <= min(ratios) < 0.83 and 1.17 < max(ratios) <= 1.2 + 1e-3  # brightness 0.8-1.2
+    out = brightness(image=flat, mask=mask)
+    assert np.array_equal(out["mask"], mask)  # brightness leaves the mask alone
+
+
+def _augmented_by_index(dm: LungDataModule) -> dict[int, torch.Tensor]:
+    return {int(i): img for batch in dm.train_dataloader() for i, img in zip(batch["index"], batch["image"],
+                                                                               strict=True)}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmentation_differs_per_epoch_and_worker_and_reproduces(compose_cfg, tmp_path: Path,
+                                                                  workers: int) -> None:
+    root = tmp_path / "same"
+    write_split(root, "train", list(range(8)), size=48)
+    write_split(root, "val", [20], size=48)
+    image = cv2.imread(str(root / "ChestXray/train/image/cxrimage_0.png"), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(root / "ChestXray/train/mask/cxrmask_0.jpeg"), cv2.IMREAD_UNCHANGED)
+    for n in range(1, 8):  # every item the same pixels: only augmentation can tell them apart
+        cv2.imwrite(str(root / f"ChestXray/train/image/cxrimage_{n}.png"), image)
+        cv2.imwrite(str(root / f"ChestXray/train/mask/cxrmask_{n}.jpeg"), mask)
+
+    def run() -> list[dict[int, torch.Tensor]]:
+        L.seed_everything(7, workers=True)
+        dm = LungDataModule(str(root), image_size=48, batch_size=2, num_workers=workers,
+                            train_transform=_train_transform(compose_cfg))
+        dm.setup("fit")
+        return [_augmented_by_index(dm) for _ in range(2)]
+
+    first, second = run(), run()
+    epoch1, epoch2 = first
+    distinct = {tuple(img.flatten()[:: 97].tolist()) for img in epoch1.values()}
+    assert len(distinct) == 8  # no two items (in any worker) got the same augmentation
+    assert all(not torch.equal(epoch1[i], epoch2[i]) for i in epoch1)  # a new draw every epoch
+    for a, b in zip(first, second, strict=True):  # the same seed gives the same epochs
+        assert all(torch.equal(a[i], b[i]) for i in a)
+
+
+@requires_cxr
+def test_loads_the_real_cxr_images() -> None:
+    dm = LungDataModule(str(CXR), image_size=256, batch_size=8)
+    dm.setup()
+    assert [len(dm.dataset(s)) for s in ("train", "val", "test")] == [60, 15, 15]
+    batch = next(iter(dm.val_dataloader()))
+    fractions = batch["mask"].mean(dim=(1, 2, 3))
+    assert ((fractions > 0.1) & (fractions < 0.6)).all()  # lungs cover a plausible share
+    lung = batch["image"][batch["mask"] > 0].mean()
+    body = batch["image"][batch["mask"] == 0].mean()
+    assert batch["image"].std() > 0.1 and lung != body
