@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import cv2
 import lightning as L
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
@@ -28,6 +29,7 @@ def init_worker(worker_id: int) -> None:
     """
     seed = torch.initial_seed()
     pl_worker_init_function(worker_id)
+    cv2.setNumThreads(1)  # one OpenCV thread per worker: N workers must not each spawn a thread per core
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
         info.dataset.reseed(seed)

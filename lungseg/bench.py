@@ -1,0 +1,263 @@
+"""Benchmark the real model and data pipeline: ``python -m lungseg.bench [device=cuda] [--json out.json]``.
+
+Sections: matmul peak per dtype, training step, inference, data pipeline, end-to-end ``Trainer.fit``.
+Each timing has warm-up and reports the median; FLOP/s come from torch's FLOP counter and are
+compared with the matmul peak of the same dtype measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from lungseg.errors import exit_on_user_error
+from lungseg.module import LungSegModule
+from lungseg.resolvers import precision as default_precision
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-v7"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """Achieved FLOP/s of an n x n matmul in ``dtype``: the practical peak to compare against."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    seconds = median_seconds(lambda: a @ b, device, warmup=2, repeats=repeats)
+    return 2 * n**3 / seconds
+
+
+def build_module(cfg: DictConfig, channels_last: bool) -> LungSegModule:
+    """The project's real LungSegModule from the composed training config."""
+    module_cfg = OmegaConf.to_container(cfg.module, resolve=True)
+    module_cfg.pop("_target_", None)
+    module_cfg.pop("_recursive_", None)
+    module_cfg["channels_last"] = channels_last
+    return LungSegModule(**module_cfg)
+
+
+def count_flops(module: LungSegModule, size: int, train: bool) -> float:
+    """FLOP per image of a forward (and backward when ``train``) pass."""
+    module.train(train)
+    x = torch.rand(1, 1, size, size)
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            module(x).float().sum().backward()
+        else:
+            with torch.no_grad():
+                module(x)
+    module.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def model_variant(cfg: DictConfig, device: torch.device, dtype: str, channels_last: bool, compile: bool,
+                  train: bool) -> float:
+    """Images/s of a training step (forward, loss, backward, Adam) or of inference, on synthetic tensors."""
+    module = build_module(cfg, channels_last).to(device).train(train)
+    net = torch.compile(module) if compile else module
+    size, batch = cfg.data.image_size, cfg.batch_size
+    images = torch.rand(batch, 1, size, size, device=device)
+    masks = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+
+    def step() -> None:
+        if train:
+            with autocast:
+                logits = net(images)
+            loss = module.loss_fn(logits.float(), masks) + module.l2_penalty()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad(), autocast:
+                torch.sigmoid(net(images).float())
+
+    warmup = cfg.warmup + (2 if compile else 0)
+    return batch / median_seconds(step, device, warmup, cfg.repeats)
+
+
+def data_pipeline(cfg: DictConfig) -> dict[str, float]:
+    """Images/s of decode + resize (the cache fill) and of augmentation + collate through the real DataLoader."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    start = time.perf_counter()
+    datamodule.setup("fit")
+    n = len(datamodule.dataset("train"))
+    decode = n / (time.perf_counter() - start)
+    loader = datamodule.train_dataloader()
+    epochs = []
+    for _ in range(1 + cfg.repeats):  # the first epoch (worker start-up) is warm-up
+        start = time.perf_counter()
+        seen = sum(batch["image"].shape[0] for batch in loader)
+        epochs.append(seen / (time.perf_counter() - start))
+    return {"decode_img_s": decode, "augment_img_s": statistics.median(epochs[1:]), "images": n}
+
+
+def end_to_end(cfg: DictConfig) -> float:
+    """Images/s of the training epochs of a real ``Trainer.fit`` with the configured defaults."""
+
+    class EpochTimer(L.Callback):
+        """Times each epoch's training batches (data loading included), up to where validation starts."""
+
+        def __init__(self) -> None:
+            self.rates: list[float] = []
+
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.start = time.perf_counter()
+
+        def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.sanity_checking:
+                return
+            images = len(trainer.datamodule.dataset("train"))
+            self.rates.append(images / (time.perf_counter() - self.start))
+
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
+                              enable_progress_bar=False, enable_model_summary=False, max_epochs=cfg.fit_epochs,
+                              limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=tmp)
+        trainer.fit(instantiate(cfg.module), datamodule=instantiate(cfg.data))
+    return statistics.median(timer.rates[1:] or timer.rates)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """All sections; returns the results with the default settings' figures at the top level."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(cfg.seed)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    if cfg.data_root == "auto":  # the real CXR set beside the project when present, else the built-in sample
+        cfg.data.root, cfg.data.synthesize = (str(REAL_DATA), False) if REAL_DATA.is_dir() else (cfg.data.root, True)
+    elif cfg.data_root:
+        cfg.data.root, cfg.data.synthesize = cfg.data_root, False
+    default_dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(default_precision(
+        "gpu" if device.type == "cuda" else "cpu"), "fp32")
+    dtypes = list(dict.fromkeys(["fp32", default_dtype] + (["bf16", "fp16"] if device.type == "cuda" else [])))
+    size, gflop = cfg.data.image_size, {}
+    probe = build_module(cfg, channels_last=False)
+    gflop["train"] = count_flops(probe, size, train=True) / 1e9
+    gflop["infer"] = count_flops(probe, size, train=False) / 1e9
+    peaks = {d: matmul_peak(device, DTYPES[d], cfg.matmul_size, cfg.repeats) for d in dtypes}
+    rows = []
+    variants = [(d, cl, False) for d in dtypes for cl in (False, True)]
+    if cfg.compile:  # compilation costs minutes: compile the default dtype only
+        variants.append((default_dtype, True, True))
+    for dtype, channels_last, compile in variants:
+        for kind in ("train", "infer"):
+            rate = model_variant(cfg, device, dtype, channels_last, compile, train=kind == "train")
+            rows.append({"section": kind, "dtype": dtype, "channels_last": channels_last, "compile": compile,
+                         "img_s": rate, "tflop_s": rate * gflop[kind] / 1e3,
+                         "of_peak": rate * gflop[kind] * 1e9 / peaks[dtype]})
+            print(_row(rows[-1]), flush=True)
+    data = data_pipeline(cfg)
+    e2e = end_to_end(cfg) if cfg.fit_epochs else float("nan")
+
+    def default(kind: str) -> float:
+        return next(r["img_s"] for r in rows if r["section"] == kind and r["dtype"] == default_dtype
+                    and r["channels_last"] == cfg.module.channels_last and not r["compile"])
+
+    return {
+        "train_img_s": default("train"), "infer_img_s": default("infer"), "data_img_s": data["augment_img_s"],
+        "end_to_end_img_s": e2e,
+        "end_to_end_over_step": e2e / default("train"),  # ~ share of the epoch the model is busy
+        "settings": {"device": str(device), "device_name": _device_name(device), "dtype": default_dtype,
+                     "channels_last": cfg.module.channels_last, "image_size": size, "batch_size": cfg.batch_size,
+                     "threads": torch.get_num_threads(), "workers": instantiate(cfg.data).num_workers,
+                     "data_root": str(cfg.data.root)},
+        "gflop_per_image": gflop, "matmul_peak_tflop_s": {d: p / 1e12 for d, p in peaks.items()},
+        "model": rows, "data": data,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _row(r: dict[str, Any]) -> str:
+    return (f"{r['section']:<6} {r['dtype']:<5} {'cl' if r['channels_last'] else 'nchw':<5} "
+            f"{'compiled' if r['compile'] else 'eager':<8} {r['img_s']:9.1f} img/s {r['tflop_s']:8.3f} TFLOP/s "
+            f"{r['of_peak']:6.1%} of matmul peak")
+
+
+def report(result: dict[str, Any]) -> str:
+    """The summary table printed at the end."""
+    s = result["settings"]
+    lines = [f"device {s['device']} ({s['device_name']}), {s['threads']} threads, {s['workers']} workers, "
+             f"{s['image_size']} px, batch {s['batch_size']}",
+             "matmul peak: " + ", ".join(f"{d} {p:.2f} TFLOP/s" for d, p in result["matmul_peak_tflop_s"].items()),
+             f"GFLOP per image: train {result['gflop_per_image']['train']:.1f}, "
+             f"inference {result['gflop_per_image']['infer']:.1f}", ""]
+    lines += [_row(r) for r in result["model"]]
+    d = result["data"]
+    lines += ["", f"data   decode+resize (once, cached) {d['decode_img_s']:8.1f} img/s; "
+                  f"augment+collate per epoch {d['augment_img_s']:8.1f} img/s ({d['images']} images)",
+              f"end-to-end Trainer.fit epoch        {result['end_to_end_img_s']:8.1f} img/s",
+              "", f"defaults ({s['dtype']}, {'channels_last' if s['channels_last'] else 'NCHW'}): "
+                  f"train {result['train_img_s']:.1f}, infer {result['infer_img_s']:.1f}, "
+                  f"data {result['data_img_s']:.1f}, end-to-end {result['end_to_end_img_s']:.1f} img/s"]
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    """Print the benchmark table; write it as JSON when ``json=PATH`` (or ``--json PATH``) is given."""
+    result = run(cfg)
+    print(report(result))
+    if cfg.get("json"):
+        Path(cfg.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {cfg.json}")
+
+
+def _json_flag_to_override(argv: list[str]) -> list[str]:
+    """Accept ``--json PATH`` as well as Hydra's ``json=PATH``."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--json" and i + 1 < len(argv):
+            out.append(f"json={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *_json_flag_to_override(sys.argv[1:])]
+    main()
