@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo train data check test test-all lint tensorboard clean
+.PHONY: install demo train data check evaluate bench test test-all lint tensorboard clean
 
 install: $(BIN)/.installed
 
@@ -28,6 +28,12 @@ data: install          ## download the Kaggle dataset into data/lung_mask_datase
 
 check: install         ## validate a dataset folder: make check ROOT=/path
 	$(BIN)/python -m lungseg.data.check $(if $(ROOT),data.root=$(ROOT),)
+
+evaluate: install      ## make evaluate CKPT=outputs/<run>/checkpoints/best.ckpt [ROOT=/path] [SPLIT=test]
+	$(BIN)/python -m lungseg.evaluate ckpt_path=$(CKPT) $(if $(ROOT),data.root=$(ROOT),) $(if $(SPLIT),split=$(SPLIT),)
+
+bench: install         ## throughput of training, inference, data pipeline (make bench ARGS="device=cuda")
+	$(BIN)/python -m lungseg.bench $(ARGS)
 
 test: install          ## the fast test suite
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -9,7 +9,7 @@ For binary masks Dice equals F1, so ``dice`` is torchmetrics' pooled F1 under th
 from __future__ import annotations
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -17,9 +17,12 @@ from torchmetrics.classification import (
     BinaryF1Score,
     BinaryJaccardIndex,
     BinaryPrecision,
+    BinaryPrecisionRecallCurve,
     BinaryRecall,
+    BinaryROC,
     BinarySpecificity,
 )
+from torchmetrics.functional.classification import binary_f1_score, binary_stat_scores
 
 
 class BinnedAUROC(BinaryAUROC):
@@ -73,3 +76,58 @@ def confusion_matrix(threshold: float = 0.5) -> BinaryConfusionMatrix:
 def flatten(probs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities and {0,1} masks of any shape -> flat float probabilities and int targets."""
     return probs.detach().float().reshape(-1), masks.detach().reshape(-1).long()
+
+
+class BinnedROC(BinaryROC):
+    """torchmetrics' binned BinaryROC curve with BinnedAUROC's O(pixels) update (same state, same thresholds)."""
+
+    update = BinnedAUROC.update
+
+
+class BinnedPRCurve(BinaryPrecisionRecallCurve):
+    """torchmetrics' binned BinaryPrecisionRecallCurve with BinnedAUROC's O(pixels) update."""
+
+    update = BinnedAUROC.update
+
+
+def per_image_overlap(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
+    """Per-image Dice and IoU of (N, ...) probabilities vs {0,1} masks; 1.0 when truth and prediction are both empty."""
+    preds, target = probs.detach().float().flatten(1), masks.detach().flatten(1).long()
+    dice = binary_f1_score(preds, target, threshold, multidim_average="samplewise", validate_args=False,
+                           zero_division=1)
+    tp, fp, _, fn, _ = binary_stat_scores(preds, target, threshold, multidim_average="samplewise",
+                                          validate_args=False).unbind(-1)
+    union = tp + fp + fn
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
+    return {"dice": dice, "iou": iou.float()}
+
+
+class ReliabilityBins(Metric):
+    """Pixel calibration in bounded memory: count, summed probability and summed truth per probability bin.
+
+    torchmetrics' BinaryCalibrationError keeps every pixel (gigabytes on a full test set); these
+    per-bin sums give the same ECE (same bins, ``bucketize(right=True) - 1``) and the reliability diagram.
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_bins: int = 15) -> None:
+        super().__init__()
+        self.n_bins = n_bins
+        self.register_buffer("boundaries", torch.linspace(0, 1, n_bins + 1, dtype=torch.float64), persistent=False)
+        for name in ("count", "prob_sum", "true_sum"):
+            self.add_state(name, torch.zeros(n_bins + 1, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        preds = preds.detach().reshape(-1).double()
+        index = torch.bucketize(preds, self.boundaries, right=True) - 1
+        self.count += torch.bincount(index, minlength=self.n_bins + 1).double()
+        self.prob_sum += torch.bincount(index, weights=preds, minlength=self.n_bins + 1)
+        self.true_sum += torch.bincount(index, weights=target.reshape(-1).double(), minlength=self.n_bins + 1)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``ece`` (L1, weighted by bin size) and per bin ``confidence``, ``frequency``, ``fraction`` (NaN if empty)."""
+        confidence, frequency = self.prob_sum / self.count, self.true_sum / self.count
+        fraction = self.count / self.count.sum()
+        ece = torch.nansum((confidence - frequency).abs() * fraction)
+        return {"ece": ece, "confidence": confidence, "frequency": frequency, "fraction": fraction}

@@ -1,0 +1,224 @@
+"""Evaluate a checkpoint on one split: ``python -m lungseg.evaluate ckpt_path=... data.root=... [split=test]``.
+
+Every image of the split is predicted once, in file order, on its un-augmented pixels. Pooled pixel
+metrics come from ``lungseg.metrics`` (the same objects the training's test stage logs), per-image
+boundary distances from ``lungseg.surface``, figures from ``lungseg.figures``; the report is written
+to a temp folder and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+
+from lungseg.checkpoint import load_module
+from lungseg.data.dataset import LungDataset
+from lungseg.errors import CheckpointError, exit_on_user_error
+from lungseg.metrics import (
+    BinnedPRCurve,
+    BinnedROC,
+    ReliabilityBins,
+    confusion_matrix,
+    flatten,
+    per_image_overlap,
+    pixel_metrics,
+)
+from lungseg.module import LungSegModule
+from lungseg.resolvers import precision as default_precision
+from lungseg.surface import surface_distances
+
+log = logging.getLogger(__name__)
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
+
+
+def run_dir(ckpt_path: Path) -> Path:
+    """The training run of a checkpoint: the parent of ``checkpoints/``, else the checkpoint's folder."""
+    ckpt_path = Path(ckpt_path).resolve()
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def trained_image_size(ckpt_path: Path) -> int | None:
+    """``data.image_size`` from the run's ``.hydra/config.yaml`` beside the checkpoint, if there is one."""
+    config = run_dir(ckpt_path) / ".hydra" / "config.yaml"
+    try:
+        size = OmegaConf.select(OmegaConf.load(config), "data.image_size", default=None)
+        return int(size) if size is not None else None
+    except Exception:  # no run config, or one we cannot read: fall back to the default
+        return None
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto`` -> training's precision on this device (``bf16-mixed``, ``16-mixed`` or ``32-true``)."""
+    return default_precision("gpu" if device.type == "cuda" else "cpu") if precision == "auto" else str(precision)
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """The autocast context matching training's precision on this device (none for fp32)."""
+    dtype = AUTOCAST.get(resolve_precision(device, precision))
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def batches(dataset: LungDataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Every item of ``dataset`` exactly once, in order (no shuffling, no augmentation)."""
+    if dataset.transform is not None:
+        raise ValueError("evaluation needs an un-augmented dataset (transform=None)")
+    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+@torch.no_grad()
+def predict(module: LungSegModule, images: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+    """Logits (fp32) of a batch of images, under training's autocast; the module handles channels_last."""
+    device = module.device
+    with autocast(device, precision):
+        return module(images.to(device)).float().cpu()
+
+
+def choose_threshold(module: LungSegModule, dataset: LungDataset, batch_size: int, precision: str = "auto",
+                     bins: int = 200) -> tuple[float, float]:
+    """The threshold (of ``bins`` fixed ones) with the highest pooled Dice (= F1) on ``dataset``, and that Dice."""
+    curve = BinnedPRCurve(thresholds=bins, validate_args=False)
+    for batch in batches(dataset, batch_size):
+        curve.update(*flatten(torch.sigmoid(predict(module, batch["image"], precision)), batch["mask"]))
+    prec, rec, thresholds = curve.compute()
+    f1 = torch.nan_to_num(2 * prec[:-1] * rec[:-1] / (prec[:-1] + rec[:-1]))
+    best = int(torch.argmax(f1))
+    return float(thresholds[best]), float(f1[best])
+
+
+def _spacing(path: Path, size: int, mm: Any) -> tuple[float, float] | None:
+    """mm per evaluated pixel (row, col): the original file's spacing scaled by its size / ``size``."""
+    if mm is None:
+        return None
+    from PIL import Image
+
+    row_mm, col_mm = (float(mm), float(mm)) if isinstance(mm, (int, float)) else (float(mm[0]), float(mm[1]))
+    with Image.open(path) as im:  # reads the header only
+        width, height = im.size
+    return row_mm * height / size, col_mm * width / size
+
+
+def evaluate_dataset(module: LungSegModule, dataset: LungDataset, batch_size: int = 8, threshold: float = 0.5,
+                     extra_thresholds: tuple[float, ...] = (), auroc_bins: int = 200, calibration_bins: int = 15,
+                     precision: str = "auto", pixel_spacing_mm: Any = None) -> dict[str, Any]:
+    """Predict every image once and return pooled metrics, curves, calibration and one row per image."""
+    thresholds = (threshold, *extra_thresholds)
+    pooled = [pixel_metrics(threshold=t, auroc_bins=auroc_bins) for t in thresholds]
+    confusion, loss = confusion_matrix(threshold), MeanMetric()
+    roc, pr = BinnedROC(thresholds=auroc_bins, validate_args=False), BinnedPRCurve(thresholds=auroc_bins,
+                                                                                   validate_args=False)
+    reliability, rows, seen = ReliabilityBins(calibration_bins), [], []
+    for batch in batches(dataset, batch_size):
+        logits, masks = predict(module, batch["image"], precision), batch["mask"]
+        probs = torch.sigmoid(logits)
+        preds, target = flatten(probs, masks)
+        for collection in pooled:
+            collection.update(preds, target)
+        for metric in (confusion, roc, pr, reliability):
+            metric.update(preds, target)
+        loss.update(module.loss_fn(logits, masks), weight=masks.numel())
+        overlaps = [per_image_overlap(probs, masks, t) for t in thresholds]
+        for k, index in enumerate(batch["index"].tolist()):
+            pred, truth = (probs[k, 0] >= threshold).numpy(), masks[k, 0].numpy() > 0.5
+            path = dataset.pairs[index].image
+            row = {"file": str(path), "dice": float(overlaps[0]["dice"][k]), "iou": float(overlaps[0]["iou"][k])}
+            dist = surface_distances(pred, truth)
+            row.update(hd95_px=dist.hd95, assd_px=dist.assd)
+            spacing = _spacing(path, dataset.image_size, pixel_spacing_mm)
+            if spacing is not None:
+                dist_mm = surface_distances(pred, truth, spacing)
+                row.update(hd95_mm=dist_mm.hd95, assd_mm=dist_mm.assd)
+            row.update(lung_fraction_true=float(truth.mean()), lung_fraction_pred=float(pred.mean()),
+                       empty=dist.empty)
+            for t, extra in zip(extra_thresholds, overlaps[1:], strict=True):
+                row.update({f"dice@{t:.4g}": float(extra["dice"][k]), f"iou@{t:.4g}": float(extra["iou"][k])})
+            rows.append(row)
+            seen.append(index)
+    if seen != list(range(len(dataset))):
+        raise RuntimeError(f"evaluated items {seen[:10]}... are not each of the {len(dataset)} items once in order")
+    results = [{k: float(v) for k, v in c.compute().items()} for c in pooled]
+    for r in results:
+        r["loss"] = float(loss.compute())
+        r["balanced_accuracy"] = (r["recall"] + r["specificity"]) / 2  # what the original called "AUC"
+    return {"thresholds": thresholds, "pooled": results, "confusion": confusion.compute().numpy(),
+            "roc": [x.numpy() for x in roc.compute()], "pr": [x.numpy() for x in pr.compute()],
+            "calibration": {k: v.numpy() for k, v in reliability.compute().items()}, "rows": rows}
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished report folder into place, replacing an earlier one only now."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Load, check, evaluate and write the report; return the metrics.json content."""
+    from lungseg import report  # matplotlib only when there is something to draw
+
+    if not cfg.get("ckpt_path"):
+        raise CheckpointError("no checkpoint given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt")
+    ckpt_path = Path(cfg.ckpt_path)
+    module = load_module(ckpt_path)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    module = module.to(device)
+    size = cfg.data.image_size or trained_image_size(ckpt_path) or cfg.default_image_size
+    datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None, eval_transform=None)
+    dataset = datamodule.dataset(cfg.split)
+    val = datamodule.dataset("val") if cfg.tune_threshold else None
+    log.info("evaluating %s on %s/%s: %d images at %d px", ckpt_path, cfg.data.root, cfg.split, len(dataset), size)
+
+    tuned = None
+    if val is not None:
+        tuned = choose_threshold(module, val, cfg.data.batch_size, cfg.precision, cfg.auroc_bins)
+        log.info("threshold with the best val Dice: %.4f (Dice %.4f)", *tuned)
+    results = evaluate_dataset(module, dataset, cfg.data.batch_size, cfg.threshold, (tuned[0],) if tuned else (),
+                               cfg.auroc_bins, cfg.calibration_bins, cfg.precision, cfg.pixel_spacing_mm)
+    meta = {"checkpoint": str(ckpt_path), "data_root": str(cfg.data.root), "split": cfg.split,
+            "image_size": int(size), "threshold": cfg.threshold, "device": str(device),
+            "precision": resolve_precision(device, cfg.precision)}
+
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(ckpt_path) / "eval" / cfg.split
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        summary = report.write_report(tmp, results, meta, tuned, module, dataset, cfg,
+                                      run_dir(ckpt_path) / "tensorboard")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("report written to %s", out)
+    summary["output_dir"] = str(out)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    """Evaluate and print the headline numbers."""
+    summary = evaluate(cfg)
+    pooled, per_image = summary["pooled"], summary["per_image"]
+    print(f"{summary['n_images']} images: pooled Dice {pooled['dice']:.4f}, IoU {pooled['iou']:.4f}, "
+          f"AUROC {pooled['auroc']:.4f}; per-image Dice {per_image['dice_mean']:.4f} ± {per_image['dice_sd']:.4f}, "
+          f"HD95 {per_image['hd95_mean']:.2f} px, ASSD {per_image['assd_mean']:.2f} px -> {summary['output_dir']}")
+
+
+if __name__ == "__main__":
+    main()

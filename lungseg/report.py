@@ -1,0 +1,174 @@
+"""The evaluation report: metrics.json, per_image.csv, report.md, PNG figures and TensorBoard events."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from lungseg import figures
+from lungseg.data.dataset import LungDataset
+from lungseg.module import LungSegModule
+
+POOLED = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc", "loss", "balanced_accuracy")
+PER_IMAGE = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
+# The notebook's reported test results (see ../shared/seed/notebook-facts.md); its "AUC" was (sens + spec) / 2
+# of thresholded masks, and its accuracy is derived here from its confusion matrix.
+ORIGINAL = {"precision": 0.974872, "recall": 0.982158, "f1": 0.978501, "dice": 0.978501, "specificity": 0.991546,
+            "balanced_accuracy": 0.986852, "iou": 0.957907}
+ORIGINAL_CONFUSION = {"tp": 102_883_876, "fn": 877_213, "fp": 618_257, "tn": 34_032_686}
+ORIGINAL["accuracy"] = (ORIGINAL_CONFUSION["tp"] + ORIGINAL_CONFUSION["tn"]) / sum(ORIGINAL_CONFUSION.values())
+
+
+def summarise(rows: list[dict[str, Any]], n_worst: int = 5) -> dict[str, Any]:
+    """Mean, SD (n-1), median and worst value of each per-image metric, the empty-mask counts and the worst images."""
+    out: dict[str, Any] = {}
+    for name in PER_IMAGE:
+        if name not in rows[0]:
+            continue
+        values = np.array([r[name] for r in rows], dtype=np.float64)
+        key = name.removesuffix("_px")
+        worst = values.min() if name in ("dice", "iou") else values.max()
+        out.update({f"{key}_mean": values.mean(), f"{key}_sd": values.std(ddof=1) if len(values) > 1 else 0.0,
+                    f"{key}_median": float(np.median(values)), f"{key}_worst": worst})
+    out = {k: float(v) for k, v in out.items()}
+    out["empty_truth"] = sum(r["empty"] in ("truth", "both") for r in rows)
+    out["empty_prediction"] = sum(r["empty"] in ("prediction", "both") for r in rows)
+    ranked = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:n_worst]
+    out["worst"] = [{k: rows[i][k] for k in ("file", "dice", "iou", "hd95_px", "assd_px")} for i in ranked]
+    return out
+
+
+def _sample_indices(rows: list[dict[str, Any]], n_samples: int, n_worst: int) -> list[int]:
+    """The worst ``n_worst`` images by Dice, then ``n_samples`` evenly spaced others."""
+    worst = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:n_worst]
+    rest = [i for i in range(len(rows)) if i not in worst]
+    spread = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, min(n_samples, len(rest)))] if rest else []
+    return worst + list(dict.fromkeys(spread))
+
+
+def make_figures(results: dict[str, Any], rows: list[dict[str, Any]], module: LungSegModule, dataset: LungDataset,
+                 cfg: DictConfig, history_dir: Path) -> dict[str, Any]:
+    """All figures of the report, by file name (without .png)."""
+    from lungseg.evaluate import predict
+
+    pooled, threshold = results["pooled"][0], results["thresholds"][0]
+    fpr, tpr, _ = results["roc"]
+    precision, recall, _ = results["pr"]
+    confusion = results["confusion"]
+    prevalence = float(confusion[1].sum() / max(confusion.sum(), 1))
+    figs = {"roc": figures.roc_figure(fpr, tpr, pooled["auroc"]),
+            "precision_recall": figures.pr_figure(precision, recall, prevalence),
+            "confusion_matrix": figures.confusion_figure(confusion),
+            "dice_histogram": figures.dice_histogram(np.array([r["dice"] for r in rows]))}
+    history = figures.read_history(history_dir)
+    if history:
+        figs["training_curves"] = figures.history_figure(history)
+    picks = _sample_indices(rows, cfg.n_samples, cfg.n_worst)
+    items = [dataset[i] for i in picks]
+    images, masks = torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
+    probs = torch.sigmoid(predict(module, images, cfg.precision))
+    titles = [f"{'worst: ' if k < cfg.n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}"
+              for k, i in enumerate(picks)]
+    figs["predictions"] = figures.prediction_figure(images, masks, probs, titles, threshold)
+    if cfg.calibration:
+        cal = results["calibration"]
+        figs["reliability"] = figures.reliability_figure(cal["confidence"], cal["frequency"], cal["fraction"],
+                                                         float(cal["ece"]))
+    return figs
+
+
+def _table(rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines.insert(1, "|" + " --- |" * len(rows[0]))
+    return "\n".join(lines)
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.6f}" if isinstance(x, float) else ("-" if x is None else f"{x:,}" if isinstance(x, int) else str(x))
+
+
+def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
+    """report.md: the original's results table beside ours, per-image summary, worst 5, threshold, figures."""
+    pooled, per, conf = summary["pooled"], summary["per_image"], summary["confusion"]
+    name = {"balanced_accuracy": '"AUC" of the original = (recall + specificity) / 2',
+            "auroc": "AUROC (from probabilities)", "loss": "BCE loss"}
+    metrics_rows = [(name.get(k, k), _fmt(ORIGINAL.get(k)), _fmt(pooled[k])) for k in POOLED]
+    conf_rows = [(k.upper(), _fmt(ORIGINAL_CONFUSION[k]), _fmt(conf[k])) for k in ("tp", "fn", "fp", "tn")]
+    per_rows = [(k.removesuffix("_mean"), *(_fmt(per.get(k.replace("_mean", s))) for s in
+                                            ("_mean", "_sd", "_median", "_worst")))
+                for k in per if k.endswith("_mean")]
+    worst = [(Path(w["file"]).name, *(_fmt(float(w[k])) for k in ("dice", "iou", "hd95_px", "assd_px")))
+             for w in per["worst"]]
+    parts = [
+        f"# Evaluation: {summary['split']} split, {summary['n_images']} images",
+        f"Checkpoint `{summary['checkpoint']}`, data `{summary['data_root']}`, {summary['image_size']} px, "
+        f"threshold {summary['threshold']}, precision {summary['precision']} on {summary['device']}.",
+        "## Pooled pixel metrics beside the original notebook",
+        "The notebook sampled its test batches randomly (with replacement) and computed its \"AUC\" from "
+        "thresholded masks; here every image is evaluated once and AUROC comes from the probabilities. "
+        "Its positives are ~75 % of pixels, so its positive class may be inverted relative to the lung masks.",
+        _table([("metric", "original (Keras notebook)", "this evaluation"), *metrics_rows]),
+        _table([("pixels", "original", "this evaluation"), *conf_rows]),
+        "## Per-image metrics",
+        "HD95 and ASSD are in pixels (`_mm`: millimetres). An empty truth or prediction counts as the image "
+        f"diagonal; both empty as 0 (Dice/IoU 1). Empty truths: {per['empty_truth']}, empty predictions: "
+        f"{per['empty_prediction']}.",
+        _table([("metric", "mean", "SD", "median", "worst"), *per_rows]),
+        "## Worst 5 images by Dice",
+        _table([("image", "Dice", "IoU", "HD95 px", "ASSD px"), *worst]),
+    ]
+    if summary.get("tuned"):
+        t = summary["tuned"]
+        parts += ["## Threshold tuned on the val split",
+                  f"Best pooled val Dice {t['val_dice']:.6f} at threshold {t['threshold']:.4f}.",
+                  _table([("metric", f"threshold {summary['threshold']}", f"threshold {t['threshold']:.4f}"),
+                          *[(k, _fmt(pooled[k]), _fmt(t["pooled"][k])) for k in POOLED],
+                          ("per-image Dice mean", _fmt(per["dice_mean"]), _fmt(t["per_image"]["dice_mean"]))])]
+    if "calibration" in summary:
+        parts.append(f"## Calibration\n\nExpected calibration error (pixels, {summary['calibration']['bins']} "
+                     f"bins): {summary['calibration']['ece']:.6f}.")
+    parts += ["## Figures", *[f"![{n}]({n}.png)" for n in figure_names]]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned: tuple[float, float] | None,
+                 module: LungSegModule, dataset: LungDataset, cfg: DictConfig, history_dir: Path) -> dict[str, Any]:
+    """Write every output file into ``out`` (training curves from ``history_dir``); return metrics.json's content."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rows = results["rows"]
+    tn, fp, fn, tp = (int(v) for v in results["confusion"].reshape(-1))
+    summary: dict[str, Any] = {**meta, "n_images": len(rows), "n_pixels": tn + fp + fn + tp,
+                               "pooled": results["pooled"][0], "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+                               "per_image": summarise(rows)}
+    if tuned is not None:
+        t = results["thresholds"][1]
+        summary["tuned"] = {"threshold": t, "val_dice": tuned[1], "pooled": results["pooled"][1],
+                            "per_image": {"dice_mean": float(np.mean([r[f"dice@{t:.4g}"] for r in rows])),
+                                          "iou_mean": float(np.mean([r[f"iou@{t:.4g}"] for r in rows]))}}
+    if cfg.calibration:
+        summary["calibration"] = {"ece": float(results["calibration"]["ece"]), "bins": cfg.calibration_bins}
+    with (out / "per_image.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    figs = make_figures(results, rows, module, dataset, cfg, history_dir)
+    tb = SummaryWriter(str(out / "tensorboard"))
+    try:
+        names = [p.stem for p in figures.save_figures(figs, out, tb)]
+        for key, value in summary["pooled"].items():
+            tb.add_scalar(f"eval/{cfg.split}/{key}", value)
+        for key in ("dice_mean", "iou_mean", "hd95_mean", "assd_mean"):
+            tb.add_scalar(f"eval/{cfg.split}/per_image_{key}", summary["per_image"][key])
+    finally:
+        tb.close()
+    summary["figures"] = [f"{n}.png" for n in names]
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(summary, names))
+    return summary
