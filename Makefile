@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo train data check evaluate bench test test-all lint tensorboard clean
+.PHONY: install demo train data check evaluate predict export bench test test-all lint tensorboard clean
 
 install: $(BIN)/.installed
 
@@ -31,6 +31,12 @@ check: install         ## validate a dataset folder: make check ROOT=/path
 
 evaluate: install      ## make evaluate CKPT=outputs/<run>/checkpoints/best.ckpt [ROOT=/path] [SPLIT=test]
 	$(BIN)/python -m lungseg.evaluate ckpt_path=$(CKPT) $(if $(ROOT),data.root=$(ROOT),) $(if $(SPLIT),split=$(SPLIT),)
+
+predict: install       ## make predict CKPT=outputs/<run>/checkpoints/best.ckpt IN=/scans OUT=/masks
+	$(BIN)/python -m lungseg.predict ckpt_path=$(CKPT) input=$(IN) output=$(OUT)
+
+export: install        ## make export CKPT=... [OUT=lungseg.onnx] [FORMAT=onnx|torch_export]
+	$(BIN)/python -m lungseg.export ckpt_path=$(CKPT) format=$(or $(FORMAT),onnx) $(if $(OUT),output=$(OUT),)
 
 bench: install         ## throughput of training, inference, data pipeline (make bench ARGS="device=cuda")
 	$(BIN)/python -m lungseg.bench $(ARGS)

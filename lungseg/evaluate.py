@@ -12,20 +12,20 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from lungseg.checkpoint import load_module
 from lungseg.data.dataset import LungDataset
 from lungseg.errors import CheckpointError, exit_on_user_error
+from lungseg.inference import autocast, model_image_size, pick_device, resolve_precision, run_dir
 from lungseg.metrics import (
     BinnedPRCurve,
     BinnedROC,
@@ -36,38 +36,9 @@ from lungseg.metrics import (
     pixel_metrics,
 )
 from lungseg.module import LungSegModule
-from lungseg.resolvers import precision as default_precision
 from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
-AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
-
-
-def run_dir(ckpt_path: Path) -> Path:
-    """The training run of a checkpoint: the parent of ``checkpoints/``, else the checkpoint's folder."""
-    ckpt_path = Path(ckpt_path).resolve()
-    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-
-
-def trained_image_size(ckpt_path: Path) -> int | None:
-    """``data.image_size`` from the run's ``.hydra/config.yaml`` beside the checkpoint, if there is one."""
-    config = run_dir(ckpt_path) / ".hydra" / "config.yaml"
-    try:
-        size = OmegaConf.select(OmegaConf.load(config), "data.image_size", default=None)
-        return int(size) if size is not None else None
-    except Exception:  # no run config, or one we cannot read: fall back to the default
-        return None
-
-
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """``auto`` -> training's precision on this device (``bf16-mixed``, ``16-mixed`` or ``32-true``)."""
-    return default_precision("gpu" if device.type == "cuda" else "cpu") if precision == "auto" else str(precision)
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    """The autocast context matching training's precision on this device (none for fp32)."""
-    dtype = AUTOCAST.get(resolve_precision(device, precision))
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def batches(dataset: LungDataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -173,10 +144,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise CheckpointError("no checkpoint given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt")
     ckpt_path = Path(cfg.ckpt_path)
     module = load_module(ckpt_path)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = pick_device(cfg.device)
     module = module.to(device)
-    size = cfg.data.image_size or trained_image_size(ckpt_path) or cfg.default_image_size
+    size = model_image_size(ckpt_path, cfg.data.image_size, module.net.divisor, cfg.default_image_size)
     datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None, eval_transform=None)
     dataset = datamodule.dataset(cfg.split)
     val = datamodule.dataset("val") if cfg.tune_threshold else None

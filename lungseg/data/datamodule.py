@@ -29,7 +29,6 @@ def init_worker(worker_id: int) -> None:
     """
     seed = torch.initial_seed()
     pl_worker_init_function(worker_id)
-    cv2.setNumThreads(1)  # one OpenCV thread per worker: N workers must not each spawn a thread per core
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
         info.dataset.reseed(seed)
@@ -106,6 +105,10 @@ class LungDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if self.num_workers > 0:
+            # One OpenCV thread per process: N workers must not each start a thread per core. Set here,
+            # before the workers fork; calling it inside a forked worker can deadlock OpenCV's thread pool.
+            cv2.setNumThreads(1)
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size,

@@ -1,0 +1,97 @@
+"""Finding and reading a user's radiographs (PNG, JPEG, BMP, TIFF, DICOM) as 8-bit grayscale for inference."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lungseg.data.images import read_image_file, to_gray8
+from lungseg.data.layout import IMAGE_SUFFIXES
+from lungseg.errors import DataError
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+INPUT_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+DICOM_MAGIC_OFFSET = 128  # "DICM" follows a 128-byte preamble in a DICOM Part 10 file
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input and the output name it maps to (relative, without suffix): ``sub/folder/stem``."""
+
+    path: Path
+    key: str
+
+
+def is_dicom(path: Path) -> bool:
+    """A ``.dcm``/``.dicom`` suffix, or a suffix-less file with the DICOM preamble (as PACS exports often are)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with path.open("rb") as f:
+            f.seek(DICOM_MAGIC_OFFSET)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _keys(paths: list[Path], root: Path) -> list[str]:
+    """Output keys: the relative path without suffix; stems shared in one folder keep their suffix (1_png, 1_jpg)."""
+    rel = [p.relative_to(root) if p != root else Path(p.name) for p in paths]
+    plain = [r.with_suffix("").as_posix() if r.suffix.lower() in INPUT_SUFFIXES else r.as_posix() for r in rel]
+    counts = Counter(plain)
+    return [k if counts[k] == 1 else f"{k}_{r.suffix.lstrip('.').lower()}" for k, r in zip(plain, rel, strict=True)]
+
+
+def find_inputs(source: str | Path, pattern: str | None = None) -> list[InputFile]:
+    """A file, or every radiograph under a folder (recursive; ``pattern`` a glob such as ``**/*.dcm``)."""
+    source = Path(source).expanduser()
+    if source.is_file():
+        return [InputFile(source, _keys([source], source)[0])]
+    if not source.is_dir():
+        raise DataError(f"input={source}: no such file or folder; pass an image, a DICOM file or a folder of them")
+    candidates = source.glob(pattern) if pattern else source.rglob("*")
+    paths = sorted(p for p in candidates if p.is_file() and not any(part.startswith(".") for part in
+                                                                    p.relative_to(source).parts)
+                   and (p.suffix.lower() in INPUT_SUFFIXES or is_dicom(p)))
+    if not paths:
+        what = f"matching {pattern!r}" if pattern else f"with a suffix in {sorted(INPUT_SUFFIXES)} (or DICOM)"
+        raise DataError(f"input={source}: no radiographs {what}; check the folder or the pattern= setting")
+    return [InputFile(p, k) for p, k in zip(paths, _keys(paths, source), strict=True)]
+
+
+def read_dicom(path: Path) -> np.ndarray:
+    """Decode a DICOM radiograph to display values: rescale slope/intercept, VOI window/LUT, MONOCHROME1 inverted."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except (InvalidDicomError, AttributeError, ValueError, KeyError, TypeError, OSError, EOFError,
+            RuntimeError, NotImplementedError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: not a readable DICOM image ({reason}); replace or remove it") from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataError(f"{path}: multi-frame DICOM ({frames} frames); export the single radiograph frame")
+    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
+        return np.ascontiguousarray(pixels[..., ::-1])  # pydicom gives RGB; to_gray8 expects OpenCV's BGR
+    image = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float32)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        image = image.max() - image  # MONOCHROME1: low values are white; the model was trained on white bone
+    return image
+
+
+def read_input(path: Path) -> np.ndarray:
+    """Read any supported input as uint8 grayscale (H, W) at its original resolution, via ``to_gray8``."""
+    path = Path(path)
+    raw = read_dicom(path) if is_dicom(path) else read_image_file(path)
+    if raw.ndim not in (2, 3) or min(raw.shape[:2]) < 2:
+        raise DataError(f"{path}: image of shape {raw.shape} is not a 2-D radiograph; replace or remove it")
+    return to_gray8(raw)

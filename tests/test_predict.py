@@ -1,0 +1,244 @@
+"""python -m lungseg.predict: real radiographs at their own size, DICOM, failures, overwrite, names, model size."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from lungseg.errors import CheckpointError, LungsegError
+from lungseg.inference import model_image_size
+from lungseg.inputs import find_inputs, read_input
+from lungseg.predict import CSV_COLUMNS, predict, predict_probs
+from lungseg.train import train
+from tests.conftest import CONF, CXR, ROOT, requires_cxr, write_split
+from tests.test_module import make_module
+from tests.test_train import TINY
+
+ORIG_TEST = CXR / "orig" / "test" / "image"
+
+
+def train_tiny(folder: Path) -> Path:
+    """Train the TINY U-Net (32 px) one epoch on disc phantoms; return its best.ckpt with <run>/.hydra/config.yaml."""
+    data, run = folder / "data", folder / "run"
+    write_split(data, "train", list(range(8)))
+    write_split(data, "val", [10, 11, 12, 13], seed=1)
+    write_split(data, "test", [20, 21], seed=2)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=[f"data.root={data}", *TINY, "trainer.max_epochs=1", "test=false",
+                                          "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor",
+                                          "optimizer.lr=1e-2"],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    train(cfg)
+    GlobalHydra.instance().clear()
+    saved = cfg.copy()
+    with open_dict(saved):
+        del saved["hydra"]
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(saved, run / ".hydra" / "config.yaml")  # what a real run leaves next to checkpoints/
+    return run / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def write_dicom(path: Path, stored: np.ndarray, photometric: str, slope: float = 1.0, intercept: float = 0.0,
+                window: tuple[float, float] | None = None) -> None:
+    """A minimal single-frame 16-bit grayscale DICOM file."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)  # with the 128-byte preamble and "DICM"
+
+
+def gradient(h: int = 70, w: int = 90) -> np.ndarray:
+    """A uint8 test image spanning 0..255 with structure in both directions."""
+    yy, xx = np.mgrid[:h, :w]
+    return np.round(255 * (0.7 * xx / (w - 1) + 0.3 * yy / (h - 1))).astype(np.uint8)
+
+
+def predict_cfg(compose_cfg, ckpt: Path, source: Path, out: Path, *overrides: str):
+    return compose_cfg(f"ckpt_path={ckpt}", f"input={source}", f"output={out}", "progress=false", *overrides,
+                       config_name="predict")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@requires_cxr
+def test_real_radiographs_get_masks_overlays_and_csv_at_their_own_size(compose_cfg, tiny_ckpt: Path,
+                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = predict(predict_cfg(compose_cfg, tiny_ckpt, ORIG_TEST, out, "save_probabilities=true", "batch_size=4"))
+    inputs = sorted(ORIG_TEST.iterdir())
+    assert summary["predicted"] == len(inputs) == 15 and not summary["failures"]
+    assert summary["image_size"] == 32 and summary["images_per_s"] > 0
+    sizes = set()
+    for image in inputs:
+        h, w = cv2.imread(str(image), cv2.IMREAD_UNCHANGED).shape[:2]
+        sizes.add((h, w))
+        mask = cv2.imread(str(out / "masks" / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}, image.name
+        scale = min(1.0, 1024 / max(h, w))  # overlays are previews, at most overlay_size=1024 px
+        assert cv2.imread(str(out / "overlays" / f"{image.stem}.png")).shape == (round(h * scale), round(w * scale), 3)
+        assert cv2.imread(str(out / "probabilities" / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+    assert (277, 375) in sizes and (2000, 2000) in sizes  # the RGB PNG and the full-size JPEGs
+    rows = read_csv(out / "predictions.csv")
+    assert [r["mask"] for r in rows] == [f"masks/{p.stem}.png" for p in inputs]
+    assert tuple(rows[0]) == CSV_COLUMNS
+    for row in rows:
+        total = int(row["area_image_left_px"]) + int(row["area_image_right_px"])
+        assert total == round(float(row["lung_fraction"]) * int(row["height"]) * int(row["width"]))
+        assert row["quality"]
+
+
+def test_dicom_monochrome1_16bit_with_rescale_and_window_round_trips(compose_cfg, tiny_ckpt: Path,
+                                                                      tmp_path: Path) -> None:
+    image = gradient()
+    stored = (255 - image.astype(np.int64)) * 200 + 50   # MONOCHROME1: bright bone is a low value
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    write_dicom(folder / "plain.dcm", stored, "MONOCHROME1", slope=0.5, intercept=-10)
+    back = read_input(folder / "plain.dcm")
+    assert back.dtype == np.uint8 and back.shape == image.shape
+    assert np.abs(back.astype(int) - image).max() <= 1
+
+    # A window over the modality values of the bright half (image >= 128): the dark half clips to black.
+    lo, hi = 0.5 * ((255 - 255) * 200 + 50) - 10, 0.5 * ((255 - 128) * 200 + 50) - 10
+    write_dicom(folder / "windowed", stored, "MONOCHROME1", 0.5, -10, window=((lo + hi) / 2, hi - lo))
+    windowed = read_input(folder / "windowed")   # no suffix: found by the DICM preamble
+    assert (windowed[image < 120] == 0).all() and (windowed[image == 255] == 255).all()
+    assert np.corrcoef(windowed[image >= 135], image[image >= 135])[0, 1] > 0.99
+
+    write_dicom(folder / "m2.dcm", image.astype(np.int64) * 257, "MONOCHROME2")
+    monochrome2 = read_input(folder / "m2.dcm")
+    assert np.abs(monochrome2.astype(int) - image).max() <= 1
+
+    out = tmp_path / "out"
+    summary = predict(predict_cfg(compose_cfg, tiny_ckpt, folder, out))
+    assert summary["predicted"] == 3 and not summary["failures"]
+    for key in ("plain", "windowed", "m2"):
+        assert cv2.imread(str(out / "masks" / f"{key}.png"), cv2.IMREAD_UNCHANGED).shape == image.shape
+
+
+def test_unreadable_inputs_are_skipped_listed_and_exit_2(tiny_ckpt: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    cv2.imwrite(str(folder / "good8.png"), gradient())
+    cv2.imwrite(str(folder / "sub" / "good16.tif"), gradient(50, 40).astype(np.uint16) * 200)
+    cv2.imwrite(str(folder / "colour.jpg"), np.dstack([gradient(), gradient()[::-1], gradient()[:, ::-1]]))
+    jpeg = (folder / "colour.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (folder / "notes.png").write_text("not an image")
+    (folder / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    (folder / "readme.txt").write_text("ignored: not an input suffix")
+    out = tmp_path / "out"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lungseg.predict", f"ckpt_path={tiny_ckpt}", f"input={folder}",
+                           f"output={out}", "progress=false"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "3 input(s) failed" in proc.stderr
+    for bad in ("cut.jpg", "notes.png", "broken.dcm"):
+        assert str(folder / bad) in proc.stderr
+    assert "images/s" in proc.stdout
+    rows = read_csv(out / "predictions.csv")
+    assert sorted(r["mask"] for r in rows) == ["masks/colour.png", "masks/good8.png", "masks/sub/good16.png"]
+    assert cv2.imread(str(out / "masks" / "sub" / "good16.png"), cv2.IMREAD_UNCHANGED).shape == (50, 40)
+
+
+def test_existing_outputs_are_kept_unless_overwrite(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
+    source, out = tmp_path / "one.png", tmp_path / "out"
+    cv2.imwrite(str(source), gradient())
+    predict(predict_cfg(compose_cfg, tiny_ckpt, source, out, "overlays=false"))
+    mask = out / "masks" / "one.png"
+    mask.write_bytes(b"sentinel")
+    with pytest.raises(LungsegError, match="already exist.*overwrite=true"):
+        predict(predict_cfg(compose_cfg, tiny_ckpt, source, out))
+    assert mask.read_bytes() == b"sentinel"
+    predict(predict_cfg(compose_cfg, tiny_ckpt, source, out, "overwrite=true"))
+    assert cv2.imread(str(mask), cv2.IMREAD_UNCHANGED).shape == (70, 90)
+    # An output folder inside the input folder: its PNGs are not taken as new inputs on the next run.
+    summary = predict(predict_cfg(compose_cfg, tiny_ckpt, tmp_path, out, "overwrite=true"))
+    assert summary["predicted"] == 1 and len(read_csv(out / "predictions.csv")) == 1
+    with pytest.raises(LungsegError, match="device=gpu"):
+        predict(predict_cfg(compose_cfg, tiny_ckpt, source, tmp_path / "o2", "device=gpu"))
+
+
+def test_colliding_stems_get_distinct_outputs_and_pattern_filters(tmp_path: Path) -> None:
+    for rel in ("a/1.png", "a/1.jpg", "b/1.png", "b/c/2.dcm", ".hidden/3.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    keys = {f.path.relative_to(tmp_path).as_posix(): f.key for f in find_inputs(tmp_path)}
+    assert keys == {"a/1.jpg": "a/1_jpg", "a/1.png": "a/1_png", "b/1.png": "b/1", "b/c/2.dcm": "b/c/2"}
+    assert [f.key for f in find_inputs(tmp_path, "**/*.dcm")] == ["b/c/2"]
+    assert [f.key for f in find_inputs(tmp_path / "b" / "1.png")] == ["1"]
+    with pytest.raises(LungsegError, match="no radiographs matching"):
+        find_inputs(tmp_path, "*.bmp")
+    with pytest.raises(LungsegError, match="no such file or folder"):
+        find_inputs(tmp_path / "absent")
+
+
+def test_model_size_comes_from_the_training_run(tiny_ckpt: Path, tmp_path: Path) -> None:
+    assert model_image_size(tiny_ckpt, None, 4) == 32
+    assert model_image_size(tiny_ckpt, 64, 4) == 64
+    copy = tmp_path / "model.ckpt"
+    copy.write_bytes(tiny_ckpt.read_bytes())
+    assert model_image_size(copy, None, 16) == 256
+    with pytest.raises(LungsegError, match="image_size=30"):
+        model_image_size(copy, 30, 4)
+
+
+def test_flip_tta_averages_with_the_mirrored_prediction() -> None:
+    torch.manual_seed(0)
+    model = make_module().eval()
+    images = torch.rand(2, 1, 16, 16)
+    plain = torch.sigmoid(model(images))
+    mirrored = torch.sigmoid(model(images.flip(-1))).flip(-1)
+    torch.testing.assert_close(predict_probs(model, images), plain)
+    torch.testing.assert_close(predict_probs(model, images, tta_flip=True), (plain + mirrored) / 2)
+    assert not torch.allclose(plain, mirrored)  # the net is not symmetric, so TTA changes the output
+
+
+def test_pickle_bearing_checkpoint_is_refused_before_writing(compose_cfg, tmp_path: Path) -> None:
+    source = tmp_path / "one.png"
+    cv2.imwrite(str(source), gradient())
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": {}}, "x": object()}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="refused"):
+        predict(predict_cfg(compose_cfg, tmp_path / "evil.ckpt", source, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
