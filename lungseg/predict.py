@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lungseg.checkpoint import load_module
-from lungseg.data.datamodule import default_num_workers
+from lungseg.data.datamodule import default_num_workers, limit_opencv_threads
 from lungseg.data.images import preprocess
 from lungseg.errors import DataError, LungsegError, exit_on_user_error
 from lungseg.inference import autocast, model_image_size, pick_device, resolve_precision
@@ -156,6 +156,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     size = model_image_size(cfg.ckpt_path, cfg.get("image_size"), getattr(module.net, "divisor", 1))
     precision = resolve_precision(device, cfg.precision)
     workers = default_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
+    limit_opencv_threads(workers)
     loader = DataLoader(InputDataset(files, size), batch_size=int(cfg.batch_size), num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda")
     log.info("%d input(s) -> %s (model %d px, batch %d, %s, precision %s, post-processing %s, flip TTA %s)",

@@ -34,6 +34,23 @@ def init_worker(worker_id: int) -> None:
         info.dataset.reseed(seed)
 
 
+def augmenters(transform: Any) -> list[Any]:
+    """The transform and every transform inside it: each keeps its own random generators (albumentations 2)."""
+    if transform is None:
+        return []
+    return [transform] + [t for child in getattr(transform, "transforms", []) for t in augmenters(child)]
+
+
+def limit_opencv_threads(num_workers: int) -> None:
+    """With DataLoader workers, run OpenCV single-threaded so N workers don't each start a thread per core.
+
+    Call it in the parent before the workers fork: ``cv2.setNumThreads`` inside a forked worker can
+    deadlock on the parent's thread pool.
+    """
+    if num_workers > 0:
+        cv2.setNumThreads(1)
+
+
 def default_num_workers() -> int:
     """DataLoader workers: none on CPU-only machines (the cached pipeline is cheap next to the model
     and a worker would steal a core from training), up to 8 beside a GPU."""
@@ -96,6 +113,21 @@ class LungDataModule(L.LightningDataModule):
             self.datasets[split] = dataset
             log.info("%s: %d pairs from %s", split, len(dataset), self.root)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The training augmentation's random state (in-process loading), so a resumed run augments as an
+        uninterrupted one would. Worker processes reseed themselves each epoch from torch's restored RNG."""
+        train = self.datasets.get("train")
+        return {"augment_rng": [(t.random_generator.bit_generator.state, t.py_random.getstate())
+                                for t in augmenters(train.transform if train is not None else None)]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the training augmentation's random state saved by :meth:`state_dict`."""
+        train = self.datasets.get("train")
+        for transform, (np_state, py_state) in zip(augmenters(train.transform if train is not None else None),
+                                                   state_dict.get("augment_rng", []), strict=False):
+            transform.random_generator.bit_generator.state = np_state
+            transform.py_random.setstate(py_state)
+
     def dataset(self, split: str) -> LungDataset:
         """The dataset of one split, set up on first use."""
         if split not in SPLITS:
@@ -105,10 +137,7 @@ class LungDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if self.num_workers > 0:
-            # One OpenCV thread per process: N workers must not each start a thread per core. Set here,
-            # before the workers fork; calling it inside a forked worker can deadlock OpenCV's thread pool.
-            cv2.setNumThreads(1)
+        limit_opencv_threads(self.num_workers)
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size,
