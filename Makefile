@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo train data check evaluate predict export bench test test-all lint tensorboard clean
+.PHONY: install demo train data check evaluate predict export bench sweep optuna summary test test-all lint tensorboard clean
 
 install: $(BIN)/.installed
 
@@ -37,6 +37,17 @@ predict: install       ## make predict CKPT=outputs/<run>/checkpoints/best.ckpt 
 
 export: install        ## make export CKPT=... [OUT=lungseg.onnx] [FORMAT=onnx|torch_export]
 	$(BIN)/python -m lungseg.export ckpt_path=$(CKPT) format=$(or $(FORMAT),onnx) $(if $(OUT),output=$(OUT),)
+
+sweep: install         ## the 8-run grid on the baseline: make sweep [ARGS="hydra/launcher=joblib"]
+	$(BIN)/python -m lungseg.train --multirun +experiment=baseline optimizer.lr=1e-4,3e-4 \
+	    model.dropout=0.3,0.5 model.noise_std=0.05,0.1 $(ARGS)
+
+optuna: install        ## Optuna over lr, dropout, noise: make optuna [TRIALS=20] [ARGS=...]
+	$(BIN)/python -m lungseg.train --multirun +experiment=baseline hparams_search=optuna \
+	    $(if $(TRIALS),hydra.sweeper.n_trials=$(TRIALS),) $(ARGS)
+
+summary: install       ## make summary SWEEP=outputs/multirun/<date>/<time>
+	$(BIN)/python -m lungseg.sweep_summary $(SWEEP)
 
 bench: install         ## throughput of training, inference, data pipeline (make bench ARGS="device=cuda")
 	$(BIN)/python -m lungseg.bench $(ARGS)

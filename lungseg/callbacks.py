@@ -1,10 +1,25 @@
-"""Callbacks of our own: a TensorBoard sheet of validation predictions each epoch."""
+"""Training-loop extensions of our own: the TensorBoard prediction sheet, best-metric tracking, a stop on
+NaN/inf, random state in checkpoints, and atomic checkpoint writes."""
 
 from __future__ import annotations
 
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lungseg.errors import LungsegError
+
+
+class TrainingDivergedError(LungsegError):
+    """The loss or the weights became NaN or infinite."""
 
 
 def overlay(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -37,7 +52,7 @@ class PredictionGrid(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if trainer.sanity_checking or not loggers or trainer.datamodule is None:
+        if trainer.sanity_checking or not loggers or trainer.datamodule is None or not trainer.is_global_zero:
             return
         dataset = trainer.datamodule.dataset("val")
         items = [dataset[i] for i in range(min(self.n_images, len(dataset)))]
@@ -53,3 +68,153 @@ class PredictionGrid(L.Callback):
         sheet = prediction_sheet(images, masks, probs, pl_module.hparams.get("threshold", 0.5))
         for lg in loggers:
             lg.experiment.add_image("val/predictions", sheet, global_step=trainer.global_step)
+
+
+class BestMetrics(L.Callback):
+    """The best value over the run of some validation metrics (``best/val_dice`` ...), kept across resumes."""
+
+    def __init__(self, track: dict[str, str] | None = None) -> None:
+        self.track = dict(track or {"val/dice": "max", "val/loss": "min"})
+        self.best: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for name, mode in self.track.items():
+            value = trainer.callback_metrics.get(name)
+            if value is None or not math.isfinite(float(value)):
+                continue
+            old = self.best.get(name)
+            if old is None or (float(value) > old if mode == "max" else float(value) < old):
+                self.best[name] = float(value)
+
+    def results(self) -> dict[str, float]:
+        """``{"best/val_dice": ..., ...}`` for the metrics seen so far."""
+        return {"best/" + name.replace("/", "_"): value for name, value in self.best.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))
+
+
+class StopOnNonFinite(L.Callback):
+    """Stop with a clear error as soon as the loss or a weight is NaN/inf, before any checkpoint of that state.
+
+    Checkpoint callbacks run after all others at the end of an epoch, so the epoch-end check comes first.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        bad = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):  # every rank stops together
+            self._fail(trainer, f"the training loss is {float(loss):g}" if bad else "another rank's loss is NaN/inf")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        weights = [n for n, p in pl_module.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        val_loss = trainer.callback_metrics.get("val/loss")
+        if weights:
+            self._fail(trainer, f"weights are NaN/inf ({', '.join(weights[:3])})")
+        if val_loss is not None and not math.isfinite(float(val_loss)):
+            self._fail(trainer, f"val/loss is {float(val_loss):g}")
+
+    @staticmethod
+    def _fail(trainer: L.Trainer, what: str) -> None:
+        saved = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
+        saved = [p for p in saved if p]
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        where = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint had been written yet"
+        raise TrainingDivergedError(
+            f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: {what}. "
+            f"Nothing of this state was saved; {where}. Lower optimizer.lr (now {lr:g}) and train again, "
+            "or check the data with python -m lungseg.data.check"
+        )
+
+
+def _rng_states() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA generator states as plain values (checkpoints load tensors-only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+class ExactResume(L.Callback):
+    """Keep in each checkpoint what Lightning leaves out, so a resumed run continues as if never stopped.
+
+    The global random generators (else a resume shuffles, adds noise and drops out differently), and the
+    ReduceLROnPlateau step still due: checkpoints are written in ``on_train_epoch_end``, plateau schedulers step
+    after it, and Lightning skips that step on resume (the monitored value is not in the checkpoint).
+    """
+
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+        self._due: dict[str, float] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"rng": _rng_states()}
+        trainer = self._trainer
+        if trainer is not None:
+            progress = trainer.fit_loop.epoch_progress.current
+            if progress.processed > progress.completed:  # saved at epoch end, before the plateau step
+                metrics = trainer.callback_metrics
+                state["plateau_due"] = {c.monitor: float(metrics[c.monitor]) for c in trainer.lr_scheduler_configs
+                                        if c.reduce_on_plateau and c.monitor in metrics}
+                state["epoch"] = trainer.current_epoch
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        rng = state_dict["rng"]
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self._due = state_dict.get("plateau_due")
+        self._epoch = int(state_dict.get("epoch", 0))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        due, self._due = self._due, None
+        for config in trainer.lr_scheduler_configs if due else []:
+            if (config.reduce_on_plateau and config.interval == "epoch" and config.monitor in due
+                    and (self._epoch + 1) % config.frequency == 0):
+                config.scheduler.step(due[config.monitor])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write a checkpoint to a temporary file beside it, flush it to disk, then rename it into place.
+
+    A kill while saving leaves the previous ``last.ckpt`` whole (rename is atomic on one file system).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote storage: fsspec's own transaction
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed while saving
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)

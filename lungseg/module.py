@@ -77,7 +77,9 @@ class LungSegModule(L.LightningModule):
         if stage == "test":
             self.test_confusion.update(preds, target)
         n = batch["image"].shape[0]
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n)
+        # sync_dist: under DDP the epoch loss is the mean over all ranks (a no-op on one device)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n,
+                 sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
@@ -85,7 +87,8 @@ class LungSegModule(L.LightningModule):
         loss = self._step(batch, "train")
         if self.hparams.kernel_l2:
             penalty = self.l2_penalty()
-            self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
+            self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0],
+                     sync_dist=True)
             loss = loss + penalty
         return loss
 

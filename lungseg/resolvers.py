@@ -30,7 +30,23 @@ def precision(device: str = "auto") -> str:
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
+def resume_dir(ckpt_path: str | None, default: str) -> str:
+    """``hydra.run.dir`` of a run: the original run folder when resuming ``<run>/checkpoints/<name>.ckpt``."""
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).parent.parent)
+    return default
+
+
+def config_subdir(ckpt_path: str | None, stamp: str) -> str:
+    """``hydra.output_subdir``: ``.hydra``, or ``.hydra/resume-<stamp>`` so a resume keeps the original config."""
+    return f".hydra/resume-{stamp}" if ckpt_path and Path(ckpt_path).parent.name == "checkpoints" else ".hydra"
+
+
+RESOLVERS = {"lungseg.precision": precision, "lungseg.resume_dir": resume_dir, "lungseg.config_subdir": config_subdir}
+
+
 def register() -> None:
-    """Register ``${lungseg.precision:<device>}`` (idempotent)."""
-    if not OmegaConf.has_resolver("lungseg.precision"):
-        OmegaConf.register_new_resolver("lungseg.precision", precision)
+    """Register the ``${lungseg.*:...}`` resolvers used in conf/ (idempotent)."""
+    for name, function in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)

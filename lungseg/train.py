@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -13,11 +18,40 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from lungseg.callbacks import BestMetrics
+from lungseg.checkpoint import read_checkpoint
 from lungseg.errors import EXIT_USER_ERROR, LungsegError
+from lungseg.sweep_summary import RESULT_FILE, write_json
 
 log = logging.getLogger(__name__)
+
+
+def _hydra() -> DictConfig | None:
+    try:
+        return HydraConfig.get()
+    except ValueError:  # train() called without Hydra
+        return None
+
+
+def _multirun() -> bool:
+    hydra_cfg = _hydra()
+    return hydra_cfg is not None and hydra_cfg.get("mode") == RunMode.MULTIRUN
+
+
+def job_threads(cfg: DictConfig) -> int | None:
+    """Torch threads: ``threads=``, else the cores shared out when a launcher runs ``n_jobs`` jobs side by side."""
+    if cfg.get("threads"):
+        return int(cfg.threads)
+    hydra_cfg = _hydra()
+    n_jobs = hydra_cfg.launcher.get("n_jobs") if hydra_cfg is not None and _multirun() else None
+    if not n_jobs:
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = one job per core
+    return max(1, cores // max(1, min(n_jobs, cores)))
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -42,8 +76,12 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on train/val, test the best checkpoint, log hparams with the final metrics; return the metrics."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    threads = job_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
+        log.info("torch threads: %d", threads)
+    if cfg.get("ckpt_path"):
+        read_checkpoint(cfg.ckpt_path)  # a missing or torn checkpoint is one clear message, not a traceback
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
@@ -63,6 +101,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("test confusion matrix (pixels; rows truth 0/1, columns predicted 0/1): %s", confusion)
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["best/val_loss"] = float(checkpoint.best_model_score)
+    for tracker in (c for c in callbacks if isinstance(c, BestMetrics)):
+        metrics.update(tracker.results())  # best over the whole run, resumes included
+    metrics["epochs"] = float(trainer.current_epoch)
     for lg in trainer.loggers:
         if isinstance(lg, TensorBoardLogger):
             lg.log_hyperparams(_flat_hparams(cfg), metrics={k: v for k, v in metrics.items()
@@ -72,17 +113,63 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _record(cfg: DictConfig, **fields: Any) -> None:
+    """Write the run's ``result.json`` (rank 0 only): status, times, metrics; the sweep summary reads it."""
+    if rank_zero_only.rank != 0:
+        return
+    run = Path(cfg.paths.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = _hydra()
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    write_json(run / RESULT_FILE, {"overrides": overrides, "host": socket.gethostname(), "pid": os.getpid(),
+                                   "resumed_from": cfg.get("ckpt_path"), **fields})
+
+
+def _link_resume(cfg: DictConfig) -> None:
+    """A resume written into a new folder gets a ``resumed_from`` link to the run it continues."""
+    ckpt = Path(cfg.ckpt_path).resolve()
+    origin, run = ckpt.parent.parent, Path(cfg.paths.output_dir).resolve()
+    if rank_zero_only.rank == 0 and origin != run and not (run / "resumed_from").exists():
+        (run / "resumed_from").symlink_to(origin, target_is_directory=True)
+    log.info("resuming %s into %s", ckpt, run)
+
+
+def _earlier_wall_s(cfg: DictConfig) -> float:
+    """Wall time already spent in this folder by the run a resume continues (0 for a fresh run)."""
+    previous = Path(cfg.paths.output_dir) / RESULT_FILE
+    if not cfg.get("ckpt_path") or not previous.is_file():
+        return 0.0
+    try:
+        return float(json.loads(previous.read_text()).get("wall_s") or 0.0)
+    except (ValueError, TypeError):
+        return 0.0
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``optimized_metric`` for sweepers."""
+    """Hydra entry point; returns ``optimized_metric`` for sweepers (None for a failed job of a multirun)."""
+    start, earlier = time.time(), _earlier_wall_s(cfg)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    _record(cfg, status="running", started=started)
     try:
+        if cfg.get("ckpt_path"):
+            _link_resume(cfg)
         metrics = train(cfg)
-    except LungsegError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # let the sweep record this job as failed
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
-    return metrics.get(cfg.get("optimized_metric") or "")
+    except Exception as err:
+        wall_s = round(earlier + time.time() - start, 1)
+        _record(cfg, status="failed", started=started, wall_s=wall_s, error=f"{type(err).__name__}: {err}")
+        if _multirun():  # the failure is in the job folder; returning lets the other jobs run
+            log.error("job failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, LungsegError))
+            return None  # Optuna records None as a failed trial (NaN would make optuna 2.x abort the study)
+        if isinstance(err, LungsegError):
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+        raise
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    _record(cfg, status="finished", started=started, wall_s=round(earlier + time.time() - start, 1),
+            epochs=int(metrics["epochs"]), optimized_metric=cfg.get("optimized_metric"), value=value,
+            metrics={k: v for k, v in metrics.items() if k.startswith(("best/", "test/", "val/"))})
+    return value
 
 
 if __name__ == "__main__":
