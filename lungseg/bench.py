@@ -20,7 +20,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from lungseg.errors import exit_on_user_error
@@ -59,11 +59,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) 
 
 def build_module(cfg: DictConfig, channels_last: bool) -> LungSegModule:
     """The project's real LungSegModule from the composed training config."""
-    module_cfg = OmegaConf.to_container(cfg.module, resolve=True)
-    module_cfg.pop("_target_", None)
-    module_cfg.pop("_recursive_", None)
-    module_cfg["channels_last"] = channels_last
-    return LungSegModule(**module_cfg)
+    return instantiate(cfg.module, channels_last=channels_last)
 
 
 def count_flops(module: LungSegModule, size: int, train: bool) -> float:

@@ -152,6 +152,7 @@ class ExactResume(L.Callback):
     def __init__(self) -> None:
         self._trainer: L.Trainer | None = None
         self._due: dict[str, float] | None = None
+        self._epoch = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer

@@ -143,9 +143,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt_path"):
         raise CheckpointError("no checkpoint given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt")
     ckpt_path = Path(cfg.ckpt_path)
-    module = load_module(ckpt_path)
     device = pick_device(cfg.device)
-    module = module.to(device)
+    module = load_module(ckpt_path, map_location=device)
     size = model_image_size(ckpt_path, cfg.data.image_size, module.net.divisor, cfg.default_image_size)
     datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None, eval_transform=None)
     dataset = datamodule.dataset(cfg.split)

@@ -99,8 +99,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
         confusion = module.test_confusion.compute().tolist()
         log.info("test confusion matrix (pixels; rows truth 0/1, columns predicted 0/1): %s", confusion)
-    if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics["best/val_loss"] = float(checkpoint.best_model_score)
     for tracker in (c for c in callbacks if isinstance(c, BestMetrics)):
         metrics.update(tracker.results())  # best over the whole run, resumes included
     metrics["epochs"] = float(trainer.current_epoch)
