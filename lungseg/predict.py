@@ -22,17 +22,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from lungseg.checkpoint import load_module
 from lungseg.data.datamodule import default_num_workers, limit_opencv_threads
-from lungseg.data.images import preprocess
+from lungseg.data.images import preprocess, read_mask
+from lungseg.data.layout import pair_files
 from lungseg.errors import DataError, LungsegError, exit_on_user_error
 from lungseg.inference import autocast, model_image_size, pick_device, resolve_precision
 from lungseg.inputs import InputFile, find_inputs, read_input
 from lungseg.postprocess import QualityLimits, finish_mask
+from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
 
 WRITERS = 2  # threads that upsample, clean and encode outputs while the model runs (OpenCV releases the GIL)
 CSV_COLUMNS = ("input", "mask", "height", "width", "lung_fraction", "area_image_left_px", "area_image_right_px",
                "large_components", "quality")
+TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")  # with truth=: the written mask against the reference mask
 
 
 class InputDataset(Dataset):
@@ -100,8 +103,42 @@ def write_png(path: Path, image: np.ndarray) -> None:
     data.tofile(path)
 
 
-def write_outputs(gray: np.ndarray, prob: np.ndarray, paths: dict[str, Path], cfg: DictConfig) -> dict[str, Any]:
-    """Upsample the probabilities to the input's size, threshold, clean, write the files; return the CSV measures."""
+def compare(final: np.ndarray, truth_path: Path) -> dict[str, Any]:
+    """Dice, IoU and HD95 (px) of a final mask against a reference mask file at the same (native) resolution."""
+    truth = read_mask(truth_path) > 0
+    if truth.shape != final.shape:
+        raise DataError(f"{truth_path}: reference mask is {truth.shape[1]}x{truth.shape[0]} but its radiograph is "
+                        f"{final.shape[1]}x{final.shape[0]}; truth= needs masks at the inputs' resolution")
+    pred = final > 0
+    inter, total = int((pred & truth).sum()), int(pred.sum() + truth.sum())
+    return {"truth": str(truth_path), "dice": round(2 * inter / total, 6) if total else 1.0,
+            "iou": round(inter / (total - inter), 6) if total else 1.0,
+            "hd95_px": round(surface_distances(pred, truth).hd95, 3)}
+
+
+def reference_masks(cfg: DictConfig, files: list[InputFile]) -> dict[Path, Path]:
+    """With ``truth=``: each input's reference mask (paired as the dataset pairs them: cxrimage_N with cxrmask_N,
+    else by stem); every input must have one."""
+    if not cfg.get("truth"):
+        return {}
+    truth = Path(cfg.truth).expanduser()
+    if not truth.is_dir():
+        raise DataError(f"truth={truth}: no such folder; pass the folder of reference masks (or leave truth unset)")
+    masks: dict[Path, Path] = {}
+    for folder in sorted({f.path.parent for f in files}):
+        pairs, _ = pair_files(folder, truth)
+        masks.update({pair.image.resolve(): pair.mask for pair in pairs})
+    missing = [f"{f.path}: no reference mask in {truth}" for f in files if f.path.resolve() not in masks]
+    if missing:
+        raise DataError(f"truth={truth}: {len(missing)} input(s) have no reference mask "
+                        "(cxrimage_<N> pairs with cxrmask_<N>, other names by stem):", missing)
+    return {f.path: masks[f.path.resolve()] for f in files}
+
+
+def write_outputs(gray: np.ndarray, prob: np.ndarray, paths: dict[str, Path], cfg: DictConfig,
+                  truth: Path | None = None) -> dict[str, Any]:
+    """Upsample the probabilities to the input's size, threshold, clean, write the files; return the CSV measures
+    (and, given a reference mask ``truth``, the written mask's Dice, IoU and HD95 against it)."""
     h, w = gray.shape
     prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob
     raw = (prob >= cfg.threshold).astype(np.uint8)
@@ -111,7 +148,7 @@ def write_outputs(gray: np.ndarray, prob: np.ndarray, paths: dict[str, Path], cf
         write_png(paths["overlays"], overlay(gray, final, cfg.overlay_size))
     if "probabilities" in paths:
         write_png(paths["probabilities"], np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
-    return stats
+    return {**stats, **compare(final, truth)} if truth is not None else stats
 
 
 def _require(cfg: DictConfig, *names: str) -> None:
@@ -151,6 +188,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.threads))
     output = Path(cfg.output).expanduser()
     files, paths = plan_outputs(cfg, output)
+    truths = reference_masks(cfg, files)
     device = pick_device(str(cfg.device))
     module = load_module(cfg.ckpt_path, map_location=device)
     size = model_image_size(cfg.ckpt_path, cfg.get("image_size"), getattr(module.net, "divisor", 1))
@@ -163,10 +201,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
              len(files), output, size, cfg.batch_size, device, precision, cfg.postprocess, cfg.tta_flip)
 
     failures: list[str] = []
+    scores: list[dict[str, Any]] = []
     output.mkdir(parents=True, exist_ok=True)
     start, model_s, done = time.perf_counter(), 0.0, 0
     with (output / "predictions.csv").open("w", newline="") as csv_file, ThreadPoolExecutor(WRITERS) as writer:
-        rows = csv.DictWriter(csv_file, fieldnames=CSV_COLUMNS)
+        rows = csv.DictWriter(csv_file, fieldnames=CSV_COLUMNS + (TRUTH_COLUMNS if truths else ()))
         rows.writeheader()
         pending: deque[tuple[int, Future]] = deque()
 
@@ -176,11 +215,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 i, future = pending.popleft()
                 try:
                     stats = future.result()
+                except DataError as err:  # a reference mask that cannot be compared (names its file)
+                    failures.append(str(err))
+                    continue
                 except (OSError, LungsegError, cv2.error) as err:
                     failures.append(f"{files[i].path}: cannot write outputs ({err}); check output= is writable")
                     continue
                 rows.writerow({"input": str(files[i].path), "mask": paths[i]["masks"].relative_to(output).as_posix(),
                                **stats})
+                if "dice" in stats:
+                    scores.append(stats)
                 done += 1
 
         for batch in _batches(loader, cfg.progress, len(files)):
@@ -193,15 +237,25 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             probs = probs[:, 0].cpu().numpy()
             model_s += time.perf_counter() - tick
             for i, gray, prob in zip(batch["index"], batch["gray"], probs, strict=True):
-                pending.append((i, writer.submit(write_outputs, gray, prob, paths[i], cfg)))
+                pending.append((i, writer.submit(write_outputs, gray, prob, paths[i], cfg, truths.get(files[i].path))))
             drain(keep=len(batch["index"]))  # the writer works on this batch while the model runs the next
         drain(keep=0)
     seconds = time.perf_counter() - start
     log.info("predicted %d image(s) in %.1f s: %.2f images/s end to end, %.1f images/s in the model",
              done, seconds, done / seconds, done / model_s if model_s else 0.0)
     log.info("wrote %s", output / "predictions.csv")
-    return {"predicted": done, "failures": failures, "seconds": seconds, "images_per_s": done / seconds,
-            "image_size": size, "precision": precision}
+    summary = {"predicted": done, "failures": failures, "seconds": seconds, "images_per_s": done / seconds,
+               "image_size": size, "precision": precision}
+    if scores:
+        dice = np.array([r["dice"] for r in scores])
+        summary.update(truth_images=len(scores), dice_mean=float(dice.mean()),
+                       dice_sd=float(dice.std(ddof=1)) if len(dice) > 1 else 0.0,
+                       iou_mean=float(np.mean([r["iou"] for r in scores])),
+                       hd95_px_mean=float(np.mean([r["hd95_px"] for r in scores])))
+        log.info("against truth=%s at native resolution (%d images): Dice %.4f ± %.4f, IoU %.4f, HD95 %.1f px",
+                 cfg.truth, len(scores), summary["dice_mean"], summary["dice_sd"], summary["iou_mean"],
+                 summary["hd95_px_mean"])
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

@@ -25,18 +25,25 @@ ORIGINAL_CONFUSION = {"tp": 102_883_876, "fn": 877_213, "fp": 618_257, "tn": 34_
 ORIGINAL["accuracy"] = (ORIGINAL_CONFUSION["tp"] + ORIGINAL_CONFUSION["tn"]) / sum(ORIGINAL_CONFUSION.values())
 
 
-def summarise(rows: list[dict[str, Any]], n_worst: int = 5) -> dict[str, Any]:
-    """Mean, SD (n-1), median and worst value of each per-image metric, the empty-mask counts and the worst images."""
-    out: dict[str, Any] = {}
-    for name in PER_IMAGE:
-        if name not in rows[0]:
+def spread(rows: list[dict[str, Any]], names: tuple[str, ...] = PER_IMAGE, suffix: str = "") -> dict[str, float]:
+    """Mean, SD (n-1), median and worst value of each per-image metric ``<name><suffix>`` present in ``rows``."""
+    out: dict[str, float] = {}
+    for name in names:
+        column = name.replace("_px", f"{suffix}_px") if name.endswith("_px") else f"{name}{suffix}"
+        if column not in rows[0]:
             continue
-        values = np.array([r[name] for r in rows], dtype=np.float64)
+        values = np.array([r[column] for r in rows], dtype=np.float64)
         key = name.removesuffix("_px")
         worst = values.min() if name in ("dice", "iou") else values.max()
-        out.update({f"{key}_mean": values.mean(), f"{key}_sd": values.std(ddof=1) if len(values) > 1 else 0.0,
-                    f"{key}_median": float(np.median(values)), f"{key}_worst": worst})
-    out = {k: float(v) for k, v in out.items()}
+        out.update({f"{key}_mean": float(values.mean()),
+                    f"{key}_sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    f"{key}_median": float(np.median(values)), f"{key}_worst": float(worst)})
+    return out
+
+
+def summarise(rows: list[dict[str, Any]], n_worst: int = 5) -> dict[str, Any]:
+    """Per-image spread of each metric, the empty-mask counts and the worst images."""
+    out: dict[str, Any] = spread(rows)
     out["empty_truth"] = sum(r["empty"] in ("truth", "both") for r in rows)
     out["empty_prediction"] = sum(r["empty"] in ("prediction", "both") for r in rows)
     ranked = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:n_worst]
@@ -96,6 +103,7 @@ def _fmt(x: Any) -> str:
 def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
     """report.md: the original's results table beside ours, per-image summary, worst 5, threshold, figures."""
     pooled, per, conf = summary["pooled"], summary["per_image"], summary["confusion"]
+    clean = summary["postprocessed"]
     name = {"balanced_accuracy": '"AUC" of the original = (recall + specificity) / 2',
             "auroc": "AUROC (from probabilities)", "loss": "BCE loss"}
     metrics_rows = [(name.get(k, k), _fmt(ORIGINAL.get(k)), _fmt(pooled[k])) for k in POOLED]
@@ -120,6 +128,15 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
         f"diagonal; both empty as 0 (Dice/IoU 1). Empty truths: {per['empty_truth']}, empty predictions: "
         f"{per['empty_prediction']}.",
         _table([("metric", "mean", "SD", "median", "worst"), *per_rows]),
+        "## After post-processing",
+        "The thresholded masks cleaned as `lungseg.predict` does by default (the two largest connected "
+        "components kept, holes filled); the pooled metrics above are the model's raw output.",
+        _table([("metric", "mean", "SD", "median", "worst"),
+                ("pooled Dice", _fmt(clean["pooled_dice"]), "", "", ""),
+                ("pooled IoU", _fmt(clean["pooled_iou"]), "", "", ""),
+                *[(k.removesuffix("_mean"), *(_fmt(clean.get(k.replace("_mean", s))) for s in
+                                              ("_mean", "_sd", "_median", "_worst")))
+                  for k in clean if k.endswith("_mean")]]),
         "## Worst 5 images by Dice",
         _table([("image", "Dice", "IoU", "HD95 px", "ASSD px"), *worst]),
     ]
@@ -146,7 +163,9 @@ def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned
     tn, fp, fn, tp = (int(v) for v in results["confusion"].reshape(-1))
     summary: dict[str, Any] = {**meta, "n_images": len(rows), "n_pixels": tn + fp + fn + tp,
                                "pooled": results["pooled"][0], "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
-                               "per_image": summarise(rows)}
+                               "per_image": summarise(rows),
+                               "postprocessed": {**{f"pooled_{k}": v for k, v in results["pooled_clean"].items()},
+                                                 **spread(rows, ("dice", "iou", "hd95_px", "assd_px"), "_clean")}}
     if tuned is not None:
         t = results["thresholds"][1]
         summary["tuned"] = {"threshold": t, "val_dice": tuned[1], "pooled": results["pooled"][1],
@@ -166,6 +185,7 @@ def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned
             tb.add_scalar(f"eval/{cfg.split}/{key}", value)
         for key in ("dice_mean", "iou_mean", "hd95_mean", "assd_mean"):
             tb.add_scalar(f"eval/{cfg.split}/per_image_{key}", summary["per_image"][key])
+            tb.add_scalar(f"eval/{cfg.split}/postprocessed_{key}", summary["postprocessed"][key])
     finally:
         tb.close()
     summary["figures"] = [f"{n}.png" for n in names]

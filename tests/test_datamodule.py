@@ -18,8 +18,9 @@ from lungseg.errors import DataError
 from tests.conftest import CXR, requires_cxr, write_split
 
 
-def _train_transform(compose_cfg: Callable[..., DictConfig]):
-    return instantiate(compose_cfg().data.train_transform, _convert_="all")
+def _train_transform(compose_cfg: Callable[..., DictConfig], *overrides: str):
+    """The configured training augmentation (augment=keras unless overridden), built as training builds it."""
+    return instantiate(compose_cfg(*overrides).data.train_transform, _convert_="all")
 
 
 def _stripes(size: int = 128) -> np.ndarray:
@@ -149,3 +150,45 @@ def test_loads_the_real_cxr_images() -> None:
     lung = batch["image"][batch["mask"] > 0].mean()
     body = batch["image"][batch["mask"] == 0].mean()
     assert batch["image"].std() > 0.1 and lung != body
+
+
+def test_strong_augmentation_ranges_are_really_applied(compose_cfg) -> None:
+    """augment=strong (the cxr_small recipe's): each transform's documented range, measured on pixels."""
+    affine, elastic, gamma, contrast, brightness = _train_transform(compose_cfg, "augment=strong").transforms
+    for k, t in enumerate((affine, elastic, gamma, contrast, brightness)):
+        t.set_random_seed(10 + k)
+    size = 256
+    mask = np.zeros((size, size), np.uint8)
+    mask[88:168, 68:188] = 1
+    flat = np.full((size, size), 100, np.uint8)
+    areas, angles = [], []
+    for _ in range(200):
+        out = affine(image=flat, mask=mask)
+        assert out["image"].min() == 100  # replicate border
+        areas.append(out["mask"].sum() / mask.sum())
+        ys, xs = np.nonzero(out["mask"])
+        (_, _), (_, _), angle = cv2.minAreaRect(np.column_stack([xs, ys]).astype(np.float32))
+        angles.append(min(angle % 90, 90 - angle % 90))
+    assert 0.7 <= min(areas) < 0.8 and 1.25 < max(areas) <= 1.36  # zoom 0.85-1.15 per axis
+    assert 12 < max(angles) <= 21  # rotation +-15 degrees plus shear +-5
+
+    ramp = np.tile(np.linspace(0, 255, size, dtype=np.float32), (size, 1)).astype(np.uint8)
+    moved = []
+    for _ in range(20):
+        out = elastic(image=ramp, mask=mask)
+        moved.append(np.abs(out["image"].astype(float) - ramp)[32:-32, 32:-32].mean() / (255 / (size - 1)))
+        assert set(np.unique(out["mask"])) <= {0, 1}
+    applied = [m for m in moved if m > 0]
+    assert 0.3 < len(applied) / len(moved) < 0.8  # p = 0.5
+    assert 1.0 < np.mean(applied) < 3.5  # mean displacement about 2 px
+
+    mid = np.full((size, size), 128, np.uint8)
+    gammas = [np.log(gamma(image=mid)["image"].mean() / 255) / np.log(128 / 255) for _ in range(200)]
+    gammas = [g for g in gammas if abs(g - 1) > 1e-3]
+    assert 0.69 <= min(gammas) < 0.8 and 1.4 < max(gammas) <= 1.51  # gamma 0.7-1.5
+    out = gamma(image=mid, mask=mask)
+    assert np.array_equal(out["mask"], mask)  # intensity transforms leave the mask alone
+    two = np.where(mask > 0, 150, 50).astype(np.uint8)
+    spreads = [np.ptp(contrast(image=two)["image"].astype(float)) / 100 for _ in range(200)]
+    assert 0.74 <= min(spreads) < 0.85 and 1.15 < max(spreads) <= 1.26  # contrast x0.75-1.25
+

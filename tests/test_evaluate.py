@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+from scipy import ndimage
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lungseg.checkpoint import load_module
@@ -127,6 +128,21 @@ def test_every_image_once_and_exact_against_numpy(trained: dict, run_eval, tmp_p
     dice = np.array([float(r["dice"]) for r in rows])
     assert summary["per_image"]["dice_mean"] == pytest.approx(dice.mean())
     assert summary["per_image"]["dice_sd"] == pytest.approx(dice.std(ddof=1))
+
+    # Post-processed (as lungseg.predict): scipy's two largest 8-connected components, holes filled.
+    counts, clean_dice = np.zeros(3), []
+    for row, p, m in zip(rows, pred, truth, strict=True):
+        labels, n = ndimage.label(p, structure=np.ones((3, 3)))
+        areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        kept = ndimage.binary_fill_holes(np.isin(labels, np.argsort(areas)[::-1][:2] + 1))
+        tp_, fp_, fn_ = (kept & m).sum(), (kept & ~m).sum(), (~kept & m).sum()
+        counts += (tp_, fp_, fn_)
+        clean_dice.append(2 * tp_ / (2 * tp_ + fp_ + fn_) if tp_ + fp_ + fn_ else 1.0)
+        assert float(row["dice_clean"]) == pytest.approx(clean_dice[-1], abs=1e-6)
+    clean = summary["postprocessed"]
+    assert clean["pooled_dice"] == pytest.approx(2 * counts[0] / (2 * counts[0] + counts[1] + counts[2]))
+    assert clean["dice_mean"] == pytest.approx(np.mean(clean_dice))
+    assert clean["hd95_mean"] == pytest.approx(np.mean([float(r["hd95_clean_px"]) for r in rows]))
 
 
 def test_report_figures_and_tensorboard(trained: dict, run_eval) -> None:

@@ -123,7 +123,8 @@ def test_real_radiographs_get_masks_overlays_and_csv_at_their_own_size(compose_c
     assert tuple(rows[0]) == CSV_COLUMNS
     for row in rows:
         total = int(row["area_image_left_px"]) + int(row["area_image_right_px"])
-        assert total == round(float(row["lung_fraction"]) * int(row["height"]) * int(row["width"]))
+        pixels = int(row["height"]) * int(row["width"])
+        assert abs(total - float(row["lung_fraction"]) * pixels) <= 0.5e-5 * pixels  # lung_fraction has 5 decimals
         assert row["quality"]
 
 
@@ -242,3 +243,31 @@ def test_pickle_bearing_checkpoint_is_refused_before_writing(compose_cfg, tmp_pa
     with pytest.raises(CheckpointError, match="refused"):
         predict(predict_cfg(compose_cfg, tmp_path / "evil.ckpt", source, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_truth_scores_the_written_masks_at_native_size(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_split(data, "test", [3, 7, 12], seed=4, size=48)
+    images, masks = data / "ChestXray" / "test" / "image", data / "ChestXray" / "test" / "mask"
+    out = tmp_path / "out"
+    summary = predict(predict_cfg(compose_cfg, tiny_ckpt, images, out, f"truth={masks}", "overlays=false"))
+    rows = read_csv(out / "predictions.csv")
+    assert len(rows) == 3 and summary["truth_images"] == 3
+    dice = []
+    for row in rows:
+        pred = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED) > 0
+        truth = cv2.imread(row["truth"], cv2.IMREAD_GRAYSCALE) >= 128
+        assert Path(row["truth"]).stem == Path(row["input"]).stem.replace("cxrimage", "cxrmask")
+        dice.append(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+        assert float(row["dice"]) == pytest.approx(dice[-1], abs=1e-5)
+        assert float(row["hd95_px"]) >= 0
+    assert summary["dice_mean"] == pytest.approx(np.mean(dice), abs=1e-5)
+
+    (masks / "cxrmask_7.jpeg").unlink()
+    with pytest.raises(LungsegError, match="cxrimage_7.png: no reference mask"):
+        predict(predict_cfg(compose_cfg, tiny_ckpt, images, tmp_path / "out2", f"truth={masks}"))
+    assert not (tmp_path / "out2").exists()  # refused before writing anything
+    cv2.imwrite(str(masks / "cxrmask_7.jpeg"), np.zeros((20, 20), np.uint8))
+    summary = predict(predict_cfg(compose_cfg, tiny_ckpt, images, tmp_path / "out3", f"truth={masks}"))
+    assert summary["truth_images"] == 2 and "reference mask is 20x20 but its radiograph is 48x48" in \
+        summary["failures"][0]

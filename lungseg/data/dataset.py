@@ -60,8 +60,12 @@ class LungDataset(Dataset):
         return load_pair(pair.image, pair.mask, self.image_size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index)
+
+    def item(self, index: int, augment: bool = True) -> dict[str, Any]:
+        """One item as tensors; ``augment=False`` gives it as evaluation sees it, whatever the transform."""
         image, mask = self.raw(index)
-        if self.transform is not None:
+        if augment and self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {
