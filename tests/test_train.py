@@ -104,9 +104,12 @@ def test_demo_reaches_dice_on_sample_data(compose_cfg, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @requires_cxr
-def test_short_training_on_real_radiographs(compose_cfg) -> None:
-    # Measured: 30 epochs at 128 px, half width -> val Dice 0.82-0.89 (about 90 s on 2 cores).
-    cfg = compose_cfg("+experiment=demo", f"data.root={CXR}", "data.synthesize=false", "trainer.max_epochs=30",
-                      "~callbacks.early_stopping", "~callbacks.progress_bar")
+def test_tuned_recipe_briefly_on_real_radiographs(compose_cfg) -> None:
+    """+experiment=cxr_small shortened (128 px, 40 epochs, about 2 minutes): a regression anywhere in data,
+    augmentation, model, BatchNorm statistics, loss or schedule shows up as a drop in test Dice."""
+    # Measured: test Dice 0.947 (2 min 49 s on one thread beside a training run). The same run with the original's
+    # input noise (0.1) and without the precise BatchNorm statistics: 0.826.
+    cfg = compose_cfg("+experiment=cxr_small", f"data.root={CXR}", "data.image_size=128", "trainer.max_epochs=40",
+                      "~callbacks.progress_bar")
     metrics = train(cfg)
-    assert metrics["test/dice"] >= 0.75
+    assert metrics["test/dice"] >= 0.92
