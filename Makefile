@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo train data check evaluate predict export bench sweep optuna summary test test-all lint tensorboard clean
+.PHONY: install demo train data check evaluate predict export bench sweep optuna summary results ablations test test-all lint tensorboard clean
 
 install: $(BIN)/.installed
 
@@ -51,6 +51,12 @@ summary: install       ## make summary SWEEP=outputs/multirun/<date>/<time>
 
 bench: install         ## throughput of training, inference, data pipeline (make bench ARGS="device=cuda")
 	$(BIN)/python -m lungseg.bench $(ARGS)
+
+results: install       ## docs/RESULTS.md: cxr_small x 3 seeds + baseline on cxr-v7 (about 1.5 h on 2 cores) [CXR=...]
+	PYTHON=$(BIN)/python scripts/results.sh $(or $(CXR),../shared/data/cxr-v7)
+
+ablations: install     ## the val comparisons behind cxr_small (about 2 h on 2 cores) [CXR=...]
+	PYTHON=$(BIN)/python scripts/ablations.sh $(or $(CXR),../shared/data/cxr-v7)
 
 test: install          ## the fast test suite
 	$(BIN)/python -m pytest -m "not slow" -q
