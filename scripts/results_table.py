@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = {  # header -> how to read it from one run
+    "val Dice (best.ckpt)": lambda _m, _n, r: r["metrics"]["best/val_dice"],
     "pooled Dice": lambda m, _n, _r: m["pooled"]["dice"],
     "per-image Dice": lambda m, _n, _r: m["per_image"]["dice_mean"],
     "HD95 px": lambda m, _n, _r: m["per_image"]["hd95_mean"],
@@ -27,8 +28,6 @@ COLUMNS = {  # header -> how to read it from one run
     "per-image Dice, post-proc.": lambda m, _n, _r: m["postprocessed"]["dice_mean"],
     "HD95 px, post-proc.": lambda m, _n, _r: m["postprocessed"]["hd95_mean"],
     "native per-image Dice": lambda _m, n, _r: float(np.mean([float(r["dice"]) for r in n])),
-    "epochs": lambda _m, _n, r: r["epochs"],
-    "train wall min": lambda _m, _n, r: r["wall_s"] / 60,
 }
 
 
@@ -38,7 +37,9 @@ def read_run(run: Path) -> dict[str, float]:
     with (run / "predict-native" / "predictions.csv").open(newline="") as f:
         native = list(csv.DictReader(f))
     result = json.loads((run / "result.json").read_text())
-    return {name: float(read(metrics, native, result)) for name, read in COLUMNS.items()}
+    row = {name: float(read(metrics, native, result)) for name, read in COLUMNS.items()}
+    print(f"{run}: {result['epochs']} epochs, {result['wall_s'] / 60:.1f} min of training", file=sys.stderr)
+    return row
 
 
 def main(runs: list[str]) -> None:
