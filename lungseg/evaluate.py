@@ -32,7 +32,9 @@ from lungseg.metrics import (
     BinnedROC,
     ReliabilityBins,
     confusion_matrix,
+    dice_iou,
     flatten,
+    mask_counts,
     per_image_overlap,
     pixel_metrics,
 )
@@ -86,13 +88,11 @@ def _cleaned_row(pred: np.ndarray, truth: np.ndarray, counts: np.ndarray) -> dic
     """Per-image metrics of ``pred`` after lungseg.predict's post-processing (two largest components, holes
     filled); adds its TP, FP, FN to ``counts``."""
     cleaned = clean_mask(pred.astype(np.uint8)) > 0
-    tp, fp, fn = int((cleaned & truth).sum()), int((cleaned & ~truth).sum()), int((~cleaned & truth).sum())
-    counts += (tp, fp, fn)
-    both_empty = tp + fp + fn == 0
+    tp_fp_fn = mask_counts(cleaned, truth)
+    counts += tp_fp_fn
+    dice, iou = dice_iou(*tp_fp_fn)
     dist = surface_distances(cleaned, truth)
-    return {"dice_clean": 1.0 if both_empty else 2 * tp / (2 * tp + fp + fn),
-            "iou_clean": 1.0 if both_empty else tp / (tp + fp + fn),
-            "hd95_clean_px": dist.hd95, "assd_clean_px": dist.assd}
+    return {"dice_clean": dice, "iou_clean": iou, "hd95_clean_px": dist.hd95, "assd_clean_px": dist.assd}
 
 
 def evaluate_dataset(module: LungSegModule, dataset: LungDataset, batch_size: int = 8, threshold: float = 0.5,
@@ -139,9 +139,7 @@ def evaluate_dataset(module: LungSegModule, dataset: LungDataset, batch_size: in
     for r in results:
         r["loss"] = float(loss.compute())
         r["balanced_accuracy"] = (r["recall"] + r["specificity"]) / 2  # what the original called "AUC"
-    tp, fp, fn = (int(v) for v in cleaned_counts)
-    union = tp + fp + fn  # 0: every truth and prediction empty, a perfect match
-    cleaned = {"dice": 2 * tp / (union + tp) if union else 1.0, "iou": tp / union if union else 1.0}
+    cleaned = dict(zip(("dice", "iou"), dice_iou(*(int(v) for v in cleaned_counts)), strict=True))
     return {"thresholds": thresholds, "pooled": results, "pooled_clean": cleaned,
             "confusion": confusion.compute().numpy(),
             "roc": [x.numpy() for x in roc.compute()], "pr": [x.numpy() for x in pr.compute()],

@@ -27,6 +27,7 @@ from lungseg.data.layout import pair_files
 from lungseg.errors import DataError, LungsegError, exit_on_user_error
 from lungseg.inference import autocast, model_image_size, pick_device, resolve_precision
 from lungseg.inputs import InputFile, find_inputs, read_input
+from lungseg.metrics import dice_iou, mask_counts
 from lungseg.postprocess import QualityLimits, finish_mask
 from lungseg.surface import surface_distances
 
@@ -110,9 +111,8 @@ def compare(final: np.ndarray, truth_path: Path) -> dict[str, Any]:
         raise DataError(f"{truth_path}: reference mask is {truth.shape[1]}x{truth.shape[0]} but its radiograph is "
                         f"{final.shape[1]}x{final.shape[0]}; truth= needs masks at the inputs' resolution")
     pred = final > 0
-    inter, total = int((pred & truth).sum()), int(pred.sum() + truth.sum())
-    return {"truth": str(truth_path), "dice": round(2 * inter / total, 6) if total else 1.0,
-            "iou": round(inter / (total - inter), 6) if total else 1.0,
+    dice, iou = dice_iou(*mask_counts(pred, truth))
+    return {"truth": str(truth_path), "dice": round(dice, 6), "iou": round(iou, 6),
             "hd95_px": round(surface_distances(pred, truth).hd95, 3)}
 
 

@@ -100,6 +100,13 @@ def _fmt(x: Any) -> str:
     return f"{x:.6f}" if isinstance(x, float) else ("-" if x is None else f"{x:,}" if isinstance(x, int) else str(x))
 
 
+def _spread_rows(spread_of: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Table rows (metric, mean, SD, median, worst) of a :func:`spread` result."""
+    return [(k.removesuffix("_mean"), *(_fmt(spread_of.get(k.replace("_mean", s))) for s in
+                                        ("_mean", "_sd", "_median", "_worst")))
+            for k in spread_of if k.endswith("_mean")]
+
+
 def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
     """report.md: the original's results table beside ours, per-image summary, worst 5, threshold, figures."""
     pooled, per, conf = summary["pooled"], summary["per_image"], summary["confusion"]
@@ -108,9 +115,7 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
             "auroc": "AUROC (from probabilities)", "loss": "BCE loss"}
     metrics_rows = [(name.get(k, k), _fmt(ORIGINAL.get(k)), _fmt(pooled[k])) for k in POOLED]
     conf_rows = [(k.upper(), _fmt(ORIGINAL_CONFUSION[k]), _fmt(conf[k])) for k in ("tp", "fn", "fp", "tn")]
-    per_rows = [(k.removesuffix("_mean"), *(_fmt(per.get(k.replace("_mean", s))) for s in
-                                            ("_mean", "_sd", "_median", "_worst")))
-                for k in per if k.endswith("_mean")]
+    per_rows = _spread_rows(per)
     worst = [(Path(w["file"]).name, *(_fmt(float(w[k])) for k in ("dice", "iou", "hd95_px", "assd_px")))
              for w in per["worst"]]
     parts = [
@@ -134,9 +139,7 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
         _table([("metric", "mean", "SD", "median", "worst"),
                 ("pooled Dice", _fmt(clean["pooled_dice"]), "", "", ""),
                 ("pooled IoU", _fmt(clean["pooled_iou"]), "", "", ""),
-                *[(k.removesuffix("_mean"), *(_fmt(clean.get(k.replace("_mean", s))) for s in
-                                              ("_mean", "_sd", "_median", "_worst")))
-                  for k in clean if k.endswith("_mean")]]),
+                *_spread_rows(clean)]),
         "## Worst 5 images by Dice",
         _table([("image", "Dice", "IoU", "HD95 px", "ASSD px"), *worst]),
     ]
