@@ -42,7 +42,13 @@ def config_subdir(ckpt_path: str | None, stamp: str) -> str:
     return f".hydra/resume-{stamp}" if ckpt_path and Path(ckpt_path).parent.name == "checkpoints" else ".hydra"
 
 
-RESOLVERS = {"lungseg.precision": precision, "lungseg.resume_dir": resume_dir, "lungseg.config_subdir": config_subdir}
+def monitor_mode(monitor: str) -> str:
+    """``min`` for a loss (``val/loss``), ``max`` for a score (``val/dice``): the direction of "better"."""
+    return "min" if "loss" in monitor.rsplit("/", 1)[-1] else "max"
+
+
+RESOLVERS = {"lungseg.precision": precision, "lungseg.monitor_mode": monitor_mode, "lungseg.resume_dir": resume_dir,
+             "lungseg.config_subdir": config_subdir}
 
 
 def register() -> None:
