@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn import functional as F
 
 from lungseg.metrics import confusion_matrix, flatten, pixel_metrics
 
@@ -57,18 +58,36 @@ class LungSegModule(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 1, H, W) in [0, 1] -> logits (N, 1, H, W)."""
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return self.net(self._layout(images))
+
+    def forward_with_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the net's deep-supervision logits (coarse to fine; none without aux heads)."""
+        return self.net.forward_with_aux(self._layout(images))
+
+    def deep_supervised(self, loss: torch.Tensor, aux: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        """The main loss (weight 1) and each aux head's loss on its logits upsampled to the mask, weighted
+        1/2 at the finest aux level, 1/4 at the next, ...; the weights normalised to sum 1 (as nnU-Net)."""
+        weights = [0.5 ** (len(aux) - i) for i in range(len(aux))]  # aux is deepest first
+        for w, a in zip(weights, aux, strict=True):
+            up = F.interpolate(a.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            loss = loss + w * self.loss_fn(up, masks)
+        return loss / (1.0 + sum(weights))
 
     def l2_penalty(self) -> torch.Tensor:
         """Keras ``regularizers.L2(l)``: ``l * sum(w**2)`` over conv kernels, added to the training loss."""
         return self.hparams.kernel_l2 * sum(w.float().pow(2).sum() for w in conv_kernels(self.net))
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
+        aux: list[torch.Tensor] = []
+        if stage == "train" and getattr(self.net, "deep_supervision", False):
+            logits, aux = self.forward_with_aux(batch["image"])
+        else:
+            logits = self(batch["image"])
         loss = self.loss_fn(logits.float(), batch["mask"])
         probs = torch.sigmoid(logits.float())
         preds, target = flatten(probs, batch["mask"])
@@ -81,6 +100,9 @@ class LungSegModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n,
                  sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
+        if aux:  # train/loss stays the main head's, comparable with val/loss; the objective adds the aux heads
+            loss = self.deep_supervised(loss, aux, batch["mask"])
+            self.log("train/supervised_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

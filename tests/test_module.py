@@ -96,3 +96,22 @@ def test_checkpoint_alone_rebuilds_the_model(tmp_path: Path) -> None:
     x = torch.rand(1, 1, 16, 16)
     torch.testing.assert_close(loaded(x), module.eval()(x))
     assert loaded.hparams.net["base_filters"] == 4
+
+
+def test_deep_supervision_objective_is_the_weighted_mean_of_head_losses() -> None:
+    net = {**NET, "depth": 3, "deep_supervision": True}
+    module = LungSegModule(net=net, optimizer=OPT, loss=LOSS, kernel_l2=0.0, channels_last=False)
+    batch = {"image": torch.rand(2, 1, 16, 16), "mask": (torch.rand(2, 1, 16, 16) > 0.5).float()}
+    objective = module.training_step(batch, 0)
+    logits, aux = module.net.forward_with_aux(batch["image"])
+    assert [a.shape[-1] for a in aux] == [4, 8]  # 1/4 and 1/2 of the input, deepest first
+    bce = nn.functional.binary_cross_entropy_with_logits
+    up = [nn.functional.interpolate(a, size=(16, 16), mode="bilinear", align_corners=False) for a in aux]
+    by_hand = (bce(logits, batch["mask"]) + 0.25 * bce(up[0], batch["mask"]) + 0.5 * bce(up[1], batch["mask"])) / 1.75
+    assert objective.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    objective.backward()  # the aux heads are trained
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in module.net.aux_heads)
+    # eval forward ignores the aux heads: the main logits alone, as without deep supervision
+    module.eval()
+    torch.testing.assert_close(module(batch["image"]), module.net.forward_with_aux(batch["image"])[0])
+    assert not LungSegModule(net=NET, optimizer=OPT, loss=LOSS).net.deep_supervision

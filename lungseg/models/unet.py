@@ -81,6 +81,7 @@ class UNet(nn.Module):
         noise_std: float = 0.1,
         decoder: Decoder = "transpose",
         bn_momentum: float = 0.1,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         widths = [base_filters * 2**i for i in range(depth)]
@@ -97,10 +98,27 @@ class UNet(nn.Module):
             DecoderBlock(2 * width, width, decoder, bn_momentum) for width in reversed(widths)
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
+        # Deep supervision: a 1x1 logit head on each coarser decoder output (deepest first), trained
+        # through forward_with_aux; forward() never uses them, so inference and export are unchanged.
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(width, 1, 1) for width in list(reversed(widths))[:-1]
+        ) if deep_supervision else nn.ModuleList()
         self.divisor = 2**depth
+
+    @property
+    def deep_supervision(self) -> bool:
+        """Whether the net has auxiliary heads for :meth:`forward_with_aux`."""
+        return len(self.aux_heads) > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images in [0, 1] -> (N, 1, H, W) logits; H and W must be multiples of 2**depth."""
+        return self._run(x, aux=False)[0]
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and, with ``deep_supervision``, the auxiliary logits at 1/2**(depth-1) ... 1/2 of the input size."""
+        return self._run(x, aux=True)
+
+    def _run(self, x: torch.Tensor, aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if x.shape[-2] % self.divisor or x.shape[-1] % self.divisor:
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of {self.divisor}")
         x = self.noise(x)
@@ -110,6 +128,9 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.dropout(self.pool(x))
         x = self.bottleneck(x)
-        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
+        aux_logits: list[torch.Tensor] = []
+        for i, (decoder, skip) in enumerate(zip(self.decoders, reversed(skips), strict=True)):
             x = decoder(x, skip)
-        return self.head(x)
+            if aux and i < len(self.aux_heads):
+                aux_logits.append(self.aux_heads[i](x))
+        return self.head(x), aux_logits
