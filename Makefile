@@ -52,7 +52,7 @@ summary: install       ## make summary SWEEP=outputs/multirun/<date>/<time>
 bench: install         ## throughput of training, inference, data pipeline (make bench ARGS="device=cuda")
 	$(BIN)/python -m lungseg.bench $(ARGS)
 
-results: install       ## docs/RESULTS.md: cxr_small x 3 seeds + baseline on cxr-v7 (about 1.5 h on 2 cores) [CXR=...]
+results: install       ## docs/RESULTS.md: cxr_small x 3 seeds, baseline, cxr_small without deep supervision x 3 on cxr-v7 (about 2.5 h on 2 cores) [CXR=...]
 	PYTHON=$(BIN)/python scripts/results.sh $(or $(CXR),../shared/data/cxr-v7)
 
 ablations: install     ## the val comparisons behind cxr_small (about 2 h on 2 cores) [CXR=...]

@@ -7,7 +7,9 @@ set -euo pipefail
 CXR=${1:-../shared/data/cxr-v7}
 OUT=${2:-outputs/ablate}
 PY=${PYTHON:-.venv/bin/python}
-BASE=(+experiment=cxr_small data.root="$CXR" trainer.max_epochs=60 test=false '~callbacks.progress_bar')
+# Every comparison ran before cxr_small gained deep supervision, hence its explicit "false" here.
+BASE=(+experiment=cxr_small data.root="$CXR" trainer.max_epochs=60 test=false '~callbacks.progress_bar'
+      model.deep_supervision=false)
 
 run() {  # name, then overrides
   local name=$1; shift
@@ -24,6 +26,18 @@ run C2_bce             augment=strong
 run D1_full_width_equal_time loss=bce_dice augment=strong model.base_filters=32 trainer.max_epochs=20
 run D2_no_l2           loss=bce_dice augment=strong module.kernel_l2=0
 # At the recipe's full length (150 epochs), seed 43: the strong augmentation against cxr_small's (the original's),
-# which is outputs/results/cxr_small-seed43 (scripts/results.sh).
+# which is outputs/results/cxr_small-no-deep-supervision-seed43 (scripts/results.sh).
 run E1_strong_150ep_seed43 trainer.max_epochs=150 seed=43 augment=strong
+# Session 3 (60 epochs, seed 42, as A-D): the reference itself, then one change each.
+run F0_reference
+run F1_depth5          model.depth=5
+run F2_dropout05       model.dropout=0.5
+run F3_deep_supervision model.deep_supervision=true
+run F4_opacity         augment=opacity
+run F6_original_lr     optimizer.lr=1e-4 scheduler=plateau   # the original's Adam 1e-4 + ReduceLROnPlateau(0.5, 5)
+run F7_deep_supervision_opacity model.deep_supervision=true augment=opacity
+# 128 px, full width: evaluate scores it at 128 px; predict upsamples its masks to the 256 px val masks.
+run F5_128px_full_width data.image_size=128 model.base_filters=32
+"$PY" -m lungseg.predict ckpt_path="$OUT/F5_128px_full_width/checkpoints/best.ckpt" input="$CXR/ChestXray/val/image" \
+  truth="$CXR/ChestXray/val/mask" output="$OUT/F5_128px_full_width/predict-val-256" overwrite=true progress=false
 "$PY" -m lungseg.sweep_summary "$OUT"

@@ -24,4 +24,8 @@ for seed in $SEEDS; do
   run "cxr_small-seed$seed" +experiment=cxr_small seed="$seed"
 done
 run baseline +experiment=baseline
-"$PY" scripts/results_table.py "$OUT"/cxr_small-seed* "$OUT"/baseline
+# the recipe before deep supervision (the comparison that adopted it), same seeds
+for seed in $SEEDS; do
+  run "cxr_small-no-deep-supervision-seed$seed" +experiment=cxr_small seed="$seed" model.deep_supervision=false
+done
+"$PY" scripts/results_table.py "$OUT"/cxr_small-seed* "$OUT"/baseline "$OUT"/cxr_small-no-deep-supervision-seed*
