@@ -55,7 +55,7 @@ bench: install         ## throughput of training, inference, data pipeline (make
 results: install       ## docs/RESULTS.md: cxr_small x 3 seeds, baseline, cxr_small without deep supervision x 3 on cxr-v7 (about 2.5 h on 2 cores) [CXR=...]
 	PYTHON=$(BIN)/python scripts/results.sh $(or $(CXR),../shared/data/cxr-v7)
 
-ablations: install     ## the val comparisons behind cxr_small (about 2 h on 2 cores) [CXR=...]
+ablations: install     ## the val comparisons behind cxr_small (about 3 h on 2 cores) [CXR=...]
 	PYTHON=$(BIN)/python scripts/ablations.sh $(or $(CXR),../shared/data/cxr-v7)
 
 test: install          ## the fast test suite
