@@ -43,8 +43,9 @@ def config_subdir(ckpt_path: str | None, stamp: str) -> str:
 
 
 def monitor_mode(monitor: str) -> str:
-    """``min`` for a loss (``val/loss``), ``max`` for a score (``val/dice``): the direction of "better"."""
-    return "min" if "loss" in monitor.rsplit("/", 1)[-1] else "max"
+    """``min`` for a loss (``val/loss``, ``best/val_loss``), ``max`` for a score (``val/dice``): the direction of
+    "better" (schedulers, checkpoints, early stopping and sweep summaries all use this one rule)."""
+    return "min" if "loss" in monitor else "max"
 
 
 RESOLVERS = {"lungseg.precision": precision, "lungseg.monitor_mode": monitor_mode, "lungseg.resume_dir": resume_dir,

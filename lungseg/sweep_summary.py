@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lungseg.errors import LungsegError, exit_on_user_error
+from lungseg.resolvers import monitor_mode
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     scored = [r for r in rows if r["status"] == "finished" and _number(r.get(metric)) is not None]
     if not scored:
         return None
-    sign = -1.0 if "loss" in metric else 1.0
+    sign = -1.0 if monitor_mode(metric) == "min" else 1.0
     return max(scored, key=lambda r: sign * float(r[metric]))
 
 

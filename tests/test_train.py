@@ -94,6 +94,12 @@ def test_experiments_compose_as_documented(compose_cfg) -> None:
     assert base.scheduler.mode == "min"  # on val/loss
     # on a score (cxr_small monitors val/dice), the plateau schedule waits for it to stop rising
     assert compose_cfg("+experiment=cxr_small", "scheduler=plateau").scheduler.mode == "max"
+    # checkpoint and early stopping take their direction from their own monitor the same way
+    assert base.callbacks.model_checkpoint.mode == "min" and base.callbacks.early_stopping.mode == "min"
+    small = compose_cfg("+experiment=cxr_small")
+    assert (small.callbacks.model_checkpoint.monitor, small.callbacks.model_checkpoint.mode) == ("val/dice", "max")
+    on_dice = compose_cfg("+experiment=baseline", "callbacks.early_stopping.monitor=val/dice")
+    assert on_dice.callbacks.early_stopping.mode == "max"
     demo = compose_cfg("+experiment=demo")
     assert demo.data.synthesize and demo.data.root.endswith("data/sample")
 
