@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The val-split comparisons behind +experiment=cxr_small (docs/RESULTS.md, "How the recipe was chosen").
 # Every run: seed 42, cxr-v7 train/val, 256 px, best.ckpt = highest val Dice, then lungseg.evaluate on val.
-# Overrides are written against the final cxr_small; runs A-D were made in pairs, one thread each.
+# Overrides are written against cxr_small without deep supervision (see BASE); runs were made in pairs, one thread
+# each.
 #   scripts/ablations.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/ablate]
 set -euo pipefail
 CXR=${1:-../shared/data/cxr-v7}
@@ -28,7 +29,7 @@ run D2_no_l2           loss=bce_dice augment=strong module.kernel_l2=0
 # At the recipe's full length (150 epochs), seed 43: the strong augmentation against cxr_small's (the original's),
 # which is outputs/results/cxr_small-no-deep-supervision-seed43 (scripts/results.sh).
 run E1_strong_150ep_seed43 trainer.max_epochs=150 seed=43 augment=strong
-# Session 3 (60 epochs, seed 42, as A-D): the reference itself, then one change each.
+# F (60 epochs, seed 42, as A-D): the reference itself, then one change each.
 run F0_reference
 run F1_depth5          model.depth=5
 run F2_dropout05       model.dropout=0.5
