@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo train data check evaluate predict export bench sweep optuna summary results ablations test test-all lint tensorboard clean
+.PHONY: install demo train data check evaluate predict export bench sweep optuna summary results ablations learning-curve test test-all lint tensorboard clean
 
 install: $(BIN)/.installed
 
@@ -57,6 +57,9 @@ results: install       ## docs/RESULTS.md: cxr_small x 3 seeds, baseline, cxr_sm
 
 ablations: install     ## the val comparisons behind cxr_small (about 3 h on 2 cores) [CXR=...]
 	PYTHON=$(BIN)/python scripts/ablations.sh $(or $(CXR),../shared/data/cxr-v7)
+
+learning-curve: install ## cxr_small on 15/30/45/60 training images, scored on val and test (about 1 h on 2 cores) [CXR=...]
+	PYTHON=$(BIN)/python scripts/learning_curve.sh $(or $(CXR),../shared/data/cxr-v7)
 
 test: install          ## the fast test suite
 	$(BIN)/python -m pytest -m "not slow" -q

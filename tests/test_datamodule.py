@@ -49,6 +49,25 @@ def test_val_and_test_visit_every_image_exactly_once(tiny_dataset: Path) -> None
         assert seen == list(range(len(dm.dataset(split))))
 
 
+def test_train_subset_is_one_fixed_nested_draw_and_leaves_val_alone(tiny_dataset: Path) -> None:
+    def train_files(n: int | None, seed: int) -> list[str]:
+        L.seed_everything(seed)
+        dm = LungDataModule(str(tiny_dataset), image_size=32, train_subset=n)
+        dm.setup("fit")
+        assert len(dm.dataset("val")) == 4
+        return [p.image.name for p in dm.dataset("train").pairs]
+
+    everything = train_files(None, 0)
+    three, six = train_files(3, 0), train_files(6, 0)
+    assert len(three) == 3 and len(six) == 6 and set(three) < set(six) < set(everything)
+    assert three == train_files(3, 123)  # the same images whatever the run's seed
+    assert three != everything[:3] or six != everything[:6]  # a random draw, not the first files
+    assert train_files(8, 0) == everything
+    for bad in (0, 9):
+        with pytest.raises(DataError, match=f"data.train_subset={bad}.*8 training pairs"):
+            train_files(bad, 0)
+
+
 def test_setup_reports_problems_and_missing_root(tiny_dataset: Path, tmp_path: Path) -> None:
     (tiny_dataset / "ChestXray" / "val" / "mask" / "cxrmask_31.jpeg").unlink()
     with pytest.raises(DataError, match="cxrimage_31.png: no mask"):

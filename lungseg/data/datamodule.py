@@ -9,12 +9,13 @@ from typing import Any
 
 import cv2
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, get_worker_info
 
 from lungseg.data.dataset import LungDataset
-from lungseg.data.layout import SPLITS, find_pairs, require_root
+from lungseg.data.layout import SPLITS, Pair, find_pairs, require_root
 from lungseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,19 @@ def default_num_workers() -> int:
     return min(8, max(1, (os.cpu_count() or 1) - 1))
 
 
+SUBSET_SEED = 0  # one fixed draw for every run, whatever its seed=, so runs on the same subset compare
+
+
+def subset(pairs: list[Pair], n: int, root: Path) -> list[Pair]:
+    """The first ``n`` pairs of one fixed random permutation (in file order): a smaller training set for a
+    learning curve. Subsets are nested (the 15 of n=15 are among the 30 of n=30) and the same for every run."""
+    if not 1 <= n <= len(pairs):
+        raise DataError(f"data.train_subset={n}, but {root} has {len(pairs)} training pairs; "
+                        f"pick 1 to {len(pairs)}, or null for all of them")
+    order = np.random.default_rng(SUBSET_SEED).permutation(len(pairs))
+    return [pairs[i] for i in sorted(order[:n])]
+
+
 class LungDataModule(L.LightningDataModule):
     """Chest X-ray image/mask pairs from ``<root>/ChestXray/{train,val,test}/{image,mask}/``."""
 
@@ -73,6 +87,7 @@ class LungDataModule(L.LightningDataModule):
         eval_transform: Any = None,
         synthesize: bool = False,
         pin_memory: bool | str = "auto",
+        train_subset: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -84,6 +99,7 @@ class LungDataModule(L.LightningDataModule):
         self.eval_transform = eval_transform
         self.synthesize = synthesize
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        self.train_subset = train_subset
         self.datasets: dict[str, LungDataset] = {}
 
     def prepare_data(self) -> None:
@@ -106,12 +122,15 @@ class LungDataModule(L.LightningDataModule):
             problems += split_problems
         if problems:
             raise DataError(f"dataset at {self.root} has {len(problems)} problem(s):", problems)
+        if "train" in found and self.train_subset is not None:
+            found["train"] = subset(found["train"], self.train_subset, self.root)
         for split in wanted:
             transform = self.train_transform if split == "train" else self.eval_transform
             dataset = LungDataset(found[split], self.image_size, transform, cache=self.cache)
             dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()))  # follows seed_everything
             self.datasets[split] = dataset
-            log.info("%s: %d pairs from %s", split, len(dataset), self.root)
+            subset_note = f" (data.train_subset={self.train_subset})" if split == "train" and self.train_subset else ""
+            log.info("%s: %d pairs from %s%s", split, len(dataset), self.root, subset_note)
 
     def state_dict(self) -> dict[str, Any]:
         """The training augmentation's random state (in-process loading), so a resumed run augments as an
