@@ -43,4 +43,7 @@ run F5_128px_full_width data.image_size=128 model.base_filters=32
   truth="$CXR/ChestXray/val/mask" output="$OUT/F5_128px_full_width/predict-val-256" overwrite=true progress=false
 # The adopted cxr_small (deep supervision) at 220 epochs instead of 150: the most that fits in 30 minutes alone.
 run G1_220_epochs      model.deep_supervision=true trainer.max_epochs=220
+# H (60 epochs, seed 42, against F3): changes on top of deep supervision. (H2, CLAHE on every input, was a one-off
+# patch of lungseg.data.images.resize_image and is not repeated here.)
+run H1_ds_depth5       model.deep_supervision=true model.depth=5
 "$PY" -m lungseg.sweep_summary "$OUT"

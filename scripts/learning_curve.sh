@@ -15,9 +15,11 @@ SEEDS=${SEEDS:-42}
 FULL=60  # training images in cxr-v7
 EXTRA=("${@:3}")  # e.g. threads=1, to run two of these side by side
 
+runs=()
 for seed in $SEEDS; do
   for n in $SIZES; do
     dir=$OUT/n$n-seed$seed
+    runs+=("$dir")
     epochs=$((150 * FULL / n))                         # the same images seen (and steps, at batch 8) for every n
     every=$(( FULL % n == 0 ? FULL / n : 1 ))          # validate about 150 times whatever n
     [ -f "$dir/checkpoints/best.ckpt" ] || "$PY" -m lungseg.train +experiment=cxr_small data.root="$CXR" \
@@ -28,4 +30,4 @@ for seed in $SEEDS; do
     done
   done
 done
-"$PY" scripts/learning_curve_table.py "$OUT"/n*-seed*
+"$PY" scripts/learning_curve_table.py "${runs[@]}"
