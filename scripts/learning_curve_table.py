@@ -27,7 +27,11 @@ def read_run(run: Path) -> dict[str, float]:
     """One run's figures: val and test pooled / per-image Dice and HD95, and test Dice without and on the hard films."""
     row: dict[str, float] = {}
     for split in ("val", "test"):
-        metrics = json.loads((run / "eval" / split / "metrics.json").read_text())
+        path = run / "eval" / split / "metrics.json"
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing; score the run first: python -m lungseg.evaluate "
+                             f"ckpt_path={run}/checkpoints/best.ckpt data.root=<set> split={split}")
+        metrics = json.loads(path.read_text())
         row[f"{split} pooled Dice"] = metrics["pooled"]["dice"]
         row[f"{split} per-image Dice"] = metrics["per_image"]["dice_mean"]
         row[f"{split} HD95 px"] = metrics["per_image"]["hd95_mean"]

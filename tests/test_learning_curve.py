@@ -49,6 +49,10 @@ def test_gain_per_doubling_and_where_the_line_meets_the_targets(table_script, tm
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
 
-def test_a_misnamed_folder_is_refused(table_script, tmp_path: Path) -> None:
+def test_a_misnamed_or_unscored_run_is_refused_by_name(table_script, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="n<N>-seed<S>"):
         table_script.read_runs([_run(tmp_path, 15, 42, 0.9, 10.0).rename(tmp_path / "run15")])
+    unscored = _run(tmp_path, 30, 42, 0.9, 10.0)
+    (unscored / "eval" / "test" / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match=r"n30-seed42/eval/test/metrics.json: missing.*split=test"):
+        table_script.read_runs([unscored])
