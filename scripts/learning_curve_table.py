@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from results_table import cell  # scripts/ is on the path when this runs as a script
 
 HARD = ("cxrimage_76", "cxrimage_86", "cxrimage_87")
 TARGETS = {"test pooled Dice": 0.96, "test per-image Dice": 0.95, "test HD95 px": 8.0}
@@ -66,12 +67,7 @@ def table(groups: dict[int, list[dict[str, float]]]) -> str:
     columns = list(next(iter(groups.values()))[0])
     lines = ["| training images | runs | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 2) + "|"]
     for n, rows in groups.items():
-        cells = []
-        for column in columns:
-            values = np.array([r[column] for r in rows])
-            digits = 1 if "HD95" in column else 4
-            spread = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
-            cells.append(f"{values.mean():.{digits}f}{spread}")
+        cells = [cell(np.array([r[column] for r in rows]), 1 if "HD95" in column else 4) for column in columns]
         lines.append(f"| {n} | {len(rows)} | " + " | ".join(cells) + " |")
     if len(groups) > 1:
         slopes = [fit(groups, c)[1] for c in columns]

@@ -42,6 +42,12 @@ def read_run(run: Path) -> dict[str, float]:
     return row
 
 
+def cell(values: np.ndarray, digits: int) -> str:
+    """A table cell: the mean, and ± the SD over runs when there is more than one."""
+    sd = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
+    return f"{values.mean():.{digits}f}{sd}"
+
+
 def main(runs: list[str]) -> None:
     groups: dict[str, list[dict[str, float]]] = defaultdict(list)
     for run in map(Path, runs):
@@ -49,12 +55,7 @@ def main(runs: list[str]) -> None:
     print("| recipe | runs | " + " | ".join(COLUMNS) + " |")
     print("| --- | --- |" + " --- |" * len(COLUMNS))
     for name, rows in groups.items():
-        cells = []
-        for col in COLUMNS:
-            values = np.array([r[col] for r in rows])
-            digits = 4 if "Dice" in col else 1
-            sd = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
-            cells.append(f"{values.mean():.{digits}f}{sd}")
+        cells = [cell(np.array([r[col] for r in rows]), 4 if "Dice" in col else 1) for col in COLUMNS]
         print(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
 
 

@@ -11,8 +11,9 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "learning_curve_table.py"
 
 
-@pytest.fixture(scope="module")
-def table_script():
+@pytest.fixture
+def table_script(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script: it imports results_table
     spec = importlib.util.spec_from_file_location("learning_curve_table", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
