@@ -58,7 +58,7 @@ results: install       ## docs/RESULTS.md: cxr_small x 3 seeds, baseline, cxr_sm
 ablations: install     ## the val comparisons behind cxr_small (about 3 h on 2 cores) [CXR=...]
 	PYTHON=$(BIN)/python scripts/ablations.sh $(or $(CXR),../shared/data/cxr-v7)
 
-learning-curve: install ## cxr_small on 15/30/45/60 training images, scored on val and test (about 1 h on 2 cores) [CXR=...]
+learning-curve: install ## cxr_small on 15/30/45/60 training images, scored on val and test (about 70 min a seed on 2 cores) [CXR=...] [SEEDS=...] [SIZES=...]
 	PYTHON=$(BIN)/python scripts/learning_curve.sh $(or $(CXR),../shared/data/cxr-v7)
 
 test: install          ## the fast test suite
