@@ -46,4 +46,7 @@ run G1_220_epochs      model.deep_supervision=true trainer.max_epochs=220
 # H (60 epochs, seed 42, against F3): changes on top of deep supervision. (H2, CLAHE on every input, was a one-off
 # patch of lungseg.data.images.resize_image and is not repeated here.)
 run H1_ds_depth5       model.deep_supervision=true model.depth=5
+# H1 at the recipe's full length (150 epochs), against the headline runs of the same seeds
+run I_ds_depth5_150ep_seed43 model.deep_supervision=true model.depth=5 trainer.max_epochs=150 seed=43
+run I_ds_depth5_150ep_seed44 model.deep_supervision=true model.depth=5 trainer.max_epochs=150 seed=44
 "$PY" -m lungseg.sweep_summary "$OUT"
