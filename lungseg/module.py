@@ -128,5 +128,10 @@ class LungSegModule(L.LightningModule):
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        # A plateau schedule reads the monitored val metric, so it steps only on epochs that validate
+        # (trainer.check_val_every_n_epoch): its patience counts validations, as Keras' does.
+        every = self.trainer.check_val_every_n_epoch if self._trainer is not None else 1
+        plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch"}}
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch",
+                                 "frequency": (every or 1) if plateau else 1}}

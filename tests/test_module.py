@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from lungseg.data.datamodule import LungDataModule
 from lungseg.metrics import BinnedAUROC, pixel_metrics
 from lungseg.module import LungSegModule, conv_kernels
 
@@ -96,6 +97,19 @@ def test_checkpoint_alone_rebuilds_the_model(tmp_path: Path) -> None:
     x = torch.rand(1, 1, 16, 16)
     torch.testing.assert_close(loaded(x), module.eval()(x))
     assert loaded.hparams.net["base_filters"] == 4
+
+
+def test_plateau_schedule_steps_only_on_epochs_that_validate(tiny_dataset: Path) -> None:
+    """With validation every 2nd epoch, ReduceLROnPlateau (which reads val/loss) steps on those epochs only,
+    instead of failing on the epochs without a val/loss."""
+    plateau = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "mode": "min",
+               "factor": 0.5, "patience": 0}
+    module = make_module(scheduler=plateau)
+    trainer = L.Trainer(max_epochs=4, check_val_every_n_epoch=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, datamodule=LungDataModule(str(tiny_dataset), image_size=32, batch_size=4))
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert scheduler.frequency == 2 and scheduler.scheduler.last_epoch == 2  # epochs 2 and 4
 
 
 def test_deep_supervision_objective_is_the_weighted_mean_of_head_losses() -> None:
