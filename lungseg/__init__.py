@@ -1,12 +1,30 @@
-"""lungseg: lung segmentation of chest X-rays with an enhanced U-Net."""
+"""lungseg: lung segmentation of chest X-rays with an enhanced U-Net.
+
+``from lungseg import LungSegmenter`` is the Python API (imported on first use, so ``import lungseg`` stays light).
+"""
+
+from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 # albumentations checks PyPI for updates at import; keep every import offline and quiet.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+__all__ = ["LungSegmenter", "Segmentation", "__version__"]
 
 from lungseg import resolvers as _resolvers  # noqa: E402
 
 _resolvers.register()
+
+if TYPE_CHECKING:
+    from lungseg.predictor import LungSegmenter, Segmentation
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("LungSegmenter", "Segmentation"):
+        from lungseg import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'lungseg' has no attribute {name!r}")

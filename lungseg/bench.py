@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lungseg.errors import exit_on_user_error
 from lungseg.module import LungSegModule
-from lungseg.resolvers import precision as default_precision
+from lungseg.runtime import native_precision, pick_device, set_threads
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-v7"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -149,17 +149,14 @@ def end_to_end(cfg: DictConfig) -> float:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """All sections; returns the results with the default settings' figures at the top level."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     L.seed_everything(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    device = pick_device(str(cfg.device))
     if cfg.data_root == "auto":  # the real CXR set beside the project when present, else the built-in sample
         cfg.data.root, cfg.data.synthesize = (str(REAL_DATA), False) if REAL_DATA.is_dir() else (cfg.data.root, True)
     elif cfg.data_root:
         cfg.data.root, cfg.data.synthesize = cfg.data_root, False
-    default_dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(default_precision(
-        "gpu" if device.type == "cuda" else "cpu"), "fp32")
+    default_dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(native_precision(device.type), "fp32")
     dtypes = list(dict.fromkeys(["fp32", default_dtype] + (["bf16", "fp16"] if device.type == "cuda" else [])))
     size, gflop = cfg.data.image_size, {}
     probe = build_module(cfg, channels_last=False)

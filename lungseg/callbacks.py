@@ -1,10 +1,10 @@
 """Training-loop extensions of our own: the TensorBoard prediction sheet, best-metric tracking, a stop on
-NaN/inf, precise BatchNorm statistics, random state in checkpoints, and atomic checkpoint writes."""
+NaN/inf, precise BatchNorm statistics, random state and the model's description in checkpoints, and atomic
+checkpoint writes."""
 
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -15,31 +15,27 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lungseg.artifact import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, now
+from lungseg.atomic import atomic_open
+from lungseg.data.layout import SPLITS, find_pairs
 from lungseg.errors import LungsegError
+from lungseg.overlay import overlay, to_uint8
 
 
 class TrainingDivergedError(LungsegError):
     """The loss or the weights became NaN or infinite."""
 
 
-def overlay(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """RGB (3, H, W) of the image with errors coloured: green true positive, red false positive, blue missed."""
-    rgb = image.expand(3, -1, -1).clone() * 0.7
-    tp, fp, fn = (truth * pred)[0], ((1 - truth) * pred)[0], (truth * (1 - pred))[0]
-    rgb[1] += 0.3 * tp
-    rgb[0] += 0.3 * fp + 0.3 * (fp > 0)
-    rgb[2] += 0.3 * fn + 0.3 * (fn > 0)
-    return rgb.clamp(0, 1)
-
-
 def prediction_sheet(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor,
                      threshold: float = 0.5) -> torch.Tensor:
-    """One row per image: input, true mask, predicted mask, overlay; returns an RGB (3, H*n, W*4) tensor."""
+    """One row per image: input, true mask, predicted mask, overlay (green hit, red false positive, blue missed);
+    returns an RGB (3, H*n, W*4) tensor."""
     rows = []
     for image, truth, prob in zip(images, masks, probs, strict=True):
         pred = (prob >= threshold).float()
+        coloured = overlay(to_uint8(image[0].numpy()), pred[0].numpy(), truth[0].numpy())
         tiles = [image.expand(3, -1, -1), truth.expand(3, -1, -1), pred.expand(3, -1, -1),
-                 overlay(image, truth, pred)]
+                 torch.from_numpy(coloured).permute(2, 0, 1).float() / 255]
         rows.append(torch.cat(tiles, dim=2))
     return torch.cat(rows, dim=1)
 
@@ -248,21 +244,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed while saving
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
+        with atomic_open(path) as f:
+            torch.save(checkpoint, f)
+
+
+class DescribeModel(L.Callback):
+    """Write the model's self-description (``lungseg.artifact.ModelDescription``) into every checkpoint: input
+    size, preprocessing, threshold, training precision, the run config, code version, data fingerprint, metrics."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self._data: dict[str, Any] | None = None
+        self._commit = git_commit()
+
+    def _fingerprint(self, trainer: L.Trainer) -> dict[str, Any]:
+        """The training data's fingerprint, computed once (the splits the run uses, its train subset included)."""
+        if self._data is None:
+            datamodule = trainer.datamodule
+            root = Path(datamodule.root)
+            files = {split: [(p.image, p.mask) for p in (datamodule.datasets[split].pairs
+                                                        if split in datamodule.datasets else find_pairs(root, split)[0])]
+                     for split in SPLITS}
+            self._data = {**data_fingerprint(root, files), "train_subset": datamodule.train_subset}
+        return self._data
+
+    def describe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ModelDescription:
+        """The description of the model as it is now."""
+        metrics = trainer.callback_metrics
+        best = next((c for c in trainer.callbacks if isinstance(c, BestMetrics)), None)
+        return ModelDescription(
+            image_size=int(trainer.datamodule.image_size), threshold=float(pl_module.hparams.get("threshold", 0.5)),
+            precision=str(trainer.precision), config=self.config, data=self._fingerprint(trainer),
+            val_metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1},
+            best_metrics=best.results() if best is not None else {}, git_commit=self._commit, created=now())
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[DESCRIPTION_KEY] = self.describe(trainer, pl_module).to_dict()

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
-from lungseg.checkpoint import load_module
+from lungseg import report
 from lungseg.data.dataset import LungDataset
 from lungseg.errors import CheckpointError, exit_on_user_error
-from lungseg.inference import autocast, model_image_size, pick_device, resolve_precision, run_dir
 from lungseg.metrics import (
     BinnedPRCurve,
     BinnedROC,
@@ -38,8 +38,7 @@ from lungseg.metrics import (
     per_image_overlap,
     pixel_metrics,
 )
-from lungseg.module import LungSegModule
-from lungseg.postprocess import clean_mask
+from lungseg.predictor import LungSegmenter
 from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
@@ -52,20 +51,11 @@ def batches(dataset: LungDataset, batch_size: int) -> Iterator[dict[str, torch.T
     yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-@torch.no_grad()
-def predict(module: LungSegModule, images: torch.Tensor, precision: str = "auto") -> torch.Tensor:
-    """Logits (fp32) of a batch of images, under training's autocast; the module handles channels_last."""
-    device = module.device
-    with autocast(device, precision):
-        return module(images.to(device)).float().cpu()
-
-
-def choose_threshold(module: LungSegModule, dataset: LungDataset, batch_size: int, precision: str = "auto",
-                     bins: int = 200) -> tuple[float, float]:
+def choose_threshold(seg: LungSegmenter, dataset: LungDataset, batch_size: int, bins: int = 200) -> tuple[float, float]:
     """The threshold (of ``bins`` fixed ones) with the highest pooled Dice (= F1) on ``dataset``, and that Dice."""
     curve = BinnedPRCurve(thresholds=bins, validate_args=False)
     for batch in batches(dataset, batch_size):
-        curve.update(*flatten(torch.sigmoid(predict(module, batch["image"], precision)), batch["mask"]))
+        curve.update(*flatten(seg.probabilities(batch["image"]), batch["mask"]))
     prec, rec, thresholds = curve.compute()
     f1 = torch.nan_to_num(2 * prec[:-1] * rec[:-1] / (prec[:-1] + rec[:-1]))
     best = int(torch.argmax(f1))
@@ -84,10 +74,11 @@ def _spacing(path: Path, size: int, mm: Any) -> tuple[float, float] | None:
     return row_mm * height / size, col_mm * width / size
 
 
-def _cleaned_row(pred: np.ndarray, truth: np.ndarray, counts: np.ndarray) -> dict[str, float]:
-    """Per-image metrics of ``pred`` after lungseg.predict's post-processing (two largest components, holes
-    filled); adds its TP, FP, FN to ``counts``."""
-    cleaned = clean_mask(pred.astype(np.uint8)) > 0
+def _cleaned_row(seg: LungSegmenter, gray: np.ndarray, prob: np.ndarray, truth: np.ndarray,
+                 counts: np.ndarray) -> dict[str, float]:
+    """Per-image metrics of the mask as lungseg.predict finishes it (thresholded, two largest components kept,
+    holes filled: ``LungSegmenter.finish``); adds its TP, FP, FN to ``counts``."""
+    cleaned = seg.finish(gray, prob).mask
     tp_fp_fn = mask_counts(cleaned, truth)
     counts += tp_fp_fn
     dice, iou = dice_iou(*tp_fp_fn)
@@ -95,10 +86,12 @@ def _cleaned_row(pred: np.ndarray, truth: np.ndarray, counts: np.ndarray) -> dic
     return {"dice_clean": dice, "iou_clean": iou, "hd95_clean_px": dist.hd95, "assd_clean_px": dist.assd}
 
 
-def evaluate_dataset(module: LungSegModule, dataset: LungDataset, batch_size: int = 8, threshold: float = 0.5,
+def evaluate_dataset(seg: LungSegmenter, dataset: LungDataset, batch_size: int = 8,
                      extra_thresholds: tuple[float, ...] = (), auroc_bins: int = 200, calibration_bins: int = 15,
-                     precision: str = "auto", pixel_spacing_mm: Any = None) -> dict[str, Any]:
-    """Predict every image once and return pooled metrics, curves, calibration and one row per image."""
+                     pixel_spacing_mm: Any = None) -> dict[str, Any]:
+    """Predict every image once (at ``seg``'s threshold) and return pooled metrics, curves, calibration and one
+    row per image; the loss is BCE on the logits, whatever the model was trained with."""
+    threshold = seg.threshold
     thresholds = (threshold, *extra_thresholds)
     pooled = [pixel_metrics(threshold=t, auroc_bins=auroc_bins) for t in thresholds]
     confusion, loss = confusion_matrix(threshold), MeanMetric()
@@ -107,14 +100,14 @@ def evaluate_dataset(module: LungSegModule, dataset: LungDataset, batch_size: in
     reliability, rows, seen = ReliabilityBins(calibration_bins), [], []
     cleaned_counts = np.zeros(3, np.int64)  # TP, FP, FN of the post-processed masks, pooled
     for batch in batches(dataset, batch_size):
-        logits, masks = predict(module, batch["image"], precision), batch["mask"]
+        logits, masks = seg.logits(batch["image"]), batch["mask"]
         probs = torch.sigmoid(logits)
         preds, target = flatten(probs, masks)
         for collection in pooled:
             collection.update(preds, target)
         for metric in (confusion, roc, pr, reliability):
             metric.update(preds, target)
-        loss.update(module.loss_fn(logits, masks), weight=masks.numel())
+        loss.update(F.binary_cross_entropy_with_logits(logits, masks), weight=masks.numel())
         overlaps = [per_image_overlap(probs, masks, t) for t in thresholds]
         for k, index in enumerate(batch["index"].tolist()):
             pred, truth = (probs[k, 0] >= threshold).numpy(), masks[k, 0].numpy() > 0.5
@@ -128,7 +121,8 @@ def evaluate_dataset(module: LungSegModule, dataset: LungDataset, batch_size: in
                 row.update(hd95_mm=dist_mm.hd95, assd_mm=dist_mm.assd)
             row.update(lung_fraction_true=float(truth.mean()), lung_fraction_pred=float(pred.mean()),
                        empty=dist.empty)
-            row.update(_cleaned_row(pred, truth, cleaned_counts))
+            gray = dataset.raw(index)[0]
+            row.update(_cleaned_row(seg, gray, probs[k, 0].numpy(), truth, cleaned_counts))
             for t, extra in zip(extra_thresholds, overlaps[1:], strict=True):
                 row.update({f"dice@{t:.4g}": float(extra["dice"][k]), f"iou@{t:.4g}": float(extra["iou"][k])})
             rows.append(row)
@@ -155,39 +149,58 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def run_dir(ckpt_path: str | Path) -> Path:
+    """The training run of a checkpoint: the parent of ``checkpoints/``, else the checkpoint's folder (where the
+    report goes by default, and where training curves are looked for)."""
+    ckpt_path = Path(ckpt_path).resolve()
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def sample_predictions(seg: LungSegmenter, dataset: LungDataset, rows: list[dict[str, Any]], n_samples: int,
+                       n_worst: int) -> dict[str, Any]:
+    """The report's sample sheet as arrays: the worst images by Dice and evenly spaced others, with their
+    probabilities and titles."""
+    picks = report.sample_indices(rows, n_samples, n_worst)
+    items = [dataset[i] for i in picks]
+    images, masks = torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
+    titles = [f"{'worst: ' if k < n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}"
+              for k, i in enumerate(picks)]
+    return {"images": images, "masks": masks, "probs": seg.probabilities(images), "titles": titles}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Load, check, evaluate and write the report; return the metrics.json content."""
-    from lungseg import report  # matplotlib only when there is something to draw
-
-    if not cfg.get("ckpt_path"):
-        raise CheckpointError("no checkpoint given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt")
-    ckpt_path = Path(cfg.ckpt_path)
-    device = pick_device(cfg.device)
-    module = load_module(ckpt_path, map_location=device)
-    size = model_image_size(ckpt_path, cfg.data.image_size, module.net.divisor, cfg.default_image_size)
-    datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None, eval_transform=None)
+    if not cfg.get("ckpt_path") and not cfg.get("model"):
+        raise CheckpointError("no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model=DIR, "
+                              "a pretrained folder)")
+    source = Path(cfg.ckpt_path or cfg.model)
+    options = {"device": str(cfg.device), "precision": cfg.precision, "threshold": cfg.get("threshold")}
+    seg = (LungSegmenter.from_checkpoint(source, image_size=cfg.data.image_size, **options) if cfg.get("ckpt_path")
+           else LungSegmenter.from_pretrained(source, **options))
+    size = seg.image_size
+    datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None)
     dataset = datamodule.dataset(cfg.split)
     val = datamodule.dataset("val") if cfg.tune_threshold else None
-    log.info("evaluating %s on %s/%s: %d images at %d px", ckpt_path, cfg.data.root, cfg.split, len(dataset), size)
+    log.info("evaluating %s on %s/%s: %d images at %d px", source, cfg.data.root, cfg.split, len(dataset), size)
 
     tuned = None
     if val is not None:
-        tuned = choose_threshold(module, val, cfg.data.batch_size, cfg.precision, cfg.auroc_bins)
+        tuned = choose_threshold(seg, val, cfg.data.batch_size, cfg.auroc_bins)
         log.info("threshold with the best val Dice: %.4f (Dice %.4f)", *tuned)
-    results = evaluate_dataset(module, dataset, cfg.data.batch_size, cfg.threshold, (tuned[0],) if tuned else (),
-                               cfg.auroc_bins, cfg.calibration_bins, cfg.precision, cfg.pixel_spacing_mm)
-    meta = {"checkpoint": str(ckpt_path), "data_root": str(cfg.data.root), "split": cfg.split,
-            "image_size": int(size), "threshold": cfg.threshold, "device": str(device),
-            "precision": resolve_precision(device, cfg.precision)}
+    results = evaluate_dataset(seg, dataset, cfg.data.batch_size, (tuned[0],) if tuned else (), cfg.auroc_bins,
+                               cfg.calibration_bins, cfg.pixel_spacing_mm)
+    meta = {"checkpoint": str(source), "data_root": str(cfg.data.root), "split": cfg.split,
+            "image_size": int(size), "threshold": seg.threshold, "device": str(seg.device),
+            "precision": seg.precision}
+    samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)
 
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(ckpt_path) / "eval" / cfg.split
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(source) / "eval" / cfg.split
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        summary = report.write_report(tmp, results, meta, tuned, module, dataset, cfg,
-                                      run_dir(ckpt_path) / "tensorboard")
+        summary = report.write_report(tmp, results, meta, tuned, samples, cfg, run_dir(source) / "tensorboard")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,14 +1,19 @@
-"""Export a trained model with its sigmoid: ``python -m lungseg.export ckpt_path=best.ckpt format=onnx output=m.onnx``.
+"""Export a trained model: ``python -m lungseg.export ckpt_path=best.ckpt format=onnx|torch_export|pretrained``.
 
-The exported model takes ``image``: float32 (N, 1, H, W), the radiograph as 8-bit grayscale divided
-by 255 (``lungseg.data.images.preprocess``: luminance for colour, 16-bit stretched from its own
-min..max, resized to the training size) and returns ``probability``: float32 (N, 1, H, W) in [0, 1].
-N is dynamic; H and W too (multiples of 2**depth, 16 by default), though the model saw only its size.
+``onnx`` and ``torch_export`` take ``image``: float32 (N, 1, H, W), the radiograph preprocessed as the model's
+description says (``lungseg.artifact.PREPROCESSING``: 8-bit grayscale / 255 at the training size) and return
+``probability``: float32 (N, 1, H, W) in [0, 1]. N is dynamic; H and W too (multiples of 2**depth). The ONNX
+file carries the model's description and card in its metadata; each file gets its model card beside it
+(``<name>.README.md``). ``pretrained`` writes the Hugging Face folder (config.json, model.safetensors, README.md)
+that ``LungSegmenter.from_pretrained`` loads.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,19 +23,16 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lungseg.checkpoint import load_module
+from lungseg.artifact import TrainedModel, load_checkpoint, save_pretrained
+from lungseg.atomic import write_text
 from lungseg.errors import LungsegError, exit_on_user_error
-from lungseg.inference import model_image_size
+from lungseg.model_card import model_card
+from lungseg.predictor import LungSegmenter
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}
+FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "pretrained": ""}
 INPUT_NAME, OUTPUT_NAME = "image", "probability"
-NORMALISATION = ("float32 (N,1,H,W): 8-bit grayscale / 255 (luminance for colour, 16-bit stretched min..max), "
-                 "resized to image_size x image_size (cv2 INTER_AREA when shrinking); output lung probability "
-                 "(sigmoid applied), threshold 0.5")
-
-
 class ProbabilityModel(nn.Module):
     """The trained network followed by its sigmoid: images (N, 1, H, W) in [0, 1] -> lung probabilities."""
 
@@ -42,15 +44,9 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(self.net(image))
 
 
-def probability_model(ckpt_path: str | Path) -> ProbabilityModel:
-    """Load a checkpoint (the one safe loader) as an fp32, eval-mode, contiguous-format ProbabilityModel."""
-    net = load_module(ckpt_path).net.float().to(memory_format=torch.contiguous_format)
-    return ProbabilityModel(net).eval()
-
-
 def export_onnx(model: ProbabilityModel, path: Path, size: int, opset: int = 17, dynamic_size: bool = True,
                 metadata: dict[str, str] | None = None) -> None:
-    """Write an ONNX model with a dynamic batch (and H/W) axis and the input normalisation in its metadata."""
+    """Write an ONNX model with a dynamic batch (and H/W) axis and ``metadata`` in its metadata_props."""
     import onnx
 
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
@@ -60,7 +56,7 @@ def export_onnx(model: ProbabilityModel, path: Path, size: int, opset: int = 17,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {"normalisation": NORMALISATION, "image_size": str(size), **(metadata or {})})
+    onnx.helper.set_model_props(proto, {"image_size": str(size), **(metadata or {})})
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
@@ -87,6 +83,18 @@ def run_exported(path: Path, images: np.ndarray) -> np.ndarray:
         return torch.export.load(str(path)).module()(torch.from_numpy(images)).numpy()
 
 
+def verify(model: TrainedModel, output: Path, size: int) -> float:
+    """Largest difference between the exported model's probabilities and LungSegmenter's in fp32 on random
+    images (for a pretrained folder: the folder loaded back, through the same predictor)."""
+    images = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    expected = LungSegmenter(model, "cpu", precision="32-true").probabilities(images).numpy()
+    if output.is_dir():
+        got = LungSegmenter.from_pretrained(output, "cpu", precision="32-true").probabilities(images).numpy()
+    else:
+        got = run_exported(output, images.numpy())
+    return float(np.abs(got - expected).max())
+
+
 def export(cfg: DictConfig) -> dict[str, object]:
     """Export ``ckpt_path`` to ``format`` at ``output``; with ``verify`` compare it with PyTorch on random images."""
     if not cfg.get("ckpt_path"):
@@ -97,27 +105,36 @@ def export(cfg: DictConfig) -> dict[str, object]:
         raise LungsegError(f"opset={cfg.opset}: use 17 or newer (LayerNorm-era ops, onnxruntime >= 1.14)")
     ckpt = Path(cfg.ckpt_path)
     output = Path(cfg.output) if cfg.get("output") else ckpt.with_suffix(FORMATS[cfg.format])
+    if cfg.format == "pretrained" and not cfg.get("output"):
+        output = ckpt.with_name(f"{ckpt.stem}-pretrained")
     if output.exists() and not cfg.overwrite:
         raise LungsegError(f"output={output}: already exists; pass overwrite=true to replace it or choose another")
-    model = probability_model(ckpt)
-    divisor = int(getattr(model.net, "divisor", 1))
-    size = model_image_size(ckpt, cfg.get("image_size"), divisor)
+    model = load_checkpoint(ckpt, cfg.get("image_size"))
+    size, divisor = model.description.image_size, int(getattr(model.net, "divisor", 1))
+    card = model_card(model.description)
     output.parent.mkdir(parents=True, exist_ok=True)
-    if cfg.format == "onnx":
-        export_onnx(model, output, size, int(cfg.opset), bool(cfg.dynamic_size),
-                    {"size_divisor": str(divisor), "source_checkpoint": ckpt.name})
-    else:
-        export_program(model, output, size, divisor, bool(cfg.dynamic_size))
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.tmp-") as tmp:
+        staged = Path(tmp) / output.name  # written whole, then renamed into place
+        if cfg.format == "pretrained":
+            save_pretrained(model, staged)
+        elif cfg.format == "onnx":
+            export_onnx(ProbabilityModel(model.net), staged, size, int(cfg.opset), bool(cfg.dynamic_size),
+                        {"size_divisor": str(divisor), "source_checkpoint": ckpt.name,
+                         "lungseg_description": json.dumps(model.description.to_dict()), "model_card": card})
+        else:
+            export_program(ProbabilityModel(model.net), staged, size, divisor, bool(cfg.dynamic_size))
+        if output.is_dir():
+            shutil.rmtree(output)
+        staged.replace(output)
+    if cfg.format != "pretrained":
+        write_text(output.with_name(f"{output.name}.README.md"), card)
     result: dict[str, object] = {"output": output, "image_size": size}
     if cfg.verify:
-        images = torch.rand(2, 1, size, size)
-        with torch.inference_mode():
-            expected = model(images).numpy()
-        result["max_abs_diff"] = float(np.abs(run_exported(output, images.numpy()) - expected).max())
+        result["max_abs_diff"] = verify(model, output, size)
         log.info("exported and PyTorch probabilities differ by at most %.2e on random images",
                  result["max_abs_diff"])
-    log.info("wrote %s (%s, input %dx%d, any batch size; input normalisation: %s)", output, cfg.format, size, size,
-             NORMALISATION)
+    log.info("wrote %s (%s, input %dx%d, any batch size, threshold %g; input contract in the model card)", output,
+             cfg.format, size, size, model.description.threshold)
     return result
 
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lungseg.callbacks import overlay  # noqa: E402
+from lungseg.overlay import overlay, to_uint8  # noqa: E402
 
 HISTORY_PANELS = (("loss", "BCE loss"), ("accuracy", "pixel accuracy"), ("dice", "Dice"))
 
@@ -105,7 +105,8 @@ def prediction_figure(images: torch.Tensor, masks: torch.Tensor, probs: torch.Te
     fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False, layout="constrained")
     for row, (image, truth, prob, title) in enumerate(zip(images, masks, probs, titles, strict=True)):
         pred = (prob >= threshold).float()
-        tiles = (image[0], truth[0], pred[0], overlay(image, truth, pred).permute(1, 2, 0))
+        coloured = overlay(to_uint8(image[0].numpy()), pred[0].numpy(), truth[0].numpy())
+        tiles = (image[0], truth[0], pred[0], torch.from_numpy(coloured / 255))
         for col, (ax, tile, name) in enumerate(zip(axes[row], tiles, ("input", "true mask", "predicted", "overlay"),
                                                    strict=True)):
             ax.imshow(tile.numpy(), cmap="gray", vmin=0, vmax=1)

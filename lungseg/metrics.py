@@ -25,7 +25,6 @@ from torchmetrics.classification import (
 )
 from torchmetrics.functional.classification import binary_f1_score, binary_stat_scores
 
-
 class BinnedAUROC(BinaryAUROC):
     """torchmetrics' binned BinaryAUROC with an O(pixels) update (bucketize + bincount).
 
@@ -46,10 +45,6 @@ class BinnedAUROC(BinaryAUROC):
         confmat = torch.stack([totals - at_or_above, at_or_above], dim=-1)  # (target, threshold, pred)
         self.confmat += confmat.permute(1, 0, 2).to(self.confmat.dtype)
 
-
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc")
-
-
 def pixel_metrics(prefix: str = "", threshold: float = 0.5, auroc_bins: int = 200) -> MetricCollection:
     """A MetricCollection of the pooled pixel metrics, keys ``<prefix><name>``."""
     kw = {"threshold": threshold, "validate_args": False}
@@ -68,28 +63,23 @@ def pixel_metrics(prefix: str = "", threshold: float = 0.5, auroc_bins: int = 20
         compute_groups=[["accuracy", "precision", "recall", "f1", "specificity", "dice"], ["iou"], ["auroc"]],
     )
 
-
 def confusion_matrix(threshold: float = 0.5) -> BinaryConfusionMatrix:
     """Pooled pixel confusion matrix [[TN, FP], [FN, TP]] (rows: truth, columns: prediction)."""
     return BinaryConfusionMatrix(threshold=threshold, validate_args=False)
 
-
 def flatten(probs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities and {0,1} masks of any shape -> flat float probabilities and int targets."""
     return probs.detach().float().reshape(-1), masks.detach().reshape(-1).long()
-
 
 class BinnedROC(BinaryROC):
     """torchmetrics' binned BinaryROC curve with BinnedAUROC's O(pixels) update (same state, same thresholds)."""
 
     update = BinnedAUROC.update
 
-
 class BinnedPRCurve(BinaryPrecisionRecallCurve):
     """torchmetrics' binned BinaryPrecisionRecallCurve with BinnedAUROC's O(pixels) update."""
 
     update = BinnedAUROC.update
-
 
 def per_image_overlap(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
     """Per-image Dice and IoU of (N, ...) probabilities vs {0,1} masks; 1.0 when truth and prediction are both empty."""
@@ -101,7 +91,6 @@ def per_image_overlap(probs: torch.Tensor, masks: torch.Tensor, threshold: float
     union = tp + fp + fn
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
     return {"dice": dice, "iou": iou.float()}
-
 
 class ReliabilityBins(Metric):
     """Pixel calibration in bounded memory: count, summed probability and summed truth per probability bin.
@@ -133,11 +122,9 @@ class ReliabilityBins(Metric):
         ece = torch.nansum((confidence - frequency).abs() * fraction)
         return {"ece": ece, "confidence": confidence, "frequency": frequency, "fraction": fraction}
 
-
 def mask_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     """TP, FP, FN pixels of two boolean masks of the same shape."""
     return int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
-
 
 def dice_iou(tp: int, fp: int, fn: int) -> tuple[float, float]:
     """Dice and IoU from pixel counts; nothing predicted and nothing true is a perfect match (1, 1)."""

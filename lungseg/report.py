@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from lungseg import figures
-from lungseg.data.dataset import LungDataset
-from lungseg.module import LungSegModule
 
 POOLED = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc", "loss", "balanced_accuracy")
 PER_IMAGE = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
@@ -51,7 +48,7 @@ def summarise(rows: list[dict[str, Any]], n_worst: int = 5) -> dict[str, Any]:
     return out
 
 
-def _sample_indices(rows: list[dict[str, Any]], n_samples: int, n_worst: int) -> list[int]:
+def sample_indices(rows: list[dict[str, Any]], n_samples: int, n_worst: int) -> list[int]:
     """The worst ``n_worst`` images by Dice, then ``n_samples`` evenly spaced others."""
     worst = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:n_worst]
     rest = [i for i in range(len(rows)) if i not in worst]
@@ -59,11 +56,10 @@ def _sample_indices(rows: list[dict[str, Any]], n_samples: int, n_worst: int) ->
     return worst + list(dict.fromkeys(spread))
 
 
-def make_figures(results: dict[str, Any], rows: list[dict[str, Any]], module: LungSegModule, dataset: LungDataset,
-                 cfg: DictConfig, history_dir: Path) -> dict[str, Any]:
-    """All figures of the report, by file name (without .png)."""
-    from lungseg.evaluate import predict
-
+def make_figures(results: dict[str, Any], rows: list[dict[str, Any]], samples: dict[str, Any], cfg: DictConfig,
+                 history_dir: Path) -> dict[str, Any]:
+    """All figures of the report, by file name (without .png); ``samples`` holds the sample sheet's arrays
+    (images, masks, probs, titles)."""
     pooled, threshold = results["pooled"][0], results["thresholds"][0]
     fpr, tpr, _ = results["roc"]
     precision, recall, _ = results["pr"]
@@ -76,13 +72,8 @@ def make_figures(results: dict[str, Any], rows: list[dict[str, Any]], module: Lu
     history = figures.read_history(history_dir)
     if history:
         figs["training_curves"] = figures.history_figure(history)
-    picks = _sample_indices(rows, cfg.n_samples, cfg.n_worst)
-    items = [dataset[i] for i in picks]
-    images, masks = torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
-    probs = torch.sigmoid(predict(module, images, cfg.precision))
-    titles = [f"{'worst: ' if k < cfg.n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}"
-              for k, i in enumerate(picks)]
-    figs["predictions"] = figures.prediction_figure(images, masks, probs, titles, threshold)
+    figs["predictions"] = figures.prediction_figure(samples["images"], samples["masks"], samples["probs"],
+                                                    samples["titles"], threshold)
     if cfg.calibration:
         cal = results["calibration"]
         figs["reliability"] = figures.reliability_figure(cal["confidence"], cal["frequency"], cal["fraction"],
@@ -158,8 +149,9 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
 
 
 def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned: tuple[float, float] | None,
-                 module: LungSegModule, dataset: LungDataset, cfg: DictConfig, history_dir: Path) -> dict[str, Any]:
-    """Write every output file into ``out`` (training curves from ``history_dir``); return metrics.json's content."""
+                 samples: dict[str, Any], cfg: DictConfig, history_dir: Path) -> dict[str, Any]:
+    """Write every output file into ``out`` (training curves from ``history_dir``, the sample sheet from
+    ``samples``); return metrics.json's content. Arrays in, files out: the report never runs a model."""
     from torch.utils.tensorboard import SummaryWriter
 
     rows = results["rows"]
@@ -180,7 +172,7 @@ def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    figs = make_figures(results, rows, module, dataset, cfg, history_dir)
+    figs = make_figures(results, rows, samples, cfg, history_dir)
     tb = SummaryWriter(str(out / "tensorboard"))
     try:
         names = [p.stem for p in figures.save_figures(figs, out, tb)]

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+from lungseg.runtime import accelerator_device_type, native_precision
 
 
 def precision(device: str = "auto") -> str:
-    """Lightning precision for ``device`` (cpu, gpu or auto = gpu when CUDA is available).
-
-    GPU: bf16-mixed where supported (Ampere and newer), else 16-mixed. CPU: bf16-mixed with
-    native bf16, else 32-true.
-    """
-    if device == "auto":
-        device = "gpu" if torch.cuda.is_available() else "cpu"
-    if device == "gpu":
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    """Lightning precision for ``device`` (cpu, gpu or auto = gpu when CUDA is available): the device's native
+    one (``lungseg.runtime.native_precision``)."""
+    return native_precision(accelerator_device_type(device))
 
 
 def resume_dir(ckpt_path: str | None, default: str) -> str:

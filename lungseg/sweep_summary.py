@@ -25,6 +25,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from lungseg.atomic import write_text
 from lungseg.errors import LungsegError, exit_on_user_error
 from lungseg.resolvers import monitor_mode
 
@@ -36,9 +37,7 @@ METRICS = ("best/val_dice", "best/val_loss", "test/dice", "test/iou", "test/loss
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _alive(pid: int) -> bool:

@@ -13,7 +13,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -21,9 +20,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lungseg.callbacks import BestMetrics
-from lungseg.checkpoint import read_checkpoint
+from lungseg.artifact import read_checkpoint, record_test_metrics
+from lungseg.callbacks import BestMetrics, DescribeModel
 from lungseg.errors import EXIT_USER_ERROR, LungsegError
+from lungseg.runtime import set_threads
 from lungseg.sweep_summary import RESULT_FILE, write_json
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key not in ("train_transform", "eval_transform", "_partial_", "_convert_"):
+                if key not in ("train_transform", "_partial_", "_convert_"):
                     walk(value, f"{prefix}/{key}" if prefix else str(key))
         elif isinstance(node, (int, float, str, bool)) or node is None:
             flat[prefix] = "null" if node is None else node
@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on train/val, test the best checkpoint, log hparams with the final metrics; return the metrics."""
     threads = job_threads(cfg)
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads)
         log.info("torch threads: %d", threads)
     if cfg.get("ckpt_path"):
         read_checkpoint(cfg.ckpt_path)  # a missing or torn checkpoint is one clear message, not a traceback
@@ -87,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     module: L.LightningModule = instantiate(cfg.module)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
+    callbacks.append(DescribeModel(OmegaConf.to_container(cfg, resolve=True)))  # every checkpoint describes itself
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
 
@@ -99,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
         confusion = module.test_confusion.compute().tolist()
         log.info("test confusion matrix (pixels; rows truth 0/1, columns predicted 0/1): %s", confusion)
+        if best and trainer.is_global_zero:
+            record_test_metrics(best, {k: v for k, v in metrics.items() if k.startswith("test/")})
     for tracker in (c for c in callbacks if isinstance(c, BestMetrics)):
         metrics.update(tracker.results())  # best over the whole run, resumes included
     metrics["epochs"] = float(trainer.current_epoch)

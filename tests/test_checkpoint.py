@@ -1,4 +1,5 @@
-"""Loading checkpoints: the good one rebuilds the model; every bad one is refused with a clear message."""
+"""Loading checkpoints: the good one rebuilds the model; every bad one is refused with a clear message; a
+checkpoint from before self-description needs image_size=."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from lungseg.checkpoint import load_module
+from lungseg.artifact import DESCRIPTION_KEY, load_checkpoint, load_module
 from lungseg.errors import CheckpointError
 from tests.test_module import make_module
 
@@ -61,3 +62,13 @@ def test_checkpoint_naming_a_foreign_class_is_refused(good_ckpt: Path, tmp_path:
     torch.save(ckpt, tmp_path / "target.ckpt")
     with pytest.raises(CheckpointError, match="os.system"):
         load_module(tmp_path / "target.ckpt")
+
+
+def test_checkpoint_without_description_needs_image_size(good_ckpt: Path) -> None:
+    # good_ckpt is saved by a bare Trainer, as lungseg 0.1 wrote them: no description inside
+    assert DESCRIPTION_KEY not in torch.load(good_ckpt, weights_only=True)
+    with pytest.raises(CheckpointError, match=r"does not record its input size; pass image_size="):
+        load_checkpoint(good_ckpt)
+    model = load_checkpoint(good_ckpt, image_size=48)
+    assert model.description.image_size == 48 and model.description.threshold == 0.5
+    assert model.description.config == {} and model.description.data == {}

@@ -15,15 +15,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from scipy import ndimage
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lungseg.checkpoint import load_module
+from lungseg.artifact import load_module
 from lungseg.data.images import load_pair
 from lungseg.data.layout import DATASET_DIR, find_pairs
 from lungseg.errors import CheckpointError, DataError
 from lungseg.evaluate import evaluate
+from lungseg.predictor import LungSegmenter
 from lungseg.train import train
 from tests.conftest import CONF, CXR, ROOT, requires_cxr, write_split
 from tests.test_train import TINY
@@ -55,8 +56,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     run = tmp / "run"
     cfg = _compose(run, "train", f"data.root={root}", *TINY, "trainer.max_epochs=2", "optimizer.lr=1e-2")
     metrics = train(cfg)
-    (run / ".hydra").mkdir(parents=True, exist_ok=True)  # hydra.main writes this; compose() does not
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml", resolve=False)
     yield {"root": root, "run": run, "ckpt": run / "checkpoints" / "best.ckpt", "metrics": metrics}
     GlobalHydra.instance().clear()
 
@@ -94,7 +93,7 @@ def test_every_image_once_and_exact_against_numpy(trained: dict, run_eval, tmp_p
     probs = 1 / (1 + np.exp(-logits))
     threshold = float(np.round(np.quantile(probs[truth], 0.3), 4))  # splits the tiny model's lung and background
     summary = run_eval(f"output_dir={tmp_path / 'out'}", "precision=32", f"threshold={threshold}")
-    assert summary["image_size"] == 32  # from the run's .hydra/config.yaml
+    assert summary["image_size"] == 32  # recorded in the checkpoint (the run folder has no .hydra/ here)
     assert summary["n_images"] == len(TEST_NUMBERS) and summary["n_pixels"] == len(TEST_NUMBERS) * 32 * 32
     with (tmp_path / "out" / "per_image.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -173,6 +172,8 @@ def test_training_test_stage_is_the_same_computation(trained: dict, run_eval, tm
     summary = run_eval(f"output_dir={tmp_path / 'out'}", "data.batch_size=4", "calibration=false")
     for name in ("dice", "iou", "accuracy", "auroc", "loss", "precision", "recall"):
         assert summary["pooled"][name] == pytest.approx(trained["metrics"][f"test/{name}"], abs=1e-4), name
+    recorded = LungSegmenter.from_checkpoint(trained["ckpt"], "cpu").metadata["test_metrics"]  # in the checkpoint
+    assert recorded["test/dice"] == pytest.approx(trained["metrics"]["test/dice"], abs=1e-7)
 
 
 def test_failed_run_keeps_the_earlier_report(trained: dict, run_eval, tmp_path: Path, monkeypatch) -> None:

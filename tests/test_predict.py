@@ -1,4 +1,5 @@
-"""python -m lungseg.predict: real radiographs at their own size, DICOM, failures, overwrite, names, model size."""
+"""python -m lungseg.predict: real radiographs at their own size, DICOM, failures, overwrite, names, and a model
+that works away from its run folder."""
 
 from __future__ import annotations
 
@@ -16,24 +17,25 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from lungseg.errors import CheckpointError, LungsegError
-from lungseg.inference import model_image_size
 from lungseg.inputs import find_inputs, read_input
-from lungseg.predict import CSV_COLUMNS, predict, predict_probs
+from lungseg.postprocess import QualityLimits
+from lungseg.predict import CSV_COLUMNS, predict
+from lungseg.predictor import LungSegmenter
 from lungseg.train import train
 from tests.conftest import CONF, CXR, ROOT, requires_cxr, write_split
-from tests.test_module import make_module
 from tests.test_train import TINY
 
 ORIG_TEST = CXR / "orig" / "test" / "image"
 
 
-def train_tiny(folder: Path) -> Path:
-    """Train the TINY U-Net (32 px) one epoch on disc phantoms; return its best.ckpt with <run>/.hydra/config.yaml."""
+def train_tiny(folder: Path, *overrides: str) -> Path:
+    """Train the TINY U-Net (32 px) one epoch on disc phantoms; return its best.ckpt (the run folder holds nothing
+    else a model needs: everything is inside the checkpoint)."""
     data, run = folder / "data", folder / "run"
     write_split(data, "train", list(range(8)))
     write_split(data, "val", [10, 11, 12, 13], seed=1)
@@ -42,7 +44,7 @@ def train_tiny(folder: Path) -> Path:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("train", overrides=[f"data.root={data}", *TINY, "trainer.max_epochs=1", "test=false",
                                           "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor",
-                                          "optimizer.lr=1e-2"],
+                                          "optimizer.lr=1e-2", *overrides],
                       return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run)
@@ -50,11 +52,6 @@ def train_tiny(folder: Path) -> Path:
     HydraConfig.instance().set_config(cfg)
     train(cfg)
     GlobalHydra.instance().clear()
-    saved = cfg.copy()
-    with open_dict(saved):
-        del saved["hydra"]
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(saved, run / ".hydra" / "config.yaml")  # what a real run leaves next to checkpoints/
     return run / "checkpoints" / "best.ckpt"
 
 
@@ -90,6 +87,17 @@ def gradient(h: int = 70, w: int = 90) -> np.ndarray:
     return np.round(255 * (0.7 * xx / (w - 1) + 0.3 * yy / (h - 1))).astype(np.uint8)
 
 
+def brute_force_hd95(a: np.ndarray, b: np.ndarray) -> float:
+    """HD95 from all pairwise distances between the two masks' boundary pixels (4-neighbour boundary)."""
+    def boundary(m: np.ndarray) -> np.ndarray:
+        padded = np.pad(m, 1)
+        inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        return np.argwhere(m & ~inner).astype(float)
+    pa, pb = boundary(a), boundary(b)
+    dist = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
+    return max(float(np.percentile(dist.min(1), 95)), float(np.percentile(dist.min(0), 95)))
+
+
 def predict_cfg(compose_cfg, ckpt: Path, source: Path, out: Path, *overrides: str):
     return compose_cfg(f"ckpt_path={ckpt}", f"input={source}", f"output={out}", "progress=false", *overrides,
                        config_name="predict")
@@ -121,11 +129,19 @@ def test_real_radiographs_get_masks_overlays_and_csv_at_their_own_size(compose_c
     rows = read_csv(out / "predictions.csv")
     assert [r["mask"] for r in rows] == [f"masks/{p.stem}.png" for p in inputs]
     assert tuple(rows[0]) == CSV_COLUMNS
+    limits = QualityLimits()
     for row in rows:
-        total = int(row["area_image_left_px"]) + int(row["area_image_right_px"])
-        pixels = int(row["height"]) * int(row["width"])
-        assert abs(total - float(row["lung_fraction"]) * pixels) <= 0.5e-5 * pixels  # lung_fraction has 5 decimals
-        assert row["quality"]
+        mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED) > 0
+        half = mask.shape[1] // 2
+        assert int(row["area_image_left_px"]) == mask[:, :half].sum()
+        assert int(row["area_image_right_px"]) == mask[:, half:].sum()
+        assert float(row["lung_fraction"]) == pytest.approx(mask.mean(), abs=0.5e-5)  # 5 decimals
+        flags = set(row["quality"].split(";")) - {"ok"}
+        assert flags <= {"no_lung", "lung_fraction_low", "lung_fraction_high", "too_many_components"}
+        assert ("lung_fraction_low" in flags) == (0 < mask.mean() < limits.min_lung_fraction)
+        assert ("lung_fraction_high" in flags) == (mask.mean() > limits.max_lung_fraction)
+        assert ("too_many_components" in flags) == (int(row["large_components"]) > limits.max_components)
+        assert (row["quality"] == "ok") == (not flags)
 
 
 def test_dicom_monochrome1_16bit_with_rescale_and_window_round_trips(compose_cfg, tiny_ckpt: Path,
@@ -215,24 +231,32 @@ def test_colliding_stems_get_distinct_outputs_and_pattern_filters(tmp_path: Path
         find_inputs(tmp_path / "absent")
 
 
-def test_model_size_comes_from_the_training_run(tiny_ckpt: Path, tmp_path: Path) -> None:
-    assert model_image_size(tiny_ckpt, None, 4) == 32
-    assert model_image_size(tiny_ckpt, 64, 4) == 64
-    copy = tmp_path / "model.ckpt"
-    copy.write_bytes(tiny_ckpt.read_bytes())
-    assert model_image_size(copy, None, 16) == 256
-    with pytest.raises(LungsegError, match="image_size=30"):
-        model_image_size(copy, 30, 4)
+def test_a_copied_128px_checkpoint_predicts_exactly_as_in_its_run_folder(compose_cfg, tmp_path: Path) -> None:
+    ckpt = train_tiny(tmp_path / "train", "data.image_size=128")
+    alone = tmp_path / "elsewhere" / "model.ckpt"  # an empty folder: no .hydra/, no run
+    alone.parent.mkdir()
+    alone.write_bytes(ckpt.read_bytes())
+    source = tmp_path / "one.png"
+    cv2.imwrite(str(source), cv2.resize(gradient(), (300, 240)))
+    masks = {}
+    for name, path in (("run", ckpt), ("alone", alone)):
+        summary = predict(predict_cfg(compose_cfg, path, source, tmp_path / name, "save_probabilities=true"))
+        assert summary["image_size"] == 128 and summary["predicted"] == 1
+        masks[name] = cv2.imread(str(tmp_path / name / "probabilities" / "one.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(masks["run"], masks["alone"])
+    seg = LungSegmenter.from_checkpoint(alone)
+    assert seg.image_size == 128 and seg.metadata["config"]["data"]["image_size"] == 128
+    at_256 = LungSegmenter.from_checkpoint(alone, image_size=256).predict_proba(source)
+    assert np.abs(at_256 - seg.predict_proba(source)).max() > 0.01  # the size matters, so the recorded one is used
 
 
-def test_flip_tta_averages_with_the_mirrored_prediction() -> None:
-    torch.manual_seed(0)
-    model = make_module().eval()
-    images = torch.rand(2, 1, 16, 16)
-    plain = torch.sigmoid(model(images))
-    mirrored = torch.sigmoid(model(images.flip(-1))).flip(-1)
-    torch.testing.assert_close(predict_probs(model, images), plain)
-    torch.testing.assert_close(predict_probs(model, images, tta_flip=True), (plain + mirrored) / 2)
+def test_flip_tta_averages_with_the_mirrored_prediction(tiny_ckpt: Path) -> None:
+    plain_seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu", precision="32")
+    tta_seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu", precision="32", tta_flip=True)
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    plain = plain_seg.probabilities(images)
+    mirrored = plain_seg.probabilities(images.flip(-1)).flip(-1)
+    torch.testing.assert_close(tta_seg.probabilities(images), (plain + mirrored) / 2)
     assert not torch.allclose(plain, mirrored)  # the net is not symmetric, so TTA changes the output
 
 
@@ -260,7 +284,7 @@ def test_truth_scores_the_written_masks_at_native_size(compose_cfg, tiny_ckpt: P
         assert Path(row["truth"]).stem == Path(row["input"]).stem.replace("cxrimage", "cxrmask")
         dice.append(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
         assert float(row["dice"]) == pytest.approx(dice[-1], abs=1e-5)
-        assert float(row["hd95_px"]) >= 0
+        assert float(row["hd95_px"]) == pytest.approx(brute_force_hd95(pred, truth), abs=1e-3)
     assert summary["dice_mean"] == pytest.approx(np.mean(dice), abs=1e-5)
 
     (masks / "cxrmask_7.jpeg").unlink()

@@ -84,7 +84,6 @@ class LungDataModule(L.LightningDataModule):
         num_workers: int | str = "auto",
         cache: bool = True,
         train_transform: Any = None,
-        eval_transform: Any = None,
         synthesize: bool = False,
         pin_memory: bool | str = "auto",
         train_subset: int | None = None,
@@ -96,7 +95,6 @@ class LungDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers == "auto" else int(num_workers)
         self.cache = cache
         self.train_transform = train_transform
-        self.eval_transform = eval_transform
         self.synthesize = synthesize
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.train_subset = train_subset
@@ -125,7 +123,7 @@ class LungDataModule(L.LightningDataModule):
         if "train" in found and self.train_subset is not None:
             found["train"] = subset(found["train"], self.train_subset, self.root)
         for split in wanted:
-            transform = self.train_transform if split == "train" else self.eval_transform
+            transform = self.train_transform if split == "train" else None  # val/test: resized, never augmented
             dataset = LungDataset(found[split], self.image_size, transform, cache=self.cache)
             dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()))  # follows seed_everything
             self.datasets[split] = dataset

@@ -1,0 +1,40 @@
+"""The one overlay: a radiograph with its predicted lungs tinted and outlined, and with a reference mask the
+errors coloured (used by predict's previews, the evaluation sheet and TensorBoard's prediction grid)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+GREEN, RED, BLUE, YELLOW = (0, 255, 0), (255, 0, 0), (0, 0, 255), (255, 255, 0)  # RGB
+TINT = 0.35  # weight of the colour over the dimmed radiograph
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as uint8 grayscale."""
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def overlay(gray: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None,
+            max_size: int | None = None) -> np.ndarray:
+    """RGB uint8 image of ``gray`` (uint8, H x W) with ``mask`` tinted green and outlined in yellow; given
+    ``truth``, predicted-but-not-true pixels are red and missed lung blue. The longest side is at most
+    ``max_size`` (None: the input's size)."""
+    mask = (np.asarray(mask) > 0).astype(np.uint8)
+    scale = max_size / max(gray.shape) if max_size else 1.0
+    if scale < 1:
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        truth = None if truth is None else cv2.resize((truth > 0).astype(np.uint8), size,
+                                                      interpolation=cv2.INTER_NEAREST)
+    rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB).astype(np.float32)
+    out = rgb.copy()
+    regions = [(mask > 0, GREEN)] if truth is None else [
+        ((mask > 0) & (truth > 0), GREEN), ((mask > 0) & (truth == 0), RED), ((mask == 0) & (truth > 0), BLUE)]
+    for region, colour in regions:
+        out[region] = (1 - TINT) * rgb[region] + TINT * np.array(colour, np.float32)
+    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, YELLOW, max(1, round(max(mask.shape) / 400)))
+    return out

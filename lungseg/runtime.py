@@ -1,0 +1,102 @@
+"""Where and how a model runs: the device, the precision (in Lightning's words) and threads, decided one way
+for training, evaluation, prediction and export."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+
+from lungseg.errors import LungsegError
+
+log = logging.getLogger(__name__)
+# Lightning's precision names and the autocast dtype each means (None: plain fp32)
+AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+ALIASES = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def has_native_bf16(device_type: str) -> bool:
+    """bf16 in hardware on this device: Ampere or newer GPUs (not emulated on V100/T4), or a bf16 CPU."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return cpu_has_native_bf16()
+
+
+def native_precision(device_type: str) -> str:
+    """The fastest precision this device runs natively: bf16-mixed where it has bf16, 16-mixed on older GPUs,
+    else 32-true."""
+    if has_native_bf16(device_type):
+        return "bf16-mixed"
+    return "16-mixed" if device_type == "cuda" else "32-true"
+
+
+def accelerator_device_type(accelerator: str = "auto") -> str:
+    """``cuda`` or ``cpu`` for a Lightning accelerator name (auto = cuda when available)."""
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+
+
+def normalise_precision(setting: str) -> str:
+    """Lightning's name for a precision setting (32, bf16 and 16 accepted as short forms)."""
+    name = ALIASES.get(str(setting), str(setting))
+    if name not in AUTOCAST:
+        raise LungsegError(f"precision={setting}: use auto, 32-true, bf16-mixed or 16-mixed (or 32, bf16, 16)")
+    return name
+
+
+def supports(device_type: str, precision: str) -> bool:
+    """Whether ``device_type`` runs ``precision`` natively (fp16 autocast only on GPUs)."""
+    if precision == "bf16-mixed":
+        return has_native_bf16(device_type)
+    return precision == "32-true" or device_type == "cuda"
+
+
+def resolve_precision(device: torch.device, setting: str | None = "auto", trained: str | None = None) -> str:
+    """``auto``: the training precision ``trained`` where this device runs it natively, else fp32 (no trained
+    precision known: the device's native one). Anything else is taken as asked."""
+    if setting not in (None, "auto"):
+        return normalise_precision(str(setting))
+    if trained is None:
+        return native_precision(device.type)
+    trained = normalise_precision(trained)
+    if supports(device.type, trained):
+        return trained
+    log.info("trained in %s, which %s does not run natively: using 32-true", trained, device.type)
+    return "32-true"
+
+
+def pick_device(setting: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an explicit device must exist."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise LungsegError(f"device={setting}: use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LungsegError(f"device={setting}: no CUDA GPU is available here; use device=cpu or device=auto")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for a resolved ``precision`` (a no-op for 32-true)."""
+    dtype = AUTOCAST[normalise_precision(precision)]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch intra-op threads when asked (``threads=``); None keeps torch's default (one per physical core)."""
+    if threads:
+        torch.set_num_threads(int(threads))
