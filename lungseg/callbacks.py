@@ -262,9 +262,9 @@ class DescribeModel(L.Callback):
         if self._data is None:
             datamodule = trainer.datamodule
             root = Path(datamodule.root)
-            files = {split: [(p.image, p.mask) for p in (datamodule.datasets[split].pairs
-                                                        if split in datamodule.datasets else find_pairs(root, split)[0])]
-                     for split in SPLITS}
+            pairs = {split: datamodule.datasets[split].pairs if split in datamodule.datasets
+                     else find_pairs(root, split)[0] for split in SPLITS}
+            files = {split: [(p.image, p.mask) for p in split_pairs] for split, split_pairs in pairs.items()}
             self._data = {**data_fingerprint(root, files), "train_subset": datamodule.train_subset}
         return self._data
 

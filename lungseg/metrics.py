@@ -25,6 +25,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.functional.classification import binary_f1_score, binary_stat_scores
 
+
 class BinnedAUROC(BinaryAUROC):
     """torchmetrics' binned BinaryAUROC with an O(pixels) update (bucketize + bincount).
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lungseg.artifact import read_checkpoint, record_test_metrics
 from lungseg.callbacks import BestMetrics, DescribeModel
 from lungseg.errors import EXIT_USER_ERROR, LungsegError
+from lungseg.resume import check_resume
 from lungseg.runtime import set_threads
 from lungseg.sweep_summary import RESULT_FILE, write_json
 
@@ -80,8 +81,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if threads:
         set_threads(threads)
         log.info("torch threads: %d", threads)
-    if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path)  # a missing or torn checkpoint is one clear message, not a traceback
+    if cfg.get("ckpt_path"):  # a missing, torn or differently configured checkpoint is one clear message
+        check_resume(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, OmegaConf.to_container(cfg, resolve=True),
+                     bool(cfg.get("resume", {}).get("allow_changes")))
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
