@@ -1,0 +1,91 @@
+"""The Python API: the README's example runs as written; arrays of any dtype and layout, paths and streams all go
+through the one LungSegmenter road and agree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lungseg import LungSegmenter
+from lungseg.errors import DataError
+from tests.conftest import CXR, ROOT, write_split
+from tests.test_predict import train_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A disc phantom radiograph of 96 x 96 px (its lung is the dark disc)."""
+    root = tmp_path_factory.mktemp("phantom")
+    write_split(root, "test", [7], size=96, seed=9)
+    return root / "ChestXray" / "test" / "image" / "cxrimage_7.png"
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- api-example[^>]*-->\s*```python\n(.*?)```", text, re.S)
+    assert match, "README has no api-example block"
+    return match.group(1)
+
+
+def test_the_readme_example_runs_as_written(tiny_ckpt: Path, phantom: Path, tmp_path: Path) -> None:
+    code = readme_example()
+    assert len([line for line in code.splitlines() if line.strip()]) <= 5
+    (tmp_path / "outputs" / "demo" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "outputs" / "demo" / "checkpoints" / "best.ckpt").write_bytes(tiny_ckpt.read_bytes())
+    real = sorted((CXR / "orig" / "test" / "image").glob("*.png"))
+    (tmp_path / "chest.png").write_bytes((real[0] if real else phantom).read_bytes())
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    h, w = cv2.imread(str(tmp_path / "chest.png"), cv2.IMREAD_UNCHANGED).shape[:2]
+    assert re.fullmatch(rf"\({h}, {w}\) lung fraction 0\.\d\d, model input 32 px\n", proc.stdout), proc.stdout
+
+
+def test_arrays_of_any_dtype_and_layout_match_the_file(tiny_ckpt: Path, phantom: Path) -> None:
+    seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu")
+    gray = cv2.imread(str(phantom), cv2.IMREAD_GRAYSCALE)
+    from_file = seg.predict_proba(phantom)
+    assert from_file.dtype == np.float32 and from_file.shape == gray.shape
+    assert from_file.std() > 0.01
+    stretched = (gray.astype(np.float64) - gray.min()) * 255 / (gray.max() - gray.min())  # what 16-bit/float get
+    for array, expected in ((gray, from_file), (np.dstack([gray] * 3), from_file), (gray[:, :, None], from_file),
+                            (gray.astype(np.uint16) * 257, None), (gray.astype(np.float32) / 255, None)):
+        got = seg.predict_proba(array)
+        want = expected if expected is not None else seg.predict_proba(np.round(stretched).astype(np.uint8))
+        np.testing.assert_array_equal(got, want)
+    mask = seg.predict(str(phantom))
+    assert mask.dtype == np.bool_ and mask.shape == gray.shape
+    np.testing.assert_array_equal(mask, seg.segment(phantom).mask)
+    for bad, message in ((np.zeros((4, 4, 2), np.uint8), "H x W"), (np.zeros((1, 9), np.uint8), "H x W"),
+                         (np.array([[np.nan, 0], [0, 1]]), "NaN"), (np.zeros((8, 8), bool), "dtype bool")):
+        with pytest.raises(DataError, match=message):
+            seg.predict(bad)
+
+
+def test_predict_many_streams_in_order_with_errors_in_place(tiny_ckpt: Path, phantom: Path, tmp_path: Path) -> None:
+    seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    gray = cv2.imread(str(phantom), cv2.IMREAD_GRAYSCALE)
+    images = [phantom, gray[:50, :70], broken, gray.T, phantom]
+    stream = seg.predict_many(images, batch_size=2, skip_errors=True)
+    assert not isinstance(stream, list)  # lazy
+    results = list(stream)
+    assert isinstance(results[2], DataError) and "broken.png" in str(results[2])
+    ok = [r for i, r in enumerate(results) if i != 2]
+    assert [r.mask.shape for r in ok] == [(96, 96), (50, 70), (96, 96), (96, 96)]
+    for r, image in zip(ok, [phantom, gray[:50, :70], gray.T, phantom], strict=True):
+        np.testing.assert_allclose(r.probability, seg.predict_proba(image), atol=1e-6)  # batched == one at a time
+    assert ok[0].stats["quality"] and ok[0].stats["height"] == 96
+    with pytest.raises(DataError, match="broken.png"):
+        list(seg.predict_many(images, batch_size=2))
