@@ -131,24 +131,43 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt")
+    if not zipfile.is_zipfile(path):  # zero bytes, random bytes, a cut-off file, an old-style pickle
+        size = path.stat().st_size
+        what = "an empty file" if size == 0 else f"{size:,} bytes that are no PyTorch checkpoint archive"
+        raise CheckpointError(f"{path}: not a checkpoint ({what}: truncated or corrupt, or another kind of file); "
+                              "use another checkpoint, e.g. last.ckpt, or retrain")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never repeat that advice
         raise CheckpointError(
-            f"{path}: refused: it holds pickled Python objects, not only tensors ({str(err).splitlines()[0]}). "
-            "lungseg checkpoints load without pickle; use one written by lungseg.train"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint (truncated or corrupt: {str(err).splitlines()[0]}); "
-            "use another checkpoint, e.g. last.ckpt, or retrain"
-        ) from None
+            f"{path}: refused: it holds pickled Python objects, not only tensors, and loading them could run "
+            "code. lungseg checkpoints load without pickle; use one written by lungseg.train") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, IndexError, KeyError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: not a checkpoint (a damaged archive, truncated or corrupt: {reason}); "
+                              "use another checkpoint, e.g. last.ckpt, or retrain") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "state_dict" not in ckpt or not isinstance(hparams.get("net"), dict):
         raise CheckpointError(f"{path}: not a lungseg checkpoint (no network config inside); "
                               "use a checkpoint written by lungseg.train")
     refuse_foreign_targets(hparams, path)
+    refuse_non_finite(ckpt["state_dict"], path)
     return ckpt
+
+
+def non_finite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf (parameters and buffers alike)."""
+    return [name for name, t in tensors.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def refuse_non_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse weights or statistics (BatchNorm running_var, ...) that hold NaN or inf, naming them."""
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(f"{path}: refused: {len(bad)} tensor(s) hold NaN or inf ({shown}): the training had "
+                              "diverged; use an earlier checkpoint or retrain with a lower optimizer.lr")
 
 
 def describe(ckpt: Mapping[str, Any], path: str | Path, image_size: int | None = None) -> ModelDescription:

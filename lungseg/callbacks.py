@@ -4,8 +4,11 @@ checkpoint writes."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,13 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lungseg.artifact import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, now
+from lungseg.artifact import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, non_finite_tensors, now
 from lungseg.atomic import atomic_open
 from lungseg.data.layout import SPLITS, find_pairs
 from lungseg.errors import LungsegError
 from lungseg.overlay import overlay, to_uint8
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(LungsegError):
@@ -64,6 +69,27 @@ class PredictionGrid(L.Callback):
         sheet = prediction_sheet(images, masks, probs, pl_module.hparams.get("threshold", 0.5))
         for lg in loggers:
             lg.experiment.add_image("val/predictions", sheet, global_step=trainer.global_step)
+
+
+class EpochLog(L.Callback):
+    """One log line per epoch (losses, val Dice, learning rate, time) when the output is not a terminal, where
+    the progress bar shows nothing: a run written to a file or a CI log still shows its progress."""
+
+    def __init__(self, always: bool = False) -> None:
+        self.always = always
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not (self.always or not sys.stdout.isatty()):
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"{k} {float(metrics[k]):.4f}" for k in ("train/loss", "val/loss", "val/dice") if k in metrics]
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        log.info("epoch %d/%d: %s, lr %.3g (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs,
+                 ", ".join(parts), lr, time.perf_counter() - self._start)
 
 
 class BestMetrics(L.Callback):
@@ -143,25 +169,59 @@ class PreciseBatchNorm(L.Callback):
 
 
 class StopOnNonFinite(L.Callback):
-    """Stop with a clear error as soon as the loss or a weight is NaN/inf, before any checkpoint of that state.
+    """Stop with a clear error when the loss or the weights turn NaN/inf, before any checkpoint of that state.
 
-    Checkpoint callbacks run after all others at the end of an epoch, so the epoch-end check comes first.
+    The loss is checked on the device (no host sync per step): a run of consecutive non-finite losses is counted
+    there and read every ``check_every`` steps (on CPU, every step), at each epoch end and before every checkpoint
+    is written. Under ``16-mixed`` the gradient scaler skips an overflowing step by design, so up to
+    ``fp16_skips`` consecutive ones are let through; elsewhere the first stops the run. Every checkpoint is
+    checked, parameters and buffers (BatchNorm statistics) alike, before it is written.
     """
+
+    def __init__(self, check_every: int = 50, fp16_skips: int = 10) -> None:
+        self.check_every, self.fp16_skips = check_every, fp16_skips
+        self._streak: torch.Tensor | None = None  # consecutive non-finite losses, on the loss's device
+        self._last = float("nan")
+
+    def _allowed(self, trainer: L.Trainer) -> int:
+        return self.fp16_skips if str(trainer.precision).startswith("16") else 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        bad = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all())
-        if trainer.strategy.reduce_boolean_decision(bad, all=False):  # every rank stops together
-            self._fail(trainer, f"the training loss is {float(loss):g}" if bad else "another rank's loss is NaN/inf")
+        if not isinstance(loss, torch.Tensor):
+            return
+        bad = ~torch.isfinite(loss.detach()).all()
+        streak = self._streak if self._streak is not None and self._streak.device == loss.device else \
+            torch.zeros((), dtype=torch.int64, device=loss.device)
+        self._streak = torch.where(bad, streak + 1, torch.zeros_like(streak))
+        if loss.device.type == "cpu" or (trainer.global_step + 1) % self.check_every == 0:
+            self._check_streak(trainer, loss)
+
+    def _check_streak(self, trainer: L.Trainer, loss: torch.Tensor | None = None) -> None:
+        streak = int(self._streak) if self._streak is not None else 0  # the one host sync
+        if loss is not None and streak:
+            self._last = float(loss.detach())
+        too_many = streak > self._allowed(trainer)
+        if trainer.strategy.reduce_boolean_decision(too_many, all=False):  # every rank stops together
+            what = (f"the training loss was {self._last:g} for {streak} step(s) in a row" if too_many
+                    else "another rank's loss is NaN/inf")
+            self._fail(trainer, what)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        weights = [n for n, p in pl_module.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        self._check_streak(trainer)
+        bad = non_finite_tensors(dict(pl_module.named_parameters()) | dict(pl_module.named_buffers()))
+        if bad:
+            self._fail(trainer, f"weights or statistics are NaN/inf ({', '.join(bad[:3])})")
         val_loss = trainer.callback_metrics.get("val/loss")
-        if weights:
-            self._fail(trainer, f"weights are NaN/inf ({', '.join(weights[:3])})")
         if val_loss is not None and not math.isfinite(float(val_loss)):
             self._fail(trainer, f"val/loss is {float(val_loss):g}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._check_streak(trainer)
+        bad = non_finite_tensors(checkpoint.get("state_dict", {}))
+        if bad:  # raising here stops the write: no checkpoint ever holds NaN/inf
+            self._fail(trainer, f"weights or statistics are NaN/inf ({', '.join(bad[:3])})")
 
     @staticmethod
     def _fail(trainer: L.Trainer, what: str) -> None:

@@ -21,7 +21,9 @@ class DataError(LungsegError):
 
     def __init__(self, message: str, problems: Iterable[str] = ()) -> None:
         self.problems = list(problems)
-        if self.problems:
+        if len(self.problems) == 1:  # one problem, one line
+            message = f"{message.rstrip(':')}: {self.problems[0]}"
+        elif self.problems:
             message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(message)
 
@@ -31,10 +33,13 @@ class CheckpointError(LungsegError):
 
 
 def exit_on_user_error(func: F) -> F:
-    """Run an entry point; a LungsegError becomes one message on stderr and exit code 2."""
+    """Run an entry point with a quiet console; a LungsegError becomes one message on stderr and exit code 2."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from lungseg.console import quiet
+
+        quiet()
         try:
             return func(*args, **kwargs)
         except LungsegError as err:

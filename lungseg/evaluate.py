@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from lungseg import report
+from lungseg.checks import writable_dir
 from lungseg.data.dataset import LungDataset
 from lungseg.errors import CheckpointError, exit_on_user_error
 from lungseg.metrics import (
@@ -195,7 +196,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)
 
     out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(source) / "eval" / cfg.split
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(out.parent, "output_dir")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -25,6 +25,7 @@ from torch import nn
 
 from lungseg.artifact import TrainedModel, load_checkpoint, save_pretrained
 from lungseg.atomic import write_text
+from lungseg.checks import writable_dir
 from lungseg.errors import LungsegError, exit_on_user_error
 from lungseg.model_card import model_card
 from lungseg.predictor import LungSegmenter
@@ -112,7 +113,7 @@ def export(cfg: DictConfig) -> dict[str, object]:
     model = load_checkpoint(ckpt, cfg.get("image_size"))
     size, divisor = model.description.image_size, int(getattr(model.net, "divisor", 1))
     card = model_card(model.description)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(output.parent, "output")
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.tmp-") as tmp:
         staged = Path(tmp) / output.name  # written whole, then renamed into place
         if cfg.format == "pretrained":

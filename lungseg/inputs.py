@@ -47,17 +47,20 @@ def _keys(paths: list[Path], root: Path) -> list[str]:
     return [k if counts[k] == 1 else f"{k}_{r.suffix.lstrip('.').lower()}" for k, r in zip(plain, rel, strict=True)]
 
 
-def find_inputs(source: str | Path, pattern: str | None = None) -> list[InputFile]:
-    """A file, or every radiograph under a folder (recursive; ``pattern`` a glob such as ``**/*.dcm``)."""
+def find_inputs(source: str | Path, pattern: str | None = None, skipped: list[str] | None = None) -> list[InputFile]:
+    """A file, or every radiograph under a folder (recursive; ``pattern`` a glob such as ``**/*.dcm``). Links that
+    lead nowhere (broken, or a loop) are added to ``skipped`` with the reason; hidden files are left out."""
     source = Path(source).expanduser()
     if source.is_file():
         return [InputFile(source, _keys([source], source)[0])]
     if not source.is_dir():
         raise DataError(f"input={source}: no such file or folder; pass an image, a DICOM file or a folder of them")
-    candidates = source.glob(pattern) if pattern else source.rglob("*")
-    paths = sorted(p for p in candidates if p.is_file() and not any(part.startswith(".") for part in
-                                                                    p.relative_to(source).parts)
-                   and (p.suffix.lower() in INPUT_SUFFIXES or is_dicom(p)))
+    candidates = [p for p in (source.glob(pattern) if pattern else source.rglob("*"))
+                  if not any(part.startswith(".") for part in p.relative_to(source).parts)]
+    if skipped is not None:
+        skipped += [f"{p}: a symbolic link that leads nowhere (broken, or a loop); skipped" for p in sorted(candidates)
+                    if p.is_symlink() and not p.exists()]
+    paths = sorted(p for p in candidates if p.is_file() and (p.suffix.lower() in INPUT_SUFFIXES or is_dicom(p)))
     if not paths:
         what = f"matching {pattern!r}" if pattern else f"with a suffix in {sorted(INPUT_SUFFIXES)} (or DICOM)"
         raise DataError(f"input={source}: no radiographs {what}; check the folder or the pattern= setting")

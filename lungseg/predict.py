@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 
 from lungseg.atomic import atomic_open, write_bytes
+from lungseg.checks import writable_dir
 from lungseg.data.datamodule import default_num_workers, limit_opencv_threads
 from lungseg.data.images import read_mask
 from lungseg.data.layout import pair_files
@@ -103,10 +104,11 @@ def _require(cfg: DictConfig, *names: str) -> None:
                            "; e.g. python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/")
 
 
-def plan_outputs(cfg: DictConfig, output: Path) -> tuple[list[InputFile], list[dict[str, Path]]]:
+def plan_outputs(cfg: DictConfig, output: Path,
+                 skipped: list[str] | None = None) -> tuple[list[InputFile], list[dict[str, Path]]]:
     """The inputs (none from inside ``output``) and their output paths; refuse to overwrite unless asked."""
     inside = output.resolve()
-    files = [f for f in find_inputs(cfg.input, cfg.get("pattern")) if inside not in f.path.resolve().parents]
+    files = [f for f in find_inputs(cfg.input, cfg.get("pattern"), skipped) if inside not in f.path.resolve().parents]
     if not files:
         raise DataError(f"input={cfg.input}: every radiograph found lies inside output={output}; choose another")
     paths = [output_paths(output, f.key, cfg) for f in files]
@@ -136,16 +138,17 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                            "python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/")
     set_threads(cfg.get("threads"))
     output = Path(cfg.output).expanduser()
-    files, paths = plan_outputs(cfg, output)
+    failures: list[str] = []  # every input skipped, with why
+    files, paths = plan_outputs(cfg, output, failures)
     truths = reference_masks(cfg, files)
     seg = segmenter(cfg)
+    writable_dir(output, "output")
     workers = default_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
     limit_opencv_threads(workers)
     log.info("%d input(s) -> %s (model %d px, batch %d, %s, precision %s, threshold %g, post-processing %s, "
              "flip TTA %s)", len(files), output, seg.image_size, cfg.batch_size, seg.device, seg.precision,
              seg.threshold, cfg.postprocess, cfg.tta_flip)
 
-    failures: list[str] = []
     scores: list[dict[str, Any]] = []
     start, done = time.perf_counter(), 0
     results = seg.predict_many([f.path for f in files], int(cfg.batch_size), workers, skip_errors=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -22,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungseg.artifact import read_checkpoint, record_test_metrics
 from lungseg.callbacks import BestMetrics, DescribeModel
+from lungseg.checks import check_train
+from lungseg.console import quiet
 from lungseg.errors import EXIT_USER_ERROR, LungsegError
 from lungseg.resume import check_resume
 from lungseg.runtime import set_threads
@@ -77,6 +80,7 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on train/val, test the best checkpoint, log hparams with the final metrics; return the metrics."""
+    check_train(cfg)
     threads = job_threads(cfg)
     if threads:
         set_threads(threads)
@@ -87,7 +91,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.check_splits(("train", "val", "test") if cfg.get("test") else ("train", "val"))  # before any work
     module: L.LightningModule = instantiate(cfg.module)
+    module.example_input_array = torch.zeros(1, 1, datamodule.image_size, datamodule.image_size)  # real FLOPs
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     callbacks.append(DescribeModel(OmegaConf.to_container(cfg, resolve=True)))  # every checkpoint describes itself
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -116,16 +123,44 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _record(cfg: DictConfig, **fields: Any) -> None:
-    """Write the run's ``result.json`` (rank 0 only): status, times, metrics; the sweep summary reads it."""
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def record_path(run: Path, started: str) -> Path:
+    """Where this run's record goes: ``result.json``, unless that holds a finished run's record, which is never
+    overwritten: then ``result-<started>.json`` beside it (promoted by :func:`_promote` if this run finishes)."""
+    previous = _read_record(run / RESULT_FILE)
+    if previous.get("status") == "finished":
+        return run / f"result-{started.replace(':', '-')}.json"
+    return run / RESULT_FILE
+
+
+def _promote(record: Path) -> None:
+    """A run that finished in a folder with an earlier finished record becomes ``result.json``; the earlier record
+    is kept as ``result-<its start>.json``."""
+    current = record.parent / RESULT_FILE
+    if record == current:
+        return
+    earlier = _read_record(current)
+    keep = record.parent / f"result-{str(earlier.get('started', 'earlier')).replace(':', '-')}.json"
+    if current.exists() and not keep.exists():
+        os.replace(current, keep)
+    os.replace(record, current)
+
+
+def _record(cfg: DictConfig, record: Path, **fields: Any) -> None:
+    """Write the run's record (rank 0 only): status, times, metrics; the sweep summary reads ``result.json``."""
     if rank_zero_only.rank != 0:
         return
-    run = Path(cfg.paths.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    record.parent.mkdir(parents=True, exist_ok=True)
     hydra_cfg = _hydra()
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
-    write_json(run / RESULT_FILE, {"overrides": overrides, "host": socket.gethostname(), "pid": os.getpid(),
-                                   "resumed_from": cfg.get("ckpt_path"), **fields})
+    write_json(record, {"overrides": overrides, "host": socket.gethostname(), "pid": os.getpid(),
+                        "resumed_from": cfg.get("ckpt_path"), **fields})
 
 
 def _link_resume(cfg: DictConfig) -> None:
@@ -139,11 +174,10 @@ def _link_resume(cfg: DictConfig) -> None:
 
 def _earlier_wall_s(cfg: DictConfig) -> float:
     """Wall time already spent in this folder by the run a resume continues (0 for a fresh run)."""
-    previous = Path(cfg.paths.output_dir) / RESULT_FILE
-    if not cfg.get("ckpt_path") or not previous.is_file():
+    if not cfg.get("ckpt_path"):
         return 0.0
     try:
-        return float(json.loads(previous.read_text()).get("wall_s") or 0.0)
+        return float(_read_record(Path(cfg.paths.output_dir) / RESULT_FILE).get("wall_s") or 0.0)
     except (ValueError, TypeError):
         return 0.0
 
@@ -151,16 +185,18 @@ def _earlier_wall_s(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers (None for a failed job of a multirun)."""
+    quiet()
     start, earlier = time.time(), _earlier_wall_s(cfg)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    _record(cfg, status="running", started=started)
+    record = record_path(Path(cfg.paths.output_dir), started)
+    _record(cfg, record, status="running", started=started)
     try:
         if cfg.get("ckpt_path"):
             _link_resume(cfg)
         metrics = train(cfg)
     except Exception as err:
         wall_s = round(earlier + time.time() - start, 1)
-        _record(cfg, status="failed", started=started, wall_s=wall_s, error=f"{type(err).__name__}: {err}")
+        _record(cfg, record, status="failed", started=started, wall_s=wall_s, error=f"{type(err).__name__}: {err}")
         if _multirun():  # the failure is in the job folder; returning lets the other jobs run
             log.error("job failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, LungsegError))
             return None  # Optuna records None as a failed trial (NaN would make optuna 2.x abort the study)
@@ -169,9 +205,11 @@ def main(cfg: DictConfig) -> float | None:
             raise SystemExit(EXIT_USER_ERROR) from None
         raise
     value = metrics.get(cfg.get("optimized_metric") or "")
-    _record(cfg, status="finished", started=started, wall_s=round(earlier + time.time() - start, 1),
+    _record(cfg, record, status="finished", started=started, wall_s=round(earlier + time.time() - start, 1),
             epochs=int(metrics["epochs"]), optimized_metric=cfg.get("optimized_metric"), value=value,
             metrics={k: v for k, v in metrics.items() if k.startswith(("best/", "test/", "val/"))})
+    if rank_zero_only.rank == 0:
+        _promote(record)
     return value
 
 

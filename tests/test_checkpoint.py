@@ -72,3 +72,20 @@ def test_checkpoint_without_description_needs_image_size(good_ckpt: Path) -> Non
     model = load_checkpoint(good_ckpt, image_size=48)
     assert model.description.image_size == 48 and model.description.threshold == 0.5
     assert model.description.config == {} and model.description.data == {}
+
+
+def test_zero_random_and_non_finite_checkpoints_are_told_apart(good_ckpt: Path, tmp_path: Path) -> None:
+    (tmp_path / "zero.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a checkpoint \\(an empty file") as err:
+        load_module(tmp_path / "zero.ckpt")
+    (tmp_path / "random.ckpt").write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="not a checkpoint \\(4,096 bytes") as err2:
+        load_module(tmp_path / "random.ckpt")
+    for e in (err, err2):
+        assert "pickled" not in str(e.value) and "weights_only" not in str(e.value)
+    ckpt = torch.load(good_ckpt, weights_only=True)
+    name = next(k for k in ckpt["state_dict"] if k.endswith("running_var"))
+    ckpt["state_dict"][name][0] = float("inf")
+    torch.save(ckpt, tmp_path / "diverged.ckpt")
+    with pytest.raises(CheckpointError, match=f"1 tensor\\(s\\) hold NaN or inf \\({name}\\)"):
+        load_module(tmp_path / "diverged.ckpt")

@@ -110,11 +110,31 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(LungSegModule, "training_step", poisoned)
     cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=3")
-    expected = r"epoch 1, step \d+: the training loss is nan.*last.ckpt.*optimizer\.lr"
+    expected = r"epoch 1, step \d+: the training loss was nan for 1 step\(s\) in a row.*last.ckpt.*optimizer\.lr"
     with pytest.raises(TrainingDivergedError, match=expected):
         train(cfg)
     good = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert good["epoch"] == 0 and all(torch.isfinite(t).all() for t in good["state_dict"].values())
+
+
+def test_non_finite_batchnorm_statistics_never_reach_a_checkpoint(compose_cfg, tiny_dataset: Path, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    step = LungSegModule.training_step
+
+    def poisoned(self: LungSegModule, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.current_epoch >= 1:  # the loss stays finite; only a BatchNorm statistic blows up (lr=1e9 does this)
+            self.net.encoders[0][2].running_var.fill_(float("inf"))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LungSegModule, "training_step", poisoned)
+    monkeypatch.setattr("lungseg.callbacks.PreciseBatchNorm.recompute", lambda *a: None)  # keep the poison
+    cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=3")
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1.*encoders\.0\.2\.running_var"):
+        train(cfg)
+    for name in ("last.ckpt", "best.ckpt"):
+        saved = torch.load(tmp_path / "run" / "checkpoints" / name, weights_only=True)
+        assert saved["epoch"] == 0 and all(torch.isfinite(t).all() for t in saved["state_dict"].values()
+                                           if t.is_floating_point())
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

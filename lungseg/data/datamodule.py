@@ -110,16 +110,21 @@ class LungDataModule(L.LightningDataModule):
     def _stage_splits(self, stage: str | None) -> tuple[str, ...]:
         return {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Pair and validate the splits the stage needs; every problem is reported at once."""
+    def check_splits(self, splits: tuple[str, ...]) -> dict[str, list[Pair]]:
+        """Pair the files of ``splits`` (no decoding); every problem of every split is reported at once."""
         require_root(self.root)
-        wanted = [s for s in self._stage_splits(stage) if s not in self.datasets]
         found, problems = {}, []
-        for split in wanted:
+        for split in splits:
             found[split], split_problems = find_pairs(self.root, split)
             problems += split_problems
         if problems:
             raise DataError(f"dataset at {self.root} has {len(problems)} problem(s):", problems)
+        return found
+
+    def setup(self, stage: str | None = None) -> None:
+        """Pair and validate the splits the stage needs; every problem is reported at once."""
+        wanted = [s for s in self._stage_splits(stage) if s not in self.datasets]
+        found = self.check_splits(tuple(wanted))
         if "train" in found and self.train_subset is not None:
             found["train"] = subset(found["train"], self.train_subset, self.root)
         for split in wanted:

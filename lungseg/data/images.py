@@ -13,6 +13,10 @@ MASK_THRESHOLD = 128
 # A mask is "not binary" when more than this fraction of its pixels is mid-grey (64..191):
 # JPEG artefacts on real masks stay near 0 and 255 and well under this.
 MAX_GREY_FRACTION = 0.01
+# A mask is "colour" when more than this fraction of its pixels have channels that differ by more than
+# COLOUR_SPREAD: a grey mask saved as RGB (JPEG noise included) stays far below; a colour-coded one does not.
+MAX_COLOUR_FRACTION = 0.01
+COLOUR_SPREAD = 48
 
 
 def read_image_file(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -63,9 +67,23 @@ def grey_fraction(mask: np.ndarray) -> float:
     return float(((mask >= 64) & (mask < 192)).mean())
 
 
+def colours(image: np.ndarray, most: int = 4) -> list[str]:
+    """The most frequent colours of a BGR(A) image as #rrggbb, quantised to steps of 32 (JPEG noise folded)."""
+    rgb = (image[..., 2::-1].reshape(-1, 3).astype(np.int32) + 16) // 32 * 32
+    values, counts = np.unique(np.clip(rgb, 0, 255), axis=0, return_counts=True)
+    order = np.argsort(-counts)[:most]
+    return [f"#{r:02x}{g:02x}{b:02x} ({counts[i] / len(rgb):.0%})" for i, (r, g, b) in zip(order, values[order],
+                                                                                        strict=True)]
+
+
 def read_mask(path: Path) -> np.ndarray:
-    """Read a mask file as uint8 {0, 1}, refusing one that is not (close to) binary."""
+    """Read a mask file as uint8 {0, 1}, refusing one that is colour-coded or not (close to) binary."""
     mask = read_image_file(path)
+    if mask.ndim == 3 and mask.shape[2] >= 3:
+        bgr = mask[..., :3].astype(np.int16)
+        if ((bgr.max(-1) - bgr.min(-1)) > COLOUR_SPREAD).mean() > MAX_COLOUR_FRACTION:
+            raise DataError(f"{path}: colour mask (colours found: {', '.join(colours(mask))}); masks must be "
+                            "black background and white lung: convert the lung colour to white, the rest to black")
     grey = grey_fraction(mask)
     if grey > MAX_GREY_FRACTION:
         raise DataError(
