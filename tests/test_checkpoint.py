@@ -11,7 +11,7 @@ import torch
 
 from lungseg.checkpoint import load_module
 from lungseg.errors import CheckpointError
-from tests.test_module import make_module
+from tests.helpers import make_module
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from lungseg.data.datamodule import LungDataModule
 from lungseg.errors import DataError
-from tests.conftest import CXR, requires_cxr, write_split
+from tests.helpers import CXR, requires_cxr, write_split
 
 
 def _train_transform(compose_cfg: Callable[..., DictConfig], *overrides: str):

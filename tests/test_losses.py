@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from lungseg.losses import BCEDiceLoss, soft_dice_loss
 from lungseg.train import train
-from tests.test_train import TINY
+from tests.helpers import TINY
 
 
 def test_soft_dice_on_hand_worked_masks() -> None:

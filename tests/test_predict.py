@@ -13,10 +13,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -24,38 +20,9 @@ from lungseg.errors import CheckpointError, LungsegError
 from lungseg.inference import model_image_size
 from lungseg.inputs import find_inputs, read_input
 from lungseg.predict import CSV_COLUMNS, predict, predict_probs
-from lungseg.train import train
-from tests.conftest import CONF, CXR, ROOT, requires_cxr, write_split
-from tests.test_module import make_module
-from tests.test_train import TINY
+from tests.helpers import CXR, ROOT, make_module, requires_cxr, train_tiny, write_split
 
 ORIG_TEST = CXR / "orig" / "test" / "image"
-
-
-def train_tiny(folder: Path) -> Path:
-    """Train the TINY U-Net (32 px) one epoch on disc phantoms; return its best.ckpt with <run>/.hydra/config.yaml."""
-    data, run = folder / "data", folder / "run"
-    write_split(data, "train", list(range(8)))
-    write_split(data, "val", [10, 11, 12, 13], seed=1)
-    write_split(data, "test", [20, 21], seed=2)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("train", overrides=[f"data.root={data}", *TINY, "trainer.max_epochs=1", "test=false",
-                                          "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor",
-                                          "optimizer.lr=1e-2"],
-                      return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    train(cfg)
-    GlobalHydra.instance().clear()
-    saved = cfg.copy()
-    with open_dict(saved):
-        del saved["hydra"]
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(saved, run / ".hydra" / "config.yaml")  # what a real run leaves next to checkpoints/
-    return run / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ import yaml
 
 from lungseg.sweep_summary import main as summary_main
 from lungseg.sweep_summary import summarize
-from tests.conftest import ROOT
-from tests.test_train import TINY
+from tests.helpers import ROOT, TINY
 
 
 def _job(sweep: Path, name: str, overrides: list[str], result: dict | None) -> None:

@@ -11,10 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lungseg.train import train
-from tests.conftest import CXR, ROOT, requires_cxr
-
-TINY = ("data.image_size=32", "model.base_filters=4", "model.depth=2", "data.batch_size=4",
-        "~callbacks.progress_bar", "trainer.accelerator=cpu", "trainer.enable_model_summary=false")
+from tests.helpers import CXR, ROOT, TINY, requires_cxr
 
 
 def _events(run: Path) -> EventAccumulator:
