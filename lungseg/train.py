@@ -135,8 +135,18 @@ def record_path(run: Path, started: str) -> Path:
     overwritten: then ``result-<started>.json`` beside it (promoted by :func:`_promote` if this run finishes)."""
     previous = _read_record(run / RESULT_FILE)
     if previous.get("status") == "finished":
-        return run / f"result-{started.replace(':', '-')}.json"
+        return _unused(run, started)
     return run / RESULT_FILE
+
+
+def _unused(run: Path, started: str) -> Path:
+    """``result-<started>.json``, or with ``-2``, ``-3``... when a record of that second exists already."""
+    stem = f"result-{started.replace(':', '-')}"
+    path, n = run / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = run / f"{stem}-{n}.json"
+    return path
 
 
 def _promote(record: Path) -> None:
@@ -145,10 +155,8 @@ def _promote(record: Path) -> None:
     current = record.parent / RESULT_FILE
     if record == current:
         return
-    earlier = _read_record(current)
-    keep = record.parent / f"result-{str(earlier.get('started', 'earlier')).replace(':', '-')}.json"
-    if current.exists() and not keep.exists():
-        os.replace(current, keep)
+    if current.exists():
+        os.replace(current, _unused(record.parent, str(_read_record(current).get("started", "earlier"))))
     os.replace(record, current)
 
 

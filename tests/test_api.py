@@ -14,8 +14,7 @@ import pytest
 
 from lungseg import LungSegmenter
 from lungseg.errors import DataError
-from tests.conftest import CXR, ROOT, write_split
-from tests.test_predict import train_tiny
+from tests.helpers import CXR, ROOT, train_tiny, write_split
 
 
 @pytest.fixture(scope="module")

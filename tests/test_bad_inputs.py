@@ -22,9 +22,7 @@ from lungseg.predict import main as predict_main
 from lungseg.predict import predict
 from lungseg.train import main as train_main
 from lungseg.train import train
-from tests.conftest import write_split
-from tests.test_predict import gradient, train_tiny
-from tests.test_train import TINY
+from tests.helpers import TINY, gradient, train_tiny, write_split
 
 QUICK = (*TINY, "trainer.max_epochs=1", "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor")
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_bench_tiny_mode_writes_the_documented_json(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from lungseg.artifact import DESCRIPTION_KEY, load_checkpoint, load_module
 from lungseg.errors import CheckpointError
-from tests.test_module import make_module
+from tests.helpers import make_module
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from lungseg.data.check import check_dataset
 from lungseg.data.images import binarize, load_pair, preprocess, read_gray, read_mask, to_gray8
 from lungseg.data.layout import find_pairs, pair_files
 from lungseg.errors import DataError
-from tests.conftest import CXR, ROOT, requires_cxr, write_split
+from tests.helpers import CXR, ROOT, requires_cxr, write_split
 
 
 def test_pairs_by_number_not_by_sorted_name(tiny_dataset: Path) -> None:

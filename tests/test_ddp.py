@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, write_split
+from tests.helpers import ROOT, write_split
 
 # Both runs see the same data in every optimizer step: the 2 training images form one global batch (DDP: one image
 # per rank; one process: two micro-batches of one, accumulated), so shuffling order cannot matter. Randomness

@@ -26,8 +26,7 @@ from lungseg.errors import CheckpointError, DataError
 from lungseg.evaluate import evaluate
 from lungseg.predictor import LungSegmenter
 from lungseg.train import train
-from tests.conftest import CONF, CXR, ROOT, requires_cxr, write_split
-from tests.test_train import TINY
+from tests.helpers import CONF, CXR, ROOT, TINY, requires_cxr, write_split
 
 TEST_NUMBERS = [50, 52, 54, 56, 58, 61]
 FIGURES = ("roc", "precision_recall", "confusion_matrix", "training_curves", "dice_histogram", "predictions",

@@ -16,8 +16,7 @@ from lungseg.errors import CheckpointError, LungsegError
 from lungseg.export import INPUT_NAME, OUTPUT_NAME, export, run_exported
 from lungseg.inputs import read_input
 from lungseg.predictor import LungSegmenter
-from tests.conftest import CXR, requires_cxr, write_split
-from tests.test_predict import train_tiny
+from tests.helpers import CXR, requires_cxr, train_tiny, write_split
 
 ORIG_TEST = CXR / "orig" / "test" / "image"
 

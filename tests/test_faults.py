@@ -21,8 +21,7 @@ from lungseg.callbacks import AtomicCheckpointIO, TrainingDivergedError
 from lungseg.errors import CheckpointError
 from lungseg.module import LungSegModule
 from lungseg.train import train
-from tests.conftest import ROOT
-from tests.test_train import TINY
+from tests.helpers import ROOT, TINY
 
 SMALL = tuple(a for a in TINY if not a.startswith("data.batch_size")) + ("data.batch_size=2",)  # 4 steps an epoch
 

@@ -13,14 +13,7 @@ from torch import nn
 from lungseg.data.datamodule import LungDataModule
 from lungseg.metrics import BinnedAUROC, pixel_metrics
 from lungseg.module import LungSegModule, conv_kernels
-
-NET = {"_target_": "lungseg.models.unet.UNet", "base_filters": 4, "depth": 2, "dropout": 0.0, "noise_std": 0.0}
-OPT = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
-LOSS = {"_target_": "torch.nn.BCEWithLogitsLoss"}
-
-
-def make_module(**kw) -> LungSegModule:
-    return LungSegModule(net=NET, optimizer=OPT, loss=LOSS, **kw)
+from tests.helpers import LOSS, NET, OPT, make_module
 
 
 def test_l2_equals_keras_definition_value_and_gradient() -> None:

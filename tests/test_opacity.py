@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from lungseg.data.images import load_pair
 from lungseg.data.opacity import LungOpacity
-from tests.conftest import CXR, requires_cxr
+from tests.helpers import CXR, requires_cxr
 
 
 @requires_cxr

@@ -14,7 +14,7 @@ from lungseg.callbacks import PreciseBatchNorm
 from lungseg.data.datamodule import LungDataModule
 from lungseg.models.unet import UNet
 from lungseg.module import LungSegModule
-from tests.test_module import LOSS, OPT
+from tests.helpers import LOSS, OPT
 
 
 def _setup(tiny_dataset: Path) -> tuple[LungSegModule, SimpleNamespace]:

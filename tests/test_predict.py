@@ -14,10 +14,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -26,33 +22,9 @@ from lungseg.inputs import find_inputs, read_input
 from lungseg.postprocess import QualityLimits
 from lungseg.predict import CSV_COLUMNS, predict
 from lungseg.predictor import LungSegmenter
-from lungseg.train import train
-from tests.conftest import CONF, CXR, ROOT, requires_cxr, write_split
-from tests.test_train import TINY
+from tests.helpers import CXR, ROOT, gradient, requires_cxr, train_tiny, write_split
 
 ORIG_TEST = CXR / "orig" / "test" / "image"
-
-
-def train_tiny(folder: Path, *overrides: str) -> Path:
-    """Train the TINY U-Net (32 px) one epoch on disc phantoms; return its best.ckpt (the run folder holds nothing
-    else a model needs: everything is inside the checkpoint)."""
-    data, run = folder / "data", folder / "run"
-    write_split(data, "train", list(range(8)))
-    write_split(data, "val", [10, 11, 12, 13], seed=1)
-    write_split(data, "test", [20, 21], seed=2)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("train", overrides=[f"data.root={data}", *TINY, "trainer.max_epochs=1", "test=false",
-                                          "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor",
-                                          "optimizer.lr=1e-2", *overrides],
-                      return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    train(cfg)
-    GlobalHydra.instance().clear()
-    return run / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +51,6 @@ def write_dicom(path: Path, stored: np.ndarray, photometric: str, slope: float =
         ds.WindowCenter, ds.WindowWidth = window
     ds.PixelData = stored.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)  # with the 128-byte preamble and "DICM"
-
-
-def gradient(h: int = 70, w: int = 90) -> np.ndarray:
-    """A uint8 test image spanning 0..255 with structure in both directions."""
-    yy, xx = np.mgrid[:h, :w]
-    return np.round(255 * (0.7 * xx / (w - 1) + 0.3 * yy / (h - 1))).astype(np.uint8)
 
 
 def brute_force_hd95(a: np.ndarray, b: np.ndarray) -> float:

@@ -9,7 +9,7 @@ import pytest
 from lungseg.errors import LungsegError
 from lungseg.resume import config_changes
 from lungseg.train import train
-from tests.test_train import TINY
+from tests.helpers import TINY
 
 BASE = (*TINY, "trainer.max_epochs=1", "test=false", "~logger", "~callbacks.prediction_grid",
         "~callbacks.lr_monitor", "optimizer.lr=1e-2")

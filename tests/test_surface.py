@@ -11,7 +11,7 @@ from torchmetrics.classification import BinaryCalibrationError, BinaryPrecisionR
 from torchmetrics.functional.segmentation import hausdorff_distance
 
 from lungseg.metrics import BinnedPRCurve, BinnedROC, ReliabilityBins, per_image_overlap
-from lungseg.surface import diagonal, directed_distances, surface, surface_distances
+from lungseg.surface import SurfaceDistances, diagonal, directed_distances, surface, surface_distances
 
 
 def square(half: int, size: int = 40, centre: int = 20) -> np.ndarray:
@@ -48,35 +48,44 @@ def test_concentric_squares_hand_worked() -> None:
 
 
 def test_shifted_square_and_spacing() -> None:
+    # a: 13x13 square, rows and columns 14..26; b: a moved 2 columns (columns 16..28). Each ring has 48 pixels.
+    # d(a->b): top and bottom rows 11 x 0 (on b's top/bottom row), column 15 at 1, column 14 at 2; left side
+    # (11 px) all 2 (b's left side); right side rows 15 and 25 at 1 (b's top/bottom row), rows 16..24 at 2.
+    # -> 22 zeros, 4 ones, 22 twos: sum 48; d(b->a) is the mirror image. ASSD = 96 / 96 = 1; HD95 = 2.
     a = square(6)
-    b = np.roll(a, 2, axis=1)  # moved 2 columns: the left/right sides are 2 apart, top/bottom overlap
+    b = np.roll(a, 2, axis=1)
+    d_ab = np.sort(directed_distances(a, b, (1, 1)))
+    np.testing.assert_array_equal(d_ab, [0.0] * 22 + [1.0] * 4 + [2.0] * 22)
     result = surface_distances(a, b)
-    assert result.hd95 == pytest.approx(2.0)
-    assert 0 < result.assd < 2.0
+    assert (result.hd95, result.assd, result.empty) == (pytest.approx(2.0), pytest.approx(1.0), "")
     scaled = surface_distances(a, b, spacing=(0.5, 0.5))
-    assert scaled.hd95 == pytest.approx(1.0) and scaled.assd == pytest.approx(result.assd / 2)
-    # Anisotropic: a column shift only feels the column spacing.
-    assert surface_distances(a, b, spacing=(7.0, 0.25)).hd95 == pytest.approx(0.5)
+    assert scaled.hd95 == pytest.approx(1.0) and scaled.assd == pytest.approx(0.5)
+    # Anisotropic (7 mm rows, 0.25 mm columns): a row step (7) is never the nearest, so each side's distances
+    # are its column offsets x 0.25: per ring 2 x 0.25 + 24 x 0.5 = 12.5 -> ASSD 25 / 96, HD95 0.5.
+    aniso = surface_distances(a, b, spacing=(7.0, 0.25))
+    assert aniso.hd95 == pytest.approx(0.5) and aniso.assd == pytest.approx(25 / 96)
 
 
 def test_identical_masks_are_zero() -> None:
-    assert surface_distances(square(5), square(5)) == surface_distances(square(3), square(3))
-    assert surface_distances(square(5), square(5)).hd95 == 0.0 and surface_distances(square(5), square(5)).assd == 0.0
+    for half in (0, 3, 5):
+        assert surface_distances(square(half), square(half)) == SurfaceDistances(0.0, 0.0, "")
 
 
 def test_empty_masks_have_defined_values() -> None:
+    # The conventions of lungseg/surface.py (and the evaluation report): both empty -> 0; exactly one empty ->
+    # the image diagonal, in the units of the spacing, with the empty one named.
     empty = np.zeros((40, 30), bool)
     full = empty.copy()
     full[10:20, 10:20] = True
-    assert surface_distances(empty, empty) == surface_distances(empty, empty)
-    both = surface_distances(empty, empty)
-    assert (both.hd95, both.assd, both.empty) == (0.0, 0.0, "both")
-    no_pred = surface_distances(empty, full)
-    assert no_pred.hd95 == no_pred.assd == pytest.approx(50.0) and no_pred.empty == "prediction"
-    no_truth = surface_distances(full, empty, spacing=(2.0, 2.0))
-    assert no_truth.hd95 == pytest.approx(100.0) and no_truth.empty == "truth"
-    assert diagonal((3, 4)) == 5.0
-    with pytest.raises(ValueError):
+    assert surface_distances(empty, empty) == SurfaceDistances(0.0, 0.0, "both")
+    assert surface_distances(empty, empty, spacing=(3.0, 0.5)) == SurfaceDistances(0.0, 0.0, "both")
+    assert surface_distances(empty, full) == SurfaceDistances(50.0, 50.0, "prediction")  # hypot(40, 30)
+    assert surface_distances(full, empty, spacing=(2.0, 2.0)) == SurfaceDistances(100.0, 100.0, "truth")
+    worst = math.hypot(40 * 0.5, 30 * 2.0)  # 63.25: rows and columns scaled by their own spacing
+    no_truth = surface_distances(full, empty, spacing=(0.5, 2.0))
+    assert (no_truth.hd95, no_truth.assd, no_truth.empty) == (pytest.approx(worst), pytest.approx(worst), "truth")
+    assert diagonal((3, 4)) == 5.0 and diagonal((3, 4), (2.0, 0.5)) == pytest.approx(math.hypot(6, 2))
+    with pytest.raises(ValueError, match=r"\(40, 30\) and \(10, 30\)"):
         surface_distances(empty, full[:10])
 
 

@@ -15,8 +15,7 @@ import yaml
 
 from lungseg.sweep_summary import main as summary_main
 from lungseg.sweep_summary import summarize
-from tests.conftest import ROOT
-from tests.test_train import TINY
+from tests.helpers import ROOT, TINY
 
 
 def _job(sweep: Path, name: str, overrides: list[str], result: dict | None) -> None:
@@ -81,9 +80,13 @@ def test_joblib_sweep_goes_on_past_a_failing_job_and_summarises(tiny_dataset: Pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(sweep / "summary.csv")
     assert [r["status"] for r in rows] == ["finished", "failed"]
-    assert "no dataset at" in rows[1]["error"] and rows[0]["best/val_dice"]
+    assert "no dataset at" in rows[1]["error"]
     assert "best job: 0" in proc.stdout
     assert json.loads((sweep / "1" / "result.json").read_text())["status"] == "failed"
+    job0 = json.loads((sweep / "0" / "result.json").read_text())
+    assert job0["status"] == "finished" and job0["epochs"] == 1
+    assert float(rows[0]["best/val_dice"]) == pytest.approx(job0["metrics"]["best/val_dice"], abs=5e-5)  # 4 decimals
+    assert job0["metrics"]["best/val_dice"] == pytest.approx(job0["metrics"]["val/dice"])  # its one epoch
     cores = os.cpu_count() or 1
     assert f"torch threads: {max(1, cores // min(2, cores))}" in (sweep / "0" / "train.log").read_text()
 

@@ -6,15 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.nn import functional as F
 
+from lungseg.data.images import load_pair
+from lungseg.data.layout import find_pairs
+from lungseg.module import LungSegModule
 from lungseg.train import train
-from tests.conftest import CXR, ROOT, requires_cxr
-
-TINY = ("data.image_size=32", "model.base_filters=4", "model.depth=2", "data.batch_size=4",
-        "~callbacks.progress_bar", "trainer.accelerator=cpu", "trainer.enable_model_summary=false")
+from tests.helpers import CXR, ROOT, TINY, requires_cxr
 
 
 def _events(run: Path) -> EventAccumulator:
@@ -45,7 +48,62 @@ def test_training_writes_checkpoints_tensorboard_and_hparams(compose_cfg, tiny_d
     assert image.width == 4 * 32 and image.height == 4 * 32  # 4 images x (input, truth, prediction, overlay)
     hparam_files = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert any(b"hparams" in f.read_bytes() for f in hparam_files)
-    assert 0.0 <= metrics["test/dice"] <= 1.0 and metrics["best/val_loss"] > 0
+    # the run's best values are those of its epochs (what sweepers optimise)
+    assert metrics["best/val_loss"] == pytest.approx(min(e.value for e in events.Scalars("val/loss")), abs=1e-6)
+    assert metrics["best/val_dice"] == pytest.approx(max(e.value for e in events.Scalars("val/dice")), abs=1e-6)
+
+
+def _scores(module: LungSegModule, root: Path, split: str, size: int = 32) -> dict[str, float]:
+    """Pooled Dice and IoU at 0.5 and the mean BCE of ``module`` on a split's files, recomputed without the
+    datamodule or lungseg.metrics."""
+    pairs, _ = find_pairs(root, split)
+    loaded = [load_pair(p.image, p.mask, size) for p in pairs]
+    images = torch.from_numpy(np.stack([image for image, _ in loaded]).astype(np.float32) / 255)[:, None]
+    truth = torch.from_numpy(np.stack([mask for _, mask in loaded]).astype(np.float64))[:, None]
+    with torch.no_grad():
+        logits = module.eval()(images).double()
+    pred, lung = torch.sigmoid(logits) > 0.5, truth > 0.5
+    tp, fp, fn = (int(x.sum()) for x in (pred & lung, pred & ~lung, ~pred & lung))
+    bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none").mean((1, 2, 3))  # per image
+    return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn), "loss": float(bce.mean())}
+
+
+def _load(path: Path) -> LungSegModule:
+    return LungSegModule.load_from_checkpoint(path, weights_only=True, map_location="cpu")
+
+
+def test_training_learns_and_test_metrics_are_the_best_checkpoints(compose_cfg, tiny_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    """8 epochs (about 5 s) segment the disc phantoms: the logged test metrics equal a recomputation from
+    best.ckpt, best.ckpt holds the lowest val/loss, and the trained model scores far above an untrained one."""
+    # Measured: test Dice 0.91 after 8 epochs (0.41 after 2, 0.78 after 6); the untrained module 0.24.
+    cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=8", "optimizer.lr=1e-2",
+                      "~callbacks.prediction_grid")
+    torch.manual_seed(cfg.seed)
+    untrained = _scores(instantiate(cfg.module), tiny_dataset, "test")
+    metrics = train(cfg)
+    best = _load(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    test = _scores(best, tiny_dataset, "test")
+    for key in ("dice", "iou", "loss"):
+        assert metrics[f"test/{key}"] == pytest.approx(test[key], abs=1e-5), key
+    assert _scores(best, tiny_dataset, "val")["loss"] == pytest.approx(metrics["best/val_loss"], abs=1e-5)
+    assert metrics["test/dice"] >= 0.8
+    assert untrained["dice"] <= 0.5
+
+
+def test_testing_uses_the_best_checkpoint_not_the_last_weights(compose_cfg, tiny_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    # Checkpointing on the lowest epoch number makes best.ckpt epoch 0's, which last.ckpt (epoch 2) is not.
+    cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=3", "optimizer.lr=1e-2",
+                      "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
+                      "~callbacks.prediction_grid")
+    metrics = train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
+    best, last = (_scores(_load(checkpoints / f"{name}.ckpt"), tiny_dataset, "test") for name in ("best", "last"))
+    assert abs(best["loss"] - last["loss"]) > 1e-3  # the two really differ
+    assert metrics["test/loss"] == pytest.approx(best["loss"], abs=1e-5)
+    assert metrics["test/dice"] == pytest.approx(best["dice"], abs=1e-5)
 
 
 def test_resume_from_last_continues_at_the_right_epoch(compose_cfg, tiny_dataset: Path, tmp_path: Path) -> None:
