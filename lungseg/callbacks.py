@@ -18,9 +18,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lungseg.artifact import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, non_finite_tensors, now
+from lungseg.artifact import non_finite_tensors
 from lungseg.atomic import atomic_open
 from lungseg.data.layout import SPLITS, find_pairs
+from lungseg.description import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, now
 from lungseg.errors import LungsegError
 from lungseg.overlay import overlay, to_uint8
 

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on one split: ``python -m lungseg.evaluate ckpt_path=... data.root=... [split=test]``.
 
 Every image of the split is predicted once, in file order, on its un-augmented pixels. Pooled pixel
-metrics come from ``lungseg.metrics`` (the same objects the training's test stage logs), per-image
+metrics come from ``lungseg.metrics.pixels`` (the same objects the training's test stage logs), per-image
 boundary distances from ``lungseg.surface``, figures from ``lungseg.figures``; the report is written
 to a temp folder and renamed into place only when complete.
 """
@@ -28,14 +28,13 @@ from lungseg import report
 from lungseg.checks import writable_dir
 from lungseg.data.dataset import LungDataset
 from lungseg.errors import CheckpointError, exit_on_user_error
-from lungseg.metrics import (
+from lungseg.metrics import dice_iou, mask_counts
+from lungseg.metrics.pixels import (
     BinnedPRCurve,
     BinnedROC,
     ReliabilityBins,
     confusion_matrix,
-    dice_iou,
     flatten,
-    mask_counts,
     per_image_overlap,
     pixel_metrics,
 )
@@ -56,7 +55,7 @@ def choose_threshold(seg: LungSegmenter, dataset: LungDataset, batch_size: int, 
     """The threshold (of ``bins`` fixed ones) with the highest pooled Dice (= F1) on ``dataset``, and that Dice."""
     curve = BinnedPRCurve(thresholds=bins, validate_args=False)
     for batch in batches(dataset, batch_size):
-        curve.update(*flatten(seg.probabilities(batch["image"]), batch["mask"]))
+        curve.update(*flatten(torch.sigmoid(seg.logits(batch["image"])), batch["mask"]))
     prec, rec, thresholds = curve.compute()
     f1 = torch.nan_to_num(2 * prec[:-1] * rec[:-1] / (prec[:-1] + rec[:-1]))
     best = int(torch.argmax(f1))
@@ -166,7 +165,7 @@ def sample_predictions(seg: LungSegmenter, dataset: LungDataset, rows: list[dict
     images, masks = torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
     titles = [f"{'worst: ' if k < n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}"
               for k, i in enumerate(picks)]
-    return {"images": images, "masks": masks, "probs": seg.probabilities(images), "titles": titles}
+    return {"images": images, "masks": masks, "probs": torch.sigmoid(seg.logits(images)), "titles": titles}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

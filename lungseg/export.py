@@ -25,6 +25,7 @@ from torch import nn
 
 from lungseg.artifact import TrainedModel, load_checkpoint, save_pretrained
 from lungseg.atomic import write_text
+from lungseg.backend_torch import TorchBackend
 from lungseg.checks import writable_dir
 from lungseg.errors import LungsegError, exit_on_user_error
 from lungseg.model_card import model_card
@@ -88,9 +89,9 @@ def verify(model: TrainedModel, output: Path, size: int) -> float:
     """Largest difference between the exported model's probabilities and LungSegmenter's in fp32 on random
     images (for a pretrained folder: the folder loaded back, through the same predictor)."""
     images = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
-    expected = LungSegmenter(model, "cpu", precision="32-true").probabilities(images).numpy()
+    expected = LungSegmenter(TorchBackend(model, "cpu", "32-true")).probabilities(images.numpy())
     if output.is_dir():
-        got = LungSegmenter.from_pretrained(output, "cpu", precision="32-true").probabilities(images).numpy()
+        got = LungSegmenter.from_pretrained(output, "cpu", precision="32-true").probabilities(images.numpy())
     else:
         got = run_exported(output, images.numpy())
     return float(np.abs(got - expected).max())

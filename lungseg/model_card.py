@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lungseg.artifact import ModelDescription
+from lungseg.description import ModelDescription
 
 INTENDED_USE = (
     "Research and engineering use: segmenting the lung fields of frontal chest radiographs to measure them, to "

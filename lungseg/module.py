@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
-from lungseg.metrics import confusion_matrix, flatten, pixel_metrics
+from lungseg.metrics.pixels import confusion_matrix, flatten, pixel_metrics
 
 STAGES = ("train", "val", "test")
 

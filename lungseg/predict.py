@@ -19,7 +19,6 @@ from rich.progress import Progress
 
 from lungseg.atomic import atomic_open, write_bytes
 from lungseg.checks import writable_dir
-from lungseg.data.datamodule import default_num_workers, limit_opencv_threads
 from lungseg.data.images import read_mask
 from lungseg.data.layout import pair_files
 from lungseg.errors import DataError, LungsegError, exit_on_user_error
@@ -28,7 +27,6 @@ from lungseg.metrics import dice_iou, mask_counts
 from lungseg.overlay import overlay
 from lungseg.postprocess import QualityLimits
 from lungseg.predictor import LungSegmenter, Segmentation
-from lungseg.runtime import set_threads
 from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
@@ -121,13 +119,19 @@ def plan_outputs(cfg: DictConfig, output: Path,
 
 
 def segmenter(cfg: DictConfig) -> LungSegmenter:
-    """The model of ``ckpt_path=`` (a checkpoint) or ``model=`` (a pretrained folder), with the CLI's settings."""
-    options = {"device": str(cfg.device), "precision": cfg.precision, "threshold": cfg.get("threshold"),
-               "postprocess": bool(cfg.postprocess), "tta_flip": bool(cfg.tta_flip),
-               "quality": QualityLimits(**cfg.quality)}
+    """The model of ``ckpt_path=`` (a checkpoint) or ``model=`` (an ONNX file, a pretrained folder or a Hub id),
+    with the CLI's settings. An ONNX model runs without torch: torch is imported only for the others."""
+    options = {"threshold": cfg.get("threshold"), "postprocess": bool(cfg.postprocess),
+               "tta_flip": bool(cfg.tta_flip), "quality": QualityLimits(**cfg.quality)}
+    source = cfg.get("model") or cfg.ckpt_path
+    if str(source).lower().endswith(".onnx"):
+        return LungSegmenter.from_onnx(source, str(cfg.device), threads=cfg.get("threads"), **options)
+    from lungseg.runtime import set_threads
+
+    set_threads(cfg.get("threads"))
     if cfg.get("model"):
-        return LungSegmenter.from_pretrained(cfg.model, **options)
-    return LungSegmenter.from_checkpoint(cfg.ckpt_path, image_size=cfg.get("image_size"), **options)
+        return LungSegmenter.from_pretrained(source, str(cfg.device), cfg.precision, **options)
+    return LungSegmenter.from_checkpoint(source, str(cfg.device), cfg.get("image_size"), cfg.precision, **options)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -136,18 +140,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt_path") and not cfg.get("model"):
         raise LungsegError("missing setting: ckpt_path= (a checkpoint) or model= (a pretrained folder); e.g. "
                            "python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/")
-    set_threads(cfg.get("threads"))
     output = Path(cfg.output).expanduser()
     failures: list[str] = []  # every input skipped, with why
     files, paths = plan_outputs(cfg, output, failures)
     truths = reference_masks(cfg, files)
     seg = segmenter(cfg)
     writable_dir(output, "output")
-    workers = default_num_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
-    limit_opencv_threads(workers)
-    log.info("%d input(s) -> %s (model %d px, batch %d, %s, precision %s, threshold %g, post-processing %s, "
-             "flip TTA %s)", len(files), output, seg.image_size, cfg.batch_size, seg.device, seg.precision,
-             seg.threshold, cfg.postprocess, cfg.tta_flip)
+    workers = seg.backend.default_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
+    log.info("%d input(s) -> %s (model %d px, batch %d, %s, threshold %g, post-processing %s, flip TTA %s)",
+             len(files), output, seg.image_size, cfg.batch_size, seg.backend, seg.threshold, cfg.postprocess,
+             cfg.tta_flip)
 
     scores: list[dict[str, Any]] = []
     start, done = time.perf_counter(), 0

@@ -14,25 +14,35 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from lungseg.artifact import ModelDescription, TrainedModel, load_checkpoint, load_pretrained
 from lungseg.data.images import preprocess, to_gray8
+from lungseg.description import ModelDescription
 from lungseg.errors import DataError, LungsegError
 from lungseg.inputs import read_input
 from lungseg.postprocess import QualityLimits, finish_mask
-from lungseg.runtime import autocast, pick_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | str | Path
 FINISHERS = 2  # threads that upsample, threshold and clean masks while the model runs (OpenCV releases the GIL)
+
+
+class Backend(Protocol):
+    """What runs the network: PyTorch (``backend_torch``) or ONNX Runtime (``backend_onnx``)."""
+
+    description: ModelDescription
+    precision: str
+    divisor: int
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray: ...
+
+    def logits(self, images: Any) -> Any: ...
+
+    def default_workers(self) -> int: ...
 
 
 @dataclass
@@ -63,25 +73,13 @@ def as_gray(image: ImageInput) -> np.ndarray:
     return to_gray8(array)
 
 
-class _Inputs(Dataset):
-    """Inputs as (grayscale, model-ready tensor); an unreadable one gives its DataError instead."""
-
-    def __init__(self, images: Sequence[ImageInput], size: int) -> None:
-        self.images, self.size = images, size
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, torch.Tensor | None, DataError | None]:
-        try:
-            gray = as_gray(self.images[index])
-        except DataError as err:
-            return index, None, None, err
-        return index, gray, torch.from_numpy(preprocess(gray, self.size))[None], None
-
-
-def _collate(items: list[tuple[int, Any, Any, Any]]) -> list[tuple[int, Any, Any, Any]]:
-    return items
+def _prepare(image: ImageInput, size: int) -> tuple[np.ndarray, np.ndarray] | DataError:
+    """An input as (grayscale at its own size, model input (1, s, s) float32), or the DataError it raised."""
+    try:
+        gray = as_gray(image)
+    except DataError as err:
+        return err
+    return gray, preprocess(gray, size)[None]
 
 
 class LungSegmenter:
@@ -91,42 +89,65 @@ class LungSegmenter:
     ``segment`` both with the mask's measures, ``predict_many`` a lazy stream of :class:`Segmentation`.
     """
 
-    def __init__(self, model: TrainedModel, device: str | torch.device = "auto", precision: str | None = "auto",
-                 threshold: float | None = None, postprocess: bool = True, tta_flip: bool = False,
-                 quality: QualityLimits | None = None) -> None:
-        self.device = device if isinstance(device, torch.device) else pick_device(str(device))
-        self.description: ModelDescription = model.description
-        self.precision = resolve_precision(self.device, precision, model.description.precision)
-        self.threshold = float(model.description.threshold if threshold is None else threshold)
+    def __init__(self, backend: Backend, threshold: float | None = None, postprocess: bool = True,
+                 tta_flip: bool = False, quality: QualityLimits | None = None) -> None:
+        self.backend = backend
+        self.description: ModelDescription = backend.description
+        self.threshold = float(self.description.threshold if threshold is None else threshold)
         self.postprocess, self.tta_flip = postprocess, tta_flip
         self.quality = quality or QualityLimits()
-        self.channels_last = model.channels_last
-        net = model.net.to(self.device).eval()
-        self.net: nn.Module = net.to(memory_format=torch.channels_last) if self.channels_last else net
-        divisor = int(getattr(self.net, "divisor", 1))
-        size = self.description.image_size
+        size, divisor = self.description.image_size, backend.divisor
         if not isinstance(size, int) or size < divisor or size % divisor:
             raise LungsegError(f"image_size={size}: must be a positive multiple of {divisor} for this model")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", image_size: int | None = None,
-                        **options: Any) -> LungSegmenter:
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", image_size: int | None = None,
+                        precision: str | None = "auto", **options: Any) -> LungSegmenter:
         """Load a checkpoint written by ``lungseg.train``; everything else comes from the checkpoint itself
         (``image_size``, ``threshold``, ``precision`` override it; see :class:`LungSegmenter` for the rest)."""
-        return cls(load_checkpoint(path, image_size), device, **options)
+        from lungseg.artifact import load_checkpoint
+        from lungseg.backend_torch import TorchBackend
+
+        return cls(TorchBackend(load_checkpoint(path, image_size), device, precision), **options)
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, device: str | torch.device = "auto", revision: str | None = None,
-                        cache_dir: str | Path | None = None, local_files_only: bool = False,
-                        **options: Any) -> LungSegmenter:
+    def from_pretrained(cls, source: str | Path, device: str = "auto", precision: str | None = "auto",
+                        revision: str | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, **options: Any) -> LungSegmenter:
         """Load a folder written by ``lungseg.export format=pretrained`` or a Hugging Face Hub id holding one."""
-        return cls(load_pretrained(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only),
-                   device, **options)
+        from lungseg.artifact import load_pretrained
+        from lungseg.backend_torch import TorchBackend
+
+        model = load_pretrained(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        return cls(TorchBackend(model, device, precision), **options)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, device: str = "auto", threads: int | None = None,
+                  **options: Any) -> LungSegmenter:
+        """Load an ONNX file written by ``lungseg.export format=onnx`` (fp32 or INT8); runs without torch."""
+        from lungseg.backend_onnx import OnnxBackend
+
+        return cls(OnnxBackend(path, device, threads), **options)
+
+    @classmethod
+    def load(cls, source: str | Path, device: str = "auto", **options: Any) -> LungSegmenter:
+        """Any lungseg model: a ``.ckpt`` checkpoint, an ``.onnx`` file, a pretrained folder or a Hub id."""
+        suffix = Path(str(source)).suffix.lower()
+        if suffix == ".onnx":
+            return cls.from_onnx(source, device, **options)
+        if suffix == ".ckpt":
+            return cls.from_checkpoint(source, device, **options)
+        return cls.from_pretrained(source, device, **options)
 
     @property
     def image_size(self) -> int:
         """The square size the model runs at (inputs are resized to it, outputs back to the input's size)."""
         return self.description.image_size
+
+    @property
+    def precision(self) -> str:
+        """How the network runs: 32-true, bf16-mixed, 16-mixed (PyTorch) or int8 (a quantised ONNX model)."""
+        return self.backend.precision
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -135,21 +156,16 @@ class LungSegmenter:
 
     # --- the model on preprocessed batches (evaluation works at the model's size) ---
 
-    @torch.inference_mode()
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (N, 1, s, s) in fp32 on the CPU of preprocessed images (N, 1, s, s) in [0, 1]."""
-        images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
-            return self.net(images).float().cpu()
+    def logits(self, images: Any) -> Any:
+        """Logits (N, 1, s, s) fp32 torch tensor of preprocessed images (PyTorch models only: evaluation's loss)."""
+        return self.backend.logits(images)
 
-    @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Lung probabilities (N, 1, s, s) in fp32; with ``tta_flip`` averaged with the mirrored image's."""
-        probs = torch.sigmoid(self.logits(images))
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Lung probabilities (N, 1, s, s) float32 of preprocessed images; with ``tta_flip`` averaged with the
+        mirrored image's."""
+        probs = self.backend.probabilities(images)
         if self.tta_flip:
-            probs = (probs + torch.sigmoid(self.logits(images.flip(-1))).flip(-1)) / 2
+            probs = (probs + self.backend.probabilities(np.ascontiguousarray(images[..., ::-1]))[..., ::-1]) / 2
         return probs
 
     # --- from probabilities at the model's size to the final mask at the input's size ---
@@ -167,8 +183,8 @@ class LungSegmenter:
     def segment(self, image: ImageInput) -> Segmentation:
         """One radiograph (path or array) -> its :class:`Segmentation`."""
         gray = as_gray(image)
-        prob = self.probabilities(torch.from_numpy(preprocess(gray, self.image_size))[None, None])
-        return self.finish(gray, prob[0, 0].numpy())
+        prob = self.probabilities(preprocess(gray, self.image_size)[None, None])
+        return self.finish(gray, prob[0, 0])
 
     def predict(self, image: ImageInput) -> np.ndarray:
         """One radiograph (path or array) -> bool lung mask (H, W) at its own size."""
@@ -178,25 +194,32 @@ class LungSegmenter:
         """One radiograph (path or array) -> float32 lung probabilities (H, W) at its own size."""
         return self.segment(image).probability
 
-    def predict_many(self, images: Iterable[ImageInput], batch_size: int = 8, num_workers: int = 0,
+    def predict_many(self, images: Iterable[ImageInput], batch_size: int = 8, num_workers: int | None = None,
                      skip_errors: bool = False) -> Iterator[Segmentation | DataError]:
-        """Segment ``images`` in batches, lazily and in order: decoding (``num_workers`` processes) and the
-        upsampling/cleaning of one batch overlap with the model's work on the next. An unreadable input raises
-        its DataError, or with ``skip_errors`` is yielded as that error in its place."""
+        """Segment ``images`` in batches, lazily and in order: decoding (``num_workers`` threads; None: the
+        backend's default) and the upsampling/cleaning of one batch overlap with the model's work on the next.
+        An unreadable input raises its DataError, or with ``skip_errors`` is yielded as that error in its place."""
         items = images if isinstance(images, Sequence) else list(images)
-        loader = DataLoader(_Inputs(items, self.image_size), batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=_collate)
+        workers = max(1, self.backend.default_workers() if num_workers is None else int(num_workers))
+        starts = range(0, len(items), max(1, int(batch_size)))
         pending: deque[Future | DataError] = deque()
-        with ThreadPoolExecutor(FINISHERS) as pool:
-            for batch in loader:
-                errors = [err for *_, err in batch if err is not None]
+        with ThreadPoolExecutor(workers) as decoders, ThreadPoolExecutor(FINISHERS) as finishers:
+            def decode(start: int) -> list[Future]:
+                return [decoders.submit(_prepare, image, self.image_size) for image in items[start:start + batch_size]]
+
+            batches = deque(decode(start) for start in starts[:2])  # the next batch decodes while this one runs
+            for k in range(len(starts)):
+                prepared = [f.result() for f in batches.popleft()]
+                if k + 2 < len(starts):
+                    batches.append(decode(starts[k + 2]))
+                errors = [p for p in prepared if isinstance(p, DataError)]
                 if errors and not skip_errors:
                     raise errors[0]
-                ready = [tensor for _, _, tensor, err in batch if err is None]
-                rows = iter(self.probabilities(torch.stack(ready))[:, 0].numpy() if ready else ())
+                ready = [p for p in prepared if not isinstance(p, DataError)]
+                rows = iter(self.probabilities(np.stack([x for _, x in ready]))[:, 0] if ready else ())
                 entries: list[Future | DataError] = [  # in input order, errors in their inputs' places
-                    err if err is not None else pool.submit(self.finish, gray, next(rows))
-                    for _, gray, _, err in batch]
+                    p if isinstance(p, DataError) else finishers.submit(self.finish, p[0], next(rows))
+                    for p in prepared]
                 pending.extend(entries)
                 while len(pending) > len(entries):  # the previous batch finishes while this one ran
                     yield _result(pending.popleft())

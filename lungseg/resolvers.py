@@ -6,12 +6,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lungseg.runtime import accelerator_device_type, native_precision
-
 
 def precision(device: str = "auto") -> str:
     """Lightning precision for ``device`` (cpu, gpu or auto = gpu when CUDA is available): the device's native
-    one (``lungseg.runtime.native_precision``)."""
+    one (``lungseg.runtime.native_precision``; imported here, so ``import lungseg`` does not import torch)."""
+    from lungseg.runtime import accelerator_device_type, native_precision
+
     return native_precision(accelerator_device_type(device))
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lungseg.artifact import DESCRIPTION_KEY
+from lungseg.description import DESCRIPTION_KEY
 from lungseg.errors import LungsegError
 
 # What defines the training a checkpoint is part of: changing any of it mid-run is refused.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -100,3 +101,11 @@ def set_threads(threads: int | None) -> None:
     """Torch intra-op threads when asked (``threads=``); None keeps torch's default (one per physical core)."""
     if threads:
         torch.set_num_threads(int(threads))
+
+
+def default_num_workers() -> int:
+    """DataLoader workers: none on CPU-only machines (the cached pipeline is cheap next to the model
+    and a worker would steal a core from training), up to 8 beside a GPU."""
+    if not torch.cuda.is_available():
+        return 0
+    return min(8, max(1, (os.cpu_count() or 1) - 1))

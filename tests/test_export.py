@@ -32,7 +32,7 @@ def export_cfg(compose_cfg, ckpt: Path, *overrides: str):
 
 def reference(ckpt: Path, images: np.ndarray) -> np.ndarray:
     """Probabilities as lungseg.predict computes them in fp32 (LungSegmenter: trained net, channels_last, sigmoid)."""
-    return LungSegmenter.from_checkpoint(ckpt, "cpu", precision="32").probabilities(torch.from_numpy(images)).numpy()
+    return LungSegmenter.from_checkpoint(ckpt, "cpu", precision="32").probabilities(images)
 
 
 def test_onnx_matches_pytorch_on_synthetic_radiographs_and_carries_the_description(compose_cfg, tiny_ckpt: Path,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lungseg.data.datamodule import LungDataModule
-from lungseg.metrics import BinnedAUROC, pixel_metrics
+from lungseg.metrics.pixels import BinnedAUROC, pixel_metrics
 from lungseg.module import LungSegModule, conv_kernels
 from tests.helpers import LOSS, NET, OPT, make_module
 

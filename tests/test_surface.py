@@ -10,7 +10,7 @@ import torch
 from torchmetrics.classification import BinaryCalibrationError, BinaryPrecisionRecallCurve, BinaryROC
 from torchmetrics.functional.segmentation import hausdorff_distance
 
-from lungseg.metrics import BinnedPRCurve, BinnedROC, ReliabilityBins, per_image_overlap
+from lungseg.metrics.pixels import BinnedPRCurve, BinnedROC, ReliabilityBins, per_image_overlap
 from lungseg.surface import SurfaceDistances, diagonal, directed_distances, surface, surface_distances
 
 

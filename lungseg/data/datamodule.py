@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -15,8 +13,10 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, get_worker_info
 
 from lungseg.data.dataset import LungDataset
+from lungseg.data.images import limit_opencv_threads
 from lungseg.data.layout import SPLITS, Pair, find_pairs, require_root
 from lungseg.errors import DataError
+from lungseg.runtime import default_num_workers
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +40,6 @@ def augmenters(transform: Any) -> list[Any]:
     if transform is None:
         return []
     return [transform] + [t for child in getattr(transform, "transforms", []) for t in augmenters(child)]
-
-
-def limit_opencv_threads(num_workers: int) -> None:
-    """With DataLoader workers, run OpenCV single-threaded so N workers don't each start a thread per core.
-
-    Call it in the parent before the workers fork: ``cv2.setNumThreads`` inside a forked worker can
-    deadlock on the parent's thread pool.
-    """
-    if num_workers > 0:
-        cv2.setNumThreads(1)
-
-
-def default_num_workers() -> int:
-    """DataLoader workers: none on CPU-only machines (the cached pipeline is cheap next to the model
-    and a worker would steal a core from training), up to 8 beside a GPU."""
-    if not torch.cuda.is_available():
-        return 0
-    return min(8, max(1, (os.cpu_count() or 1) - 1))
 
 
 SUBSET_SEED = 0  # one fixed draw for every run, whatever its seed=, so runs on the same subset compare

@@ -128,3 +128,13 @@ def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray,
             f"{mask.shape[1]}x{mask.shape[0]}; they must be the same size"
         )
     return resize_image(image, size), resize_mask(mask, size)
+
+
+def limit_opencv_threads(num_workers: int) -> None:
+    """With DataLoader workers, run OpenCV single-threaded so N workers don't each start a thread per core.
+
+    Call it in the parent before the workers fork: ``cv2.setNumThreads`` inside a forked worker can
+    deadlock on the parent's thread pool.
+    """
+    if num_workers > 0:
+        cv2.setNumThreads(1)

@@ -8,7 +8,6 @@ For binary masks Dice equals F1, so ``dice`` is torchmetrics' pooled F1 under th
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
@@ -122,12 +121,3 @@ class ReliabilityBins(Metric):
         fraction = self.count / self.count.sum()
         ece = torch.nansum((confidence - frequency).abs() * fraction)
         return {"ece": ece, "confidence": confidence, "frequency": frequency, "fraction": fraction}
-
-def mask_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
-    """TP, FP, FN pixels of two boolean masks of the same shape."""
-    return int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
-
-def dice_iou(tp: int, fp: int, fn: int) -> tuple[float, float]:
-    """Dice and IoU from pixel counts; nothing predicted and nothing true is a perfect match (1, 1)."""
-    union = tp + fp + fn
-    return (2 * tp / (union + tp), tp / union) if union else (1.0, 1.0)
