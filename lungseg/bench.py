@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
+from lungseg.config import CONFIG_DIR
 from lungseg.errors import exit_on_user_error
 from lungseg.module import LungSegModule
 from lungseg.resolvers import precision as default_precision
@@ -230,7 +231,7 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Print the benchmark table; write it as JSON when ``json=PATH`` (or ``--json PATH``) is given."""

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from lungseg.checkpoint import load_module
+from lungseg.config import CONFIG_DIR
 from lungseg.data.dataset import LungDataset
 from lungseg.errors import CheckpointError, exit_on_user_error
 from lungseg.inference import autocast, model_image_size, pick_device, resolve_precision, run_dir
@@ -197,7 +198,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Evaluate and print the headline numbers."""

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lungseg.checkpoint import load_module
+from lungseg.config import CONFIG_DIR
 from lungseg.errors import LungsegError, exit_on_user_error
 from lungseg.inference import model_image_size
 
@@ -121,7 +122,7 @@ def export(cfg: DictConfig) -> dict[str, object]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""

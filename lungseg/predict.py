@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lungseg.checkpoint import load_module
+from lungseg.config import CONFIG_DIR
 from lungseg.data.datamodule import default_num_workers, limit_opencv_threads
 from lungseg.data.images import preprocess, read_mask
 from lungseg.data.layout import pair_files
@@ -258,7 +259,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: predict, then fail (exit 2) listing every input that could not be segmented."""

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungseg.callbacks import BestMetrics
 from lungseg.checkpoint import read_checkpoint
+from lungseg.config import CONFIG_DIR
 from lungseg.errors import EXIT_USER_ERROR, LungsegError
 from lungseg.sweep_summary import RESULT_FILE, write_json
 
@@ -143,7 +144,7 @@ def _earlier_wall_s(cfg: DictConfig) -> float:
         return 0.0
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers (None for a failed job of a multirun)."""
     start, earlier = time.time(), _earlier_wall_s(cfg)

@@ -13,10 +13,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from lungseg.config import CONFIG_DIR
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, mask_name
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONFIG_DIR
 CXR = ROOT.parent / "shared" / "data" / "cxr-v7"
 
 requires_cxr = pytest.mark.skipif(

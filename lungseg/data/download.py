@@ -22,6 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from lungseg.config import CONFIG_DIR
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, SPLITS, find_pairs
 from lungseg.errors import DataError, exit_on_user_error
 
@@ -221,7 +222,7 @@ def download_dataset(root: str | Path, dataset: str = DEFAULT_DATASET, api: obje
     return root
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="download")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="download")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Command line: download the dataset configured in conf/download.yaml."""
