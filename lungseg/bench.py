@@ -255,6 +255,11 @@ def _json_flag_to_override(argv: list[str]) -> list[str]:
     return out
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Command line (``lungseg-bench``): ``main`` with ``--json PATH`` accepted."""
     sys.argv = [sys.argv[0], *_json_flag_to_override(sys.argv[1:])]
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -20,7 +20,7 @@ from torch import nn
 
 from lungseg.checkpoint import load_module
 from lungseg.config import CONFIG_DIR
-from lungseg.errors import LungsegError, exit_on_user_error
+from lungseg.errors import LungsegError, exit_on_user_error, require_extra
 from lungseg.inference import model_image_size
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ def probability_model(ckpt_path: str | Path) -> ProbabilityModel:
 def export_onnx(model: ProbabilityModel, path: Path, size: int, opset: int = 17, dynamic_size: bool = True,
                 metadata: dict[str, str] | None = None) -> None:
     """Write an ONNX model with a dynamic batch (and H/W) axis and the input normalisation in its metadata."""
-    import onnx
-
+    onnx = require_extra("onnx", "export", "ONNX export")
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     with warnings.catch_warnings():  # the legacy exporter warns that it is legacy and that shape checks are traced
         warnings.simplefilter("ignore")
@@ -80,8 +79,7 @@ def export_program(model: ProbabilityModel, path: Path, size: int, divisor: int,
 def run_exported(path: Path, images: np.ndarray) -> np.ndarray:
     """Probabilities from an exported file (onnxruntime for .onnx, torch.export.load for .pt2)."""
     if path.suffix == ".onnx":
-        import onnxruntime as ort
-
+        ort = require_extra("onnxruntime", "export", "ONNX export")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT_NAME], {INPUT_NAME: images.astype(np.float32)})[0]
     with torch.inference_mode():

@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungseg.callbacks import BestMetrics
 from lungseg.checkpoint import read_checkpoint
-from lungseg.config import CONFIG_DIR
-from lungseg.errors import EXIT_USER_ERROR, LungsegError
+from lungseg.config import CONFIG_DIR, require_plugins
+from lungseg.errors import EXIT_USER_ERROR, LungsegError, exit_on_user_error
 from lungseg.sweep_summary import RESULT_FILE, write_json
 
 log = logging.getLogger(__name__)
@@ -171,5 +171,12 @@ def main(cfg: DictConfig) -> float | None:
     return value
 
 
-if __name__ == "__main__":
+@exit_on_user_error
+def cli() -> None:
+    """Command line (``lungseg-train``): refuse a sweep plugin that is not installed, then run ``main``."""
+    require_plugins(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

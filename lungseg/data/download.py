@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from lungseg.config import CONFIG_DIR
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, SPLITS, find_pairs
-from lungseg.errors import DataError, exit_on_user_error
+from lungseg.errors import DataError, exit_on_user_error, require_extra
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,9 @@ def _warn_if_credentials_readable() -> None:
 
 def _make_api() -> Any:
     """A real KaggleApi; kaggle is imported here because importing it tries to authenticate."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            from kaggle.api.kaggle_api_extended import KaggleApi
-    except ImportError as err:
-        raise DataError(f"the kaggle package is missing ({err}); run `pip install kaggle`") from None
-    return KaggleApi()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        extended = require_extra("kaggle.api.kaggle_api_extended", "kaggle", "Kaggle download")
+    return extended.KaggleApi()
 
 
 def _authenticate(api: Any) -> None:
