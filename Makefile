@@ -8,7 +8,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install demo train data check evaluate predict export bench sweep optuna summary results ablations learning-curve test test-all lint tensorboard clean
 
-install: $(BIN)/.installed
+install: $(BIN)/.installed   ## torch first, then this checkout editable with [dev]: every extra but ray, pytest, ruff, build
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

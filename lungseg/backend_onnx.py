@@ -32,7 +32,7 @@ class OnnxBackend:
         ort = require_extra("onnxruntime", "export", "Running ONNX models")
         path = Path(path).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"{path}: no such ONNX model; pass model=<file.onnx> written by lungseg.export")
+            raise CheckpointError(f"{path}: no such ONNX model; pass model_path=<file.onnx> written by lungseg.export")
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         providers = ["CPUExecutionProvider"]
@@ -50,6 +50,7 @@ class OnnxBackend:
         self.description = read_description(metadata, path)
         self.divisor = int(metadata.get("size_divisor", 1))
         self.precision = "int8" if "quantization" in metadata else "32-true"
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.path = path
 
     def __str__(self) -> str:
@@ -61,7 +62,7 @@ class OnnxBackend:
 
     def logits(self, images: object) -> object:
         raise LungsegError(f"{self.path}: an ONNX model gives probabilities only; evaluate a checkpoint "
-                           "(ckpt_path=) or a pretrained folder (model=DIR)")
+                           "(ckpt_path=) or a pretrained folder (model_path=DIR)")
 
     def default_workers(self) -> int:
         return 1

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
+from lungseg.config import CONFIG_DIR
 from lungseg.errors import exit_on_user_error
 from lungseg.module import LungSegModule
 from lungseg.runtime import native_precision, pick_device, set_threads
@@ -227,7 +228,7 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Print the benchmark table; write it as JSON when ``json=PATH`` (or ``--json PATH``) is given."""
@@ -251,6 +252,11 @@ def _json_flag_to_override(argv: list[str]) -> list[str]:
     return out
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Command line (``lungseg-bench``): ``main`` with ``--json PATH`` accepted."""
     sys.argv = [sys.argv[0], *_json_flag_to_override(sys.argv[1:])]
     main()
+
+
+if __name__ == "__main__":
+    cli()

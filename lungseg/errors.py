@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Iterable
 from functools import wraps
+from types import ModuleType
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USER_ERROR = 2
+
+# What each optional extra of pyproject.toml brings, as its missing-extra message names it.
+EXTRAS = {
+    "export": "onnx and onnxruntime",
+    "dicom": "pydicom >= 3",
+    "kaggle": "the kaggle package",
+    "sweep": "the Hydra sweep plugins (Optuna sweeper, joblib and submitit launchers)",
+    "ray": "the Hydra Ray launcher",
+}
 
 
 class LungsegError(Exception):
@@ -30,6 +41,18 @@ class DataError(LungsegError):
 
 class CheckpointError(LungsegError):
     """A checkpoint is missing, truncated, unsafe or not a lungseg checkpoint."""
+
+
+class MissingExtraError(LungsegError):
+    """A feature needs an optional extra (``pip install "lungseg[extra]"``) that is not installed."""
+
+
+def require_extra(module: str, extra: str, feature: str) -> ModuleType:
+    """Import ``module`` for ``feature``; if it (or what it imports) is missing, name the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise MissingExtraError(f'{feature} needs {EXTRAS[extra]}: pip install "lungseg[{extra}]"') from None
 
 
 def exit_on_user_error(func: F) -> F:

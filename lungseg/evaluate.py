@@ -26,6 +26,7 @@ from torchmetrics import MeanMetric
 
 from lungseg import report
 from lungseg.checks import writable_dir
+from lungseg.config import CONFIG_DIR
 from lungseg.data.dataset import LungDataset
 from lungseg.errors import CheckpointError, exit_on_user_error
 from lungseg.metrics import dice_iou, mask_counts
@@ -170,10 +171,10 @@ def sample_predictions(seg: LungSegmenter, dataset: LungDataset, rows: list[dict
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Load, check, evaluate and write the report; return the metrics.json content."""
-    if not cfg.get("ckpt_path") and not cfg.get("model"):
-        raise CheckpointError("no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model=DIR, "
+    if not cfg.get("ckpt_path") and not cfg.get("model_path"):
+        raise CheckpointError("no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model_path=DIR, "
                               "a pretrained folder)")
-    source = Path(cfg.ckpt_path or cfg.model)
+    source = Path(cfg.ckpt_path or cfg.model_path)
     options = {"device": str(cfg.device), "precision": cfg.precision, "threshold": cfg.get("threshold")}
     seg = (LungSegmenter.from_checkpoint(source, image_size=cfg.data.image_size, **options) if cfg.get("ckpt_path")
            else LungSegmenter.from_pretrained(source, **options))
@@ -210,7 +211,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Evaluate and print the headline numbers."""

@@ -27,7 +27,8 @@ from lungseg.artifact import TrainedModel, load_checkpoint, save_pretrained
 from lungseg.atomic import write_text
 from lungseg.backend_torch import TorchBackend
 from lungseg.checks import writable_dir
-from lungseg.errors import LungsegError, exit_on_user_error
+from lungseg.config import CONFIG_DIR
+from lungseg.errors import LungsegError, exit_on_user_error, require_extra
 from lungseg.model_card import model_card
 from lungseg.predictor import LungSegmenter
 
@@ -49,8 +50,7 @@ class ProbabilityModel(nn.Module):
 def export_onnx(model: ProbabilityModel, path: Path, size: int, opset: int = 17, dynamic_size: bool = True,
                 metadata: dict[str, str] | None = None) -> None:
     """Write an ONNX model with a dynamic batch (and H/W) axis and ``metadata`` in its metadata_props."""
-    import onnx
-
+    onnx = require_extra("onnx", "export", "ONNX export")
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     with warnings.catch_warnings():  # the legacy exporter warns that it is legacy and that shape checks are traced
         warnings.simplefilter("ignore")
@@ -77,8 +77,7 @@ def export_program(model: ProbabilityModel, path: Path, size: int, divisor: int,
 def run_exported(path: Path, images: np.ndarray) -> np.ndarray:
     """Probabilities from an exported file (onnxruntime for .onnx, torch.export.load for .pt2)."""
     if path.suffix == ".onnx":
-        import onnxruntime as ort
-
+        ort = require_extra("onnxruntime", "export", "ONNX export")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT_NAME], {INPUT_NAME: images.astype(np.float32)})[0]
     with torch.inference_mode():
@@ -140,7 +139,7 @@ def export(cfg: DictConfig) -> dict[str, object]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""

@@ -10,11 +10,12 @@ import numpy as np
 
 from lungseg.data.images import read_image_file, to_gray8
 from lungseg.data.layout import IMAGE_SUFFIXES
-from lungseg.errors import DataError
+from lungseg.errors import DataError, require_extra
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 INPUT_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 DICOM_MAGIC_OFFSET = 128  # "DICM" follows a 128-byte preamble in a DICOM Part 10 file
+DICOM_FEATURE = "DICOM input"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ def _keys(paths: list[Path], root: Path) -> list[str]:
 def find_inputs(source: str | Path, pattern: str | None = None, skipped: list[str] | None = None) -> list[InputFile]:
     """A file, or every radiograph under a folder (recursive; ``pattern`` a glob such as ``**/*.dcm``). Links that
     lead nowhere (broken, or a loop) are added to ``skipped`` with the reason; hidden files are left out."""
+    files = _find_files(source, pattern, skipped)
+    if any(is_dicom(f.path) for f in files):  # one message before any work, not one failure per DICOM file
+        require_extra("pydicom", "dicom", DICOM_FEATURE)
+    return files
+
+
+def _find_files(source: str | Path, pattern: str | None, skipped: list[str] | None) -> list[InputFile]:
+    """The inputs ``find_inputs`` returns, before the DICOM reader is checked."""
     source = Path(source).expanduser()
     if source.is_file():
         return [InputFile(source, _keys([source], source)[0])]
@@ -69,7 +78,7 @@ def find_inputs(source: str | Path, pattern: str | None = None, skipped: list[st
 
 def read_dicom(path: Path) -> np.ndarray:
     """Decode a DICOM radiograph to display values: rescale slope/intercept, VOI window/LUT, MONOCHROME1 inverted."""
-    import pydicom
+    pydicom = require_extra("pydicom", "dicom", DICOM_FEATURE)
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 

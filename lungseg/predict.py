@@ -19,6 +19,7 @@ from rich.progress import Progress
 
 from lungseg.atomic import atomic_open, write_bytes
 from lungseg.checks import writable_dir
+from lungseg.config import CONFIG_DIR
 from lungseg.data.images import read_mask
 from lungseg.data.layout import pair_files
 from lungseg.errors import DataError, LungsegError, exit_on_user_error
@@ -119,26 +120,26 @@ def plan_outputs(cfg: DictConfig, output: Path,
 
 
 def segmenter(cfg: DictConfig) -> LungSegmenter:
-    """The model of ``ckpt_path=`` (a checkpoint) or ``model=`` (an ONNX file, a pretrained folder or a Hub id),
-    with the CLI's settings. An ONNX model runs without torch: torch is imported only for the others."""
+    """The model of ``ckpt_path=`` or ``model_path=`` (a checkpoint, an ONNX file, a pretrained folder or a Hub
+    id), with the CLI's settings. An ONNX model runs without torch: torch is imported only for the others."""
     options = {"threshold": cfg.get("threshold"), "postprocess": bool(cfg.postprocess),
                "tta_flip": bool(cfg.tta_flip), "quality": QualityLimits(**cfg.quality)}
-    source = cfg.get("model") or cfg.ckpt_path
-    if str(source).lower().endswith(".onnx"):
+    source = str(cfg.get("model_path") or cfg.ckpt_path)
+    if source.lower().endswith(".onnx"):
         return LungSegmenter.from_onnx(source, str(cfg.device), threads=cfg.get("threads"), **options)
     from lungseg.runtime import set_threads
 
     set_threads(cfg.get("threads"))
-    if cfg.get("model"):
-        return LungSegmenter.from_pretrained(source, str(cfg.device), cfg.precision, **options)
-    return LungSegmenter.from_checkpoint(source, str(cfg.device), cfg.get("image_size"), cfg.precision, **options)
+    extra = {"image_size": cfg.get("image_size")} if Path(source).expanduser().is_file() else {}
+    return LungSegmenter.load(source, str(cfg.device), precision=cfg.precision, **extra, **options)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Segment every input, write masks/overlays/predictions.csv; return counts, failures and images/s."""
     _require(cfg, "input", "output")
-    if not cfg.get("ckpt_path") and not cfg.get("model"):
-        raise LungsegError("missing setting: ckpt_path= (a checkpoint) or model= (a pretrained folder); e.g. "
+    if not cfg.get("ckpt_path") and not cfg.get("model_path"):
+        raise LungsegError("missing setting: ckpt_path= (a checkpoint) or model_path= (an ONNX file, a pretrained "
+                           "folder or a Hub id); e.g. "
                            "python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/")
     output = Path(cfg.output).expanduser()
     failures: list[str] = []  # every input skipped, with why
@@ -205,7 +206,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: predict, then fail (exit 2) listing every input that could not be segmented."""

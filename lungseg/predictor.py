@@ -37,6 +37,7 @@ class Backend(Protocol):
     description: ModelDescription
     precision: str
     divisor: int
+    device: Any  # where it runs: a torch.device, or "cpu"/"cuda" for ONNX Runtime
 
     def probabilities(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -131,12 +132,13 @@ class LungSegmenter:
 
     @classmethod
     def load(cls, source: str | Path, device: str = "auto", **options: Any) -> LungSegmenter:
-        """Any lungseg model: a ``.ckpt`` checkpoint, an ``.onnx`` file, a pretrained folder or a Hub id."""
-        suffix = Path(str(source)).suffix.lower()
-        if suffix == ".onnx":
-            return cls.from_onnx(source, device, **options)
-        if suffix == ".ckpt":
-            return cls.from_checkpoint(source, device, **options)
+        """Any lungseg model: an ``.onnx`` file, a checkpoint (any other file), a pretrained folder or a Hub id.
+        ``options`` are those of the matching ``from_*``."""
+        path = Path(str(source)).expanduser()
+        if path.suffix.lower() == ".onnx":
+            return cls.from_onnx(path, device, **options)
+        if path.is_file() or path.suffix.lower() == ".ckpt":
+            return cls.from_checkpoint(path, device, **options)
         return cls.from_pretrained(source, device, **options)
 
     @property
@@ -148,6 +150,11 @@ class LungSegmenter:
     def precision(self) -> str:
         """How the network runs: 32-true, bf16-mixed, 16-mixed (PyTorch) or int8 (a quantised ONNX model)."""
         return self.backend.precision
+
+    @property
+    def device(self) -> Any:
+        """Where the network runs (a torch.device, or "cpu"/"cuda" for ONNX Runtime)."""
+        return self.backend.device
 
     @property
     def metadata(self) -> dict[str, Any]:

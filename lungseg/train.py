@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from lungseg.artifact import read_checkpoint, record_test_metrics
 from lungseg.callbacks import BestMetrics, DescribeModel
 from lungseg.checks import check_train
+from lungseg.config import CONFIG_DIR, require_plugins
 from lungseg.console import quiet
-from lungseg.errors import EXIT_USER_ERROR, LungsegError
+from lungseg.errors import EXIT_USER_ERROR, LungsegError, exit_on_user_error
 from lungseg.resume import check_resume
 from lungseg.runtime import set_threads
 from lungseg.sweep_summary import RESULT_FILE, write_json
@@ -190,7 +191,7 @@ def _earlier_wall_s(cfg: DictConfig) -> float:
         return 0.0
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers (None for a failed job of a multirun)."""
     quiet()
@@ -221,5 +222,12 @@ def main(cfg: DictConfig) -> float | None:
     return value
 
 
-if __name__ == "__main__":
+@exit_on_user_error
+def cli() -> None:
+    """Command line (``lungseg-train``): refuse a sweep plugin that is not installed, then run ``main``."""
+    require_plugins(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

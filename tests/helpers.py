@@ -12,12 +12,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from lungseg.config import CONFIG_DIR
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, mask_name
 from lungseg.module import LungSegModule
 from lungseg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONFIG_DIR
 CXR = ROOT.parent / "shared" / "data" / "cxr-v7"
 
 requires_cxr = pytest.mark.skipif(

@@ -7,6 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from lungseg.config import CONFIG_DIR
 from lungseg.data.dataset import load_pairs
 from lungseg.data.layout import SPLITS, find_pairs, require_root
 from lungseg.errors import DataError, exit_on_user_error
@@ -29,7 +30,7 @@ def check_dataset(root: str | Path, image_size: int = 256) -> dict[str, int]:
     return counts
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="check")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="check")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Check ``data.root`` and print the pair counts per split."""

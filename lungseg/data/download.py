@@ -22,8 +22,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from lungseg.config import CONFIG_DIR
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, SPLITS, find_pairs
-from lungseg.errors import DataError, exit_on_user_error
+from lungseg.errors import DataError, exit_on_user_error, require_extra
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,9 @@ def _warn_if_credentials_readable() -> None:
 
 def _make_api() -> Any:
     """A real KaggleApi; kaggle is imported here because importing it tries to authenticate."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            from kaggle.api.kaggle_api_extended import KaggleApi
-    except ImportError as err:
-        raise DataError(f"the kaggle package is missing ({err}); run `pip install kaggle`") from None
-    return KaggleApi()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        extended = require_extra("kaggle.api.kaggle_api_extended", "kaggle", "Kaggle download")
+    return extended.KaggleApi()
 
 
 def _authenticate(api: Any) -> None:
@@ -221,7 +219,7 @@ def download_dataset(root: str | Path, dataset: str = DEFAULT_DATASET, api: obje
     return root
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="download")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="download")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     """Command line: download the dataset configured in conf/download.yaml."""
