@@ -21,6 +21,8 @@ class TorchBackend:
         self.channels_last = model.channels_last
         net = model.net.to(self.device).eval()
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
+        if model.hparams.get("compile"):  # trained with module.compile=true: run compiled here too
+            self.net = torch.compile(self.net)
         self.divisor = int(getattr(self.net, "divisor", 1))
 
     def __str__(self) -> str:

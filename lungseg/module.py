@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
+from torchmetrics import MeanMetric
 
 from lungseg.metrics.pixels import confusion_matrix, flatten, pixel_metrics
 
@@ -43,27 +44,33 @@ class LungSegModule(L.LightningModule):
         threshold: float = 0.5,
         channels_last: bool = True,
         monitor: str = "val/loss",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
             {"net": _plain(net), "optimizer": _plain(optimizer), "loss": _plain(loss),
              "scheduler": _plain(scheduler), "kernel_l2": kernel_l2, "threshold": threshold,
-             "channels_last": channels_last, "monitor": monitor}
+             "channels_last": channels_last, "monitor": monitor, "compile": compile}
         )
         self.net: nn.Module = instantiate(self.hparams.net)
         self.loss_fn: nn.Module = instantiate(self.hparams.loss)
         # ModuleDict keys cannot be "train" (nn.Module.train), hence the "_metrics" suffix.
         self.metrics = nn.ModuleDict({f"{s}_metrics": pixel_metrics(f"{s}/", threshold) for s in STAGES})
+        # The epoch loss as a metric: its sum and count are summed over DDP ranks, so the mean is over every image
+        # exactly (Lightning's sync_dist would average the ranks' means, wrong when they hold different counts).
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
         self.test_confusion = confusion_matrix(threshold)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        # torch.compile'd forward kept outside the module tree, so checkpoints keep the plain net's keys
+        object.__setattr__(self, "_run_net", torch.compile(self.net) if compile else self.net)
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 1, H, W) in [0, 1] -> logits (N, 1, H, W)."""
-        return self.net(self._layout(images))
+        return self._run_net(self._layout(images))
 
     def forward_with_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and the net's deep-supervision logits (coarse to fine; none without aux heads)."""
@@ -96,9 +103,9 @@ class LungSegModule(L.LightningModule):
         if stage == "test":
             self.test_confusion.update(preds, target)
         n = batch["image"].shape[0]
-        # sync_dist: under DDP the epoch loss is the mean over all ranks (a no-op on one device)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n,
-                 sync_dist=True)
+        epoch_loss = self.losses[f"{stage}_loss"]
+        epoch_loss.update(loss.detach(), weight=n)
+        self.log(f"{stage}/loss", epoch_loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
         if aux:  # train/loss stays the main head's, comparable with val/loss; the objective adds the aux heads
             loss = self.deep_supervised(loss, aux, batch["mask"])

@@ -153,8 +153,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
              cfg.tta_flip)
 
     scores: list[dict[str, Any]] = []
-    start, done = time.perf_counter(), 0
-    results = seg.predict_many([f.path for f in files], int(cfg.batch_size), workers, skip_errors=True)
+    start, done, timing = time.perf_counter(), 0, {"model_s": 0.0}
+    results = seg.predict_many([f.path for f in files], int(cfg.batch_size), workers, skip_errors=True,
+                               timing=timing)
     with atomic_open(output / "predictions.csv", "w", newline="") as csv_file, ThreadPoolExecutor(WRITERS) as pool, \
             Progress(disable=not cfg.progress, transient=False) as bar:
         task = bar.add_task("predicting", total=len(files))
@@ -190,9 +191,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             drain(keep=2 * int(cfg.batch_size))  # files are written while the model runs the next batches
         drain(keep=0)
     seconds = time.perf_counter() - start
-    log.info("predicted %d image(s) in %.1f s: %.2f images/s end to end", done, seconds, done / seconds)
+    model_rate = done / timing["model_s"] if timing["model_s"] else 0.0
+    log.info("predicted %d image(s) in %.1f s: %.2f images/s end to end, %.2f images/s in the model (%.0f %%)",
+             done, seconds, done / seconds, model_rate, 100 * done / seconds / model_rate if model_rate else 0)
     log.info("wrote %s", output / "predictions.csv")
     summary = {"predicted": done, "failures": failures, "seconds": seconds, "images_per_s": done / seconds,
+               "model_images_per_s": model_rate,
                "image_size": seg.image_size, "precision": seg.precision, "threshold": seg.threshold}
     if scores:
         dice = np.array([r["dice"] for r in scores])

@@ -9,6 +9,7 @@ post-process), used by the Python API, ``lungseg.predict``, ``lungseg.evaluate``
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -202,10 +203,12 @@ class LungSegmenter:
         return self.segment(image).probability
 
     def predict_many(self, images: Iterable[ImageInput], batch_size: int = 8, num_workers: int | None = None,
-                     skip_errors: bool = False) -> Iterator[Segmentation | DataError]:
+                     skip_errors: bool = False, timing: dict[str, float] | None = None
+                     ) -> Iterator[Segmentation | DataError]:
         """Segment ``images`` in batches, lazily and in order: decoding (``num_workers`` threads; None: the
         backend's default) and the upsampling/cleaning of one batch overlap with the model's work on the next.
-        An unreadable input raises its DataError, or with ``skip_errors`` is yielded as that error in its place."""
+        An unreadable input raises its DataError, or with ``skip_errors`` is yielded as that error in its place.
+        ``timing`` (a dict) receives ``model_s``: the seconds spent in the network, for a model-only rate."""
         items = images if isinstance(images, Sequence) else list(images)
         workers = max(1, self.backend.default_workers() if num_workers is None else int(num_workers))
         starts = range(0, len(items), max(1, int(batch_size)))
@@ -223,7 +226,10 @@ class LungSegmenter:
                 if errors and not skip_errors:
                     raise errors[0]
                 ready = [p for p in prepared if not isinstance(p, DataError)]
+                tick = time.perf_counter()
                 rows = iter(self.probabilities(np.stack([x for _, x in ready]))[:, 0] if ready else ())
+                if timing is not None:
+                    timing["model_s"] = timing.get("model_s", 0.0) + time.perf_counter() - tick
                 entries: list[Future | DataError] = [  # in input order, errors in their inputs' places
                     p if isinstance(p, DataError) else finishers.submit(self.finish, p[0], next(rows))
                     for p in prepared]

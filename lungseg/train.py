@@ -82,6 +82,8 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on train/val, test the best checkpoint, log hparams with the final metrics; return the metrics."""
     check_train(cfg)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs in fp32 on Ampere and newer
     threads = job_threads(cfg)
     if threads:
         set_threads(threads)

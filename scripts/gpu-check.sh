@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The GPU figures in the README: run on a CUDA machine from the repository root.
 #   bash scripts/gpu-check.sh OUT_DIR [CXR_ROOT]
-# Benchmarks batch 8 (with torch.compile) and 64 on a large synthetic set, then trains the baseline
-# recipe on the real CXR set for real. Needs the project's dependencies importable (PYTHONPATH=. works).
+# Runs the GPU-only tests (pytest -m gpu: bf16-mixed, channels_last, compile, CPU/GPU agreement), a 1-device DDP
+# fit, benchmarks batch 8 (with torch.compile) and 64 on a large synthetic set, then trains the baseline recipe on
+# the real CXR set for real. Needs the project's dependencies importable (PYTHONPATH=. works).
 set -uo pipefail
 out=${1:?usage: gpu-check.sh OUT_DIR [CXR_ROOT]}
 cxr=${2:-../shared/data/cxr-v7}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
 nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+python3 -m pytest -q -m gpu tests 2>&1 | tail -15
+python3 -m lungseg.train +experiment=demo trainer=ddp trainer.devices=1 trainer.max_epochs=2 ~callbacks.progress_bar \
+    hydra.run.dir="$out/ddp1" 2>&1 | grep -E "test/dice|stopped|error" | tail -5
 big=/tmp/lungseg-big
 python3 - <<PY
 import time; from lungseg.data.sample import write_sample_dataset

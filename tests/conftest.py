@@ -26,9 +26,14 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    """Compose ``conf/<name>.yaml`` with overrides, as the entry points do, writing into tmp_path."""
+    """Compose ``conf/<name>.yaml`` with overrides, as the entry points do, writing into tmp_path. Tests compare
+    numbers, so everything runs on the CPU unless a test names a device (on a GPU host too)."""
 
     def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
+        pinned = {"train": "trainer.accelerator=cpu", "predict": "device=cpu", "evaluate": "device=cpu",
+                  "bench": "device=cpu"}.get(config_name)
+        if pinned and not any(o.split("=")[0] == pinned.split("=")[0] for o in overrides):
+            overrides = (pinned, *overrides)
         GlobalHydra.instance().clear()
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from lungseg.data.datamodule import LungDataModule
 from lungseg.errors import DataError
-from tests.helpers import CXR, requires_cxr, write_split
+from tests.helpers import CONF, CXR, requires_cxr, write_split
 
 
 def _train_transform(compose_cfg: Callable[..., DictConfig], *overrides: str):
@@ -222,3 +223,19 @@ def test_strong_augmentation_ranges_are_really_applied(compose_cfg) -> None:
     spreads = [np.ptp(contrast(image=two)["image"].astype(float)) / 100 for _ in range(200)]
     assert 0.74 <= min(spreads) < 0.85 and 1.15 < max(spreads) <= 1.26  # contrast x0.75-1.25
 
+
+
+def test_each_ddp_rank_augments_differently_and_a_rerun_repeats_it(tiny_dataset: Path, monkeypatch) -> None:
+    augment = OmegaConf.load(CONF / "augment" / "keras.yaml")  # @package data.train_transform: the Compose itself
+
+    def first_batch_as_rank(rank: int) -> torch.Tensor:
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        L.seed_everything(5)
+        dm = LungDataModule(str(tiny_dataset), image_size=32, batch_size=4, num_workers=0,
+                            train_transform=instantiate(augment))
+        dm.setup("fit")
+        return torch.stack([dm.dataset("train")[i]["image"] for i in range(4)])
+
+    rank0, rank1, rank0_again = first_batch_as_rank(0), first_batch_as_rank(1), first_batch_as_rank(0)
+    assert torch.equal(rank0, rank0_again)  # the same seed= repeats each rank's stream
+    assert (rank0 - rank1).abs().mean() > 0.01  # ranks draw their own augmentations

@@ -1,4 +1,5 @@
-"""DDP on two CPU processes (gloo) trains and measures exactly like one process on the same global batch."""
+"""DDP on CPU processes (gloo) trains and measures exactly like one process: the same global batch, and every
+val/test image counted exactly once whatever the split and world sizes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lungseg.evaluate import evaluate
 from tests.helpers import ROOT, write_split
 
 # Both runs see the same data in every optimizer step: the 2 training images form one global batch (DDP: one image
@@ -54,3 +56,25 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path) -> None:
         if name.endswith("num_batches_tracked"):  # forward passes per process: 2 micro-batches vs 1 per step
             continue
         torch.testing.assert_close(a["state_dict"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ddp_val_and_test_metrics_count_every_image_once(compose_cfg, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_split(data, "train", list(range(9)), size=32)
+    write_split(data, "val", list(range(10, 17)), size=32, seed=1)
+    write_split(data, "test", list(range(20, 25)), size=32, seed=2)
+    run = tmp_path / "ddp"
+    common = [o for o in COMMON if not o.startswith("trainer.max_epochs=")]
+    proc = subprocess.run([sys.executable, "-m", "lungseg.train", f"data.root={data}", *common,
+                           "trainer.max_epochs=1", "trainer=ddp", "trainer.devices=3",
+                           "trainer.strategy.process_group_backend=gloo", f"hydra.run.dir={run}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = json.loads((run / "result.json").read_text())["metrics"]
+    for split in ("val", "test"):  # 7 and 5 images on 3 ranks: padding would count 2 and 1 of them twice
+        cfg = compose_cfg(f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"data.root={data}", f"split={split}",
+                          f"output_dir={tmp_path / split}", "precision=32", "calibration=false",
+                          config_name="evaluate")
+        pooled = evaluate(cfg)["pooled"]
+        for name in ("dice", "iou", "accuracy", "precision", "recall", "loss"):
+            assert logged[f"{split}/{name}"] == pytest.approx(pooled[name], abs=1e-6), (split, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader, get_worker_info
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
 from lungseg.data.dataset import LungDataset
 from lungseg.data.images import limit_opencv_threads
@@ -21,18 +23,44 @@ from lungseg.runtime import default_num_workers
 log = logging.getLogger(__name__)
 
 
+RANK_STRIDE = 1_000_003  # a prime: rank r's augmentation seeds are offset by r * this
+
+
+def process_rank() -> tuple[int, int]:
+    """(global rank, world size) of this process under DDP; (0, 1) otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def init_worker(worker_id: int) -> None:
     """Seed a DataLoader worker: Lightning's per-worker seeds plus the dataset's augmentation seed.
 
     ``torch.initial_seed()`` in a worker is the loader's base seed (drawn anew each epoch from the
-    main process's generator) plus the worker id, so epochs and workers all augment differently,
-    and the same ``seed=`` reproduces them.
+    main process's generator) plus the worker id, so epochs and workers all augment differently, and
+    the rank is added so every DDP rank does too; the same ``seed=`` reproduces them all.
     """
-    seed = torch.initial_seed()
+    seed = torch.initial_seed() + RANK_STRIDE * rank_zero_only.rank
     pl_worker_init_function(worker_id)
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
         info.dataset.reseed(seed)
+
+
+class ShardSampler(Sampler[int]):
+    """Items ``rank, rank + world, ...`` of a split: under DDP every item is on exactly one rank, none repeated.
+
+    (torch's DistributedSampler pads a split to a multiple of the world size by repeating items, which would
+    count some images twice in the pooled val/test metrics.)"""
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.items = range(rank, length, world)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 def augmenters(transform: Any) -> list[Any]:
@@ -112,7 +140,8 @@ class LungDataModule(L.LightningDataModule):
         for split in wanted:
             transform = self.train_transform if split == "train" else None  # val/test: resized, never augmented
             dataset = LungDataset(found[split], self.image_size, transform, cache=self.cache)
-            dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()))  # follows seed_everything
+            # follows seed_everything; each DDP rank augments differently
+            dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()) + RANK_STRIDE * rank_zero_only.rank)
             self.datasets[split] = dataset
             subset_note = f" (data.train_subset={self.train_subset})" if split == "train" and self.train_subset else ""
             log.info("%s: %d pairs from %s%s", split, len(dataset), self.root, subset_note)
@@ -141,11 +170,20 @@ class LungDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """The split's loader; under DDP each rank gets its own share (the trainer's use_distributed_sampler is
+        off: this is the one place that shards)."""
         limit_opencv_threads(self.num_workers)
+        dataset = self.dataset(split)
+        rank, world = process_rank()
+        sampler: Sampler[int] | None = None
+        if world > 1:  # training: shuffled shards, padded to equal length (every rank steps together)
+            sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=torch.initial_seed() % 2**31)
+                       if shuffle else ShardSampler(len(dataset), rank, world))
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             worker_init_fn=init_worker,
