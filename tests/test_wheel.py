@@ -11,7 +11,7 @@ import cv2
 import pytest
 
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR
-from tests.conftest import CXR, ROOT, requires_cxr
+from tests.helpers import CXR, ROOT, requires_cxr
 
 pytestmark = [pytest.mark.slow, requires_cxr]
 
