@@ -41,6 +41,7 @@ class ModelDescription:
     val_metrics: dict[str, float] = field(default_factory=dict)   # this checkpoint's own val scores
     best_metrics: dict[str, float] = field(default_factory=dict)  # best over the run so far
     test_metrics: dict[str, float] = field(default_factory=dict)  # filled when the model is evaluated
+    ensemble: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's members (their descriptions)
     lungseg_version: str = lungseg.__version__
     git_commit: str | None = None
     created: str = ""

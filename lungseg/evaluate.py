@@ -39,7 +39,7 @@ from lungseg.metrics.pixels import (
     per_image_overlap,
     pixel_metrics,
 )
-from lungseg.predictor import LungSegmenter
+from lungseg.predictor import LungSegmenter, model_sources
 from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
@@ -174,10 +174,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt_path") and not cfg.get("model_path"):
         raise CheckpointError("no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model_path=DIR, "
                               "a pretrained folder)")
-    source = Path(cfg.ckpt_path or cfg.model_path)
-    options = {"device": str(cfg.device), "precision": cfg.precision, "threshold": cfg.get("threshold")}
-    seg = (LungSegmenter.from_checkpoint(source, image_size=cfg.data.image_size, **options) if cfg.get("ckpt_path")
-           else LungSegmenter.from_pretrained(source, **options))
+    sources = model_sources(cfg.get("ckpt_path") or cfg.get("model_path"))
+    seg = LungSegmenter.load(sources[0] if len(sources) == 1 else sources, str(cfg.device), cfg.precision,
+                             cfg.data.image_size, threshold=cfg.get("threshold"))
+    source = Path(sources[0])  # an ensemble's report goes beside its first member's run, named for the ensemble
     size = seg.image_size
     datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None)
     dataset = datamodule.dataset(cfg.split)
@@ -190,12 +190,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.info("threshold with the best val Dice: %.4f (Dice %.4f)", *tuned)
     results = evaluate_dataset(seg, dataset, cfg.data.batch_size, (tuned[0],) if tuned else (), cfg.auroc_bins,
                                cfg.calibration_bins, cfg.pixel_spacing_mm)
-    meta = {"checkpoint": str(source), "data_root": str(cfg.data.root), "split": cfg.split,
+    meta = {"checkpoint": sources[0] if len(sources) == 1 else sources, "data_root": str(cfg.data.root),
+            "split": cfg.split,
             "image_size": int(size), "threshold": seg.threshold, "device": str(seg.device),
             "precision": seg.precision}
     samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)
 
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(source) / "eval" / cfg.split
+    name = cfg.split if len(sources) == 1 else f"{cfg.split}-ensemble-of-{len(sources)}"
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(source) / "eval" / name
     writable_dir(out.parent, "output_dir")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

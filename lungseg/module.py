@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
-from lungseg.metrics.pixels import confusion_matrix, flatten, pixel_metrics
+from lungseg.metrics.pixels import confusion_matrix, flatten, per_image_overlap, pixel_metrics
 
 STAGES = ("train", "val", "test")
 
@@ -59,6 +59,8 @@ class LungSegModule(L.LightningModule):
         # The epoch loss as a metric: its sum and count are summed over DDP ranks, so the mean is over every image
         # exactly (Lightning's sync_dist would average the ranks' means, wrong when they hold different counts).
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
+        # The mean of per-image Dice (val/test): every image weighs the same, small lungs as much as large ones.
+        self.dice_per_image = nn.ModuleDict({f"{s}_dice": MeanMetric() for s in ("val", "test")})
         self.test_confusion = confusion_matrix(threshold)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -107,6 +109,10 @@ class LungSegModule(L.LightningModule):
         epoch_loss.update(loss.detach(), weight=n)
         self.log(f"{stage}/loss", epoch_loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=n)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n)
+        if stage != "train":
+            per_image = self.dice_per_image[f"{stage}_dice"]
+            per_image.update(per_image_overlap(probs, batch["mask"], self.hparams.threshold)["dice"])
+            self.log(f"{stage}/dice_per_image", per_image, on_step=False, on_epoch=True, batch_size=n)
         if aux:  # train/loss stays the main head's, comparable with val/loss; the objective adds the aux heads
             loss = self.deep_supervised(loss, aux, batch["mask"])
             self.log("train/supervised_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)

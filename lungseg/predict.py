@@ -27,7 +27,7 @@ from lungseg.inputs import InputFile, find_inputs
 from lungseg.metrics import dice_iou, mask_counts
 from lungseg.overlay import overlay
 from lungseg.postprocess import QualityLimits
-from lungseg.predictor import LungSegmenter, Segmentation
+from lungseg.predictor import LungSegmenter, Segmentation, model_sources
 from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
@@ -121,17 +121,18 @@ def plan_outputs(cfg: DictConfig, output: Path,
 
 def segmenter(cfg: DictConfig) -> LungSegmenter:
     """The model of ``ckpt_path=`` or ``model_path=`` (a checkpoint, an ONNX file, a pretrained folder or a Hub
-    id), with the CLI's settings. An ONNX model runs without torch: torch is imported only for the others."""
+    id; ``[a,b,c]``: an ensemble), with the CLI's settings. ONNX models run without torch: torch is imported only
+    for the others."""
     options = {"threshold": cfg.get("threshold"), "postprocess": bool(cfg.postprocess),
                "tta_flip": bool(cfg.tta_flip), "quality": QualityLimits(**cfg.quality)}
-    source = str(cfg.get("model_path") or cfg.ckpt_path)
-    if source.lower().endswith(".onnx"):
-        return LungSegmenter.from_onnx(source, str(cfg.device), threads=cfg.get("threads"), **options)
-    from lungseg.runtime import set_threads
+    sources = model_sources(cfg.get("model_path") or cfg.get("ckpt_path"))
+    if not all(s.lower().endswith(".onnx") for s in sources):
+        from lungseg.runtime import set_threads
 
-    set_threads(cfg.get("threads"))
-    extra = {"image_size": cfg.get("image_size")} if Path(source).expanduser().is_file() else {}
-    return LungSegmenter.load(source, str(cfg.device), precision=cfg.precision, **extra, **options)
+        set_threads(cfg.get("threads"))
+    return LungSegmenter.load(sources[0] if len(sources) == 1 else sources, str(cfg.device), cfg.precision,
+                              cfg.get("image_size"), cfg.get("threads"), **options)
+
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:

@@ -75,6 +75,28 @@ def as_gray(image: ImageInput) -> np.ndarray:
     return to_gray8(array)
 
 
+def model_sources(setting: Any) -> list[str]:
+    """A model setting as a list of sources: one path or Hub id, or a list of them (an ensemble)."""
+    return [str(setting)] if isinstance(setting, (str, Path)) else [str(s) for s in setting]
+
+
+def load_backend(source: str | Path, device: str = "auto", precision: str | None = "auto",
+                 image_size: int | None = None, threads: int | None = None) -> Backend:
+    """The backend of one model, chosen by its path: ``.onnx`` -> ONNX Runtime, any other file -> a checkpoint,
+    else a pretrained folder or Hub id (PyTorch). Torch is imported only for the PyTorch ones."""
+    path = Path(str(source)).expanduser()
+    if path.suffix.lower() == ".onnx":
+        from lungseg.backend_onnx import OnnxBackend
+
+        return OnnxBackend(path, device, threads)
+    from lungseg.artifact import load_checkpoint, load_pretrained
+    from lungseg.backend_torch import TorchBackend
+
+    if path.is_file() or path.suffix.lower() == ".ckpt":
+        return TorchBackend(load_checkpoint(path, image_size), device, precision)
+    return TorchBackend(load_pretrained(source), device, precision)
+
+
 def _prepare(image: ImageInput, size: int) -> tuple[np.ndarray, np.ndarray] | DataError:
     """An input as (grayscale at its own size, model input (1, s, s) float32), or the DataError it raised."""
     try:
@@ -132,15 +154,18 @@ class LungSegmenter:
         return cls(OnnxBackend(path, device, threads), **options)
 
     @classmethod
-    def load(cls, source: str | Path, device: str = "auto", **options: Any) -> LungSegmenter:
-        """Any lungseg model: an ``.onnx`` file, a checkpoint (any other file), a pretrained folder or a Hub id.
-        ``options`` are those of the matching ``from_*``."""
-        path = Path(str(source)).expanduser()
-        if path.suffix.lower() == ".onnx":
-            return cls.from_onnx(path, device, **options)
-        if path.is_file() or path.suffix.lower() == ".ckpt":
-            return cls.from_checkpoint(path, device, **options)
-        return cls.from_pretrained(source, device, **options)
+    def load(cls, source: str | Path | Sequence[str | Path], device: str = "auto", precision: str | None = "auto",
+             image_size: int | None = None, threads: int | None = None, **options: Any) -> LungSegmenter:
+        """Any lungseg model: an ``.onnx`` file, a checkpoint (any other file), a pretrained folder or a Hub id;
+        a list of them is an ensemble (their probabilities averaged). ``image_size`` applies to checkpoints
+        from before lungseg 0.2, ``threads`` to ONNX models."""
+        sources = [source] if isinstance(source, (str, Path)) else list(source)
+        backends = [load_backend(s, device, precision, image_size, threads) for s in sources]
+        if len(backends) == 1:
+            return cls(backends[0], **options)
+        from lungseg.backend_ensemble import EnsembleBackend
+
+        return cls(EnsembleBackend(backends, [str(s) for s in sources]), **options)
 
     @property
     def image_size(self) -> int:

@@ -88,3 +88,32 @@ def test_predict_many_streams_in_order_with_errors_in_place(tiny_ckpt: Path, pha
     assert ok[0].stats["quality"] and ok[0].stats["height"] == 96
     with pytest.raises(DataError, match="broken.png"):
         list(seg.predict_many(images, batch_size=2))
+
+
+def test_an_ensemble_averages_its_members_in_the_api_predict_and_evaluate(compose_cfg, tiny_ckpt: Path,
+                                                                           phantom: Path, tmp_path: Path) -> None:
+    from lungseg.evaluate import evaluate
+    from lungseg.predict import predict
+
+    other = train_tiny(tmp_path / "other", "seed=7")
+    members = [LungSegmenter.from_checkpoint(p, "cpu", precision="32") for p in (tiny_ckpt, other)]
+    ensemble = LungSegmenter.load([tiny_ckpt, other], "cpu", precision="32")
+    x = np.random.default_rng(2).random((3, 1, 32, 32), dtype=np.float32)
+    expected = (members[0].probabilities(x) + members[1].probabilities(x)) / 2
+    np.testing.assert_allclose(ensemble.probabilities(x), expected, atol=1e-6)
+    assert np.abs(members[0].probabilities(x) - members[1].probabilities(x)).max() > 1e-3  # two different models
+    assert [m["source"] for m in ensemble.metadata["ensemble"]] == [str(tiny_ckpt), str(other)]
+
+    out = tmp_path / "pred"
+    summary = predict(compose_cfg(f"ckpt_path=[{tiny_ckpt},{other}]", f"input={phantom}", f"output={out}",
+                                  "progress=false", "save_probabilities=true", config_name="predict"))
+    assert summary["predicted"] == 1
+    written = cv2.imread(str(out / "probabilities" / "cxrimage_7.png"), cv2.IMREAD_UNCHANGED)
+    mean_prob = (members[0].predict_proba(phantom) + members[1].predict_proba(phantom)) / 2
+    assert np.abs(written.astype(float) - np.round(mean_prob * 255)).max() <= 1
+
+    data = phantom.parents[3]
+    report = evaluate(compose_cfg(f"ckpt_path=[{tiny_ckpt},{other}]", f"data.root={data}", "split=test",
+                                  "calibration=false", config_name="evaluate"))
+    assert report["n_images"] == 1 and report["checkpoint"] == [str(tiny_ckpt), str(other)]
+    assert Path(report["output_dir"]).name == "test-ensemble-of-2"

@@ -171,6 +171,8 @@ def test_training_test_stage_is_the_same_computation(trained: dict, run_eval, tm
     summary = run_eval(f"output_dir={tmp_path / 'out'}", "data.batch_size=4", "calibration=false")
     for name in ("dice", "iou", "accuracy", "auroc", "loss", "precision", "recall"):
         assert summary["pooled"][name] == pytest.approx(trained["metrics"][f"test/{name}"], abs=1e-4), name
+    # the mean of per-image Dice, as training logs it, equals the report's mean over per_image.csv
+    assert summary["per_image"]["dice_mean"] == pytest.approx(trained["metrics"]["test/dice_per_image"], abs=1e-5)
     recorded = LungSegmenter.from_checkpoint(trained["ckpt"], "cpu").metadata["test_metrics"]  # in the checkpoint
     assert recorded["test/dice"] == pytest.approx(trained["metrics"]["test/dice"], abs=1e-7)
 

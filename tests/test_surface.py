@@ -117,3 +117,15 @@ def test_binned_curves_and_calibration_match_torchmetrics() -> None:
     result = bins.compute()
     assert float(result["ece"]) == pytest.approx(float(BinaryCalibrationError(n_bins=15)(probs, target)), abs=1e-6)
     assert float(result["fraction"].sum()) == pytest.approx(1.0)
+
+
+def test_per_image_overlap_of_one_image_and_of_empty_masks() -> None:
+    probs = torch.tensor([[[[0.9, 0.8], [0.2, 0.1]]]])  # one image: predicted top row
+    masks = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # truth left column: TP 1, FP 1, FN 1
+    out = per_image_overlap(probs, masks)
+    assert out["dice"].shape == (1,) and out["dice"].item() == pytest.approx(0.5)
+    assert out["iou"].item() == pytest.approx(1 / 3)
+    both_empty = per_image_overlap(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
+    assert both_empty["dice"].tolist() == [1.0, 1.0] and both_empty["iou"].tolist() == [1.0, 1.0]
+    one_empty = per_image_overlap(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+    assert one_empty["dice"].tolist() == [0.0] and one_empty["iou"].tolist() == [0.0]

@@ -22,7 +22,6 @@ from torchmetrics.classification import (
     BinaryROC,
     BinarySpecificity,
 )
-from torchmetrics.functional.classification import binary_f1_score, binary_stat_scores
 
 
 class BinnedAUROC(BinaryAUROC):
@@ -45,6 +44,7 @@ class BinnedAUROC(BinaryAUROC):
         confmat = torch.stack([totals - at_or_above, at_or_above], dim=-1)  # (target, threshold, pred)
         self.confmat += confmat.permute(1, 0, 2).to(self.confmat.dtype)
 
+
 def pixel_metrics(prefix: str = "", threshold: float = 0.5, auroc_bins: int = 200) -> MetricCollection:
     """A MetricCollection of the pooled pixel metrics, keys ``<prefix><name>``."""
     kw = {"threshold": threshold, "validate_args": False}
@@ -63,34 +63,41 @@ def pixel_metrics(prefix: str = "", threshold: float = 0.5, auroc_bins: int = 20
         compute_groups=[["accuracy", "precision", "recall", "f1", "specificity", "dice"], ["iou"], ["auroc"]],
     )
 
+
 def confusion_matrix(threshold: float = 0.5) -> BinaryConfusionMatrix:
     """Pooled pixel confusion matrix [[TN, FP], [FN, TP]] (rows: truth, columns: prediction)."""
     return BinaryConfusionMatrix(threshold=threshold, validate_args=False)
 
+
 def flatten(probs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities and {0,1} masks of any shape -> flat float probabilities and int targets."""
     return probs.detach().float().reshape(-1), masks.detach().reshape(-1).long()
+
 
 class BinnedROC(BinaryROC):
     """torchmetrics' binned BinaryROC curve with BinnedAUROC's O(pixels) update (same state, same thresholds)."""
 
     update = BinnedAUROC.update
 
+
 class BinnedPRCurve(BinaryPrecisionRecallCurve):
     """torchmetrics' binned BinaryPrecisionRecallCurve with BinnedAUROC's O(pixels) update."""
 
     update = BinnedAUROC.update
 
+
 def per_image_overlap(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
-    """Per-image Dice and IoU of (N, ...) probabilities vs {0,1} masks; 1.0 when truth and prediction are both empty."""
-    preds, target = probs.detach().float().flatten(1), masks.detach().flatten(1).long()
-    dice = binary_f1_score(preds, target, threshold, multidim_average="samplewise", validate_args=False,
-                           zero_division=1)
-    tp, fp, _, fn, _ = binary_stat_scores(preds, target, threshold, multidim_average="samplewise",
-                                          validate_args=False).unbind(-1)
-    union = tp + fp + fn
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
-    return {"dice": dice, "iou": iou.float()}
+    """Per-image Dice and IoU of (N, ...) probabilities vs {0,1} masks; 1.0 when truth and prediction are both empty.
+    (Counted directly: torchmetrics' samplewise stat scores squeeze a batch of one image away.)"""
+    preds = probs.detach().float().flatten(1) >= threshold
+    target = masks.detach().flatten(1) > 0.5
+    tp, fp, fn = ((preds & target).sum(1), (preds & ~target).sum(1), (~preds & target).sum(1))
+    union = (tp + fp + fn).float()
+    ones = torch.ones_like(union)
+    dice = torch.where(union > 0, 2 * tp / (union + tp).clamp(min=1), ones)
+    iou = torch.where(union > 0, tp / union.clamp(min=1), ones)
+    return {"dice": dice.float(), "iou": iou.float()}
+
 
 class ReliabilityBins(Metric):
     """Pixel calibration in bounded memory: count, summed probability and summed truth per probability bin.
