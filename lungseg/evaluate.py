@@ -199,8 +199,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     name = cfg.split if len(sources) == 1 else f"{cfg.split}-ensemble-of-{len(sources)}"
     out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(source) / "eval" / name
     writable_dir(out.parent, "output_dir")
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         summary = report.write_report(tmp, results, meta, tuned, samples, cfg, run_dir(source) / "tensorboard")
