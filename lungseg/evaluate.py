@@ -175,8 +175,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise CheckpointError("no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model_path=DIR, "
                               "a pretrained folder)")
     sources = model_sources(cfg.get("ckpt_path") or cfg.get("model_path"))
-    seg = LungSegmenter.load(sources[0] if len(sources) == 1 else sources, str(cfg.device), cfg.precision,
-                             cfg.data.image_size, threshold=cfg.get("threshold"))
+    seg = LungSegmenter.load(sources, str(cfg.device), cfg.precision, cfg.data.image_size,
+                             threshold=cfg.get("threshold"))
     source = Path(sources[0])  # an ensemble's report goes beside its first member's run, named for the ensemble
     size = seg.image_size
     datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None)

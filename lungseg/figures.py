@@ -142,3 +142,22 @@ def save_figures(figures: dict[str, Figure], out_dir: Path, writer: object | Non
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def robustness_figure(per_shift: dict[str, dict[int, float]], clean: float) -> Figure:
+    """Heat-map of mean per-image Dice per shift (rows) and severity (columns), the clean Dice in the title."""
+    shifts = list(per_shift)
+    grid = np.full((len(shifts), 3), np.nan)
+    for i, shift in enumerate(shifts):
+        for severity, value in per_shift[shift].items():
+            grid[i, severity - 1] = value
+    fig, ax = plt.subplots(figsize=(5.5, 0.4 * len(shifts) + 1.5), layout="constrained")
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=max(0.0, float(np.nanmin(grid)) - 0.02), vmax=clean, aspect="auto")
+    for i in range(len(shifts)):
+        for j in range(3):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8)
+    ax.set(xticks=range(3), xticklabels=["mild", "moderate", "strong"], yticks=range(len(shifts)),
+           yticklabels=shifts, title=f"Mean per-image Dice under shifts (clean {clean:.3f})")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig

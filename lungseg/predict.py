@@ -130,8 +130,8 @@ def segmenter(cfg: DictConfig) -> LungSegmenter:
         from lungseg.runtime import set_threads
 
         set_threads(cfg.get("threads"))
-    return LungSegmenter.load(sources[0] if len(sources) == 1 else sources, str(cfg.device), cfg.precision,
-                              cfg.get("image_size"), cfg.get("threads"), **options)
+    return LungSegmenter.load(sources, str(cfg.device), cfg.precision, cfg.get("image_size"), cfg.get("threads"),
+                              **options)
 
 
 

@@ -159,7 +159,7 @@ class LungSegmenter:
         """Any lungseg model: an ``.onnx`` file, a checkpoint (any other file), a pretrained folder or a Hub id;
         a list of them is an ensemble (their probabilities averaged). ``image_size`` applies to checkpoints
         from before lungseg 0.2, ``threads`` to ONNX models."""
-        sources = [source] if isinstance(source, (str, Path)) else list(source)
+        sources = model_sources(source)
         backends = [load_backend(s, device, precision, image_size, threads) for s in sources]
         if len(backends) == 1:
             return cls(backends[0], **options)
