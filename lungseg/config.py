@@ -19,8 +19,6 @@ PLUGIN_OVERRIDES = {
     "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "sweep"),
-    "hydra/launcher=ray_local": ("hydra_plugins.hydra_ray_launcher", "ray"),
-    "hydra/launcher=ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
 }
 
 

@@ -19,7 +19,6 @@ EXTRAS = {
     "dicom": "pydicom >= 3",
     "kaggle": "the kaggle package",
     "sweep": "the Hydra sweep plugins (Optuna sweeper, joblib and submitit launchers)",
-    "ray": "the Hydra Ray launcher",
 }
 
 

@@ -41,7 +41,7 @@ def test_extras_named_in_messages_are_the_extras_of_pyproject() -> None:
     assert set(EXTRAS) == set(extras) - {"dev"}
     assert {extra for _, extra in PLUGIN_OVERRIDES.values()} <= set(EXTRAS)
     dev = extras["dev"][0].removeprefix("lungseg[").removesuffix("]").split(",")
-    assert set(dev) == set(EXTRAS) - {"ray"}  # the test suite needs every extra but Ray
+    assert set(dev) == set(EXTRAS)  # the test suite needs every extra
 
 
 def test_every_console_script_is_a_callable_entry_point() -> None:
