@@ -234,6 +234,8 @@ class LungSegmenter:
         backend's default) and the upsampling/cleaning of one batch overlap with the model's work on the next.
         An unreadable input raises its DataError, or with ``skip_errors`` is yielded as that error in its place.
         ``timing`` (a dict) receives ``model_s``: the seconds spent in the network, for a model-only rate."""
+        if isinstance(images, (str, Path)):
+            raise LungsegError(f"predict_many takes a list of images; for one image use predict({str(images)!r})")
         items = images if isinstance(images, Sequence) else list(images)
         workers = max(1, self.backend.default_workers() if num_workers is None else int(num_workers))
         starts = range(0, len(items), max(1, int(batch_size)))
