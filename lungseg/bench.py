@@ -1,6 +1,7 @@
 """Benchmark the real model and data pipeline: ``python -m lungseg.bench [device=cuda] [--json out.json]``.
 
-Sections: matmul peak per dtype, training step, inference, data pipeline, end-to-end ``Trainer.fit``.
+Sections: matmul peak per dtype, training step, inference, data pipeline, onnxruntime inference (fp32 and static
+INT8 of the same network), end-to-end ``Trainer.fit``.
 Each timing has warm-up and reports the median; FLOP/s come from torch's FLOP counter and are
 compared with the matmul peak of the same dtype measured in the same run.
 """
@@ -121,6 +122,37 @@ def data_pipeline(cfg: DictConfig) -> dict[str, float]:
     return {"decode_img_s": decode, "augment_img_s": statistics.median(epochs[1:]), "images": n}
 
 
+def onnx_inference(cfg: DictConfig, folder: Path) -> dict[str, Any]:
+    """Images/s of onnxruntime (CPU) on the bench's network exported to ONNX in fp32 and statically quantised to
+    INT8, calibrated on the bench data's train images; same batch, threads, warm-up and repeats as PyTorch's rows."""
+    import onnxruntime as ort
+
+    from lungseg.export import INPUT_NAME, OUTPUT_NAME, ProbabilityModel, export_onnx
+    from lungseg.quantize import calibration_files, calibration_images, node_counts, quantize_int8
+
+    size, batch = cfg.data.image_size, cfg.batch_size
+    fp32, int8 = folder / "bench_fp32.onnx", folder / "bench_int8.onnx"
+    export_onnx(ProbabilityModel(build_module(cfg, channels_last=False).net.eval()), fp32, size)
+    files = calibration_files(cfg.data.root, int(cfg.onnx_calibration_images))
+    start = time.perf_counter()
+    quantize_int8(fp32, int8, calibration_images(files, size), INPUT_NAME)
+    quantize_s = time.perf_counter() - start
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    images = {INPUT_NAME: torch.rand(batch, 1, size, size).numpy()}
+
+    def rate(path: Path) -> float:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return batch / median_seconds(lambda: session.run([OUTPUT_NAME], images), torch.device("cpu"), cfg.warmup,
+                                      cfg.repeats)
+
+    nodes = node_counts(int8)
+    return {"fp32_img_s": rate(fp32), "int8_img_s": rate(int8), "quantize_s": quantize_s,
+            "calibration_images": len(files), "int8_qdq_nodes": {op: nodes.get(op, 0) for op in
+                                                                 ("QuantizeLinear", "DequantizeLinear")},
+            "files": {"fp32": str(fp32), "int8": str(int8)}}
+
+
 def end_to_end(cfg: DictConfig) -> float:
     """Images/s of the training epochs of a real ``Trainer.fit`` with the configured defaults."""
 
@@ -175,7 +207,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "img_s": rate, "tflop_s": rate * gflop[kind] / 1e3,
                          "of_peak": rate * gflop[kind] * 1e9 / peaks[dtype]})
             print(_row(rows[-1]), flush=True)
-    data = data_pipeline(cfg)
+    data = data_pipeline(cfg)  # before onnxruntime: it writes the sample set the calibration reads
+    onnx: dict[str, Any] = {}
+    if cfg.onnx:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(cfg.onnx_dir) if cfg.get("onnx_dir") else Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            onnx = onnx_inference(cfg, folder)
+        print(_onnx_row(onnx), flush=True)
     e2e = end_to_end(cfg) if cfg.fit_epochs else float("nan")
 
     def default(kind: str) -> float:
@@ -184,6 +223,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     return {
         "train_img_s": default("train"), "infer_img_s": default("infer"), "data_img_s": data["augment_img_s"],
+        "infer_ort_fp32_img_s": onnx.get("fp32_img_s", float("nan")),
+        "infer_int8_img_s": onnx.get("int8_img_s", float("nan")),
         "end_to_end_img_s": e2e,
         "end_to_end_over_step": e2e / default("train"),  # ~ share of the epoch the model is busy
         "settings": {"device": str(device), "device_name": _device_name(device), "dtype": default_dtype,
@@ -191,7 +232,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                      "threads": torch.get_num_threads(), "workers": instantiate(cfg.data).num_workers,
                      "data_root": str(cfg.data.root)},
         "gflop_per_image": gflop, "matmul_peak_tflop_s": {d: p / 1e12 for d, p in peaks.items()},
-        "model": rows, "data": data,
+        "model": rows, "data": data, "onnxruntime": onnx,
     }
 
 
@@ -209,6 +250,12 @@ def _row(r: dict[str, Any]) -> str:
             f"{r['of_peak']:6.1%} of matmul peak")
 
 
+def _onnx_row(o: dict[str, Any]) -> str:
+    return (f"onnxruntime CPU inference: fp32 {o['fp32_img_s']:.1f} img/s, INT8 {o['int8_img_s']:.1f} img/s "
+            f"({o['int8_img_s'] / o['fp32_img_s']:.2f}x; quantised in {o['quantize_s']:.0f} s on "
+            f"{o['calibration_images']} images)")
+
+
 def report(result: dict[str, Any]) -> str:
     """The summary table printed at the end."""
     s = result["settings"]
@@ -222,6 +269,7 @@ def report(result: dict[str, Any]) -> str:
     lines += ["", f"data   decode+resize (once, cached) {d['decode_img_s']:8.1f} img/s; "
                   f"augment+collate per epoch {d['augment_img_s']:8.1f} img/s ({d['images']} images)",
               f"end-to-end Trainer.fit epoch        {result['end_to_end_img_s']:8.1f} img/s",
+              _onnx_row(result["onnxruntime"]) if result.get("onnxruntime") else "onnxruntime: skipped (onnx=false)",
               "", f"defaults ({s['dtype']}, {'channels_last' if s['channels_last'] else 'NCHW'}): "
                   f"train {result['train_img_s']:.1f}, infer {result['infer_img_s']:.1f}, "
                   f"data {result['data_img_s']:.1f}, end-to-end {result['end_to_end_img_s']:.1f} img/s"]

@@ -6,6 +6,9 @@ description says (``lungseg.artifact.PREPROCESSING``: 8-bit grayscale / 255 at t
 file carries the model's description and card in its metadata; each file gets its model card beside it
 (``<name>.README.md``). ``pretrained`` writes the Hugging Face folder (config.json, model.safetensors, README.md)
 that ``LungSegmenter.from_pretrained`` loads.
+
+``format=onnx quantize=int8 calibration=<dataset root or folder>`` writes a static INT8 model instead (QDQ, per-channel
+weights; ``lungseg.quantize``), calibrated on ``calibration_images`` radiographs; same input, output and metadata.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from lungseg.config import CONFIG_DIR
 from lungseg.errors import LungsegError, exit_on_user_error, require_extra
 from lungseg.model_card import model_card
 from lungseg.predictor import LungSegmenter
+from lungseg.quantize import calibration_files, calibration_images, mask_dice, quantization_card, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +100,39 @@ def verify(model: TrainedModel, output: Path, size: int) -> float:
     return float(np.abs(got - expected).max())
 
 
+def verify_int8(model: TrainedModel, output: Path, images: np.ndarray) -> tuple[float, float]:
+    """Largest probability difference between the INT8 file and LungSegmenter in fp32 on real-looking ``images``
+    (the calibration radiographs; random noise says little about quantisation), and the Dice of their masks."""
+    expected = LungSegmenter(model, "cpu", precision="32-true").probabilities(torch.from_numpy(images)).numpy()
+    got = run_exported(output, images)
+    return float(np.abs(got - expected).max()), mask_dice(expected, got, model.description.threshold)
+
+
+def check_quantize(cfg: DictConfig) -> list[Path]:
+    """Refuse a ``quantize`` setting export cannot honour; for ``int8`` the calibration radiographs to use."""
+    quantize = cfg.get("quantize")
+    if quantize is None:
+        return []
+    if quantize != "int8":
+        raise LungsegError(f"quantize={quantize}: use null (fp32) or int8")
+    if cfg.format != "onnx":
+        raise LungsegError(f"quantize=int8 needs format=onnx (onnxruntime static quantisation), not {cfg.format}")
+    if not cfg.get("calibration"):
+        raise LungsegError("quantize=int8 needs calibration=<a dataset root (its train split's images are used) or "
+                           "a folder of radiographs>: static INT8 measures activation ranges on real images")
+    return calibration_files(cfg.calibration, int(cfg.calibration_images))
+
+
 def export(cfg: DictConfig) -> dict[str, object]:
-    """Export ``ckpt_path`` to ``format`` at ``output``; with ``verify`` compare it with PyTorch on random images."""
+    """Export ``ckpt_path`` to ``format`` at ``output``; with ``verify`` compare it with PyTorch on random images
+    (an INT8 file: on its calibration radiographs, with the masks' Dice)."""
     if not cfg.get("ckpt_path"):
         raise LungsegError("missing setting ckpt_path=; e.g. python -m lungseg.export ckpt_path=best.ckpt format=onnx")
     if cfg.format not in FORMATS:
         raise LungsegError(f"format={cfg.format}: use one of {', '.join(FORMATS)}")
     if int(cfg.opset) < 17:
         raise LungsegError(f"opset={cfg.opset}: use 17 or newer (LayerNorm-era ops, onnxruntime >= 1.14)")
+    calibration = check_quantize(cfg)
     ckpt = Path(cfg.ckpt_path)
     output = Path(cfg.output) if cfg.get("output") else ckpt.with_suffix(FORMATS[cfg.format])
     if cfg.format == "pretrained" and not cfg.get("output"):
@@ -113,15 +142,21 @@ def export(cfg: DictConfig) -> dict[str, object]:
     model = load_checkpoint(ckpt, cfg.get("image_size"))
     size, divisor = model.description.image_size, int(getattr(model.net, "divisor", 1))
     card = model_card(model.description)
+    if calibration:
+        card += quantization_card(len(calibration), Path(cfg.calibration).name)
     writable_dir(output.parent, "output")
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.tmp-") as tmp:
         staged = Path(tmp) / output.name  # written whole, then renamed into place
         if cfg.format == "pretrained":
             save_pretrained(model, staged)
         elif cfg.format == "onnx":
-            export_onnx(ProbabilityModel(model.net), staged, size, int(cfg.opset), bool(cfg.dynamic_size),
+            fp32 = Path(tmp) / "fp32.onnx" if calibration else staged
+            export_onnx(ProbabilityModel(model.net), fp32, size, int(cfg.opset), bool(cfg.dynamic_size),
                         {"size_divisor": str(divisor), "source_checkpoint": ckpt.name,
                          "lungseg_description": json.dumps(model.description.to_dict()), "model_card": card})
+            if calibration:
+                images = calibration_images(calibration, size)
+                quantize_int8(fp32, staged, images, INPUT_NAME, {"calibration_source": Path(cfg.calibration).name})
         else:
             export_program(ProbabilityModel(model.net), staged, size, divisor, bool(cfg.dynamic_size))
         if output.is_dir():
@@ -130,12 +165,16 @@ def export(cfg: DictConfig) -> dict[str, object]:
     if cfg.format != "pretrained":
         write_text(output.with_name(f"{output.name}.README.md"), card)
     result: dict[str, object] = {"output": output, "image_size": size}
-    if cfg.verify:
+    if cfg.verify and calibration:
+        result["max_abs_diff"], result["mask_dice"] = verify_int8(model, output, images)
+        log.info("INT8 and PyTorch fp32 probabilities differ by at most %.4f on the %d calibration images; their "
+                 "masks agree with Dice %.4f", result["max_abs_diff"], len(images), result["mask_dice"])
+    elif cfg.verify:
         result["max_abs_diff"] = verify(model, output, size)
         log.info("exported and PyTorch probabilities differ by at most %.2e on random images",
                  result["max_abs_diff"])
-    log.info("wrote %s (%s, input %dx%d, any batch size, threshold %g; input contract in the model card)", output,
-             cfg.format, size, size, model.description.threshold)
+    log.info("wrote %s (%s%s, input %dx%d, any batch size, threshold %g; input contract in the model card)", output,
+             cfg.format, " int8" if calibration else "", size, size, model.description.threshold)
     return result
 
 
