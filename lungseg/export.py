@@ -103,7 +103,7 @@ def verify(model: TrainedModel, output: Path, size: int) -> float:
 def verify_int8(model: TrainedModel, output: Path, images: np.ndarray) -> tuple[float, float]:
     """Largest probability difference between the INT8 file and LungSegmenter in fp32 on real-looking ``images``
     (the calibration radiographs; random noise says little about quantisation), and the Dice of their masks."""
-    expected = LungSegmenter(model, "cpu", precision="32-true").probabilities(torch.from_numpy(images)).numpy()
+    expected = LungSegmenter(TorchBackend(model, "cpu", "32-true")).probabilities(images)
     got = run_exported(output, images)
     return float(np.abs(got - expected).max()), mask_dice(expected, got, model.description.threshold)
 

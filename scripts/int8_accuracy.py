@@ -3,8 +3,9 @@ onnxruntime (an fp32 export, its INT8 version, ...) on the original-resolution t
 
     python scripts/int8_accuracy.py best.ckpt lung_fp32.onnx lung_int8.onnx [--data ../shared/data/cxr-v7]
 
-The ONNX files run on the same road as LungSegmenter: read_input -> preprocess at the model's size -> network ->
-cv2.resize INTER_LINEAR to the film's size -> threshold (no post-processing).
+Every model runs on the one road, LungSegmenter (ONNX files through its ONNX Runtime backend): read_input ->
+preprocess at the model's size -> network -> cv2.resize INTER_LINEAR to the film's size -> threshold (no
+post-processing).
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import argparse
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
-import onnx
-import onnxruntime as ort
 
-from lungseg.data.images import preprocess, read_mask
+from lungseg.data.images import read_mask
 from lungseg.inputs import read_input
 from lungseg.metrics import dice_iou, mask_counts
 from lungseg.predictor import LungSegmenter
@@ -33,12 +31,6 @@ def test_pairs(data: Path) -> list[tuple[Path, Path]]:
     return [(f, masks[re.sub(r"\D", "", f.stem)]) for f in films]
 
 
-def onnx_probability(session: ort.InferenceSession, gray: np.ndarray, size: int) -> np.ndarray:
-    """Probabilities (H, W) at the film's size from an exported model."""
-    prob = session.run(None, {session.get_inputs()[0].name: preprocess(gray, size)[None, None]})[0][0, 0]
-    return cv2.resize(prob, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", type=Path)
@@ -47,18 +39,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     pairs = test_pairs(args.data)
-    seg = LungSegmenter.from_checkpoint(args.ckpt, "cpu", precision="32", postprocess=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    sessions = {p.name: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in args.onnx}
-    sizes = {p.name: int({m.key: m.value for m in onnx.load(str(p)).metadata_props}["image_size"]) for p in args.onnx}
-    dice: dict[str, list[float]] = {"PyTorch fp32": [], **{name: [] for name in sessions}}
+    models = {"PyTorch fp32": LungSegmenter.from_checkpoint(args.ckpt, "cpu", precision="32", postprocess=False),
+              **{p.name: LungSegmenter.from_onnx(p, "cpu", threads=args.threads, postprocess=False)
+                 for p in args.onnx}}
+    dice: dict[str, list[float]] = {name: [] for name in models}
     for film, mask_path in pairs:
         gray, truth = read_input(film), read_mask(mask_path) > 0
-        dice["PyTorch fp32"].append(dice_iou(*mask_counts(seg.segment(gray).mask, truth))[0])
-        for name, session in sessions.items():
-            pred = onnx_probability(session, gray, sizes[name]) >= seg.threshold
-            dice[name].append(dice_iou(*mask_counts(pred, truth))[0])
+        for name, seg in models.items():
+            dice[name].append(dice_iou(*mask_counts(seg.predict(gray), truth))[0])
     reference = np.array(dice["PyTorch fp32"])
     print(f"{len(pairs)} test films at native resolution ({args.data / 'orig' / 'test'})")
     print("| model | mean per-image Dice | min | vs PyTorch fp32 | largest per-image change |\n|---|---|---|---|---|")

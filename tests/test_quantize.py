@@ -15,6 +15,7 @@ from onnx import numpy_helper
 import lungseg.quantize
 from lungseg.errors import DataError, LungsegError
 from lungseg.export import INPUT_NAME, export, run_exported
+from lungseg.predictor import LungSegmenter
 from lungseg.quantize import calibration_files, calibration_images, mask_dice
 from tests.helpers import train_tiny, write_split
 from tests.test_export import export_cfg, reference
@@ -87,6 +88,9 @@ def test_int8_file_is_qdq_per_channel_close_to_fp32_and_carries_the_description(
         assert got.shape == batch.shape and not np.array_equal(got, run_exported(fp32, batch))  # really quantised
         assert np.abs(got - reference(tiny_ckpt, batch)).max() < MAX_PROB_DIFF
     assert mask_dice(expected, run_exported(int8, images), 0.5) >= MIN_DICE
+    seg = LungSegmenter.from_onnx(int8, "cpu")  # the API runs it through the same road as any model
+    assert seg.precision == "int8" and LungSegmenter.from_onnx(fp32, "cpu").precision == "32-true"
+    np.testing.assert_array_equal(seg.probabilities(images), run_exported(int8, images))
 
 
 def test_calibration_from_a_dataset_root_uses_its_train_split_and_honours_the_count(compose_cfg, tiny_ckpt: Path,
