@@ -11,6 +11,7 @@ import argparse
 import collections
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ def ort_runner(path: Path, threads: int, profile: bool = False) -> ort.Inference
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = profile
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "lungseg_ort_profile")  # not into the cwd
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -44,7 +46,9 @@ def op_profile(path: Path, images: np.ndarray, threads: int, runs: int = 3) -> l
     name = session.get_inputs()[0].name
     for _ in range(runs):
         session.run(None, {name: images})
-    events = json.loads(Path(session.end_profiling()).read_text())
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
     total, nodes = collections.Counter(), collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
