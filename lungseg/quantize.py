@@ -44,7 +44,12 @@ def calibration_files(source: str | Path, count: int) -> list[Path]:
         raise DataError(f"calibration={source}: no such folder; pass a dataset root (its train split's images are "
                         "used) or a folder of radiographs")
     images = split_dir(source, CALIBRATION_SPLIT) / IMAGE_DIR
-    files = [f.path for f in find_inputs(images if images.is_dir() else source)]
+    folder = images if images.is_dir() else source
+    try:
+        files = [f.path for f in find_inputs(folder)]
+    except DataError:
+        raise DataError(f"calibration={source}: no radiographs in {folder}; pass a dataset root (its train split's "
+                        "images are used) or a folder of radiographs") from None
     picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
     return [files[i] for i in picks]
 

@@ -143,6 +143,7 @@ def test_quantize_settings_that_cannot_work_are_refused(compose_cfg, tiny_ckpt: 
     with pytest.raises(DataError, match="calibration=.*absent: no such folder"):
         export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=int8",
                           f"calibration={tmp_path / 'absent'}"))
-    with pytest.raises(DataError, match="no radiographs"):
+    (tmp_path / "notes.txt").write_text("not a radiograph")
+    with pytest.raises(DataError, match=r"calibration=.*: no radiographs in .*pass a dataset root"):
         export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=int8", f"calibration={tmp_path}"))
     assert not out.exists() and not list(tmp_path.glob("*.README.md"))
