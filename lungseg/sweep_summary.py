@@ -313,9 +313,9 @@ def rebuild_study(rows: list[dict[str, Any]], space: dict[str, Any], direction: 
 
 
 def optuna_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any] | None:
-    """For an Optuna sweep: its history (trial, value, best so far) and parameter importances (fANOVA, which
-    optuna 2.x computes with scikit-learn), from ``hydra.sweeper.storage`` or rebuilt from the jobs; None for any
-    other sweep."""
+    """For an Optuna sweep: its history (trial, value, best so far) and parameter importances (fANOVA, else mean
+    decrease in impurity; optuna 2.x computes both with scikit-learn), from ``hydra.sweeper.storage`` or rebuilt
+    from the jobs; None for any other sweep."""
     sweeper = _hydra_cfg(rows, sweep_dir).get("sweeper") or {}
     if "optuna" not in str(sweeper.get("_target_", "")):
         return None
@@ -336,16 +336,21 @@ def optuna_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any
     for trial in complete:
         best = trial.value if best is None or sign * trial.value > sign * best else best
         history.append({"trial": trial.number, "value": trial.value, "best": best})
-    importances, note = {}, ""
-    try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
-    except ImportError:
-        note = "parameter importances need scikit-learn (pip install scikit-learn)"
-    except (RuntimeError, ValueError) as err:  # fewer than two finished trials, or nothing searched
-        note = f"no parameter importances: {err}"
+    importances, note, used = {}, "", ""
+    evaluators = {"fANOVA": optuna.importance.FanovaImportanceEvaluator,
+                  "mean decrease in impurity": optuna.importance.MeanDecreaseImpurityImportanceEvaluator}
+    for method, evaluator in evaluators.items():  # optuna 2.x's fANOVA fails on scikit-learn >= 1.3's trees
+        try:
+            importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator(seed=0)))
+            note, used = "", method
+            break
+        except ImportError:
+            note = "parameter importances need scikit-learn (pip install scikit-learn)"
+            break
+        except (RuntimeError, ValueError) as err:  # fewer than two finished trials, nothing searched, fANOVA
+            note = f"no parameter importances: {err}"
     return {"direction": direction, "history": history, "importances": importances, "note": note,
-            "failed": len(study.trials) - len(complete)}
+            "method": used, "failed": len(study.trials) - len(complete)}
 
 
 def optuna_figure(report: dict[str, Any], metric: str, path: Path) -> None:
@@ -366,7 +371,7 @@ def optuna_figure(report: dict[str, Any], metric: str, path: Path) -> None:
     left.grid(alpha=0.3)
     names = list(report["importances"])[::-1]
     right.barh(names, [report["importances"][n] for n in names])
-    right.set(xlabel="importance (fANOVA)", title="Parameter importances")
+    right.set(xlabel=f"importance ({report['method'] or 'none'})", title="Parameter importances")
     if not names:
         right.text(0.5, 0.5, report["note"] or "none", ha="center", va="center", wrap=True, fontsize=8)
     fig.tight_layout()
@@ -380,7 +385,8 @@ def _optuna_markdown(report: dict[str, Any], metric: str) -> str:
              f"trials, {report['failed']} failed.", "", "![optimisation history and importances](optuna.png)", "",
              f"| trial | {metric} | best so far |", "| --- | --- | --- |"]
     lines += [f"| {h['trial']} | {_cell(h['value'])} | {_cell(h['best'])} |" for h in report["history"]]
-    lines += ["", "| parameter | importance |", "| --- | --- |"]
+    lines += ["", f"Parameter importances (Optuna, {report['method'] or 'none'}):", "",
+              "| parameter | importance |", "| --- | --- |"]
     lines += [f"| {name} | {value:.3f} |" for name, value in report["importances"].items()]
     return "\n".join(lines + ([f"\n{report['note']}"] if report["note"] else [])) + "\n"
 
