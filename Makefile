@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo train data check evaluate predict export bench sweep optuna summary results ablations learning-curve test test-all lint tensorboard clean
+.PHONY: install demo train data check evaluate predict export bench sweep sweep-demo optuna summary results ablations learning-curve test test-browser test-all lint tensorboard clean
 
 install: $(BIN)/.installed   ## torch first, then this checkout editable with [dev]: every extra but ray, pytest, ruff, build
 
@@ -42,6 +42,11 @@ sweep: install         ## the 8-run grid on the baseline: make sweep [ARGS="hydr
 	$(BIN)/python -m lungseg.train --multirun +experiment=baseline optimizer.lr=1e-4,3e-4 \
 	    model.dropout=0.3,0.5 model.noise_std=0.05,0.1 $(ARGS)
 
+sweep-demo: install   ## 8 short demo runs, lr x dropout x noise, on the sample data (about 5 min on 2 cores); prints the summary and the tensorboard command
+	$(BIN)/python -m lungseg.train --multirun +experiment=demo trainer.max_epochs=3 data.image_size=64 \
+	    model.base_filters=8 data.train_subset=64 optimizer.lr=1e-4,1e-3 model.dropout=0.1,0.5 model.noise_std=0.0,0.1 \
+	    ~callbacks.progress_bar $(ARGS)
+
 optuna: install        ## Optuna over lr, dropout, noise: make optuna [TRIALS=20] [ARGS=...]
 	$(BIN)/python -m lungseg.train --multirun +experiment=baseline hparams_search=optuna \
 	    $(if $(TRIALS),hydra.sweeper.n_trials=$(TRIALS),) $(ARGS)
@@ -64,11 +69,17 @@ learning-curve: install ## cxr_small on 15/30/45/60 training images, scored on v
 test: install          ## the fast test suite
 	$(BIN)/python -m pytest -m "not slow" -q
 
+test-browser: install  ## the HParams tab of a real sweep in headless Chromium (installs playwright; chromium via apt as root)
+	$(BIN)/python -m pip install --quiet playwright
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	    else echo "no chromium: sudo apt-get install chromium (Debian/Ubuntu), then make test-browser again"; exit 1; fi; }
+	$(BIN)/python -m pytest -q tests/test_sweep_browser.py
+
 test-all: install      ## every test, including the slow real-data training
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check lungseg tests
+	$(BIN)/ruff check lungseg tests scripts
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir outputs

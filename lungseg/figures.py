@@ -57,6 +57,14 @@ def confusion_figure(confusion: np.ndarray) -> Figure:
     return fig
 
 
+def events_dir(tensorboard_dir: Path) -> Path:
+    """Where a run's training events are: ``<run>/tensorboard/<run name>`` (the newest, after a resume under
+    another name), or ``<run>/tensorboard`` itself for runs written before names."""
+    tensorboard_dir = Path(tensorboard_dir)
+    named = [d for d in tensorboard_dir.glob("*") if d.is_dir() and any(d.glob("events.out.tfevents.*"))]
+    return max(named, key=lambda d: d.stat().st_mtime) if named else tensorboard_dir
+
+
 def read_history(tensorboard_dir: Path) -> dict[str, list[float]]:
     """Per-epoch ``train/`` and ``val/`` loss, accuracy and Dice from a run's TensorBoard events ({} if none)."""
     if not Path(tensorboard_dir).is_dir():
@@ -64,7 +72,7 @@ def read_history(tensorboard_dir: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its directory watcher logs every file at INFO
-    events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(events_dir(tensorboard_dir)), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags().get("scalars", []))
     wanted = [f"{stage}/{name}" for name, _ in HISTORY_PANELS for stage in ("train", "val")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -33,8 +34,16 @@ def monitor_mode(monitor: str) -> str:
     return "min" if "loss" in monitor else "max"
 
 
+def run_name(*, _root_: Any) -> str:
+    """``${lungseg.run_name:}``: this run's readable name (``lungseg.run_names``; imported here, so ``import lungseg``
+    does not import Hydra's internals)."""
+    from lungseg.run_names import current_run_name
+
+    return current_run_name(_root_)
+
+
 RESOLVERS = {"lungseg.precision": precision, "lungseg.monitor_mode": monitor_mode, "lungseg.resume_dir": resume_dir,
-             "lungseg.config_subdir": config_subdir}
+             "lungseg.config_subdir": config_subdir, "lungseg.run_name": run_name}
 
 
 def register() -> None:

@@ -27,6 +27,7 @@ from lungseg.checks import check_train
 from lungseg.config import CONFIG_DIR, require_plugins
 from lungseg.console import quiet
 from lungseg.errors import EXIT_USER_ERROR, LungsegError, exit_on_user_error
+from lungseg.hparams import end_session, start_session
 from lungseg.resume import check_resume
 from lungseg.runtime import set_threads
 from lungseg.sweep_summary import RESULT_FILE, write_json
@@ -59,28 +60,9 @@ def job_threads(cfg: DictConfig) -> int | None:
     return max(1, cores // max(1, min(n_jobs, cores)))
 
 
-def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The tunable part of the config as flat ``a/b: value`` pairs for TensorBoard's HParams tab."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    wanted = {k: resolved[k] for k in ("data", "model", "loss", "optimizer", "scheduler") if k in resolved}
-    flat: dict[str, Any] = {"seed": cfg.seed}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key not in ("train_transform", "_partial_", "_convert_"):
-                    walk(value, f"{prefix}/{key}" if prefix else str(key))
-        elif isinstance(node, (int, float, str, bool)) or node is None:
-            flat[prefix] = "null" if node is None else node
-        else:
-            flat[prefix] = str(node)
-
-    walk(wanted, "")
-    return flat
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit on train/val, test the best checkpoint, log hparams with the final metrics; return the metrics."""
+    start = time.time()
     check_train(cfg)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs in fp32 on Ampere and newer
@@ -102,6 +84,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks.append(DescribeModel(OmegaConf.to_container(cfg, resolve=True)))  # every checkpoint describes itself
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    boards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    for board in boards:  # HParams tab: knobs now (a failed run shows too), comparison metrics at the end
+        start_session(board, cfg)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -117,10 +102,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for tracker in (c for c in callbacks if isinstance(c, BestMetrics)):
         metrics.update(tracker.results())  # best over the whole run, resumes included
     metrics["epochs"] = float(trainer.current_epoch)
-    for lg in trainer.loggers:
-        if isinstance(lg, TensorBoardLogger):
-            lg.log_hyperparams(_flat_hparams(cfg), metrics={k: v for k, v in metrics.items()
-                                                            if k.startswith(("test/", "best/"))})
+    for board in boards:
+        end_session(board, metrics, wall_s=time.time() - start)
     if best:
         log.info("best checkpoint: %s", best)
     return metrics

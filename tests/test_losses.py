@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn import functional as F
 
+from lungseg.figures import events_dir
 from lungseg.losses import BCEDiceLoss, soft_dice_loss
 from lungseg.train import train
 from tests.helpers import TINY
@@ -70,7 +71,7 @@ def test_loss_bce_dice_in_the_config_builds_a_module_that_uses_it(compose_cfg) -
 
 
 def _lr_by_epoch(run: Path) -> list[float]:
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(events_dir(run / "tensorboard")), size_guidance={"scalars": 0})
     events.Reload()
     return [e.value for e in events.Scalars("lr-Adam")]
 

@@ -15,13 +15,14 @@ from torch.nn import functional as F
 
 from lungseg.data.images import load_pair
 from lungseg.data.layout import find_pairs
+from lungseg.figures import events_dir
 from lungseg.module import LungSegModule
 from lungseg.train import train
 from tests.helpers import CXR, ROOT, TINY, requires_cxr
 
 
 def _events(run: Path) -> EventAccumulator:
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events = EventAccumulator(str(events_dir(run / "tensorboard")), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     return events
 
@@ -46,7 +47,7 @@ def test_training_writes_checkpoints_tensorboard_and_hparams(compose_cfg, tiny_d
     assert "val/predictions" in tags["images"]
     image = events.Images("val/predictions")[-1]
     assert image.width == 4 * 32 and image.height == 4 * 32  # 4 images x (input, truth, prediction, overlay)
-    hparam_files = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    hparam_files = list(events_dir(run / "tensorboard").glob("events.out.tfevents.*"))
     assert any(b"hparams" in f.read_bytes() for f in hparam_files)
     # the run's best values are those of its epochs (what sweepers optimise)
     assert metrics["best/val_loss"] == pytest.approx(min(e.value for e in events.Scalars("val/loss")), abs=1e-6)
