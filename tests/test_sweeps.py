@@ -112,6 +112,13 @@ def test_optuna_search_over_the_demo_experiment_survives_failed_trials(tiny_data
         assert 1e-5 <= float(row["optimizer.lr"]) <= 1e-2 and 0 <= float(row["model.dropout"]) <= 0.6
     best = max(float(r["best/val_dice"]) for r in rows if r["status"] == "finished")
     assert results["best_value"] == pytest.approx(best, abs=1e-4)  # Optuna got what each job returned
+    for job, row in enumerate(rows):  # named by what the search varies, failed trials too
+        assert re.fullmatch(r"root=(data|missing),lr=[0-9.e-]+,dropout=[0-9.e-]+,noise=[0-9.e-]+", row["run"])
+        assert (row["status"] == "finished") == (sweep / str(job) / "tensorboard" / row["run"]).is_dir()
+    md = (sweep / "summary.md").read_text()
+    finished = sum(r["status"] == "finished" for r in rows)
+    assert "## Optuna" in md and f"{finished} finished trials, {4 - finished} failed" in md
+    assert f"| {best:.4f} |" in md and (sweep / "optuna.png").is_file()  # the history reaches the best value
 
 
 def test_run_names_are_short_stable_and_filesystem_safe(tmp_path: Path) -> None:
