@@ -250,7 +250,8 @@ def test_sweep_runs_read_in_tensorboard_by_name_with_swept_knobs_first(tiny_data
     assert set(columns) == {"optimizer.lr", "model.dropout", "model.noise_std", "model.base_filters", "model.depth",
                             "data.image_size", "data.batch_size", "loss", "scheduler", "augment",
                             "trainer.max_epochs", "seed"}  # no _target_, workers, cache or paths
-    assert metrics == ["best/val_dice", "best/val_loss", "test/dice", "run/epochs", "run/wall_s"]
+    assert metrics == ["best/val_dice", "best/val_dice_per_image", "best/val_loss", "test/dice", "run/epochs",
+                       "run/wall_s"]  # per-image Dice: every run logs it (issue 17)
     assert {run: trial for run, (trial, _) in sessions.items()} == \
         {f"{job}/tensorboard/{name}": name for job, name in names.items()}
     loss_kind = next(h for h in infos if h.name == "loss")
