@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from tests.helpers import CONF, write_split
+from tests.helpers import CONF, train_tiny, write_split
 
 
 @pytest.fixture
@@ -45,3 +45,9 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One TINY model (32 px) trained one epoch on disc phantoms, shared read-only by every test that only uses it."""
+    return train_tiny(tmp_path_factory.mktemp("tiny"))

@@ -18,11 +18,6 @@ from tests.helpers import CXR, ROOT, train_tiny, write_split
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A disc phantom radiograph of 96 x 96 px (its lung is the dark disc)."""
     root = tmp_path_factory.mktemp("phantom")

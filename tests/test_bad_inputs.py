@@ -22,14 +22,10 @@ from lungseg.predict import main as predict_main
 from lungseg.predict import predict
 from lungseg.train import main as train_main
 from lungseg.train import train
-from tests.helpers import TINY, gradient, train_tiny, write_split
+from tests.helpers import TINY, gradient, write_split
 
 QUICK = (*TINY, "trainer.max_epochs=1", "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor")
 
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def one_error(capsys, entry: Callable, cfg) -> str:

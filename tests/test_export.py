@@ -16,14 +16,10 @@ from lungseg.errors import CheckpointError, LungsegError
 from lungseg.export import INPUT_NAME, OUTPUT_NAME, export, run_exported
 from lungseg.inputs import read_input
 from lungseg.predictor import LungSegmenter
-from tests.helpers import CXR, requires_cxr, train_tiny, write_split
+from tests.helpers import CXR, requires_cxr, write_split
 
 ORIG_TEST = CXR / "orig" / "test" / "image"
 
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def export_cfg(compose_cfg, ckpt: Path, *overrides: str):

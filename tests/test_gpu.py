@@ -12,14 +12,10 @@ import torch
 from lungseg import LungSegmenter
 from lungseg.runtime import has_native_bf16, native_precision
 from lungseg.train import train
-from tests.helpers import TINY, train_tiny
+from tests.helpers import TINY
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("gpu"))
 
 
 def test_native_precision_never_picks_emulated_bf16() -> None:

@@ -12,14 +12,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
-from tests.helpers import ROOT, train_tiny, write_split
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("kill"))
+from tests.helpers import ROOT, write_split
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:

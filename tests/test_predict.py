@@ -27,10 +27,6 @@ from tests.helpers import CXR, ROOT, gradient, requires_cxr, train_tiny, write_s
 ORIG_TEST = CXR / "orig" / "test" / "image"
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("tiny"))
-
 
 def write_dicom(path: Path, stored: np.ndarray, photometric: str, slope: float = 1.0, intercept: float = 0.0,
                 window: tuple[float, float] | None = None) -> None:

@@ -17,16 +17,12 @@ from lungseg.errors import DataError, LungsegError
 from lungseg.export import INPUT_NAME, export, run_exported
 from lungseg.predictor import LungSegmenter
 from lungseg.quantize import calibration_files, calibration_images, mask_dice
-from tests.helpers import train_tiny, write_split
+from tests.helpers import write_split
 from tests.test_export import export_cfg, reference
 
 # Measured on the 1-epoch TINY model over these 12 phantoms: max |int8 - fp32| 0.044, mask Dice 0.978.
 MAX_PROB_DIFF, MIN_DICE = 0.15, 0.95
 
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
