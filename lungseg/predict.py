@@ -148,7 +148,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     truths = reference_masks(cfg, files)
     seg = segmenter(cfg)
     writable_dir(output, "output")
-    workers = seg.backend.default_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
+    workers = None if cfg.num_workers == "auto" else int(cfg.num_workers)  # None: the backend's default
     log.info("%d input(s) -> %s (model %d px, batch %d, %s, threshold %g, post-processing %s, flip TTA %s)",
              len(files), output, seg.image_size, cfg.batch_size, seg.backend, seg.threshold, cfg.postprocess,
              cfg.tta_flip)

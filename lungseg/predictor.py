@@ -8,7 +8,6 @@ post-process), used by the Python API, ``lungseg.predict``, ``lungseg.evaluate``
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,8 +24,6 @@ from lungseg.description import ModelDescription
 from lungseg.errors import DataError, LungsegError
 from lungseg.inputs import read_input
 from lungseg.postprocess import QualityLimits, finish_mask
-
-log = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | str | Path
 FINISHERS = 2  # threads that upsample, threshold and clean masks while the model runs (OpenCV releases the GIL)
