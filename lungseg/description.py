@@ -18,8 +18,8 @@ DESCRIPTION_KEY = "lungseg"  # the checkpoint's self-description lives under thi
 FORMAT = 1
 # The input contract of every lungseg model (lungseg.data.images.preprocess): how pixels become the model input.
 PREPROCESSING = {
-    "grayscale": "colour -> ITU-R 601 luminance (alpha dropped); 16-bit and float stretched from their own "
-                 "min..max to 0..255; 8-bit as is",
+    "grayscale": "colour -> ITU-R 601 luminance (alpha dropped)",
+    "intensity": "window",  # lungseg.data.images.INTENSITY_RULES: 0.5th..99.5th percentile -> 0..255, any depth
     "resize": "image_size x image_size, cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when growing",
     "scale": "uint8 / 255 -> float32 in [0, 1], shape (N, 1, H, W)",
     "output": "one logit per pixel (sigmoid -> lung probability), upsampled bilinearly to the input's size, "
@@ -46,6 +46,12 @@ class ModelDescription:
     git_commit: str | None = None
     created: str = ""
     format: int = FORMAT
+
+    @property
+    def intensity(self) -> str:
+        """How the model's inputs become 8-bit (``lungseg.data.images.INTENSITY_RULES``); models from before the
+        rule was recorded (lungseg 0.2) used ``minmax``."""
+        return self.preprocessing.get("intensity", "minmax")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (the checkpoint loads with ``weights_only=True``)."""

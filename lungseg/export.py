@@ -155,7 +155,7 @@ def export(cfg: DictConfig) -> dict[str, object]:
                         {"size_divisor": str(divisor), "source_checkpoint": ckpt.name,
                          "lungseg_description": json.dumps(model.description.to_dict()), "model_card": card})
             if calibration:
-                images = calibration_images(calibration, size)
+                images = calibration_images(calibration, size, model.description.intensity)
                 quantize_int8(fp32, staged, images, INPUT_NAME, {"calibration_source": Path(cfg.calibration).name})
         else:
             export_program(ProbabilityModel(model.net), staged, size, divisor, bool(cfg.dynamic_size))

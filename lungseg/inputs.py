@@ -100,10 +100,11 @@ def read_dicom(path: Path) -> np.ndarray:
     return image
 
 
-def read_input(path: Path) -> np.ndarray:
-    """Read any supported input as uint8 grayscale (H, W) at its original resolution, via ``to_gray8``."""
+def read_input(path: Path, intensity: str = "window") -> np.ndarray:
+    """Read any supported input as uint8 grayscale (H, W) at its original resolution, by the model's intensity
+    rule (``to_gray8``)."""
     path = Path(path)
     raw = read_dicom(path) if is_dicom(path) else read_image_file(path)
     if raw.ndim not in (2, 3) or min(raw.shape[:2]) < 2:
         raise DataError(f"{path}: image of shape {raw.shape} is not a 2-D radiograph; replace or remove it")
-    return to_gray8(raw)
+    return to_gray8(raw, intensity)

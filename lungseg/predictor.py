@@ -54,11 +54,12 @@ class Segmentation:
     stats: dict[str, Any] = field(default_factory=dict)  # lung fraction, left/right areas, components, quality
 
 
-def as_gray(image: ImageInput) -> np.ndarray:
+def as_gray(image: ImageInput, intensity: str = "window") -> np.ndarray:
     """A path (PNG/JPEG/TIFF/BMP/DICOM) or an array (H x W or H x W x C; uint8, uint16 or float) as uint8
-    grayscale at its own size. Three-channel arrays are taken in OpenCV's BGR order, as files are decoded."""
+    grayscale at its own size, by the model's ``intensity`` rule. Three-channel arrays are taken in OpenCV's BGR
+    order, as files are decoded."""
     if isinstance(image, (str, Path)):
-        return read_input(Path(image))
+        return read_input(Path(image), intensity)
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
@@ -69,7 +70,7 @@ def as_gray(image: ImageInput) -> np.ndarray:
         raise DataError(f"image array of dtype {array.dtype}: expected uint8, uint16 or float pixels")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError("image array holds NaN or infinite pixels; replace them before predicting")
-    return to_gray8(array)
+    return to_gray8(array, intensity)
 
 
 def model_sources(setting: Any) -> list[str]:
@@ -94,10 +95,10 @@ def load_backend(source: str | Path, device: str = "auto", precision: str | None
     return TorchBackend(load_pretrained(source), device, precision)
 
 
-def _prepare(image: ImageInput, size: int) -> tuple[np.ndarray, np.ndarray] | DataError:
+def _prepare(image: ImageInput, size: int, intensity: str) -> tuple[np.ndarray, np.ndarray] | DataError:
     """An input as (grayscale at its own size, model input (1, s, s) float32), or the DataError it raised."""
     try:
-        gray = as_gray(image)
+        gray = as_gray(image, intensity)
     except DataError as err:
         return err
     return gray, preprocess(gray, size)[None]
@@ -210,9 +211,13 @@ class LungSegmenter:
 
     # --- the public API ---
 
+    def read(self, image: ImageInput) -> np.ndarray:
+        """One radiograph (path or array) as the uint8 grayscale this model reads it (its intensity rule)."""
+        return as_gray(image, self.description.intensity)
+
     def segment(self, image: ImageInput) -> Segmentation:
         """One radiograph (path or array) -> its :class:`Segmentation`."""
-        gray = as_gray(image)
+        gray = self.read(image)
         prob = self.probabilities(preprocess(gray, self.image_size)[None, None])
         return self.finish(gray, prob[0, 0])
 
@@ -239,7 +244,8 @@ class LungSegmenter:
         pending: deque[Future | DataError] = deque()
         with ThreadPoolExecutor(workers) as decoders, ThreadPoolExecutor(FINISHERS) as finishers:
             def decode(start: int) -> list[Future]:
-                return [decoders.submit(_prepare, image, self.image_size) for image in items[start:start + batch_size]]
+                return [decoders.submit(_prepare, image, self.image_size, self.description.intensity)
+                        for image in items[start:start + batch_size]]
 
             batches = deque(decode(start) for start in starts[:2])  # the next batch decodes while this one runs
             for k in range(len(starts)):

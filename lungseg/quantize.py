@@ -54,9 +54,10 @@ def calibration_files(source: str | Path, count: int) -> list[Path]:
     return [files[i] for i in picks]
 
 
-def calibration_images(files: list[Path], size: int) -> np.ndarray:
-    """float32 (N, 1, size, size): the files through the project's one preprocessing, un-augmented."""
-    return np.stack([preprocess(read_input(f), size) for f in files])[:, None]
+def calibration_images(files: list[Path], size: int, intensity: str = "window") -> np.ndarray:
+    """float32 (N, 1, size, size): the files through the project's one preprocessing (by the model's intensity
+    rule), un-augmented."""
+    return np.stack([preprocess(read_input(f, intensity), size) for f in files])[:, None]
 
 
 class RadiographReader:

@@ -24,7 +24,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from lungseg.atomic import write_text
+from lungseg.atomic import atomic_open, write_text
 from lungseg.checks import writable_dir
 from lungseg.config import CONFIG_DIR
 from lungseg.data.images import read_mask
@@ -202,15 +202,16 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_split(root: str | Path, split: str) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """The split's radiographs (as predict reads them) and their masks, at the files' own resolution."""
+def load_split(root: str | Path, split: str, intensity: str = "window") -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The split's radiographs (as predict reads them for a model with this intensity rule) and their masks, at
+    the files' own resolution."""
     root = require_root(Path(root))
     pairs, problems = find_pairs(root, split)
     if problems:
         raise DataError(f"dataset at {root} has {len(problems)} problem(s):", problems)
     out = []
     for pair in pairs:
-        gray, mask = read_input(pair.image), read_mask(pair.mask)
+        gray, mask = read_input(pair.image, intensity), read_mask(pair.mask)
         if gray.shape != mask.shape:
             raise DataError(f"{pair.image}: image is {gray.shape[1]}x{gray.shape[0]} but its mask is "
                             f"{mask.shape[1]}x{mask.shape[0]}")
@@ -224,13 +225,13 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
 
     seg = LungSegmenter.load(model_sources(cfg.ckpt_path), str(cfg.device), cfg.precision,
                              postprocess=bool(cfg.postprocess))
-    pairs = load_split(cfg.data.root, cfg.split)
+    pairs = load_split(cfg.data.root, cfg.split, seg.description.intensity)
     out = writable_dir(cfg.output_dir, "output_dir")
     log.info("robustness of %s on %s/%s: %d images x %d shifts x 3 severities", cfg.ckpt_path, cfg.data.root,
              cfg.split, len(pairs), len(SHIFTS))
     rows = run(seg, pairs, int(cfg.seed))
     summary = summarise(rows)
-    with (out / "per_image.csv").open("w", newline="") as f:
+    with atomic_open(out / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lungseg.data.check import check_dataset
-from lungseg.data.images import binarize, load_pair, preprocess, read_gray, read_mask, to_gray8
+from lungseg.data.images import binarize, load_pair, preprocess, read_gray, read_mask, to_gray, to_gray8
 from lungseg.data.layout import find_pairs, pair_files
 from lungseg.errors import DataError
 from tests.helpers import CXR, ROOT, requires_cxr, write_split
@@ -63,12 +63,17 @@ def test_jpeg_mask_is_binarised_at_128(tmp_path: Path) -> None:
 def test_gray8_conversion_of_rgb_rgba_and_16bit() -> None:
     bgr = np.zeros((4, 4, 3), np.uint8)
     bgr[..., 2] = 255  # pure red in BGR
-    assert to_gray8(bgr)[0, 0] == 76  # ITU-R 601 luma of red
+    assert to_gray(bgr)[0, 0] == 76  # ITU-R 601 luma of red
     bgra = np.dstack([bgr, np.full((4, 4), 7, np.uint8)])
-    assert np.array_equal(to_gray8(bgra), to_gray8(bgr))
+    assert np.array_equal(to_gray(bgra), to_gray(bgr))
+    assert to_gray(bgr.astype(np.uint16) * 257)[0, 0] == 19596   # depth kept: 0.299 x 65535
     deep = np.array([[1000, 2000], [3000, 5000]], np.uint16)
-    assert to_gray8(deep).tolist() == [[0, 64], [128, 255]]
+    assert to_gray8(deep, "minmax").tolist() == [[0, 64], [128, 255]]
+    assert to_gray8(deep).tolist() == [[0, 64], [128, 255]]   # window: 4 levels, percentiles are the extremes
     assert to_gray8(np.full((3, 3), 9, np.uint16)).max() == 0
+    bgr[:2, :, 0] = 255   # half red, half magenta: a colour film windows like its luminance
+    assert np.array_equal(to_gray8(bgr.astype(np.uint16) * 257), to_gray8(bgr))
+    assert set(np.unique(to_gray8(bgr))) == {0, 255}
 
 
 def test_preprocess_resizes_to_unit_float() -> None:

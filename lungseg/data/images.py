@@ -32,38 +32,91 @@ def read_image_file(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray
     return image
 
 
-def to_gray8(image: np.ndarray) -> np.ndarray:
-    """Convert any decoded image to 8-bit grayscale, the one way used everywhere.
+# How grey levels of any bit depth become the model's 8-bit input (recorded in every model's description as
+# preprocessing["intensity"]; a model is always fed by the rule it was trained with):
+#   window: the film's own 0.5th..99.5th percentile grey levels -> 0..255, clipped, for every depth. The same
+#           film as an 8-bit PNG, a 16-bit PNG or a DICOM gives the same input; a linear contrast or brightness
+#           change of the export does not move it. (lungseg >= 0.3)
+#   minmax: 8-bit as is; 16-bit and float stretched from their own min..max (lungseg 0.2, and masks).
+INTENSITY_RULES = ("window", "minmax")
+WINDOW_PERCENTILES = (0.5, 99.5)
+_MAX_FLOAT_SAMPLES = 1 << 20  # float images: percentiles from a regular subsample of at most this many pixels
 
-    Colour (BGR/BGRA) becomes luminance (ITU-R 601, alpha dropped); 16-bit and float images are
-    stretched from their own min..max to 0..255 (X-ray PNGs rarely use the full 16-bit range).
-    """
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Colour (BGR/BGRA) -> ITU-R 601 luminance (alpha dropped); grayscale as is. The bit depth is kept."""
     if image.ndim == 3:
         if image.shape[2] == 4:
             image = image[:, :, :3]
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.shape[2] == 3 else image[:, :, 0]
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
-    image = image.astype(np.float32)
-    lo, hi = float(image.min()), float(image.max())
+        if image.shape[2] == 3:
+            if image.dtype not in (np.uint8, np.uint16, np.float32):
+                image = image.astype(np.float32)
+            return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2GRAY)
+        return np.ascontiguousarray(image[:, :, 0])
+    return np.ascontiguousarray(image)
+
+
+def _percentiles(gray: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The ``low`` and ``high`` percentiles of a grayscale image's grey levels (exact for 8/16-bit)."""
+    if gray.dtype in (np.uint8, np.uint16):
+        cdf = np.cumsum(np.bincount(gray.ravel(), minlength=256))
+        lo, hi = np.searchsorted(cdf, [cdf[-1] * low / 100, cdf[-1] * high / 100])
+        return float(lo), float(hi)
+    step = max(1, int(np.ceil(np.sqrt(gray.size / _MAX_FLOAT_SAMPLES))))
+    lo, hi = np.percentile(gray[::step, ::step], [low, high])
+    return float(lo), float(hi)
+
+
+def window(gray: np.ndarray) -> np.ndarray:
+    """The ``window`` rule: a grayscale image of any depth -> uint8, its 0.5th..99.5th percentile grey levels
+    stretched to 0..255 and the tails clipped. Flat images fall back to min..max (all zero when constant)."""
+    lo, hi = _percentiles(gray, *WINDOW_PERCENTILES)
     if hi <= lo:
-        return np.zeros(image.shape, np.uint8)
-    return np.round((image - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        lo, hi = float(gray.min()), float(gray.max())
+        if hi <= lo:
+            return np.zeros(gray.shape, np.uint8)
+    if gray.dtype in (np.uint8, np.uint16):
+        levels = np.arange(int(gray.max()) + 1, dtype=np.float32)
+        table = np.clip(np.round((levels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        return cv2.LUT(gray, table) if gray.dtype == np.uint8 and table.size == 256 else table[gray]
+    return np.clip(np.round((gray.astype(np.float32) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def _minmax(gray: np.ndarray) -> np.ndarray:
+    """The ``minmax`` rule: 8-bit as is; other depths stretched from their own min..max to 0..255."""
+    if gray.dtype == np.uint8:
+        return gray
+    gray = gray.astype(np.float32)
+    lo, hi = float(gray.min()), float(gray.max())
+    if hi <= lo:
+        return np.zeros(gray.shape, np.uint8)
+    return np.round((gray - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def to_gray8(image: np.ndarray, intensity: str = "window") -> np.ndarray:
+    """Any decoded image -> 8-bit grayscale by an intensity rule (``INTENSITY_RULES``), the one way used everywhere:
+    radiographs by the model's rule (``window`` for every model lungseg trains now), masks by ``minmax``."""
+    gray = to_gray(image)
+    if intensity == "window":
+        return window(gray)
+    if intensity == "minmax":
+        return _minmax(gray)
+    raise ValueError(f"intensity rule {intensity!r}: expected one of {', '.join(INTENSITY_RULES)}")
 
 
 def read_gray(path: Path) -> np.ndarray:
-    """Read an image file as 8-bit grayscale (see ``to_gray8``)."""
+    """Read a radiograph file as 8-bit grayscale by the ``window`` rule, the one training uses."""
     return to_gray8(read_image_file(path))
 
 
 def binarize(mask: np.ndarray) -> np.ndarray:
     """Threshold a mask at 128 (JPEG masks are not exactly 0/255) to uint8 {0, 1}."""
-    return (to_gray8(mask) >= MASK_THRESHOLD).astype(np.uint8)
+    return (to_gray8(mask, "minmax") >= MASK_THRESHOLD).astype(np.uint8)
 
 
 def grey_fraction(mask: np.ndarray) -> float:
     """Fraction of mid-grey pixels, the measure of how far a mask is from binary."""
-    mask = to_gray8(mask)
+    mask = to_gray8(mask, "minmax")
     return float(((mask >= 64) & (mask < 192)).mean())
 
 
@@ -113,9 +166,12 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) * (1.0 / 255.0)
 
 
-def preprocess(image: np.ndarray, size: int) -> np.ndarray:
-    """Any decoded image -> float32 (size, size) in [0, 1]: the model input, for training and inference."""
-    return to_unit_float(resize_image(to_gray8(image), size))
+def preprocess(gray: np.ndarray, size: int) -> np.ndarray:
+    """An 8-bit grayscale radiograph (``to_gray8``) -> float32 (size, size) in [0, 1]: the model input, for
+    training and inference."""
+    if gray.dtype != np.uint8 or gray.ndim != 2:
+        raise ValueError(f"preprocess takes 8-bit grayscale (to_gray8); got {gray.dtype} {gray.shape}")
+    return to_unit_float(resize_image(gray, size))
 
 
 def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
