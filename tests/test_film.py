@@ -1,0 +1,96 @@
+"""Film artefacts as training transforms (CollimatorShutters, BurntInText) and augment=robust, measured on pixels."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from lungseg.data.film import BurntInText, CollimatorShutters
+from lungseg.data.images import load_pair
+from tests.helpers import CXR, requires_cxr
+
+SIZE = 128
+
+
+def disc() -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    mask = (((yy - 64) ** 2 + (xx - 64) ** 2) < 50 ** 2).astype(np.uint8)
+    return np.where(mask > 0, 80, 180).astype(np.uint8), mask
+
+
+def test_shutters_darken_whole_edges_and_take_the_lung_under_them_out_of_the_mask() -> None:
+    image, mask = disc()
+    t = CollimatorShutters(width=(0.1, 0.3), value=(0, 30), p=1.0)
+    t.set_random_seed(0)
+    sides_seen, cut_fractions = set(), []
+    for _ in range(100):
+        out = t(image=image, mask=mask)
+        dark = out["image"] != image
+        shuttered = {"top": dark[0].all(), "bottom": dark[-1].all(), "left": dark[:, 0].all(),
+                     "right": dark[:, -1].all()}
+        assert any(shuttered.values())
+        sides_seen |= {s for s, on in shuttered.items() if on}
+        assert out["image"][dark].max() <= 30 and len(np.unique(out["image"][dark])) == 1   # one shutter grey
+        # the mask loses exactly the lung under the shutters, nothing else
+        np.testing.assert_array_equal(out["mask"], np.where(dark, 0, mask))
+        if shuttered["top"]:
+            cut_fractions.append(dark[:, SIZE // 2].argmin() / SIZE)
+    assert sides_seen == {"top", "bottom", "left", "right"}
+    assert 0.09 <= min(cut_fractions) < 0.15 and 0.25 < max(cut_fractions) <= 0.31
+
+
+def test_burnt_in_text_is_bright_strokes_on_the_image_only() -> None:
+    image, mask = disc()
+    t = BurntInText(lines=(2, 4), height=(0.04, 0.08), p=1.0)
+    t.set_random_seed(1)
+    changed = []
+    for _ in range(30):
+        out = t(image=image, mask=mask)
+        np.testing.assert_array_equal(out["mask"], mask)
+        diff = out["image"].astype(int) - image
+        assert diff.min() >= 0   # text only brightens
+        changed.append((diff > 0).mean())
+    assert 0.002 < np.mean(changed) < 0.1   # strokes, not blocks
+    first, second = (BurntInText(lines=(2, 4), height=(0.04, 0.08), p=1.0) for _ in range(2))
+    first.set_random_seed(7)
+    second.set_random_seed(7)
+    np.testing.assert_array_equal(first(image=image)["image"], second(image=image)["image"])   # seeded
+
+
+def test_bad_ranges_are_refused_naming_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"CollimatorShutters.width"):
+        CollimatorShutters(width=(0.3, 0.1))
+    with pytest.raises(ValueError, match=r"BurntInText.lines"):
+        BurntInText(lines=(0, 2))
+
+
+@requires_cxr
+def test_robust_augmentation_covers_the_shifts_it_targets(compose_cfg) -> None:
+    """augment=robust: gamma 0.5-2.2, inversion about 1 in 10, zoom-out to 0.7 with black fill; the mask stays
+    binary and follows the geometry."""
+    split = CXR / "ChestXray" / "train"
+    image, mask = load_pair(split / "image" / "cxrimage_0.png", split / "mask" / "cxrmask_0.jpeg", SIZE)
+    transform = instantiate(compose_cfg("+experiment=cxr_small", "augment=robust").data.train_transform)
+    transform.set_random_seed(3)
+    names = [type(t).__name__ for t in transform.transforms]
+    assert {"RandomGamma", "InvertImg", "CollimatorShutters", "BurntInText", "Affine"} <= set(names)
+    affine = transform.transforms[names.index("Affine")]
+    affine.set_random_seed(4)
+    flat = np.full((SIZE, SIZE), 100, np.uint8)
+    areas = []
+    for _ in range(200):
+        out = affine(image=flat, mask=np.ones_like(mask))
+        areas.append(out["mask"].mean())
+        outside = cv2.erode((out["mask"] == 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # past the edge
+        assert out["image"][outside].max(initial=0) == 0   # black outside the moved film
+    assert 0.45 < min(areas) < 0.55   # zoom 0.7 per axis: about half the area
+    inverted = 0
+    for _ in range(300):
+        out = transform(image=image, mask=mask)
+        assert set(np.unique(out["mask"])) <= {0, 1}
+        lung, rest = out["image"][out["mask"] > 0], out["image"][(out["mask"] == 0) & (out["image"] > 0)]
+        if lung.size and rest.size and lung.mean() > rest.mean() + 20:
+            inverted += 1   # bright lungs: the film was inverted
+    assert 10 <= inverted <= 60   # p = 0.1 of 300
