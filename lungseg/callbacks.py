@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lungseg.artifact import non_finite_tensors
 from lungseg.atomic import atomic_open
-from lungseg.data.datamodule import process_rank
+from lungseg.data.datamodule import process_rank, train_share
 from lungseg.data.layout import SPLITS, find_pairs
 from lungseg.description import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, now
 from lungseg.errors import LungsegError
@@ -136,8 +136,6 @@ class PreciseBatchNorm(L.Callback):
     they are identical on every rank. The checkpoints keep the recomputed statistics.
     """
 
-    SAMPLE_SEED = 0
-
     def __init__(self, max_images: int = 512) -> None:
         self.max_images = max_images
 
@@ -156,10 +154,12 @@ class PreciseBatchNorm(L.Callback):
             m.momentum = None
             m.train()
         n = min(len(dataset), self.max_images)
-        picks = np.random.default_rng(self.SAMPLE_SEED).permutation(len(dataset))[:n].tolist()
         rank, world = process_rank()
-        if n >= world:
-            picks = picks[rank::world]  # this rank's share
+        if n >= world:  # the first of this rank's training share (the items it has decoded and cached): together,
+            # over the ranks, the first n of the one fixed random order of the training items
+            picks = train_share(len(dataset), rank, world)[:len(range(rank, n, world))].tolist()
+        else:
+            picks = train_share(len(dataset), 0, 1)[:n].tolist()
         batch_size = trainer.datamodule.batch_size
         try:
             with trainer.precision_plugin.forward_context():

@@ -34,6 +34,14 @@ def positive_number(cfg: DictConfig, key: str) -> float:
     return float(value)
 
 
+def non_negative_number(cfg: DictConfig, key: str) -> float:
+    """A number >= 0; else one line naming the setting."""
+    value = setting(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise LungsegError(f"{key}={value}: must be a number >= 0")
+    return float(value)
+
+
 def image_size(cfg: DictConfig, key: str, divisor: int) -> int:
     """An input size the network can take: a whole multiple of ``divisor`` (2**depth)."""
     value = whole_number(cfg, key, minimum=divisor)
@@ -64,6 +72,7 @@ def check_train(cfg: DictConfig) -> None:
     """The training settings that would otherwise fail late or with a traceback."""
     whole_number(cfg, "trainer.max_epochs", allowed=(-1,))
     whole_number(cfg, "data.batch_size")
+    non_negative_number(cfg, "data.cache_mb")
     whole_number(cfg, "seed", minimum=0)
     positive_number(cfg, "optimizer.lr")
     image_size(cfg, "data.image_size", 2 ** whole_number(cfg, "model.depth"))

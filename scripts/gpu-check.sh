@@ -2,7 +2,8 @@
 # The GPU figures in the README: run on a CUDA machine from the repository root.
 #   bash scripts/gpu-check.sh OUT_DIR [CXR_ROOT]
 # Runs the GPU-only tests (pytest -m gpu: bf16-mixed, channels_last, compile, CPU/GPU agreement), a 1-device DDP
-# fit, benchmarks batch 8 (with torch.compile) and 64 on a large synthetic set, then trains the baseline recipe on
+# fit, benchmarks batch 8 (with torch.compile) and 64 on a large synthetic set, the data and training at 1,000 and
+# 4,000 images (bench mode=scale), then trains the baseline recipe on
 # the real CXR set for real. Needs the project's dependencies importable (PYTHONPATH=. works).
 set -uo pipefail
 out=${1:?usage: gpu-check.sh OUT_DIR [CXR_ROOT]}
@@ -22,6 +23,8 @@ python3 -m lungseg.bench device=cuda batch_size=64 data_root=$big matmul_size=81
     --json "$out/bench_b64.json" 2>&1 | grep -vi warn | tail -22
 python3 -m lungseg.bench device=cuda batch_size=8 compile=true data_root=$big matmul_size=8192 repeats=5 warmup=3 \
     fit_epochs=2 --json "$out/bench_b8.json" 2>&1 | grep -vi warn | tail -22
+python3 -m lungseg.bench mode=scale device=cuda "scale.sizes=[1000,4000]" batch_size=64 scale.train_steps=50 \
+    json="$out/scale.json" 2>&1 | grep -vi warn | tail -6
 start=$(date +%s)
 python3 -m lungseg.train +experiment=baseline trainer=gpu data.root="$cxr" hydra.run.dir="$out/baseline" \
     ~callbacks.progress_bar 2>&1 | grep -E "test/|Epoch|stopped|best" | tail -20

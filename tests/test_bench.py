@@ -1,4 +1,4 @@
-"""The benchmark keeps working (tiny mode; no timing assertions)."""
+"""The benchmark keeps working (tiny sizes; no timing assertions)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from lungseg.bench import synthetic_set
 from tests.helpers import ROOT
 
 
@@ -39,3 +40,39 @@ def test_bench_tiny_mode_writes_the_documented_json(tiny_dataset: Path, tmp_path
         ("train", "fp32", False), ("train", "fp32", True), ("infer", "fp32", False), ("infer", "fp32", True)}
     assert result["gflop_per_image"]["train"] > result["gflop_per_image"]["infer"] > 0
     assert "defaults (" in proc.stdout and "of matmul peak" in proc.stdout and "INT8" in proc.stdout
+
+
+def test_bench_scale_mode_grows_the_sets_and_measures_each(tmp_path: Path) -> None:
+    out, folder = tmp_path / "scale.json", tmp_path / "sets"
+    item = 2 * 32 * 32  # bytes a 32-px image and mask take in the cache
+    proc = subprocess.run(
+        [sys.executable, "-m", "lungseg.bench", "mode=scale", "scale.sizes=[32,16]", "device=cpu",
+         "trainer.accelerator=cpu", "data.image_size=32", "model.base_filters=4", "model.depth=2", "batch_size=4",
+         "warmup=0", "repeats=1", "scale.source_px=64", "scale.val_pairs=4", "scale.epochs=2", "scale.train_steps=2",
+         "scale.generate_workers=2", f"scale.folder={folder}", f"data.cache_mb={15.5 * item / 2**20}",
+         "data.num_workers=2", f"json={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = result["scale"]
+    assert [r["n_images"] for r in rows] == [16, 32] == [r["images_per_epoch"] for r in rows]  # smallest first
+    for r in rows:
+        for key in ("data_epoch_s", "data_first_epoch_s", "setup_s", "peak_rss_mb", "data_peak_rss_mb", "base_rss_mb",
+                    "train_img_s", "data_ms_per_image", "decode_img_s", "data_epoch_cpu_s", "data_cpu_ms_per_image",
+                    "workers_mb"):
+            assert r[key] > 0, key
+        assert r["workers"] == 2  # the configured workers, whose CPU time and memory are counted
+        assert len(r["data_epochs_s"]) == 2 and r["peak_rss_mb"] >= r["data_peak_rss_mb"]
+        assert r["cached_images"] == 15 and r["cache_mb"] == 15 * item / 2**20  # the budget, not the set, decides
+    assert rows[0]["data_cost_vs_smallest"] == rows[0]["data_cpu_vs_smallest"] == 1.0
+    assert rows[1]["data_cost_vs_smallest"] > 0 and rows[1]["data_cpu_vs_smallest"] > 0
+    # the phantoms are drawn once: 16 train + 4 val + 4 test, then only the 16 more train pairs of the larger set
+    assert [r["phantoms_drawn"] for r in rows] == [24, 16]
+    sets = sorted(p for p in folder.iterdir() if p.name.startswith("set-"))
+    assert [len(list((s / "ChestXray" / "train" / "image").glob("*.png"))) for s in sets] == [16, 32]
+    assert synthetic_set(folder, 32, 4, 64)[1] == 0 and synthetic_set(folder, 36, 4, 64)[1] == 4
+    projection = result["projection"]
+    assert projection["train_pairs"] == 16932 and projection["this_machine_epoch_s"] > 0
+    assert projection["gpu_epoch_s"] == max(projection["gpu_model_s"], projection["gpu_data_s"]) > 0
+    assert "one Kaggle epoch" in proc.stdout

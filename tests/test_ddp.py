@@ -4,6 +4,7 @@ val/test image counted exactly once whatever the split and world sizes."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,12 @@ def test_ddp_val_and_test_metrics_count_every_image_once(compose_cfg, tmp_path: 
                            "trainer.strategy.process_group_backend=gloo", f"hydra.run.dir={run}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    shares: dict[str, list[int]] = {}  # each rank decoded (and cached) its own share of every split, no more
+    for log in sorted(run.glob("*.log")):
+        for split, share in re.findall(r"(train|val|test): \d+ pairs .*holds all this rank's (\d+)", log.read_text()):
+            shares.setdefault(split, []).append(int(share))
+    assert {split: sorted(s) for split, s in shares.items()} == {"train": [3, 3, 3], "val": [2, 2, 3],
+                                                                "test": [1, 2, 2]}
     logged = json.loads((run / "result.json").read_text())["metrics"]
     for split in ("val", "test"):  # 7 and 5 images on 3 ranks: padding would count 2 and 1 of them twice
         cfg = compose_cfg(f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"data.root={data}", f"split={split}",

@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lungseg.config import CONFIG_DIR
-from lungseg.data.dataset import load_pairs
+from lungseg.data.dataset import LungDataset
 from lungseg.data.layout import SPLITS, find_pairs, require_root
 from lungseg.errors import DataError, exit_on_user_error
 
@@ -20,10 +20,7 @@ def check_dataset(root: str | Path, image_size: int = 256) -> dict[str, int]:
     for split in SPLITS:
         pairs, split_problems = find_pairs(root, split)
         problems += split_problems
-        try:
-            load_pairs(pairs, image_size)
-        except DataError as err:
-            problems += err.problems
+        problems += LungDataset(pairs, image_size).read()  # every file decoded once, nothing kept
         counts[split] = len(pairs)
     if problems:
         raise DataError(f"dataset at {root} has {len(problems)} problem(s):", problems)

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Sampler, get_worker_info
 
-from lungseg.data.dataset import LungDataset
+from lungseg.data.dataset import MIB, LungDataset, bad_files
 from lungseg.data.images import limit_opencv_threads
 from lungseg.data.layout import SPLITS, Pair, find_pairs, require_root
 from lungseg.errors import DataError
@@ -45,6 +45,42 @@ def init_worker(worker_id: int) -> None:
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
         info.dataset.reseed(seed)
+
+
+SHARE_SEED = 0  # the training items' one fixed order, which deals them out to the ranks (and the precise-BN sample)
+
+
+def train_share(length: int, rank: int, world: int) -> np.ndarray:
+    """The training items rank ``rank`` of ``world`` reads, epoch after epoch (and so decodes and caches): every
+    ``world``-th item of one fixed random permutation, so each rank's share is a random draw, not a run of
+    neighbouring files. Never empty: with fewer items than ranks a rank borrows one."""
+    order = np.random.default_rng(SHARE_SEED).permutation(length)
+    share = order[rank::world]
+    return share if len(share) or not length else order[rank % length:][:1]
+
+
+class ShuffledShareSampler(Sampler[int]):
+    """Under DDP, a rank's training items: its fixed share (:func:`train_share`) in a new order every epoch, padded
+    with its own items to the longest share so every rank takes the same number of steps.
+
+    (torch's DistributedSampler deals the whole set out anew every epoch, so over a run every rank would read,
+    decode and cache every image.)"""
+
+    def __init__(self, length: int, rank: int, world: int, seed: int) -> None:
+        self.share = train_share(length, rank, world)
+        self.per_rank = -(-length // world)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch: a new order."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.share)
+        return iter(np.resize(order, self.per_rank).tolist())  # padding repeats the rank's own first items
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 class ShardSampler(Sampler[int]):
@@ -92,7 +128,7 @@ class LungDataModule(L.LightningDataModule):
         image_size: int = 256,
         batch_size: int = 8,
         num_workers: int | str = "auto",
-        cache: bool = True,
+        cache_mb: float = 4096,
         train_transform: Any = None,
         synthesize: bool = False,
         pin_memory: bool | str = "auto",
@@ -103,7 +139,7 @@ class LungDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers == "auto" else int(num_workers)
-        self.cache = cache
+        self.cache_mb = float(cache_mb)
         self.train_transform = train_transform
         self.synthesize = synthesize
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
@@ -131,20 +167,54 @@ class LungDataModule(L.LightningDataModule):
             raise DataError(f"dataset at {self.root} has {len(problems)} problem(s):", problems)
         return found
 
+    @staticmethod
+    def share(split: str, length: int, rank: int, world: int) -> np.ndarray:
+        """The items of ``split`` this rank reads: its training share, or every ``world``-th val/test item."""
+        return train_share(length, rank, world) if split == "train" else np.arange(rank, length, world)
+
     def setup(self, stage: str | None = None) -> None:
-        """Pair and validate the splits the stage needs; every problem is reported at once."""
+        """Pair the splits the stage needs, then decode this rank's share of each once (validating every file before
+        any training; under DDP the ranks together read each file once) into the decode cache. Every problem of
+        every rank is reported at once, by every rank."""
         wanted = [s for s in self._stage_splits(stage) if s not in self.datasets]
         found = self.check_splits(tuple(wanted))
         if "train" in found and self.train_subset is not None:
             found["train"] = subset(found["train"], self.train_subset, self.root)
+        rank, world = process_rank()
+        problems: list[str] = []
+        made: dict[str, LungDataset] = {}
         for split in wanted:
             transform = self.train_transform if split == "train" else None  # val/test: resized, never augmented
-            dataset = LungDataset(found[split], self.image_size, transform, cache=self.cache)
+            share = self.share(split, len(found[split]), rank, world)
+            budget = int(self.cache_mb * MIB) - sum(d.cache.nbytes for d in [*self.datasets.values(), *made.values()])
+            dataset = LungDataset(found[split], self.image_size, transform, cache_bytes=budget, cache_order=share,
+                                  shared_cache=self.num_workers > 0)
             # follows seed_everything; each DDP rank augments differently
             dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()) + RANK_STRIDE * rank_zero_only.rank)
-            self.datasets[split] = dataset
+            problems += dataset.read(share)
+            made[split] = dataset
             subset_note = f" (data.train_subset={self.train_subset})" if split == "train" and self.train_subset else ""
-            log.info("%s: %d pairs from %s%s", split, len(dataset), self.root, subset_note)
+            log.info("%s: %d pairs from %s%s; %s", split, len(dataset), self.root, subset_note,
+                     self._cache_note(dataset, len(share)))
+        if world > 1:  # a bad file on one rank stops every rank, with the same message
+            everyone: list[list[str]] = [[] for _ in range(world)]
+            torch.distributed.all_gather_object(everyone, problems)
+            problems = [p for rank_problems in everyone for p in rank_problems]
+        if problems:
+            raise bad_files(sorted(problems))
+        self.datasets.update(made)
+
+    def _cache_note(self, dataset: LungDataset, share: int) -> str:
+        """One line on what the decode cache holds."""
+        cache = dataset.cache
+        whose = f"{share}" if share == len(dataset) else f"this rank's {share}"
+        held = f"all {whose}" if cache.capacity >= share else f"{cache.capacity} of {whose}"
+        line = f"decode cache {cache.nbytes / MIB:,.1f} MiB holds {held}"
+        if cache.capacity < share:
+            line += f", the other {share - cache.capacity} are decoded on every read"
+        if cache.shm_limited:
+            line += " (limited by the free shared memory in /dev/shm: raise it, e.g. docker run --shm-size=8g)"
+        return line + f" (data.cache_mb={self.cache_mb:g})"
 
     def state_dict(self) -> dict[str, Any]:
         """The training augmentation's random state (in-process loading), so a resumed run augments as an
@@ -176,8 +246,8 @@ class LungDataModule(L.LightningDataModule):
         dataset = self.dataset(split)
         rank, world = process_rank()
         sampler: Sampler[int] | None = None
-        if world > 1:  # training: shuffled shards, padded to equal length (every rank steps together)
-            sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=torch.initial_seed() % 2**31)
+        if world > 1:  # training: each rank's fixed share, shuffled, padded to equal length (every rank steps together)
+            sampler = (ShuffledShareSampler(len(dataset), rank, world, seed=torch.initial_seed() % 2**31)
                        if shuffle else ShardSampler(len(dataset), rank, world))
         return DataLoader(
             dataset,

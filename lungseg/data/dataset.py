@@ -1,9 +1,13 @@
-"""LungDataset: image/mask pairs as tensors, decoded and resized once, augmented per item."""
+"""LungDataset: image/mask pairs as tensors, decoded and resized on first read into a budgeted cache, augmented per
+item."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,35 +18,105 @@ from lungseg.data.images import load_pair, to_unit_float
 from lungseg.data.layout import Pair
 from lungseg.errors import DataError
 
+MIB = 2**20
+SHARED_MEMORY = Path("/dev/shm")  # where torch's shared tensors live on Linux (Docker's default is only 64 MB)
 
-def load_pairs(pairs: Sequence[Pair], size: int, threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Decode, validate and resize every pair; report every bad file at once."""
-    images = np.empty((len(pairs), size, size), np.uint8)
-    masks = np.empty((len(pairs), size, size), np.uint8)
+
+def item_bytes(size: int) -> int:
+    """Bytes one cached item takes: the uint8 image and its uint8 mask at ``size`` x ``size``."""
+    return 2 * size * size
+
+
+def read_each(read: Callable[[int], Any], indices: Iterable[int], threads: int | None = None) -> list[str]:
+    """Call ``read(i)`` for every index (in threads: OpenCV decodes without the GIL); the sorted messages of every
+    DataError, one per bad file."""
     problems: list[str] = []
 
-    def load(i: int) -> None:
+    def one(i: int) -> None:
         try:
-            images[i], masks[i] = load_pair(pairs[i].image, pairs[i].mask, size)
+            read(i)
         except DataError as err:
             problems.append(str(err))
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # cv2 decodes without the GIL
-        list(pool.map(load, range(len(pairs))))
-    if problems:
-        raise DataError(f"{len(problems)} bad file(s) in the dataset:", sorted(problems))
-    return images, masks
+    workers = threads or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(one, indices))
+    return sorted(problems)
+
+
+def bad_files(problems: list[str]) -> DataError:
+    """The one error for every bad file found while reading a dataset."""
+    return DataError(f"{len(problems)} bad file(s) in the dataset:", problems)
+
+
+class DecodeCache:
+    """Decoded, resized uint8 image/mask pairs of one split, kept from their first read within a byte budget.
+
+    Items of ``order`` get a slot each, in that order, until ``budget_bytes`` is spent; the others are decoded on
+    every read. With ``shared`` the pixels and their filled flags live in shared memory, so what one DataLoader
+    worker decodes is seen by the other workers and the main process and kept across epochs; a spawned worker maps
+    the same memory (torch passes it by handle) instead of receiving a copy.
+    """
+
+    def __init__(self, length: int, size: int, budget_bytes: int, order: Sequence[int] | None = None,
+                 shared: bool = False) -> None:
+        order = np.arange(length) if order is None else np.asarray(order, np.int64)
+        capacity = int(min(len(order), max(0, budget_bytes) // item_bytes(size)))
+        self.shm_limited = False
+        if shared and capacity and SHARED_MEMORY.is_dir():
+            # Half of what is free: the workers pass their batches through the same memory. Beyond it a write
+            # would kill the process with SIGBUS instead of an error.
+            room = int(shutil.disk_usage(SHARED_MEMORY).free // 2 // item_bytes(size))
+            self.shm_limited, capacity = room < capacity, min(capacity, room)
+        self.slot = np.full(length, -1, np.int64)  # item -> its slot, -1: not cached
+        self.slot[order[:capacity]] = np.arange(capacity)
+        self.pixels = torch.empty((capacity, 2, size, size), dtype=torch.uint8)
+        self.filled = torch.zeros(capacity, dtype=torch.bool)
+        if shared and capacity:
+            self.pixels.share_memory_()
+            self.filled.share_memory_()
+
+    @property
+    def capacity(self) -> int:
+        return len(self.filled)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel()
+
+    def filled_count(self) -> int:
+        return int(self.filled.sum())
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached image and mask of item ``index``, or None when it has no slot or is not decoded yet."""
+        slot = self.slot[index]
+        if slot < 0 or not self.filled[slot]:
+            return None
+        pair = self.pixels[slot].numpy()
+        return pair[0], pair[1]
+
+    def put(self, index: int, image: np.ndarray, mask: np.ndarray) -> None:
+        """Keep item ``index`` when it has a slot (the pixels first, then the flag that says they are there)."""
+        slot = self.slot[index]
+        if slot >= 0:
+            self.pixels[slot, 0] = torch.from_numpy(image)
+            self.pixels[slot, 1] = torch.from_numpy(mask)
+            self.filled[slot] = True
 
 
 class LungDataset(Dataset):
-    """Pairs of one split; items are dicts with ``image`` (1,H,W) float in [0,1], ``mask`` (1,H,W) {0,1}."""
+    """Pairs of one split; items are dicts with ``image`` (1,H,W) float in [0,1], ``mask`` (1,H,W) {0,1}.
 
-    def __init__(self, pairs: Sequence[Pair], image_size: int = 256, transform: Any = None,
-                 cache: bool = True) -> None:
+    Each pair is decoded and resized on its first read and kept in a :class:`DecodeCache` of ``cache_bytes``
+    (0: decoded on every read); ``cache_order`` says which items get its slots first (default: file order).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], image_size: int = 256, transform: Any = None, cache_bytes: int = 0,
+                 cache_order: Sequence[int] | None = None, shared_cache: bool = False) -> None:
         self.pairs = list(pairs)
         self.image_size = image_size
         self.transform = transform
-        self._cache = load_pairs(self.pairs, image_size) if cache else None
+        self.cache = DecodeCache(len(self.pairs), image_size, cache_bytes, cache_order, shared_cache)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -53,11 +127,19 @@ class LungDataset(Dataset):
             self.transform.set_random_seed(seed % 2**32)
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The resized, un-augmented uint8 image and {0,1} mask of one item."""
-        if self._cache is not None:
-            return self._cache[0][index], self._cache[1][index]
+        """The resized, un-augmented uint8 image and {0,1} mask of one item (decoded once where the cache has
+        room)."""
+        cached = self.cache.get(index)
+        if cached is not None:
+            return cached
         pair = self.pairs[index]
-        return load_pair(pair.image, pair.mask, self.image_size)
+        image, mask = load_pair(pair.image, pair.mask, self.image_size)
+        self.cache.put(index, image, mask)
+        return image, mask
+
+    def read(self, indices: Iterable[int] | None = None, threads: int | None = None) -> list[str]:
+        """Read ``indices`` (default: every item) once, filling the cache; the message of every bad file."""
+        return read_each(self.raw, range(len(self)) if indices is None else indices, threads)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(index)

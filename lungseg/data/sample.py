@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -156,16 +157,27 @@ def make_phantom(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
     return image, lungs * np.uint8(255)
 
 
-def _write_split(folder: Path, numbers: range, size: int, seed: int) -> None:
-    """Draw and write the phantoms numbered ``numbers`` into ``folder/{image,mask}``."""
-    (folder / IMAGE_DIR).mkdir(parents=True)
-    (folder / MASK_DIR).mkdir()
+def write_phantoms(folder: Path, numbers: Iterable[int], size: int = 256, seed: int = 0) -> int:
+    """Draw and write the phantoms numbered ``numbers`` into ``folder/{image,mask}``, skipping those already there;
+    each file appears under its name only when complete, so an interrupted run can be continued. Returns how many
+    were drawn."""
+    (folder / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+    (folder / MASK_DIR).mkdir(exist_ok=True)
+    drawn = 0
     for n in numbers:
+        files = (folder / IMAGE_DIR / image_name(n), folder / MASK_DIR / mask_name(n))
+        if all(f.exists() for f in files):
+            continue
         image, mask = make_phantom(np.random.default_rng([seed, n]), size)
-        if not (cv2.imwrite(str(folder / IMAGE_DIR / image_name(n)), image)
-                and cv2.imwrite(str(folder / MASK_DIR / mask_name(n)), mask,
-                                [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])):
-            raise OSError(f"could not write phantom {n} into {folder}")
+        for path, pixels, params in zip(files, (image, mask), ([], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]),
+                                        strict=True):
+            tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix that picks the format
+            if not cv2.imwrite(str(tmp), pixels, params):
+                tmp.unlink(missing_ok=True)
+                raise OSError(f"could not write phantom {n} into {folder}")
+            os.replace(tmp, path)
+        drawn += 1
+    return drawn
 
 
 def write_sample_dataset(root: str | Path, n_train: int = 240, n_val: int = 40, n_test: int = 40,
@@ -179,7 +191,7 @@ def write_sample_dataset(root: str | Path, n_train: int = 240, n_val: int = 40, 
     try:
         start = 0
         for split, count in zip(SPLITS, (n_train, n_val, n_test), strict=True):
-            _write_split(tmp / DATASET_DIR / split, range(start, start + count), size, seed)
+            write_phantoms(tmp / DATASET_DIR / split, range(start, start + count), size, seed)
             start += count
         try:
             os.replace(tmp / DATASET_DIR, root / DATASET_DIR)
