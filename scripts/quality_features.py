@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from lungseg.data.images import preprocess
 from lungseg.data.opacity import LungOpacity
 from lungseg.predictor import LungSegmenter
 from lungseg.quality import TTA_FEATURES, operating_point, review_figures, score, spearman
@@ -37,7 +38,8 @@ DEV_SHIFTS = {"opacity": (opacity, (0.5, 0.75, 0.95))}
 def collect(ckpt: str, root: str, split: str) -> list[dict[str, object]]:
     seg = LungSegmenter.load(ckpt, "cpu", quality_tta=True)
     rows, seconds = [], {"model": 0.0, "tta": 0.0}
-    for i, (gray, truth, name) in enumerate(load_split(root, split)):
+    films = load_split(root, split, seg.description.intensity)  # read as the model reads its inputs
+    for i, (gray, truth, name) in enumerate(films):
         variants = [("clean", 0, gray, truth)]
         for s, (shift_name, (shift, levels)) in enumerate({**SHIFTS, **APART, **DEV_SHIFTS}.items()):
             for severity, level in enumerate(levels, start=1):
@@ -49,9 +51,7 @@ def collect(ckpt: str, root: str, split: str) -> list[dict[str, object]]:
             rows.append({"image": name, "shift": shift_name, "severity": severity, "dice": dice(result.mask, target),
                          "score": score(plain), "score_tta": result.quality_score, **result.quality_features})
     # TTA cost per film at the model's size: the model alone vs. the model and the two views
-    from lungseg.data.images import preprocess
-
-    batch = np.stack([preprocess(g, seg.image_size)[None] for g, _, _ in load_split(root, split)])
+    batch = np.stack([preprocess(g, seg.image_size)[None] for g, _, _ in films])
     for _ in range(2):
         tick = time.perf_counter()
         seg.probabilities(batch)

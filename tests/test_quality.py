@@ -160,7 +160,7 @@ def opacity(gray: np.ndarray, truth: np.ndarray, strength: float, seed: int) -> 
 def test_damaged_films_score_lower_and_the_score_ranks_films_by_dice(cxr_model: Path) -> None:
     seg = LungSegmenter.load(cxr_model, "cpu")
     scores, dices = [], []
-    for i, (gray, truth, name) in enumerate(load_split(CXR, "val")[:8]):
+    for i, (gray, truth, name) in enumerate(load_split(CXR, "val", seg.description.intensity)[:8]):
         damaged = [opacity(gray, truth, 0.75, i), opacity(gray, truth, 0.95, i), 255 - gray]  # inverted: MONOCHROME1
         results = [seg.segment(image) for image in (gray, *damaged)]
         assert all(r.quality_score < results[0].quality_score for r in results[1:]), name
