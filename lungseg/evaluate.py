@@ -76,22 +76,24 @@ def _spacing(path: Path, size: int, mm: Any) -> tuple[float, float] | None:
 
 
 def _cleaned_row(seg: LungSegmenter, gray: np.ndarray, prob: np.ndarray, truth: np.ndarray,
-                 counts: np.ndarray) -> dict[str, float]:
+                 counts: np.ndarray, views: np.ndarray | None = None) -> dict[str, Any]:
     """Per-image metrics of the mask as lungseg.predict finishes it (thresholded, two largest components kept,
-    holes filled: ``LungSegmenter.finish``); adds its TP, FP, FN to ``counts``."""
-    cleaned = seg.finish(gray, prob).mask
-    tp_fp_fn = mask_counts(cleaned, truth)
+    holes filled: ``LungSegmenter.finish``) and its quality score; adds its TP, FP, FN to ``counts``."""
+    result = seg.finish(gray, prob, views)
+    tp_fp_fn = mask_counts(result.mask, truth)
     counts += tp_fp_fn
     dice, iou = dice_iou(*tp_fp_fn)
-    dist = surface_distances(cleaned, truth)
-    return {"dice_clean": dice, "iou_clean": iou, "hd95_clean_px": dist.hd95, "assd_clean_px": dist.assd}
+    dist = surface_distances(result.mask, truth)
+    return {"dice_clean": dice, "iou_clean": iou, "hd95_clean_px": dist.hd95, "assd_clean_px": dist.assd,
+            "quality_score": result.quality_score, "needs_review": result.needs_review}
 
 
 def evaluate_dataset(seg: LungSegmenter, dataset: LungDataset, batch_size: int = 8,
                      extra_thresholds: tuple[float, ...] = (), auroc_bins: int = 200, calibration_bins: int = 15,
                      pixel_spacing_mm: Any = None) -> dict[str, Any]:
     """Predict every image once (at ``seg``'s threshold) and return pooled metrics, curves, calibration and one
-    row per image; the loss is BCE on the logits, whatever the model was trained with."""
+    row per image (with the quality score of the post-processed mask); the loss is BCE on the logits, whatever
+    the model was trained with."""
     threshold = seg.threshold
     thresholds = (threshold, *extra_thresholds)
     pooled = [pixel_metrics(threshold=t, auroc_bins=auroc_bins) for t in thresholds]
@@ -102,6 +104,7 @@ def evaluate_dataset(seg: LungSegmenter, dataset: LungDataset, batch_size: int =
     cleaned_counts = np.zeros(3, np.int64)  # TP, FP, FN of the post-processed masks, pooled
     for batch in batches(dataset, batch_size):
         logits, masks = seg.logits(batch["image"]), batch["mask"]
+        views = seg.quality_views(batch["image"].numpy())
         probs = torch.sigmoid(logits)
         preds, target = flatten(probs, masks)
         for collection in pooled:
@@ -123,7 +126,8 @@ def evaluate_dataset(seg: LungSegmenter, dataset: LungDataset, batch_size: int =
             row.update(lung_fraction_true=float(truth.mean()), lung_fraction_pred=float(pred.mean()),
                        empty=dist.empty)
             gray = dataset.raw(index)[0]
-            row.update(_cleaned_row(seg, gray, probs[k, 0].numpy(), truth, cleaned_counts))
+            row.update(_cleaned_row(seg, gray, probs[k, 0].numpy(), truth, cleaned_counts,
+                                    None if views is None else views[k]))
             for t, extra in zip(extra_thresholds, overlaps[1:], strict=True):
                 row.update({f"dice@{t:.4g}": float(extra["dice"][k]), f"iou@{t:.4g}": float(extra["iou"][k])})
             rows.append(row)
@@ -164,8 +168,8 @@ def sample_predictions(seg: LungSegmenter, dataset: LungDataset, rows: list[dict
     picks = report.sample_indices(rows, n_samples, n_worst)
     items = [dataset[i] for i in picks]
     images, masks = torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
-    titles = [f"{'worst: ' if k < n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}"
-              for k, i in enumerate(picks)]
+    titles = [f"{'worst: ' if k < n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}, "
+              f"quality {rows[i]['quality_score']:.3f}" for k, i in enumerate(picks)]
     return {"images": images, "masks": masks, "probs": torch.sigmoid(seg.logits(images)), "titles": titles}
 
 
@@ -176,7 +180,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                               "a pretrained folder)")
     sources = model_sources(cfg.get("ckpt_path") or cfg.get("model_path"))
     seg = LungSegmenter.load(sources, str(cfg.device), cfg.precision, cfg.data.image_size,
-                             threshold=cfg.get("threshold"))
+                             threshold=cfg.get("threshold"), quality_tta=bool(cfg.quality.tta),
+                             review_below=cfg.quality.review_below)
     source = Path(sources[0])  # an ensemble's report goes beside its first member's run, named for the ensemble
     size = seg.image_size
     datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None)
@@ -193,7 +198,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     meta = {"checkpoint": sources[0] if len(sources) == 1 else sources, "data_root": str(cfg.data.root),
             "split": cfg.split,
             "image_size": int(size), "threshold": seg.threshold, "device": str(seg.device),
-            "precision": seg.precision}
+            "precision": seg.precision, "quality_tta": seg.scoring.tta, "review_below": seg.scoring.threshold}
     samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)
 
     name = cfg.split if len(sources) == 1 else f"{cfg.split}-ensemble-of-{len(sources)}"
@@ -227,6 +232,14 @@ def main(cfg: DictConfig) -> None:
     print(f"post-processed (two largest components, holes filled): pooled Dice {clean['pooled_dice']:.4f}; "
           f"per-image Dice {clean['dice_mean']:.4f} ± {clean['dice_sd']:.4f}, HD95 {clean['hd95_mean']:.2f} px, "
           f"ASSD {clean['assd_mean']:.2f} px -> {summary['output_dir']}")
+    q = summary["quality"]
+    rho = "undefined" if q["spearman"] is None else f"{q['spearman']:.3f}"
+    bad = (f"{q['n_bad']} under Dice {q['bad_dice']:.2f}, {q['bad_flagged_share']:.0%} of them flagged" if q["n_bad"]
+           else f"none under Dice {q['bad_dice']:.2f}")
+    print(f"quality score vs Dice: Spearman {rho}; at quality.review_below={q['review_below']:.4f} "
+          f"{q['n_flagged']}/{q['n_images']} flagged ({q['flagged_share']:.0%}), {bad}; the highest operating point "
+          f"flagging at most a quarter of this split: quality.review_below={q['suggested_review_below']:.4f} "
+          f"(choose it on val)")
 
 
 if __name__ == "__main__":

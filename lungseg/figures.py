@@ -139,6 +139,26 @@ def reliability_figure(confidence: np.ndarray, frequency: np.ndarray, fraction: 
     return fig
 
 
+def quality_figure(scores: np.ndarray, dice: np.ndarray, review_below: float, bad_dice: float) -> Figure:
+    """Quality score against true per-image Dice, with the operating point (flagged: left of it) and the Dice
+    under which a film counts as bad (below it)."""
+    from lungseg.quality import spearman
+
+    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
+    flagged = scores < review_below
+    ax.scatter(scores[~flagged], dice[~flagged], s=22, color="tab:blue", label=f"passed ({int((~flagged).sum())})")
+    ax.scatter(scores[flagged], dice[flagged], s=22, color="tab:red", marker="s",
+               label=f"needs_review ({int(flagged.sum())})")
+    low = float(min(scores.min(), dice.min(), review_below, bad_dice)) - 0.02
+    ax.plot([low, 1], [low, 1], ":", color="grey", lw=1, label="score = Dice")
+    ax.axvline(review_below, color="tab:red", lw=1, ls="--", label=f"operating point {review_below:.3f}")
+    ax.axhline(bad_dice, color="tab:orange", lw=1, ls="--", label=f"Dice {bad_dice:.2f}")
+    ax.set(xlabel="quality score", ylabel="true Dice (post-processed mask)", xlim=(low, 1.005), ylim=(low, 1.005),
+           title=f"Quality score vs Dice ({len(scores)} images, Spearman {spearman(scores, dice):.3f})")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
 def save_figures(figures: dict[str, Figure], out_dir: Path, writer: object | None = None) -> list[Path]:
     """Write each figure to ``<out_dir>/<name>.png`` (and to a TensorBoard SummaryWriter under ``eval/``)."""
     paths = []

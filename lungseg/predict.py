@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 WRITERS = 2  # threads that upsample, clean and encode outputs while the model runs (OpenCV releases the GIL)
 CSV_COLUMNS = ("input", "mask", "height", "width", "lung_fraction", "area_image_left_px", "area_image_right_px",
-               "large_components", "quality")
+               "large_components", "quality", "quality_score", "needs_review")
 TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")  # with truth=: the written mask against the reference mask
 
 
@@ -123,8 +123,10 @@ def segmenter(cfg: DictConfig) -> LungSegmenter:
     """The model of ``ckpt_path=`` or ``model_path=`` (a checkpoint, an ONNX file, a pretrained folder or a Hub
     id; ``[a,b,c]``: an ensemble), with the CLI's settings. ONNX models run without torch: torch is imported only
     for the others."""
+    limits = {k: v for k, v in cfg.quality.items() if k not in ("tta", "review_below")}
     options = {"threshold": cfg.get("threshold"), "postprocess": bool(cfg.postprocess),
-               "tta_flip": bool(cfg.tta_flip), "quality": QualityLimits(**cfg.quality)}
+               "tta_flip": bool(cfg.tta_flip), "quality": QualityLimits(**limits),
+               "quality_tta": bool(cfg.quality.get("tta", False)), "review_below": cfg.quality.get("review_below")}
     sources = model_sources(cfg.get("model_path") or cfg.get("ckpt_path"))
     if not all(s.lower().endswith(".onnx") for s in sources):
         from lungseg.runtime import set_threads
@@ -154,7 +156,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
              cfg.tta_flip)
 
     scores: list[dict[str, Any]] = []
-    start, done, timing = time.perf_counter(), 0, {"model_s": 0.0}
+    start, done, review, timing = time.perf_counter(), 0, 0, {"model_s": 0.0}
     results = seg.predict_many([f.path for f in files], int(cfg.batch_size), workers, skip_errors=True,
                                timing=timing)
     with atomic_open(output / "predictions.csv", "w", newline="") as csv_file, ThreadPoolExecutor(WRITERS) as pool, \
@@ -165,7 +167,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         pending: deque[tuple[int, Future]] = deque()
 
         def drain(keep: int) -> None:
-            nonlocal done
+            nonlocal done, review
             while len(pending) > keep:
                 i, future = pending.popleft()
                 bar.advance(task)
@@ -182,6 +184,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 if "dice" in stats:
                     scores.append(stats)
                 done += 1
+                review += bool(stats["needs_review"])
 
         for i, result in enumerate(results):
             if isinstance(result, DataError):
@@ -195,9 +198,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     model_rate = done / timing["model_s"] if timing["model_s"] else 0.0
     log.info("predicted %d image(s) in %.1f s: %.2f images/s end to end, %.2f images/s in the model (%.0f %%)",
              done, seconds, done / seconds, model_rate, 100 * done / seconds / model_rate if model_rate else 0)
-    log.info("wrote %s", output / "predictions.csv")
-    summary = {"predicted": done, "failures": failures, "seconds": seconds, "images_per_s": done / seconds,
-               "model_images_per_s": model_rate,
+    log.info("%d of %d mask(s) need review (quality_score below %.4f); wrote %s", review, done,
+             seg.scoring.threshold, output / "predictions.csv")
+    summary = {"predicted": done, "needs_review": review, "failures": failures, "seconds": seconds,
+               "images_per_s": done / seconds, "model_images_per_s": model_rate,
                "image_size": seg.image_size, "precision": seg.precision, "threshold": seg.threshold}
     if scores:
         dice = np.array([r["dice"] for r in scores])

@@ -24,6 +24,7 @@ from lungseg.description import ModelDescription
 from lungseg.errors import DataError, LungsegError
 from lungseg.inputs import read_input
 from lungseg.postprocess import QualityLimits, finish_mask
+from lungseg.quality import QualitySettings, features, score, tta_inputs, tta_outputs
 
 ImageInput = np.ndarray | str | Path
 FINISHERS = 2  # threads that upsample, threshold and clean masks while the model runs (OpenCV releases the GIL)
@@ -46,12 +47,16 @@ class Backend(Protocol):
 
 @dataclass
 class Segmentation:
-    """One input's result at its own size: the final mask, the probabilities and the mask's measures."""
+    """One input's result at its own size: the final mask, the probabilities, the mask's measures and how far to
+    trust it (``lungseg.quality``)."""
 
     mask: np.ndarray                 # bool (H, W): thresholded and, when the segmenter post-processes, cleaned
     probability: np.ndarray          # float32 (H, W) in [0, 1]
     gray: np.ndarray                 # uint8 (H, W): the input as the model's preprocessing read it
-    stats: dict[str, Any] = field(default_factory=dict)  # lung fraction, left/right areas, components, quality
+    stats: dict[str, Any] = field(default_factory=dict)  # predictions.csv's measures, quality_score included
+    quality_score: float = float("nan")  # an estimate of the mask's Dice, in [0, 1]
+    needs_review: bool = False           # quality_score below the segmenter's operating point
+    quality_features: dict[str, float] = field(default_factory=dict)  # what the score was computed from
 
 
 def as_gray(image: ImageInput, intensity: str = "window") -> np.ndarray:
@@ -108,16 +113,20 @@ class LungSegmenter:
     """A trained lung segmentation model, ready to use on radiographs of any size.
 
     ``predict`` gives a bool mask at the input's size, ``predict_proba`` the float32 probabilities,
-    ``segment`` both with the mask's measures, ``predict_many`` a lazy stream of :class:`Segmentation`.
+    ``segment`` both with the mask's measures and quality score, ``predict_many`` a lazy stream of
+    :class:`Segmentation`. ``quality_tta`` adds the flip and zoom views to the quality score (two more forward
+    passes); ``review_below`` is the score under which a mask ``needs_review`` (None: ``lungseg.quality``'s).
     """
 
     def __init__(self, backend: Backend, threshold: float | None = None, postprocess: bool = True,
-                 tta_flip: bool = False, quality: QualityLimits | None = None) -> None:
+                 tta_flip: bool = False, quality: QualityLimits | None = None, quality_tta: bool = False,
+                 review_below: float | None = None) -> None:
         self.backend = backend
         self.description: ModelDescription = backend.description
         self.threshold = float(self.description.threshold if threshold is None else threshold)
         self.postprocess, self.tta_flip = postprocess, tta_flip
         self.quality = quality or QualityLimits()
+        self.scoring = QualitySettings(tta=bool(quality_tta), review_below=review_below)
         size, divisor = self.description.image_size, backend.divisor
         if not isinstance(size, int) or size < divisor or size % divisor:
             raise LungsegError(f"image_size={size}: must be a positive multiple of {divisor} for this model")
@@ -199,15 +208,30 @@ class LungSegmenter:
             probs = (probs + self.backend.probabilities(np.ascontiguousarray(images[..., ::-1]))[..., ::-1]) / 2
         return probs
 
+    def quality_views(self, images: np.ndarray) -> np.ndarray | None:
+        """With ``quality_tta``: the probabilities (N, 2, s, s) of preprocessed images mirrored and zoomed out,
+        mapped back onto the films, for the quality score; else None (no extra forward pass)."""
+        if not self.scoring.tta:
+            return None
+        return tta_outputs(self.backend.probabilities(tta_inputs(np.asarray(images, np.float32))))
+
+    def _model(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.probabilities(images), self.quality_views(images)
+
     # --- from probabilities at the model's size to the final mask at the input's size ---
 
-    def finish(self, gray: np.ndarray, prob: np.ndarray) -> Segmentation:
-        """Upsample ``prob`` (s, s) to ``gray``'s size, threshold, post-process and measure the mask."""
+    def finish(self, gray: np.ndarray, prob: np.ndarray, views: np.ndarray | None = None) -> Segmentation:
+        """Score the mask from ``prob`` (s, s) at the model's size (and its TTA ``views``, (V, s, s)); upsample
+        ``prob`` to ``gray``'s size, threshold, post-process and measure the mask."""
+        found = features(prob, self.threshold, self.postprocess, views)
+        quality = round(score(found), 6)  # as predictions.csv writes it, so needs_review agrees with the file
+        review = bool(quality < self.scoring.threshold)
         h, w = gray.shape
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob
         raw = (prob >= self.threshold).astype(np.uint8)
         final, stats = finish_mask(raw, self.postprocess, self.quality)
-        return Segmentation(final > 0, prob.astype(np.float32, copy=False), gray, stats)
+        stats.update(quality_score=quality, needs_review=review)
+        return Segmentation(final > 0, prob.astype(np.float32, copy=False), gray, stats, quality, review, found)
 
     # --- the public API ---
 
@@ -218,8 +242,8 @@ class LungSegmenter:
     def segment(self, image: ImageInput) -> Segmentation:
         """One radiograph (path or array) -> its :class:`Segmentation`."""
         gray = self.read(image)
-        prob = self.probabilities(preprocess(gray, self.image_size)[None, None])
-        return self.finish(gray, prob[0, 0])
+        prob, views = self._model(preprocess(gray, self.image_size)[None, None])
+        return self.finish(gray, prob[0, 0], None if views is None else views[0])
 
     def predict(self, image: ImageInput) -> np.ndarray:
         """One radiograph (path or array) -> bool lung mask (H, W) at its own size."""
@@ -257,11 +281,14 @@ class LungSegmenter:
                     raise errors[0]
                 ready = [p for p in prepared if not isinstance(p, DataError)]
                 tick = time.perf_counter()
-                rows = iter(self.probabilities(np.stack([x for _, x in ready]))[:, 0] if ready else ())
+                outputs: Iterator[tuple[np.ndarray, np.ndarray | None]] = iter(())
+                if ready:
+                    probs, views = self._model(np.stack([x for _, x in ready]))
+                    outputs = zip(probs[:, 0], views if views is not None else [None] * len(ready), strict=True)
                 if timing is not None:
                     timing["model_s"] = timing.get("model_s", 0.0) + time.perf_counter() - tick
                 entries: list[Future | DataError] = [  # in input order, errors in their inputs' places
-                    p if isinstance(p, DataError) else finishers.submit(self.finish, p[0], next(rows))
+                    p if isinstance(p, DataError) else finishers.submit(self.finish, p[0], *next(outputs))
                     for p in prepared]
                 pending.extend(entries)
                 while len(pending) > len(entries):  # the previous batch finishes while this one ran

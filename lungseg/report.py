@@ -11,6 +11,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lungseg import figures
+from lungseg.quality import operating_point, review_figures
 
 POOLED = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc", "loss", "balanced_accuracy")
 PER_IMAGE = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
@@ -57,9 +58,9 @@ def sample_indices(rows: list[dict[str, Any]], n_samples: int, n_worst: int) -> 
 
 
 def make_figures(results: dict[str, Any], rows: list[dict[str, Any]], samples: dict[str, Any], cfg: DictConfig,
-                 history_dir: Path) -> dict[str, Any]:
+                 history_dir: Path, quality: dict[str, Any]) -> dict[str, Any]:
     """All figures of the report, by file name (without .png); ``samples`` holds the sample sheet's arrays
-    (images, masks, probs, titles)."""
+    (images, masks, probs, titles), ``quality`` the quality score's figures (:func:`quality_summary`)."""
     pooled, threshold = results["pooled"][0], results["thresholds"][0]
     fpr, tpr, _ = results["roc"]
     precision, recall, _ = results["pr"]
@@ -74,11 +75,26 @@ def make_figures(results: dict[str, Any], rows: list[dict[str, Any]], samples: d
         figs["training_curves"] = figures.history_figure(history)
     figs["predictions"] = figures.prediction_figure(samples["images"], samples["masks"], samples["probs"],
                                                     samples["titles"], threshold)
+    figs["quality_vs_dice"] = figures.quality_figure(np.array([r["quality_score"] for r in rows]),
+                                                     np.array([r["dice_clean"] for r in rows]),
+                                                     quality["review_below"], quality["bad_dice"])
     if cfg.calibration:
         cal = results["calibration"]
         figs["reliability"] = figures.reliability_figure(cal["confidence"], cal["frequency"], cal["fraction"],
                                                          float(cal["ece"]))
     return figs
+
+
+def quality_summary(rows: list[dict[str, Any]], review_below: float, tta: bool) -> dict[str, Any]:
+    """How well the quality score predicts the Dice of the post-processed masks (the masks it scores): Spearman,
+    the share flagged at ``review_below`` and the share of films under Dice 0.90 flagged; and the operating point
+    this split suggests (the highest that flags at most a quarter of its films: choose it on val, never on test)."""
+    scores, dice = [r["quality_score"] for r in rows], [r["dice_clean"] for r in rows]
+    point = operating_point(scores)
+    at_point = review_figures(scores, dice, point)
+    return {**review_figures(scores, dice, review_below), "tta": tta, "suggested_review_below": point,
+            "suggested_flagged_share": at_point["flagged_share"],
+            "suggested_bad_flagged_share": at_point["bad_flagged_share"]}
 
 
 def _table(rows: list[tuple[Any, ...]]) -> str:
@@ -141,6 +157,16 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
                   _table([("metric", f"threshold {summary['threshold']}", f"threshold {t['threshold']:.4f}"),
                           *[(k, _fmt(pooled[k]), _fmt(t["pooled"][k])) for k in POOLED],
                           ("per-image Dice mean", _fmt(per["dice_mean"]), _fmt(t["per_image"]["dice_mean"]))])]
+    q = summary["quality"]
+    bad = (f"{q['bad_flagged_share']:.0%} of the {q['n_bad']} films under Dice {q['bad_dice']:.2f}" if q["n_bad"]
+           else f"no film is under Dice {q['bad_dice']:.2f}")
+    parts += ["## Quality score",
+              f"Each post-processed mask's `quality_score` (`lungseg.quality`, an estimate of its Dice; TTA views "
+              f"{'on' if q['tta'] else 'off'}) against its true Dice: Spearman {_fmt(q['spearman'])}. At the operating "
+              f"point {q['review_below']:.4f} (`quality.review_below`), {q['n_flagged']} of {q['n_images']} films "
+              f"({q['flagged_share']:.0%}) are flagged `needs_review`, {bad}. The highest operating point that "
+              f"flags at most a quarter of this split's films: {q['suggested_review_below']:.4f} (flags "
+              f"{q['suggested_flagged_share']:.0%}); choose it on val, never on the split you report."]
     if "calibration" in summary:
         parts.append(f"## Calibration\n\nExpected calibration error (pixels, {summary['calibration']['bins']} "
                      f"bins): {summary['calibration']['ece']:.6f}.")
@@ -168,11 +194,12 @@ def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned
                                           "iou_mean": float(np.mean([r[f"iou@{t:.4g}"] for r in rows]))}}
     if cfg.calibration:
         summary["calibration"] = {"ece": float(results["calibration"]["ece"]), "bins": cfg.calibration_bins}
+    summary["quality"] = quality_summary(rows, meta["review_below"], meta["quality_tta"])
     with (out / "per_image.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    figs = make_figures(results, rows, samples, cfg, history_dir)
+    figs = make_figures(results, rows, samples, cfg, history_dir, summary["quality"])
     tb = SummaryWriter(str(out / "tensorboard"))
     try:
         names = [p.stem for p in figures.save_figures(figs, out, tb)]
@@ -181,6 +208,9 @@ def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned
         for key in ("dice_mean", "iou_mean", "hd95_mean", "assd_mean"):
             tb.add_scalar(f"eval/{cfg.split}/per_image_{key}", summary["per_image"][key])
             tb.add_scalar(f"eval/{cfg.split}/postprocessed_{key}", summary["postprocessed"][key])
+        for key in ("spearman", "flagged_share", "bad_flagged_share"):
+            if summary["quality"][key] is not None:
+                tb.add_scalar(f"eval/{cfg.split}/quality_{key}", summary["quality"][key])
     finally:
         tb.close()
     summary["figures"] = [f"{n}.png" for n in names]
