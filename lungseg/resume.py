@@ -14,8 +14,8 @@ CHECKED = ("seed", "data", "model", "loss", "optimizer", "scheduler", "module", 
            "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.check_val_every_n_epoch",
            "callbacks.model_checkpoint.monitor", "callbacks.early_stopping", "callbacks.precise_batchnorm")
 # Not compared: how the same training runs here (free to change), and the module's copies of the groups above.
-IGNORED = ("data.num_workers", "data.cache", "data.pin_memory", "module.compile",
-           "module.net", "module.loss", "module.optimizer", "module.scheduler")
+IGNORED = ("data.num_workers", "data.cache", "data.pin_memory", "module.compile", "module.channels_last",
+           "optimizer.fused", "optimizer.foreach", "module.net", "module.loss", "module.optimizer", "module.scheduler")
 MAX_SHOWN = 12
 
 
