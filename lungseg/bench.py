@@ -40,7 +40,7 @@ from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, ma
 from lungseg.data.sample import write_phantoms
 from lungseg.errors import LungsegError, exit_on_user_error
 from lungseg.module import LungSegModule
-from lungseg.runtime import native_precision, pick_device, set_threads
+from lungseg.runtime import native_precision, pick_device, set_threads, use_channels_last
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-v7"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -99,15 +99,15 @@ def model_variant(cfg: DictConfig, device: torch.device, dtype: str, channels_la
     size, batch = cfg.data.image_size, cfg.batch_size
     images = torch.rand(batch, 1, size, size, device=device)
     masks = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+    optimizer = module.configure_optimizers()["optimizer"]
     autocast = torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
 
     def step() -> None:
         if train:
             with autocast:
                 logits = net(images)
-            loss = module.loss_fn(logits.float(), masks) + module.l2_penalty()
-            loss.backward()
+            module.loss_fn(logits.float(), masks).backward()
+            module.on_before_optimizer_step(optimizer)  # + the L2 term's gradient, as in a fit
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
@@ -232,7 +232,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     def default(kind: str) -> float:
         return next(r["img_s"] for r in rows if r["section"] == kind and r["dtype"] == default_dtype
-                    and r["channels_last"] == cfg.module.channels_last and not r["compile"])
+                    and r["channels_last"] == layouts[kind] and not r["compile"])
+
+    layouts = {kind: use_channels_last(cfg.module.channels_last, device.type, training=kind == "train")
+               for kind in ("train", "infer")}
 
     return {
         "train_img_s": default("train"), "infer_img_s": default("infer"), "data_img_s": data["augment_img_s"],
@@ -241,7 +244,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "end_to_end_img_s": e2e,
         "end_to_end_over_step": e2e / default("train"),  # ~ share of the epoch the model is busy
         "settings": {"device": str(device), "device_name": _device_name(device), "dtype": default_dtype,
-                     "channels_last": cfg.module.channels_last, "image_size": size, "batch_size": cfg.batch_size,
+                     "channels_last": layouts, "image_size": size, "batch_size": cfg.batch_size,
                      "threads": torch.get_num_threads(), "workers": instantiate(cfg.data).num_workers,
                      "data_root": str(cfg.data.root)},
         "gflop_per_image": gflop, "matmul_peak_tflop_s": {d: p / 1e12 for d, p in peaks.items()},
@@ -536,7 +539,8 @@ def report(result: dict[str, Any]) -> str:
                   f"augment+collate per epoch {d['augment_img_s']:8.1f} img/s ({d['images']} images)",
               f"end-to-end Trainer.fit epoch        {result['end_to_end_img_s']:8.1f} img/s",
               _onnx_row(result["onnxruntime"]) if result.get("onnxruntime") else "onnxruntime: skipped (onnx=false)",
-              "", f"defaults ({s['dtype']}, {'channels_last' if s['channels_last'] else 'NCHW'}): "
+              "", f"defaults ({s['dtype']}; " + ", ".join(f"{k} {'channels_last' if cl else 'NCHW'}" for k, cl in
+                                                     s["channels_last"].items()) + "): "
                   f"train {result['train_img_s']:.1f}, infer {result['infer_img_s']:.1f}, "
                   f"data {result['data_img_s']:.1f}, end-to-end {result['end_to_end_img_s']:.1f} img/s"]
     return "\n".join(lines)

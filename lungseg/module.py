@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
 from lungseg.metrics.pixels import confusion_matrix, flatten, per_image_overlap, pixel_metrics
+from lungseg.runtime import accelerator_device_type, use_channels_last
 
 STAGES = ("train", "val", "test")
 
@@ -25,6 +26,21 @@ def _plain(cfg: Any) -> Any:
 def conv_kernels(net: nn.Module) -> list[torch.Tensor]:
     """The weight tensors that Keras' ``kernel_regularizer`` covers: conv kernels, not biases or BatchNorm."""
     return [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> int:
+    """Give every optimiser state tensor its parameter's memory format; how many were converted. torch's fused CPU
+    Adam reads state and gradients as laid out like the parameter and silently updates the wrong elements otherwise
+    (a checkpoint trained channels_last, resumed in NCHW)."""
+    converted = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                    converted += 1
+    return converted
 
 
 class LungSegModule(L.LightningModule):
@@ -42,7 +58,7 @@ class LungSegModule(L.LightningModule):
         scheduler: dict | None = None,
         kernel_l2: float = 0.01,
         threshold: float = 0.5,
-        channels_last: bool = True,
+        channels_last: bool | str = "auto",
         monitor: str = "val/loss",
         compile: bool = False,
     ) -> None:
@@ -62,13 +78,25 @@ class LungSegModule(L.LightningModule):
         # The mean of per-image Dice (val/test): every image weighs the same, small lungs as much as large ones.
         self.dice_per_image = nn.ModuleDict({f"{s}_dice": MeanMetric() for s in ("val", "test")})
         self.test_confusion = confusion_matrix(threshold)
-        if channels_last:
-            self.net.to(memory_format=torch.channels_last)
+        # the layout for training here (setup() redecides it for the Trainer's device and stage)
+        self._channels_last = False
+        self._set_layout(use_channels_last(channels_last, accelerator_device_type("auto")))
         # torch.compile'd forward kept outside the module tree, so checkpoints keep the plain net's keys
         object.__setattr__(self, "_run_net", torch.compile(self.net) if compile else self.net)
 
+    def _set_layout(self, channels_last: bool) -> None:
+        if channels_last != self._channels_last:
+            self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            self._channels_last = channels_last
+
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+        return images.contiguous(memory_format=torch.channels_last) if self._channels_last else images
+
+    def setup(self, stage: str) -> None:
+        """Lay the network out for the Trainer's device and stage (``channels_last: auto``: NCHW to train on a CPU
+        without AVX-512, channels_last elsewhere; ``lungseg.runtime.use_channels_last``)."""
+        self._set_layout(use_channels_last(self.hparams.channels_last, self.trainer.strategy.root_device.type,
+                                           training=stage == "fit"))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 1, H, W) in [0, 1] -> logits (N, 1, H, W)."""
@@ -90,6 +118,32 @@ class LungSegModule(L.LightningModule):
     def l2_penalty(self) -> torch.Tensor:
         """Keras ``regularizers.L2(l)``: ``l * sum(w**2)`` over conv kernels, added to the training loss."""
         return self.hparams.kernel_l2 * sum(w.float().pow(2).sum() for w in conv_kernels(self.net))
+
+    def add_l2_gradient(self, scale: float = 1.0) -> None:
+        """Add the gradient of :meth:`l2_penalty`, ``2 * kernel_l2 * w``, to each conv kernel's gradient (times
+        ``scale`` while a GradScaler's gradients are still scaled): what backpropagating the term would add, as one
+        pass per kernel instead of an autograd graph over every kernel."""
+        alpha = 2 * self.hparams.kernel_l2 * scale
+        with torch.no_grad():
+            for w in conv_kernels(self.net):
+                if w.grad is None:
+                    w.grad = w * alpha
+                else:
+                    w.grad.add_(w, alpha=alpha)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The L2 term's gradient, added where Lightning has the whole step's gradients (after accumulation and the
+        DDP all-reduce, before clipping), so the optimiser sees exactly what backpropagating the term gives."""
+        if self.hparams.kernel_l2:
+            self.add_l2_gradient(self._grad_scale(optimizer))
+
+    def _grad_scale(self, optimizer: torch.optim.Optimizer) -> float:
+        """The factor the gradients still carry in :meth:`on_before_optimizer_step`: a GradScaler's scale where the
+        optimiser unscales them itself in its step (fused Adam under 16-mixed), else 1."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            return float(scaler.get_scale())
+        return 1.0
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         aux: list[torch.Tensor] = []
@@ -121,7 +175,10 @@ class LungSegModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
         if self.hparams.kernel_l2:
-            penalty = self.l2_penalty()
+            # The returned loss is the Keras objective's value, BCE + L2; the L2 term's gradient is added by
+            # on_before_optimizer_step, so its value is computed here without an autograd graph.
+            with torch.no_grad():
+                penalty = self.l2_penalty()
             self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0],
                      sync_dist=True)
             loss = loss + penalty
@@ -132,6 +189,12 @@ class LungSegModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_train_start(self) -> None:
+        """Optimiser state restored from a checkpoint takes the parameters' memory format (see
+        :func:`match_state_layout`)."""
+        for optimizer in self.trainer.optimizers:
+            match_state_layout(optimizer)
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()

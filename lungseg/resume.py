@@ -15,7 +15,8 @@ CHECKED = ("seed", "data", "model", "loss", "optimizer", "scheduler", "module", 
            "callbacks.model_checkpoint.monitor", "callbacks.early_stopping", "callbacks.precise_batchnorm")
 # Not compared: how the same training runs here (free to change), and the module's copies of the groups above.
 IGNORED = ("data.num_workers", "data.cache", "data.cache_mb", "data.pin_memory", "module.compile",
-           "module.net", "module.loss", "module.optimizer", "module.scheduler")
+           "module.channels_last", "optimizer.fused", "optimizer.foreach", "module.net", "module.loss",
+           "module.optimizer", "module.scheduler")
 MAX_SHOWN = 12
 
 
