@@ -184,7 +184,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                              review_below=cfg.quality.review_below)
     source = Path(sources[0])  # an ensemble's report goes beside its first member's run, named for the ensemble
     size = seg.image_size
-    datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None)
+    datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None,
+                             intensity=seg.description.intensity)  # the model's own input rule
     dataset = datamodule.dataset(cfg.split)
     val = datamodule.dataset("val") if cfg.tune_threshold else None
     log.info("evaluating %s on %s/%s: %d images at %d px", source, cfg.data.root, cfg.split, len(dataset), size)

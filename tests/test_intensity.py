@@ -87,3 +87,17 @@ def test_a_model_is_fed_by_the_rule_recorded_in_it(tiny_ckpt: Path) -> None:
     assert np.array_equal(seg.read(film), film)   # 8-bit as is, as that model was trained
     with pytest.raises(ValueError, match="intensity rule 'gamma'"):
         to_gray8(film, "gamma")
+
+
+@requires_cxr
+def test_evaluation_reads_a_split_by_the_models_rule(compose_cfg) -> None:
+    from hydra.utils import instantiate
+
+    from lungseg.data.layout import find_pairs
+
+    pairs, _ = find_pairs(CXR, "val")
+    raw = cv2.imread(str(pairs[0].image), cv2.IMREAD_GRAYSCALE)
+    cfg = compose_cfg(f"data.root={CXR}", "data.image_size=256", "data.num_workers=0", config_name="evaluate")
+    for rule, expected in (("window", window(raw)), ("minmax", raw)):
+        datamodule = instantiate(cfg.data, image_size=256, train_transform=None, intensity=rule)
+        np.testing.assert_array_equal(datamodule.dataset("val").raw(0)[0], expected)

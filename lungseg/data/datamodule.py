@@ -133,8 +133,10 @@ class LungDataModule(L.LightningDataModule):
         synthesize: bool = False,
         pin_memory: bool | str = "auto",
         train_subset: int | None = None,
+        intensity: str = "window",
     ) -> None:
         super().__init__()
+        self.intensity = intensity  # how images become 8-bit (images.INTENSITY_RULES): training's, or a model's
         self.root = Path(root)
         self.image_size = image_size
         self.batch_size = batch_size
@@ -188,7 +190,7 @@ class LungDataModule(L.LightningDataModule):
             share = self.share(split, len(found[split]), rank, world)
             budget = int(self.cache_mb * MIB) - sum(d.cache.nbytes for d in [*self.datasets.values(), *made.values()])
             dataset = LungDataset(found[split], self.image_size, transform, cache_bytes=budget, cache_order=share,
-                                  shared_cache=self.num_workers > 0)
+                                  shared_cache=self.num_workers > 0, intensity=self.intensity)
             # follows seed_everything; each DDP rank augments differently
             dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()) + RANK_STRIDE * rank_zero_only.rank)
             problems += dataset.read(share)

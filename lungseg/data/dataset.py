@@ -112,8 +112,10 @@ class LungDataset(Dataset):
     """
 
     def __init__(self, pairs: Sequence[Pair], image_size: int = 256, transform: Any = None, cache_bytes: int = 0,
-                 cache_order: Sequence[int] | None = None, shared_cache: bool = False) -> None:
+                 cache_order: Sequence[int] | None = None, shared_cache: bool = False,
+                 intensity: str = "window") -> None:
         self.pairs = list(pairs)
+        self.intensity = intensity
         self.image_size = image_size
         self.transform = transform
         self.cache = DecodeCache(len(self.pairs), image_size, cache_bytes, cache_order, shared_cache)
@@ -133,7 +135,7 @@ class LungDataset(Dataset):
         if cached is not None:
             return cached
         pair = self.pairs[index]
-        image, mask = load_pair(pair.image, pair.mask, self.image_size)
+        image, mask = load_pair(pair.image, pair.mask, self.image_size, self.intensity)
         self.cache.put(index, image, mask)
         return image, mask
 

@@ -104,9 +104,9 @@ def to_gray8(image: np.ndarray, intensity: str = "window") -> np.ndarray:
     raise ValueError(f"intensity rule {intensity!r}: expected one of {', '.join(INTENSITY_RULES)}")
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """Read a radiograph file as 8-bit grayscale by the ``window`` rule, the one training uses."""
-    return to_gray8(read_image_file(path))
+def read_gray(path: Path, intensity: str = "window") -> np.ndarray:
+    """Read a radiograph file as 8-bit grayscale by an intensity rule (``window``: the one training uses)."""
+    return to_gray8(read_image_file(path), intensity)
 
 
 def binarize(mask: np.ndarray) -> np.ndarray:
@@ -174,9 +174,11 @@ def preprocess(gray: np.ndarray, size: int) -> np.ndarray:
     return to_unit_float(resize_image(gray, size))
 
 
-def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read, validate and resize one image/mask pair to uint8 arrays (image 0..255, mask 0/1)."""
-    image = read_gray(image_path)
+def load_pair(image_path: Path, mask_path: Path, size: int, intensity: str = "window"
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Read, validate and resize one image/mask pair to uint8 arrays (image 0..255 by the intensity rule, mask
+    0/1)."""
+    image = read_gray(image_path, intensity)
     mask = read_mask(mask_path)
     if image.shape[:2] != mask.shape[:2]:
         raise DataError(
