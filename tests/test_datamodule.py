@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lungseg.data.datamodule import LungDataModule
+from lungseg.data.images import window
 from lungseg.errors import DataError
 from tests.helpers import CONF, CXR, requires_cxr, write_split
 
@@ -40,7 +41,7 @@ def test_batches_are_the_files_pixels_at_the_model_scale(tiny_dataset: Path) -> 
     for index, number in zip(batch["index"].tolist(), [50, 52, 54, 56], strict=True):  # paired by number
         image = cv2.imread(str(folder / "image" / f"cxrimage_{number}.png"), cv2.IMREAD_GRAYSCALE)
         mask = cv2.imread(str(folder / "mask" / f"cxrmask_{number}.jpeg"), cv2.IMREAD_GRAYSCALE) >= 128
-        expected_image = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA) / 255  # shrinking: area
+        expected_image = cv2.resize(window(image), (48, 48), interpolation=cv2.INTER_AREA) / 255  # shrinking: area
         expected_mask = cv2.resize(mask.astype(np.uint8), (48, 48), interpolation=cv2.INTER_NEAREST)
         np.testing.assert_allclose(batch["image"][index, 0].numpy(), expected_image, atol=1e-6)
         np.testing.assert_array_equal(batch["mask"][index, 0].numpy(), expected_mask)

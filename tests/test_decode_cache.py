@@ -28,10 +28,10 @@ def decodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     log.touch()
     real = dataset_module.load_pair
 
-    def counting(image: Path, mask: Path, size: int):
+    def counting(image: Path, mask: Path, size: int, *rule: str):
         with open(log, "a") as f:
             f.write(f"{Path(image).name}\n")
-        return real(image, mask, size)
+        return real(image, mask, size, *rule)
 
     monkeypatch.setattr(dataset_module, "load_pair", counting)
 

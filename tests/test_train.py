@@ -200,6 +200,8 @@ def test_compiled_training_matches_eager_and_keeps_plain_checkpoint_keys(compose
     assert a["state_dict"].keys() == b["state_dict"].keys()  # no "_orig_mod." prefixes: loads anywhere
     assert b["hyper_parameters"]["compile"] is True
     assert graphs == {"eager": 0, "compiled": graphs["compiled"]} and graphs["compiled"] > 0  # dynamo ran
-    # fused kernels round differently, and Adam's early steps amplify that; the model learns the same
-    assert compiled["val/loss"] == pytest.approx(eager["val/loss"], rel=1e-3)
-    assert compiled["val/dice"] == pytest.approx(eager["val/dice"], abs=2e-3)
+    # fused kernels round differently, and Adam's early steps amplify that (with the fused Adam and the L2 gradient
+    # hook the gap after one epoch is 1.5e-3 in loss, 3e-3 in this barely trained model's Dice); a broken graph
+    # would be far off
+    assert compiled["val/loss"] == pytest.approx(eager["val/loss"], rel=3e-3)
+    assert compiled["val/dice"] == pytest.approx(eager["val/dice"], abs=6e-3)
