@@ -64,15 +64,21 @@ def write_split(root: Path, split: str, numbers: list[int], size: int = 64, seed
 def train_tiny(folder: Path, *overrides: str) -> Path:
     """Train the TINY U-Net (32 px) one epoch on disc phantoms; return its best.ckpt (the run folder holds nothing
     else a model needs: everything is inside the checkpoint)."""
-    data, run = folder / "data", folder / "run"
+    data = folder / "data"
     write_split(data, "train", list(range(8)))
     write_split(data, "val", [10, 11, 12, 13], seed=1)
     write_split(data, "test", [20, 21], seed=2)
+    return train_run(folder / "run", f"data.root={data}", *TINY, "trainer.max_epochs=1", "optimizer.lr=1e-2",
+                     *overrides)
+
+
+def train_run(run: Path, *overrides: str) -> Path:
+    """Train ``lungseg.train`` with these overrides into ``run`` as its Hydra run folder (no logger, no test, no
+    per-epoch figures); return its best.ckpt."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("train", overrides=[f"data.root={data}", *TINY, "trainer.max_epochs=1", "test=false",
-                                          "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor",
-                                          "optimizer.lr=1e-2", *overrides],
+        cfg = compose("train", overrides=["test=false", "~logger", "~callbacks.prediction_grid",
+                                          "~callbacks.lr_monitor", *overrides],
                       return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run)

@@ -11,10 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from scipy import stats
 
 from lungseg import quality
@@ -24,8 +20,7 @@ from lungseg.evaluate import evaluate
 from lungseg.predict import CSV_COLUMNS, predict
 from lungseg.predictor import LungSegmenter
 from lungseg.robustness import dice, load_split
-from lungseg.train import train
-from tests.helpers import CONF, CXR, requires_cxr
+from tests.helpers import CXR, requires_cxr, train_run
 
 
 def lungs(h: int = 128, w: int = 128) -> np.ndarray:
@@ -132,21 +127,10 @@ def test_operating_point_spends_the_review_budget_and_figures_count_right() -> N
 def cxr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small U-Net (64 px, width 8) trained 20 epochs on the real cxr-v7 films (val Dice 0.94; about 45 s of
     CPU): good enough that its mistakes are the model's, not noise."""
-    run = tmp_path_factory.mktemp("cxr-model")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("train", overrides=[
-            "+experiment=cxr_small", f"data.root={CXR}", "data.image_size=64", "model.base_filters=8",
-            "model.depth=4", "trainer.max_epochs=20", "seed=1", "test=false", "~logger", "~callbacks.progress_bar",
-            "~callbacks.prediction_grid", "~callbacks.lr_monitor", "trainer.accelerator=cpu",
-            "trainer.enable_model_summary=false", "optimizer.lr=3e-3"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    train(cfg)
-    GlobalHydra.instance().clear()
-    return run / "checkpoints" / "best.ckpt"
+    return train_run(tmp_path_factory.mktemp("cxr-model"), "+experiment=cxr_small", f"data.root={CXR}",
+                     "data.image_size=64", "model.base_filters=8", "model.depth=4", "trainer.max_epochs=20", "seed=1",
+                     "~callbacks.progress_bar", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+                     "optimizer.lr=3e-3")
 
 
 def opacity(gray: np.ndarray, truth: np.ndarray, strength: float, seed: int) -> np.ndarray:
