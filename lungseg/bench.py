@@ -40,7 +40,7 @@ from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, ma
 from lungseg.data.sample import write_phantoms
 from lungseg.errors import LungsegError, exit_on_user_error
 from lungseg.module import LungSegModule
-from lungseg.runtime import native_precision, pick_device, set_threads, use_channels_last
+from lungseg.runtime import native_precision, pick_device, set_threads, usable_cores, use_channels_last
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-v7"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -454,7 +454,7 @@ def run_scale(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.device))
     folder = Path(cfg.scale.folder or Path(tempfile.gettempdir()) / "lungseg-scale")
     folder.mkdir(parents=True, exist_ok=True)
-    workers = int(cfg.scale.generate_workers or len(os.sched_getaffinity(0)))
+    workers = int(cfg.scale.generate_workers or usable_cores())
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # for the spawned process: no Hydra there
     rows = []
     for n in sorted(int(k) for k in cfg.scale.sizes):
@@ -476,7 +476,7 @@ def run_scale(cfg: DictConfig) -> dict[str, Any]:
             "gflop_per_image": gflop,
             "settings": {"device": str(device), "device_name": _device_name(device), "dtype": default_dtype,
                          "image_size": size, "source_px": int(cfg.scale.source_px), "batch_size": cfg.batch_size,
-                         "threads": torch.get_num_threads(), "cores": len(os.sched_getaffinity(0)),
+                         "threads": torch.get_num_threads(), "cores": usable_cores(),
                          "cache_mb_setting": float(cfg.data.cache_mb), "folder": str(folder),
                          "memory": "peak resident set size of the fresh process that measured the size (VmHWM) "
                                    "plus its DataLoader workers' proportional set size without shared memory"}}

@@ -123,6 +123,13 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_num_workers() -> int:
     """DataLoader workers: none on CPU-only machines (the cached pipeline is cheap next to the model
     and a worker would steal a core from training), up to 8 beside a GPU."""

@@ -3,7 +3,6 @@ item."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from torch.utils.data import Dataset
 from lungseg.data.images import load_pair, to_unit_float
 from lungseg.data.layout import Pair
 from lungseg.errors import DataError
+from lungseg.runtime import usable_cores
 
 MIB = 2**20
 SHARED_MEMORY = Path("/dev/shm")  # where torch's shared tensors live on Linux (Docker's default is only 64 MB)
@@ -38,7 +38,7 @@ def read_each(read: Callable[[int], Any], indices: Iterable[int], threads: int |
         except DataError as err:
             problems.append(str(err))
 
-    workers = threads or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+    workers = threads or min(8, usable_cores())
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(one, indices))
     return sorted(problems)
