@@ -40,6 +40,7 @@ from lungseg.metrics.pixels import (
     pixel_metrics,
 )
 from lungseg.predictor import LungSegmenter, model_sources
+from lungseg.resolvers import checkpoint_run
 from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,30 @@ def _spacing(path: Path, size: int, mm: Any) -> tuple[float, float] | None:
     return row_mm * height / size, col_mm * width / size
 
 
+def oriented_logits(seg: LungSegmenter, images: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[dict[str, float] | None]]:
+    """A batch as the segmenter reads it (``LungSegmenter.orient``: with ``polarity="auto"`` a film that reads
+    clearly better inverted is inverted): (images, their logits, which were inverted, quality features)."""
+    logits = seg.logits(images)
+    _, inverted, found = seg.orient(images.numpy(), torch.sigmoid(logits).numpy())
+    if inverted.any():
+        images = torch.where(torch.from_numpy(inverted)[:, None, None, None], 1 - images, images)
+        logits = seg.logits(images)
+    return images, logits, inverted, found
+
+
 def _cleaned_row(seg: LungSegmenter, gray: np.ndarray, prob: np.ndarray, truth: np.ndarray,
-                 counts: np.ndarray, views: np.ndarray | None = None) -> dict[str, Any]:
+                 counts: np.ndarray, views: np.ndarray | None = None, inverted: bool = False,
+                 found: dict[str, float] | None = None) -> dict[str, Any]:
     """Per-image metrics of the mask as lungseg.predict finishes it (thresholded, two largest components kept,
     holes filled: ``LungSegmenter.finish``) and its quality score; adds its TP, FP, FN to ``counts``."""
-    result = seg.finish(gray, prob, views)
+    result = seg.finish(gray, prob, views, inverted, found)
     tp_fp_fn = mask_counts(result.mask, truth)
     counts += tp_fp_fn
     dice, iou = dice_iou(*tp_fp_fn)
     dist = surface_distances(result.mask, truth)
     return {"dice_clean": dice, "iou_clean": iou, "hd95_clean_px": dist.hd95, "assd_clean_px": dist.assd,
-            "quality_score": result.quality_score, "needs_review": result.needs_review}
+            "quality_score": result.quality_score, "needs_review": result.needs_review, "inverted": result.inverted}
 
 
 def evaluate_dataset(seg: LungSegmenter, dataset: LungDataset, batch_size: int = 8,
@@ -103,8 +117,9 @@ def evaluate_dataset(seg: LungSegmenter, dataset: LungDataset, batch_size: int =
     reliability, rows, seen = ReliabilityBins(calibration_bins), [], []
     cleaned_counts = np.zeros(3, np.int64)  # TP, FP, FN of the post-processed masks, pooled
     for batch in batches(dataset, batch_size):
-        logits, masks = seg.logits(batch["image"]), batch["mask"]
-        views = seg.quality_views(batch["image"].numpy())
+        images, logits, inverted, found = oriented_logits(seg, batch["image"])
+        masks = batch["mask"]
+        views = seg.quality_views(images.numpy())
         probs = torch.sigmoid(logits)
         preds, target = flatten(probs, masks)
         for collection in pooled:
@@ -127,7 +142,7 @@ def evaluate_dataset(seg: LungSegmenter, dataset: LungDataset, batch_size: int =
                        empty=dist.empty)
             gray = dataset.raw(index)[0]
             row.update(_cleaned_row(seg, gray, probs[k, 0].numpy(), truth, cleaned_counts,
-                                    None if views is None else views[k]))
+                                    None if views is None else views[k], bool(inverted[k]), found[k]))
             for t, extra in zip(extra_thresholds, overlaps[1:], strict=True):
                 row.update({f"dice@{t:.4g}": float(extra["dice"][k]), f"iou@{t:.4g}": float(extra["iou"][k])})
             rows.append(row)
@@ -158,7 +173,7 @@ def run_dir(ckpt_path: str | Path) -> Path:
     """The training run of a checkpoint: the parent of ``checkpoints/``, else the checkpoint's folder (where the
     report goes by default, and where training curves are looked for)."""
     ckpt_path = Path(ckpt_path).resolve()
-    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    return checkpoint_run(ckpt_path) or ckpt_path.parent
 
 
 def sample_predictions(seg: LungSegmenter, dataset: LungDataset, rows: list[dict[str, Any]], n_samples: int,
@@ -170,7 +185,8 @@ def sample_predictions(seg: LungSegmenter, dataset: LungDataset, rows: list[dict
     images, masks = torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
     titles = [f"{'worst: ' if k < n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}, "
               f"quality {rows[i]['quality_score']:.3f}" for k, i in enumerate(picks)]
-    return {"images": images, "masks": masks, "probs": torch.sigmoid(seg.logits(images)), "titles": titles}
+    images, logits, _, _ = oriented_logits(seg, images)
+    return {"images": images, "masks": masks, "probs": torch.sigmoid(logits), "titles": titles}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -181,7 +197,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     sources = model_sources(cfg.get("ckpt_path") or cfg.get("model_path"))
     seg = LungSegmenter.load(sources, str(cfg.device), cfg.precision, cfg.data.image_size,
                              threshold=cfg.get("threshold"), quality_tta=bool(cfg.quality.tta),
-                             review_below=cfg.quality.review_below)
+                             review_below=cfg.quality.review_below, polarity=str(cfg.polarity))
     source = Path(sources[0])  # an ensemble's report goes beside its first member's run, named for the ensemble
     size = seg.image_size
     datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None,

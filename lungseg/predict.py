@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 WRITERS = 2  # threads that upsample, clean and encode outputs while the model runs (OpenCV releases the GIL)
 CSV_COLUMNS = ("input", "mask", "height", "width", "lung_fraction", "area_image_left_px", "area_image_right_px",
-               "large_components", "quality", "quality_score", "needs_review")
+               "large_components", "quality", "quality_score", "needs_review", "inverted")
 TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")  # with truth=: the written mask against the reference mask
 
 
@@ -126,7 +126,8 @@ def segmenter(cfg: DictConfig) -> LungSegmenter:
     limits = {k: v for k, v in cfg.quality.items() if k not in ("tta", "review_below")}
     options = {"threshold": cfg.get("threshold"), "postprocess": bool(cfg.postprocess),
                "tta_flip": bool(cfg.tta_flip), "quality": QualityLimits(**limits),
-               "quality_tta": bool(cfg.quality.get("tta", False)), "review_below": cfg.quality.get("review_below")}
+               "quality_tta": bool(cfg.quality.get("tta", False)), "review_below": cfg.quality.get("review_below"),
+               "polarity": str(cfg.polarity)}
     sources = model_sources(cfg.get("model_path") or cfg.get("ckpt_path"))
     if not all(s.lower().endswith(".onnx") for s in sources):
         from lungseg.runtime import set_threads

@@ -28,6 +28,13 @@ from lungseg.quality import QualitySettings, features, score, tta_inputs, tta_ou
 
 ImageInput = np.ndarray | str | Path
 FINISHERS = 2  # threads that upsample, threshold and clean masks while the model runs (OpenCV releases the GIL)
+POLARITIES = ("auto", "as_read")
+# polarity="auto": a film whose mask scores below POLARITY_CHECK_BELOW is also segmented with its grey levels
+# inverted, and read inverted when that mask scores at least POLARITY_ACCEPT: a mask to trust where the film as
+# read gives none (an unsure model never turns films). Chosen on cxr-v7 train and val with three 128 px
+# cxr_small models: upright films scored >= 0.897, inverted ones <= 0.691; under the robustness benchmark's
+# shifts (8,325 films each way), 0.9 read back 7,272 inverted films and turned 9 upright ones (0.8: 7,764, 50).
+POLARITY_CHECK_BELOW, POLARITY_ACCEPT = 0.8, 0.9
 
 
 class Backend(Protocol):
@@ -57,6 +64,7 @@ class Segmentation:
     quality_score: float = float("nan")  # an estimate of the mask's Dice, in [0, 1]
     needs_review: bool = False           # quality_score below the segmenter's operating point
     quality_features: dict[str, float] = field(default_factory=dict)  # what the score was computed from
+    inverted: bool = False           # read with its grey levels inverted (a MONOCHROME1 film read as MONOCHROME2)
 
 
 def as_gray(image: ImageInput, intensity: str = "window") -> np.ndarray:
@@ -116,17 +124,23 @@ class LungSegmenter:
     ``segment`` both with the mask's measures and quality score, ``predict_many`` a lazy stream of
     :class:`Segmentation`. ``quality_tta`` adds the flip and zoom views to the quality score (two more forward
     passes); ``review_below`` is the score under which a mask ``needs_review`` (None: ``lungseg.quality``'s).
+    ``polarity="auto"`` reads a film with inverted grey levels (white lungs: a MONOCHROME1 film saved without its
+    tag) the right way round: a film whose mask scores low is segmented inverted too, and the clearly better
+    reading is kept (``Segmentation.inverted``); ``"as_read"`` trusts the file.
     """
 
     def __init__(self, backend: Backend, threshold: float | None = None, postprocess: bool = True,
                  tta_flip: bool = False, quality: QualityLimits | None = None, quality_tta: bool = False,
-                 review_below: float | None = None) -> None:
+                 review_below: float | None = None, polarity: str = "auto") -> None:
         self.backend = backend
         self.description: ModelDescription = backend.description
         self.threshold = float(self.description.threshold if threshold is None else threshold)
         self.postprocess, self.tta_flip = postprocess, tta_flip
         self.quality = quality or QualityLimits()
         self.scoring = QualitySettings(tta=bool(quality_tta), review_below=review_below)
+        if polarity not in POLARITIES:
+            raise LungsegError(f"polarity={polarity!r}: must be one of {', '.join(POLARITIES)}")
+        self.polarity = polarity
         size, divisor = self.description.image_size, backend.divisor
         if not isinstance(size, int) or size < divisor or size % divisor:
             raise LungsegError(f"image_size={size}: must be a positive multiple of {divisor} for this model")
@@ -215,23 +229,61 @@ class LungSegmenter:
             return None
         return tta_outputs(self.backend.probabilities(tta_inputs(np.asarray(images, np.float32))))
 
-    def _model(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.probabilities(images), self.quality_views(images)
+    def _features(self, prob: np.ndarray) -> dict[str, float]:
+        return features(prob, self.threshold, self.postprocess)
+
+    def orient(self, images: np.ndarray, probs: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float] | None]]:
+        """The model on preprocessed images (N, 1, s, s) read the right way round: (probabilities, which films
+        were read inverted, each film's quality features without TTA where the check computed them: None with
+        ``polarity="as_read"``, which leaves them to ``finish``). With ``polarity="auto"`` a film whose mask
+        scores below ``POLARITY_CHECK_BELOW`` is run again inverted (1 - x: preprocessing is linear in the grey
+        level), and read so when that mask scores at least ``POLARITY_ACCEPT``.
+        ``probs``: the images' probabilities as read, when already computed."""
+        probs = self.probabilities(images) if probs is None else probs.copy()
+        inverted = np.zeros(len(images), bool)
+        if self.polarity == "as_read":
+            return probs, inverted, [None] * len(images)
+        found: list[dict[str, float] | None] = [self._features(p) for p in probs[:, 0]]
+        scores = [score(f) for f in found if f is not None]
+        suspects = [i for i, s in enumerate(scores) if s < POLARITY_CHECK_BELOW]
+        if suspects:
+            flipped = self.probabilities(np.ascontiguousarray(1 - images[suspects]))
+            for i, prob in zip(suspects, flipped, strict=True):
+                other = self._features(prob[0])
+                if score(other) >= POLARITY_ACCEPT:
+                    probs[i], inverted[i], found[i] = prob, True, other
+        return probs, inverted, found
+
+    def _model(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, float] | None],
+                                                  np.ndarray | None]:
+        """(probabilities, inverted flags, quality features, TTA views) of preprocessed images."""
+        probs, inverted, found = self.orient(images)
+        views = self.quality_views(np.where(inverted[:, None, None, None], 1 - images, images)
+                                   if inverted.any() else images)
+        return probs, inverted, found, views
 
     # --- from probabilities at the model's size to the final mask at the input's size ---
 
-    def finish(self, gray: np.ndarray, prob: np.ndarray, views: np.ndarray | None = None) -> Segmentation:
+    def finish(self, gray: np.ndarray, prob: np.ndarray, views: np.ndarray | None = None, inverted: bool = False,
+               found: dict[str, float] | None = None) -> Segmentation:
         """Score the mask from ``prob`` (s, s) at the model's size (and its TTA ``views``, (V, s, s)); upsample
-        ``prob`` to ``gray``'s size, threshold, post-process and measure the mask."""
-        found = features(prob, self.threshold, self.postprocess, views)
+        ``prob`` to ``gray``'s size, threshold, post-process and measure the mask. ``inverted``: ``prob`` came
+        from the film's inverted grey levels (``gray`` is returned so); ``found``: ``prob``'s quality features
+        without TTA, when already computed."""
+        if found is None or views is not None:
+            found = features(prob, self.threshold, self.postprocess, views)
+        if inverted:
+            gray = 255 - gray
         quality = round(score(found), 6)  # as predictions.csv writes it, so needs_review agrees with the file
         review = bool(quality < self.scoring.threshold)
         h, w = gray.shape
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob
         raw = (prob >= self.threshold).astype(np.uint8)
         final, stats = finish_mask(raw, self.postprocess, self.quality)
-        stats.update(quality_score=quality, needs_review=review)
-        return Segmentation(final > 0, prob.astype(np.float32, copy=False), gray, stats, quality, review, found)
+        stats.update(quality_score=quality, needs_review=review, inverted=bool(inverted))
+        return Segmentation(final > 0, prob.astype(np.float32, copy=False), gray, stats, quality, review, found,
+                            bool(inverted))
 
     # --- the public API ---
 
@@ -242,8 +294,8 @@ class LungSegmenter:
     def segment(self, image: ImageInput) -> Segmentation:
         """One radiograph (path or array) -> its :class:`Segmentation`."""
         gray = self.read(image)
-        prob, views = self._model(preprocess(gray, self.image_size)[None, None])
-        return self.finish(gray, prob[0, 0], None if views is None else views[0])
+        prob, inverted, found, views = self._model(preprocess(gray, self.image_size)[None, None])
+        return self.finish(gray, prob[0, 0], None if views is None else views[0], bool(inverted[0]), found[0])
 
     def predict(self, image: ImageInput) -> np.ndarray:
         """One radiograph (path or array) -> bool lung mask (H, W) at its own size."""
@@ -281,10 +333,11 @@ class LungSegmenter:
                     raise errors[0]
                 ready = [p for p in prepared if not isinstance(p, DataError)]
                 tick = time.perf_counter()
-                outputs: Iterator[tuple[np.ndarray, np.ndarray | None]] = iter(())
+                outputs: Iterator[tuple[Any, ...]] = iter(())
                 if ready:
-                    probs, views = self._model(np.stack([x for _, x in ready]))
-                    outputs = zip(probs[:, 0], views if views is not None else [None] * len(ready), strict=True)
+                    probs, inverted, found, views = self._model(np.stack([x for _, x in ready]))
+                    outputs = zip(probs[:, 0], views if views is not None else [None] * len(ready), inverted,
+                                  found, strict=True)
                 if timing is not None:
                     timing["model_s"] = timing.get("model_s", 0.0) + time.perf_counter() - tick
                 entries: list[Future | DataError] = [  # in input order, errors in their inputs' places

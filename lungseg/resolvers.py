@@ -16,16 +16,22 @@ def precision(device: str = "auto") -> str:
     return native_precision(accelerator_device_type(device))
 
 
+def checkpoint_run(ckpt_path: str | Path | None) -> Path | None:
+    """The training run a checkpoint belongs to: ``<run>`` of ``<run>/checkpoints/<name>.ckpt``, else None."""
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return Path(ckpt_path).parent.parent
+    return None
+
+
 def resume_dir(ckpt_path: str | None, default: str) -> str:
     """``hydra.run.dir`` of a run: the original run folder when resuming ``<run>/checkpoints/<name>.ckpt``."""
-    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
-        return str(Path(ckpt_path).parent.parent)
-    return default
+    run = checkpoint_run(ckpt_path)
+    return default if run is None else str(run)
 
 
 def config_subdir(ckpt_path: str | None, stamp: str) -> str:
     """``hydra.output_subdir``: ``.hydra``, or ``.hydra/resume-<stamp>`` so a resume keeps the original config."""
-    return f".hydra/resume-{stamp}" if ckpt_path and Path(ckpt_path).parent.name == "checkpoints" else ".hydra"
+    return ".hydra" if checkpoint_run(ckpt_path) is None else f".hydra/resume-{stamp}"
 
 
 def monitor_mode(monitor: str) -> str:

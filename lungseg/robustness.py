@@ -224,7 +224,7 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     from lungseg.figures import robustness_figure, save_figures
 
     seg = LungSegmenter.load(model_sources(cfg.ckpt_path), str(cfg.device), cfg.precision,
-                             postprocess=bool(cfg.postprocess))
+                             postprocess=bool(cfg.postprocess), polarity=str(cfg.polarity))
     pairs = load_split(cfg.data.root, cfg.split, seg.description.intensity)
     out = writable_dir(cfg.output_dir, "output_dir")
     log.info("robustness of %s on %s/%s: %d images x %d shifts x 3 severities", cfg.ckpt_path, cfg.data.root,
