@@ -240,14 +240,14 @@ class LungSegmenter:
         scores below ``POLARITY_CHECK_BELOW`` is run again inverted (1 - x: preprocessing is linear in the grey
         level), and read so when that mask scores at least ``POLARITY_ACCEPT``.
         ``probs``: the images' probabilities as read, when already computed."""
-        probs = self.probabilities(images) if probs is None else probs.copy()
+        probs = self.probabilities(images) if probs is None else probs
         inverted = np.zeros(len(images), bool)
         if self.polarity == "as_read":
             return probs, inverted, [None] * len(images)
         found: list[dict[str, float] | None] = [self._features(p) for p in probs[:, 0]]
-        scores = [score(f) for f in found if f is not None]
-        suspects = [i for i, s in enumerate(scores) if s < POLARITY_CHECK_BELOW]
+        suspects = [i for i, f in enumerate(found) if f is not None and score(f) < POLARITY_CHECK_BELOW]
         if suspects:
+            probs = probs.copy()  # the caller's array stays as it was
             flipped = self.probabilities(np.ascontiguousarray(1 - images[suspects]))
             for i, prob in zip(suspects, flipped, strict=True):
                 other = self._features(prob[0])
