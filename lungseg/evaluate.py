@@ -81,9 +81,9 @@ def oriented_logits(seg: LungSegmenter, images: torch.Tensor
     """A batch as the segmenter reads it (``LungSegmenter.orient``: with ``polarity="auto"`` a film that reads
     clearly better inverted is inverted): (images, their logits, which were inverted, quality features)."""
     logits = seg.logits(images)
-    _, inverted, found = seg.orient(images.numpy(), torch.sigmoid(logits).numpy())
+    oriented, _, inverted, found = seg.orient(images.numpy(), torch.sigmoid(logits).numpy())
     if inverted.any():
-        images = torch.where(torch.from_numpy(inverted)[:, None, None, None], 1 - images, images)
+        images = torch.from_numpy(oriented)
         logits = seg.logits(images)
     return images, logits, inverted, found
 

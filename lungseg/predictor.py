@@ -233,9 +233,10 @@ class LungSegmenter:
         return features(prob, self.threshold, self.postprocess)
 
     def orient(self, images: np.ndarray, probs: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float] | None]]:
-        """The model on preprocessed images (N, 1, s, s) read the right way round: (probabilities, which films
-        were read inverted, each film's quality features without TTA where the check computed them: None with
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, float] | None]]:
+        """The model on preprocessed images (N, 1, s, s) read the right way round: (the images so, their
+        probabilities, which films were read inverted, each film's quality features without TTA where the check
+        computed them: None with
         ``polarity="as_read"``, which leaves them to ``finish``). With ``polarity="auto"`` a film whose mask
         scores below ``POLARITY_CHECK_BELOW`` is run again inverted (1 - x: preprocessing is linear in the grey
         level), and read so when that mask scores at least ``POLARITY_ACCEPT``.
@@ -243,7 +244,7 @@ class LungSegmenter:
         probs = self.probabilities(images) if probs is None else probs
         inverted = np.zeros(len(images), bool)
         if self.polarity == "as_read":
-            return probs, inverted, [None] * len(images)
+            return images, probs, inverted, [None] * len(images)
         found: list[dict[str, float] | None] = [self._features(p) for p in probs[:, 0]]
         suspects = [i for i, f in enumerate(found) if f is not None and score(f) < POLARITY_CHECK_BELOW]
         if suspects:
@@ -253,15 +254,15 @@ class LungSegmenter:
                 other = self._features(prob[0])
                 if score(other) >= POLARITY_ACCEPT:
                     probs[i], inverted[i], found[i] = prob, True, other
-        return probs, inverted, found
+        if inverted.any():
+            images = np.where(inverted[:, None, None, None], 1 - images, images)
+        return images, probs, inverted, found
 
     def _model(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, float] | None],
                                                   np.ndarray | None]:
         """(probabilities, inverted flags, quality features, TTA views) of preprocessed images."""
-        probs, inverted, found = self.orient(images)
-        views = self.quality_views(np.where(inverted[:, None, None, None], 1 - images, images)
-                                   if inverted.any() else images)
-        return probs, inverted, found, views
+        images, probs, inverted, found = self.orient(images)
+        return probs, inverted, found, self.quality_views(images)
 
     # --- from probabilities at the model's size to the final mask at the input's size ---
 
