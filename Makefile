@@ -66,8 +66,9 @@ ablations: install     ## the val comparisons behind cxr_small (about 3 h on 2 c
 learning-curve: install ## cxr_small on 15/30/45/60 training images, scored on val and test (about 70 min a seed on 2 cores) [CXR=...] [SEEDS=...] [SIZES=...]
 	PYTHON=$(BIN)/python scripts/learning_curve.sh $(or $(CXR),../shared/data/cxr-v7)
 
-test: install          ## the fast test suite
+test: install          ## the fast suite in this CPU's precision, then its precision tests in the other one (bf16 emulated on AVX2)
 	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "precision and not slow" -q --cpu-precision=other
 
 test-browser: install  ## the HParams tab of a real sweep in headless Chromium (installs playwright; chromium via apt as root)
 	$(BIN)/python -m pip install --quiet playwright

@@ -18,8 +18,19 @@ AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.flo
 ALIASES = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
 
 
+# Overrides the CPU's bf16 detection: 1 treats it as a bf16 CPU (emulated where it has none: slow, but the same
+# arithmetic, so an AVX2 machine can check the bf16 path), 0 as an fp32 CPU. Unset: read /proc/cpuinfo.
+CPU_BF16_ENV = "LUNGSEG_CPU_BF16"
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX), or ``LUNGSEG_CPU_BF16`` says to act so;
+    emulated bf16 is slower than fp32, so it is never picked by itself."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise LungsegError(f"{CPU_BF16_ENV}={forced}: use 1 (act as a bf16 CPU), 0 (an fp32 CPU) or leave it unset")
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +12,28 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from lungseg.runtime import CPU_BF16_ENV, cpu_has_native_bf16
 from tests.helpers import CONF, train_tiny, write_split
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-precision", choices=("host", "bf16", "fp32", "other"), default="host",
+                     help="the CPU precision the runtime picks: the host's (default), bf16 (emulated on an AVX2 CPU), "
+                          "fp32, or other: the one this host does not pick (make test runs the 'precision' tests so)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Set LUNGSEG_CPU_BF16 for this process and every subprocess a test starts."""
+    choice = config.getoption("--cpu-precision")
+    if choice == "other":
+        choice = "fp32" if cpu_has_native_bf16() else "bf16"
+    if choice != "host":
+        os.environ[CPU_BF16_ENV] = "1" if choice == "bf16" else "0"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"CPU precision: {'bf16-mixed' if cpu_has_native_bf16() else '32-true'} ({CPU_BF16_ENV}=" \
+           f"{os.environ.get(CPU_BF16_ENV, 'unset')})"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from lungseg import runtime
 from lungseg.config import CONFIG_DIR
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, mask_name
 from lungseg.module import LungSegModule
@@ -20,6 +21,17 @@ from lungseg.train import train
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONFIG_DIR
 CXR = ROOT.parent / "shared" / "data" / "cxr-v7"
+
+# How far a recomputation may stray from a logged or written number computed in the same precision, by that
+# precision: fp32 rounding, or bf16's 8-bit mantissa (2**-8 relative per operation) through a few layers, where
+# the two computations may take other kernels (batch size, memory layout).
+TOLERANCE = {"32-true": 1e-5, "bf16-mixed": 5e-3}
+
+
+def cpu_precision() -> str:
+    """The precision the runtime picks on this CPU: bf16-mixed or 32-true (``pytest --cpu-precision`` sets it)."""
+    return runtime.native_precision("cpu")
+
 
 requires_cxr = pytest.mark.skipif(
     not (CXR / DATASET_DIR).is_dir(), reason=f"real CXR set not found at {CXR} (CI always has it)"

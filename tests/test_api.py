@@ -14,7 +14,7 @@ import pytest
 
 from lungseg import LungSegmenter
 from lungseg.errors import DataError
-from tests.helpers import CXR, ROOT, train_tiny, write_split
+from tests.helpers import CXR, ROOT, cpu_precision, train_tiny, write_split
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,16 @@ def test_arrays_of_any_dtype_and_layout_match_the_file(tiny_ckpt: Path, phantom:
     mask = seg.predict(str(phantom))
     assert mask.dtype == np.bool_ and mask.shape == gray.shape
     np.testing.assert_array_equal(mask, seg.segment(phantom).mask)
-    for bad, message in ((np.zeros((4, 4, 2), np.uint8), "H x W"), (np.zeros((1, 9), np.uint8), "H x W"),
-                         (np.array([[np.nan, 0], [0, 1]]), "NaN"), (np.zeros((8, 8), bool), "dtype bool")):
+    with_nan = np.zeros((32, 32))
+    with_nan[3, 4] = np.nan
+    for bad, message in ((np.zeros((40, 40, 2), np.uint8), "H x W"), (np.zeros((1, 9), np.uint8), "H x W"),
+                         (np.zeros((8, 40), np.uint8), "at least 16 px a side"), (with_nan, "NaN"),
+                         (np.zeros((8, 8), bool), "dtype bool")):
         with pytest.raises(DataError, match=message):
             seg.predict(bad)
 
 
+@pytest.mark.precision
 def test_predict_many_streams_in_order_with_errors_in_place(tiny_ckpt: Path, phantom: Path, tmp_path: Path) -> None:
     seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu")
     broken = tmp_path / "broken.png"
@@ -84,6 +88,7 @@ def test_predict_many_streams_in_order_with_errors_in_place(tiny_ckpt: Path, pha
         list(seg.predict_many(images, batch_size=2))
 
 
+@pytest.mark.precision
 def test_an_ensemble_averages_its_members_in_the_api_predict_and_evaluate(compose_cfg, tiny_ckpt: Path,
                                                                            phantom: Path, tmp_path: Path) -> None:
     from lungseg.evaluate import evaluate
@@ -98,11 +103,12 @@ def test_an_ensemble_averages_its_members_in_the_api_predict_and_evaluate(compos
     assert np.abs(members[0].probabilities(x) - members[1].probabilities(x)).max() > 1e-3  # two different models
     assert [m["source"] for m in ensemble.metadata["ensemble"]] == [str(tiny_ckpt), str(other)]
 
-    out = tmp_path / "pred"
+    out = tmp_path / "pred"  # predict runs in the CPU's precision (auto): its oracle are the members run so too
     summary = predict(compose_cfg(f"ckpt_path=[{tiny_ckpt},{other}]", f"input={phantom}", f"output={out}",
                                   "progress=false", "save_probabilities=true", config_name="predict"))
-    assert summary["predicted"] == 1
+    assert summary["predicted"] == 1 and summary["precision"] == cpu_precision()
     written = cv2.imread(str(out / "probabilities" / "cxrimage_7.png"), cv2.IMREAD_UNCHANGED)
+    members = [LungSegmenter.from_checkpoint(p, "cpu") for p in (tiny_ckpt, other)]
     mean_prob = (members[0].predict_proba(phantom) + members[1].predict_proba(phantom)) / 2
     assert np.abs(written.astype(float) - np.round(mean_prob * 255)).max() <= 1
 

@@ -35,6 +35,7 @@ def _ckpt(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.precision
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     last = killed / "checkpoints" / "last.ckpt"
@@ -140,6 +141,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
+@pytest.mark.precision
 def test_seed_and_deterministic_give_identical_runs(compose_cfg, tiny_dataset: Path, tmp_path: Path) -> None:
     runs = []
     for name in ("a", "b"):

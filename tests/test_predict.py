@@ -72,6 +72,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @requires_cxr
+@pytest.mark.precision
 def test_real_radiographs_get_masks_overlays_and_csv_at_their_own_size(compose_cfg, tiny_ckpt: Path,
                                                                       tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -194,6 +195,7 @@ def test_colliding_stems_get_distinct_outputs_and_pattern_filters(tmp_path: Path
         find_inputs(tmp_path / "absent")
 
 
+@pytest.mark.precision
 def test_a_copied_128px_checkpoint_predicts_exactly_as_in_its_run_folder(compose_cfg, tmp_path: Path) -> None:
     ckpt = train_tiny(tmp_path / "train", "data.image_size=128")
     alone = tmp_path / "elsewhere" / "model.ckpt"  # an empty folder: no .hydra/, no run
@@ -213,6 +215,7 @@ def test_a_copied_128px_checkpoint_predicts_exactly_as_in_its_run_folder(compose
     assert np.abs(at_256 - seg.predict_proba(source)).max() > 0.01  # the size matters, so the recorded one is used
 
 
+@pytest.mark.precision
 def test_flip_tta_averages_with_the_mirrored_prediction(tiny_ckpt: Path) -> None:
     plain_seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu", precision="32")
     tta_seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu", precision="32", tta_flip=True)
@@ -232,6 +235,7 @@ def test_pickle_bearing_checkpoint_is_refused_before_writing(compose_cfg, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.precision
 def test_truth_scores_the_written_masks_at_native_size(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_split(data, "test", [3, 7, 12], seed=4, size=48)
