@@ -16,9 +16,10 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from huggingface_hub.errors import HfHubHTTPError
 from hydra.utils import instantiate
+from safetensors import SafetensorError
 from torch import nn
 
-from lungseg.atomic import atomic_open
+from lungseg.atomic import save_torch
 from lungseg.description import DESCRIPTION_KEY, ModelDescription
 from lungseg.errors import CheckpointError
 from lungseg.module import LungSegModule
@@ -112,8 +113,7 @@ def record_test_metrics(path: str | Path, metrics: Mapping[str, float]) -> None:
     ckpt = read_checkpoint(path)
     description = describe(ckpt, path)
     ckpt[DESCRIPTION_KEY] = {**description.to_dict(), "test_metrics": {k: float(v) for k, v in metrics.items()}}
-    with atomic_open(path) as f:
-        torch.save(ckpt, f)
+    save_torch(ckpt, path)
 
 
 @dataclass
@@ -210,6 +210,9 @@ def load_pretrained(source: str | Path, revision: str | None = None, cache_dir: 
     except (OSError, ValueError, HfHubHTTPError) as err:
         raise CheckpointError(f"{source}: cannot load this pretrained model ({str(err).splitlines()[0]}); pass a "
                               "folder written by lungseg.export format=pretrained or a Hub id holding one") from None
+    except SafetensorError as err:  # a truncated or corrupt weights file
+        raise CheckpointError(f"{Path(source) / 'model.safetensors'}: not a readable weights file (truncated or "
+                              f"corrupt: {str(err).splitlines()[0]}); export the folder again") from None
     except RuntimeError as err:  # strict loading: the weights do not fit the config
         raise CheckpointError(f"{source}: model.safetensors does not match config.json "
                               f"({str(err).splitlines()[0]})") from None

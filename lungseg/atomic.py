@@ -1,13 +1,33 @@
-"""Every file lungseg writes appears under its final name complete or not at all: written to a temp file beside
-it, flushed to disk, then renamed into place (atomic on one file system)."""
+"""Every file and folder lungseg writes appears under its final name complete or not at all, and one output has one
+writer at a time.
+
+A file is written to ``.<name>.tmp-<pid>`` beside it, flushed to disk, then renamed into place (atomic on one file
+system). A folder (a report, an export) is written whole beside its final name and swapped in, so a kill leaves
+either the earlier folder or the new one, never a mix. Temp files and folders of a writer that died are removed by
+the next writer; those of a live writer are left alone. :func:`output_lock` refuses a second writer of one output.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from lungseg.errors import LungsegError
+
+TMP_TAG = ".tmp-"
+OLD_TAG = ".old-"
+_RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux >= 3.15, most local file systems)
+_AT_FDCWD = -100
+
+
+class OutputBusyError(LungsegError):
+    """Another lungseg process is writing the same output."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -22,16 +42,72 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a process we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_path(path: Path) -> Path:
+    """Where this process writes ``path`` before it is renamed into place: ``.<name>.tmp-<pid>`` beside it."""
+    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+
+
+def remove_stale(path: str | Path) -> list[Path]:
+    """Remove the temp files and folders (``.<name>.tmp-<pid>``, ``.<name>.old-<pid>``) that writers of ``path``
+    left when they were killed; a live writer's are kept. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for tag in (TMP_TAG, OLD_TAG):
+        for stale in path.parent.glob(f".{glob_escape(path.name)}{tag}*"):
+            pid = stale.name.rsplit(tag, 1)[1].split("-")[0]
+            if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+def remove_stale_under(folder: str | Path) -> list[Path]:
+    """:func:`remove_stale` for every temp file and folder anywhere under ``folder`` (an output tree that a
+    killed run wrote into)."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for parent, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            if name.startswith(".") and (TMP_TAG in name or OLD_TAG in name):
+                tag = TMP_TAG if TMP_TAG in name else OLD_TAG
+                removed += remove_stale(Path(parent) / name[1:].rsplit(tag, 1)[0])
+        dirs[:] = [d for d in dirs if (Path(parent) / d).exists()]
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temp file beside ``path`` for writing; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed while writing
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale(path)
+    tmp = temp_path(path)
     try:
-        with open(tmp, mode, **kwargs) as f:
+        with named_write_errors(path), open(tmp, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -39,6 +115,38 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+# What torch's C++ archive writers say when a write fails (a full disk): a RuntimeError, not the OSError it is.
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "iostream error")
+
+
+@contextlib.contextmanager
+def named_write_errors(path: str | Path) -> Iterator[None]:
+    """A failed write inside the block as an OSError that names ``path``: one a library raised without a file name
+    (matplotlib, Pillow, protobuf), and a torch archive writer's RuntimeError (``torch.save``, ``torch.export.save``:
+    ENOSPC where the disk is nearly full, else EIO)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    except RuntimeError as err:
+        if not any(marker in str(err) for marker in TORCH_WRITE_FAILURES):
+            raise
+        folder = Path(path).parent
+        full = folder.exists() and shutil.disk_usage(folder).free < (64 << 20)
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (a failed write is an OSError naming the file)."""
+    import torch
+
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -50,3 +158,101 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2``); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def replace_dir(staged: Path, target: Path) -> None:
+    """Put the finished folder ``staged`` at ``target``, replacing an earlier one whole: swapped in one step where
+    the system can, else the earlier folder is moved aside first (and put back by :func:`restore_dir` if a kill
+    comes between the two renames)."""
+    if target.is_dir() and not target.is_symlink():
+        if _exchange(staged, target):
+            shutil.rmtree(staged, ignore_errors=True)  # now the earlier folder
+            _fsync_dir(target.parent)
+            return
+        old = target.with_name(f".{target.name}{OLD_TAG}{os.getpid()}")
+        target.rename(old)
+        staged.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    elif target.exists() or target.is_symlink():
+        raise LungsegError(f"{target}: is a file, not a folder; choose another output folder")
+    else:
+        staged.rename(target)
+    _fsync_dir(target.parent)
+
+
+def restore_dir(target: Path) -> None:
+    """Put back an earlier folder that a killed writer had moved aside and not yet replaced."""
+    if target.exists():
+        return
+    for old in sorted(target.parent.glob(f".{glob_escape(target.name)}{OLD_TAG}*")):
+        pid = old.name.rsplit(OLD_TAG, 1)[1]
+        if old.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            old.rename(target)
+            return
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """A folder to write ``target``'s content into; on success it replaces ``target`` whole, on error it is
+    removed and ``target`` is as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    restore_dir(target)
+    remove_stale(target)
+    staged = temp_path(target)
+    staged.mkdir()
+    try:
+        with named_write_errors(target):
+            yield staged
+            replace_dir(staged, target)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def lock_path(target: Path, inside: bool = False) -> Path:
+    """The lock file of an output: ``.<name>.lock`` beside it (a folder that is swapped whole cannot hold it), or
+    ``.lungseg.lock`` inside a folder that is written in place and shares its parent with others (a sweep's jobs)."""
+    return target / ".lungseg.lock" if inside else target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, setting: str, inside: bool = False) -> Iterator[None]:
+    """Hold the one-writer lock of output ``target`` (a file or folder, named by ``setting`` in messages) while the
+    block runs; a second writer is refused at once with one line. The operating system releases the lock when the
+    holder dies, so a crash never leaves an output locked."""
+    from filelock import FileLock, Timeout
+
+    target = Path(target).expanduser().absolute()
+    lock_file = lock_path(target, inside)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LungsegError(f"{setting}={target}: cannot write there ({err.strerror or err}); choose a writable "
+                           "folder") from None
+    lock = FileLock(lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputBusyError(f"{setting}={target}: another lungseg process is writing there now; wait for it to "
+                              "finish or choose another output") from None
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise LungsegError(f"{setting}={target}: cannot write there ({err.strerror}); choose a writable "
+                               "folder") from None
+        raise
+    try:
+        yield
+    finally:
+        lock.release()

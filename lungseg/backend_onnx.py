@@ -25,6 +25,20 @@ def read_description(metadata: dict[str, str], path: Path) -> ModelDescription:
                           "python -m lungseg.export ckpt_path=best.ckpt format=onnx")
 
 
+def require_lungseg_signature(session: object, path: Path) -> None:
+    """Refuse an ONNX model that does not take lungseg's input: one float input ``image`` (N, 1, H, W) and one
+    output ``probability`` of the same shape."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()  # type: ignore[attr-defined]
+    found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+    ok = (len(inputs) == 1 and inputs[0].name == INPUT_NAME and inputs[0].type == "tensor(float)"
+          and len(inputs[0].shape) == 4 and inputs[0].shape[1] == 1
+          and any(o.name == OUTPUT_NAME for o in outputs))
+    if not ok:
+        raise CheckpointError(f"{path}: this ONNX model does not take lungseg's input (it has {found}; lungseg "
+                              f"models take {INPUT_NAME} float (N, 1, H, W) and give {OUTPUT_NAME}); export one "
+                              "with python -m lungseg.export")
+
+
 class OnnxBackend:
     """An ONNX Runtime session on the CPU (or CUDA where asked and installed)."""
 
@@ -46,6 +60,7 @@ class OnnxBackend:
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
             raise CheckpointError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0]}); "
                                   "export it again with python -m lungseg.export") from None
+        require_lungseg_signature(self.session, path)
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.description = read_description(metadata, path)
         self.divisor = int(metadata.get("size_divisor", 1))

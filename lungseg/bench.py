@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from lungseg.config import CONFIG_DIR
+from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.dataset import MIB
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, mask_name
 from lungseg.data.sample import write_phantoms
@@ -572,10 +572,13 @@ def _json_flag_to_override(argv: list[str]) -> list[str]:
     return out
 
 
-def cli() -> None:
-    """Command line (``lungseg-bench``): ``main`` with ``--json PATH`` accepted."""
+def _main_with_json_flag() -> None:
+    """``main`` with ``--json PATH`` accepted."""
     sys.argv = [sys.argv[0], *_json_flag_to_override(sys.argv[1:])]
     main()
+
+
+cli = command_line(_main_with_json_flag)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lungseg.artifact import non_finite_tensors
-from lungseg.atomic import atomic_open
+from lungseg.atomic import save_torch
 from lungseg.data.datamodule import process_rank, train_share
 from lungseg.data.layout import SPLITS, find_pairs
 from lungseg.description import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, now
@@ -318,8 +318,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        with atomic_open(path) as f:
-            torch.save(checkpoint, f)
+        save_torch(checkpoint, path)
 
 
 class DescribeModel(L.Callback):

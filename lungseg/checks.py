@@ -42,6 +42,71 @@ def non_negative_number(cfg: DictConfig, key: str) -> float:
     return float(value)
 
 
+def fraction(value: Any, key: str, open_interval: bool = True, optional: bool = False) -> float | None:
+    """A number between 0 and 1 (excluding both ends with ``open_interval``: a probability threshold of 0 or 1
+    makes every mask all lung or empty); None allowed when ``optional``. Else one line naming ``key``."""
+    if value is None and optional:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and (0 < value < 1 if open_interval else 0 <= value <= 1)
+    if not ok:
+        bounds = "strictly between 0 and 1" if open_interval else "between 0 and 1"
+        raise LungsegError(f"{key}={value}: must be a number {bounds}")
+    return float(value)
+
+
+def optional_whole_number(cfg: DictConfig, key: str, minimum: int = 1, allowed: tuple[Any, ...] = (None,)) -> Any:
+    """A whole number >= ``minimum``, or one of ``allowed`` (null, "auto")."""
+    value = setting(cfg, key)
+    if value in allowed:
+        return value
+    return whole_number(cfg, key, minimum)
+
+
+def check_inference(cfg: DictConfig) -> None:
+    """The settings predict, evaluate and robustness share, before a model is loaded."""
+    fraction(setting(cfg, "threshold"), "threshold", optional=True)
+    quality = setting(cfg, "quality") or {}
+    if "review_below" in quality:
+        fraction(quality.get("review_below"), "quality.review_below", open_interval=False, optional=True)
+    low, high = (fraction(quality.get(k), f"quality.{k}", open_interval=False, optional=True)
+                 for k in ("min_lung_fraction", "max_lung_fraction"))
+    if low is not None and high is not None and low >= high:
+        raise LungsegError(f"quality.min_lung_fraction={low} must be below quality.max_lung_fraction={high}")
+    if "max_components" in quality:
+        whole_number(cfg, "quality.max_components")
+    optional_whole_number(cfg, "threads")
+
+
+def check_predict(cfg: DictConfig) -> None:
+    """lungseg.predict's settings, before any work."""
+    check_inference(cfg)
+    whole_number(cfg, "batch_size")
+    optional_whole_number(cfg, "num_workers", allowed=("auto",))
+    optional_whole_number(cfg, "overlay_size", minimum=16)
+
+
+def check_evaluate(cfg: DictConfig) -> None:
+    """lungseg.evaluate's settings, before any work."""
+    check_inference(cfg)
+    whole_number(cfg, "data.batch_size")
+    whole_number(cfg, "auroc_bins", minimum=2)
+    whole_number(cfg, "calibration_bins")
+    whole_number(cfg, "n_samples", minimum=0)
+    whole_number(cfg, "n_worst", minimum=0)
+    spacing = setting(cfg, "pixel_spacing_mm")
+    values = list(spacing) if isinstance(spacing, (list, tuple)) or OmegaConf.is_list(spacing) else [spacing]
+    if spacing is not None and (len(values) not in (1, 2) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)):
+        raise LungsegError(f"pixel_spacing_mm={spacing}: must be a number > 0 or [row, col] of two (mm per pixel)")
+
+
+def check_robustness(cfg: DictConfig) -> None:
+    """lungseg.robustness' settings, before any work."""
+    check_inference(cfg)
+    whole_number(cfg, "seed", minimum=0)
+
+
 def image_size(cfg: DictConfig, key: str, divisor: int) -> int:
     """An input size the network can take: a whole multiple of ``divisor`` (2**depth)."""
     value = whole_number(cfg, key, minimum=divisor)
@@ -66,6 +131,13 @@ def writable_dir(path: str | Path, key: str) -> Path:
         raise LungsegError(f"{key}={path}: cannot write there ({err.strerror or err}); choose a writable folder") \
             from None
     return path
+
+
+def refuse_existing(path: Path, key: str, overwrite: bool) -> None:
+    """Refuse to replace an earlier output unless ``overwrite=true``; one line naming the setting."""
+    if path.exists() and not overwrite:
+        raise LungsegError(f"{key}={path}: already exists; pass overwrite=true to replace it, or choose another "
+                           f"{key}=")
 
 
 def check_train(cfg: DictConfig) -> None:

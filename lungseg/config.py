@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from lungseg.errors import require_extra
+from lungseg.errors import LungsegError, exit_on_user_error, require_extra
 
 _PACKAGE = Path(__file__).resolve().parent
 # An installed wheel carries conf/ as lungseg/conf; a checkout (editable or not) has it beside the package.
@@ -29,3 +31,32 @@ def require_plugins(overrides: Sequence[str]) -> None:
         if choice in PLUGIN_OVERRIDES:
             module, extra = PLUGIN_OVERRIDES[choice]
             require_extra(module, extra, choice)
+
+
+# Folders Hydra creates before a command's own code runs: a file in their place would be a traceback from Hydra.
+HYDRA_DIRS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def refuse_files_as_hydra_dirs(overrides: Sequence[str]) -> None:
+    """Refuse ``hydra.run.dir=`` / ``hydra.sweep.dir=`` overrides that name an existing file, before Hydra tries
+    to create the folder there."""
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key in HYDRA_DIRS and value and Path(value.strip("'\"")).expanduser().is_file():
+            raise LungsegError(f"{key}={value}: is a file, not a folder; choose a folder (it is created if missing)")
+
+
+def command_line(main: Callable[[], Any]) -> Callable[[], None]:
+    """A command's console entry (``lungseg-<command>``, ``python -m lungseg.<command>``): the checks of the command
+    line that must come before Hydra (a missing plugin, a file where Hydra makes a folder), then the Hydra
+    ``main``; a user error is one line and exit code 2."""
+
+    @exit_on_user_error
+    def cli() -> None:
+        overrides = sys.argv[1:]
+        require_plugins(overrides)
+        refuse_files_as_hydra_dirs(overrides)
+        main()
+
+    cli.__doc__ = f"Command line of {main.__module__}."
+    return cli

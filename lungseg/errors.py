@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from collections.abc import Callable, Iterable
@@ -54,8 +55,27 @@ def require_extra(module: str, extra: str, feature: str) -> ModuleType:
         raise MissingExtraError(f'{feature} needs {EXTRAS[extra]}: pip install "lungseg[{extra}]"') from None
 
 
+# Errors of the machine a user can fix (a full disk, a read-only or forbidden folder): one line, not a traceback.
+SYSTEM_ERRNOS = {errno.ENOSPC: "free space on that disk or choose another output",
+                 errno.EDQUOT: "free space within your quota or choose another output",
+                 errno.EROFS: "the file system is read-only; choose another output",
+                 errno.EACCES: "check its permissions or choose another path"}
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one line a user gets for ``err``: a LungsegError's message, or a full disk / permission OSError's with
+    the file it hit and what to do; None for anything else (a bug: it keeps its traceback)."""
+    if isinstance(err, LungsegError):
+        return str(err)
+    if isinstance(err, OSError) and err.errno in SYSTEM_ERRNOS:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror or err}; {SYSTEM_ERRNOS[err.errno]}"
+    return None
+
+
 def exit_on_user_error(func: F) -> F:
-    """Run an entry point with a quiet console; a LungsegError becomes one message on stderr and exit code 2."""
+    """Run an entry point with a quiet console; a user error (:func:`user_message`) becomes one message on stderr
+    and exit code 2."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -64,8 +84,11 @@ def exit_on_user_error(func: F) -> F:
         quiet()
         try:
             return func(*args, **kwargs)
-        except LungsegError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (LungsegError, OSError) as err:
+            message = user_message(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]

@@ -9,8 +9,6 @@ to a temp folder and renamed into place only when complete.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,9 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from lungseg import report
-from lungseg.checks import writable_dir
-from lungseg.config import CONFIG_DIR
+from lungseg.atomic import atomic_dir, output_lock
+from lungseg.checks import check_evaluate, refuse_existing, writable_dir
+from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.dataset import LungDataset
 from lungseg.errors import CheckpointError, exit_on_user_error
 from lungseg.metrics import dice_iou, mask_counts
@@ -160,15 +159,6 @@ def evaluate_dataset(seg: LungSegmenter, dataset: LungDataset, batch_size: int =
             "calibration": {k: v.numpy() for k, v in reliability.compute().items()}, "rows": rows}
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished report folder into place, replacing an earlier one only now."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run_dir(ckpt_path: str | Path) -> Path:
     """The training run of a checkpoint: the parent of ``checkpoints/``, else the checkpoint's folder (where the
     report goes by default, and where training curves are looked for)."""
@@ -194,7 +184,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt_path") and not cfg.get("model_path"):
         raise CheckpointError("no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model_path=DIR, "
                               "a pretrained folder)")
+    check_evaluate(cfg)
     sources = model_sources(cfg.get("ckpt_path") or cfg.get("model_path"))
+    name = cfg.split if len(sources) == 1 else f"{cfg.split}-ensemble-of-{len(sources)}"
+    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(sources[0]) / "eval" / name
+    refuse_existing(out, "output_dir", bool(cfg.overwrite))
+    writable_dir(out.parent, "output_dir")
     seg = LungSegmenter.load(sources, str(cfg.device), cfg.precision, cfg.data.image_size,
                              threshold=cfg.get("threshold"), quality_tta=bool(cfg.quality.tta),
                              review_below=cfg.quality.review_below, polarity=str(cfg.polarity))
@@ -218,19 +213,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "precision": seg.precision, "quality_tta": seg.scoring.tta, "review_below": seg.scoring.threshold}
     samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)
 
-    name = cfg.split if len(sources) == 1 else f"{cfg.split}-ensemble-of-{len(sources)}"
-    out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(source) / "eval" / name
-    writable_dir(out.parent, "output_dir")
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.mkdir()
-    try:
-        summary = report.write_report(tmp, results, meta, tuned, samples, cfg, run_dir(source) / "tensorboard")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(out, "output_dir"), atomic_dir(out) as staged:  # the earlier report stays whole until now
+        refuse_existing(out, "output_dir", bool(cfg.overwrite))  # again: another run may have written it meanwhile
+        summary = report.write_report(staged, results, meta, tuned, samples, cfg, run_dir(source) / "tensorboard")
     log.info("report written to %s", out)
     summary["output_dir"] = str(out)
     return summary
@@ -259,5 +244,7 @@ def main(cfg: DictConfig) -> None:
           f"(choose it on val)")
 
 
+cli = command_line(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

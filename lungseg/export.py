@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,10 +27,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lungseg.artifact import TrainedModel, load_checkpoint, save_pretrained
-from lungseg.atomic import write_text
+from lungseg.atomic import named_write_errors, output_lock, remove_stale, replace_dir, temp_path, write_text
 from lungseg.backend_torch import TorchBackend
-from lungseg.checks import writable_dir
-from lungseg.config import CONFIG_DIR
+from lungseg.checks import refuse_existing, writable_dir
+from lungseg.config import CONFIG_DIR, command_line
 from lungseg.errors import LungsegError, exit_on_user_error, require_extra
 from lungseg.model_card import model_card
 from lungseg.predictor import LungSegmenter
@@ -137,31 +137,47 @@ def export(cfg: DictConfig) -> dict[str, object]:
     output = Path(cfg.output) if cfg.get("output") else ckpt.with_suffix(FORMATS[cfg.format])
     if cfg.format == "pretrained" and not cfg.get("output"):
         output = ckpt.with_name(f"{ckpt.stem}-pretrained")
-    if output.exists() and not cfg.overwrite:
-        raise LungsegError(f"output={output}: already exists; pass overwrite=true to replace it or choose another")
+    refuse_existing(output, "output", bool(cfg.overwrite))
     model = load_checkpoint(ckpt, cfg.get("image_size"))
+    writable_dir(output.parent, "output")
+    with output_lock(output, "output"):  # one writer per exported file or folder
+        refuse_existing(output, "output", bool(cfg.overwrite))  # again: another export may have written it meanwhile
+        return write_export(cfg, model, ckpt, output, calibration)
+
+
+def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
+                 calibration: list[Path]) -> dict[str, object]:
+    """Write the export to ``output`` (staged beside it, then renamed into place), its card, and verify it."""
     size, divisor = model.description.image_size, int(getattr(model.net, "divisor", 1))
     card = model_card(model.description)
     if calibration:
         card += quantization_card(len(calibration), Path(cfg.calibration).name)
-    writable_dir(output.parent, "output")
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.tmp-") as tmp:
-        staged = Path(tmp) / output.name  # written whole, then renamed into place
-        if cfg.format == "pretrained":
-            save_pretrained(model, staged)
-        elif cfg.format == "onnx":
-            fp32 = Path(tmp) / "fp32.onnx" if calibration else staged
-            export_onnx(ProbabilityModel(model.net), fp32, size, int(cfg.opset), bool(cfg.dynamic_size),
-                        {"size_divisor": str(divisor), "source_checkpoint": ckpt.name,
-                         "lungseg_description": json.dumps(model.description.to_dict()), "model_card": card})
-            if calibration:
-                images = calibration_images(calibration, size, model.description.intensity)
-                quantize_int8(fp32, staged, images, INPUT_NAME, {"calibration_source": Path(cfg.calibration).name})
-        else:
-            export_program(ProbabilityModel(model.net), staged, size, divisor, bool(cfg.dynamic_size))
-        if output.is_dir():
-            shutil.rmtree(output)
-        staged.replace(output)
+    remove_stale(output)  # what a killed export left beside it
+    work = temp_path(output)
+    work.mkdir()
+    try:
+        with named_write_errors(output):  # a full disk: one OSError naming the output
+            staged = work / output.name  # written whole, then renamed into place
+            if cfg.format == "pretrained":
+                save_pretrained(model, staged)
+            elif cfg.format == "onnx":
+                fp32 = work / "fp32.onnx" if calibration else staged
+                export_onnx(ProbabilityModel(model.net), fp32, size, int(cfg.opset), bool(cfg.dynamic_size),
+                            {"size_divisor": str(divisor), "source_checkpoint": ckpt.name,
+                             "lungseg_description": json.dumps(model.description.to_dict()), "model_card": card})
+                if calibration:
+                    images = calibration_images(calibration, size, model.description.intensity)
+                    quantize_int8(fp32, staged, images, INPUT_NAME, {"calibration_source": Path(cfg.calibration).name})
+            else:
+                export_program(ProbabilityModel(model.net), staged, size, divisor, bool(cfg.dynamic_size))
+            if staged.is_dir():
+                replace_dir(staged, output)
+            else:
+                if output.is_dir():
+                    shutil.rmtree(output)
+                os.replace(staged, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if cfg.format != "pretrained":
         write_text(output.with_name(f"{output.name}.README.md"), card)
     result: dict[str, object] = {"output": output, "image_size": size}
@@ -185,5 +201,7 @@ def main(cfg: DictConfig) -> None:
     export(cfg)
 
 
+cli = command_line(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

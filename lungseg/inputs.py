@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg.data.images import read_image_file, to_gray8
+from lungseg.data.images import read_image_file, require_radiograph, to_gray8
 from lungseg.data.layout import IMAGE_SUFFIXES
 from lungseg.errors import DataError, require_extra
 
@@ -105,6 +105,4 @@ def read_input(path: Path, intensity: str = "window") -> np.ndarray:
     rule (``to_gray8``)."""
     path = Path(path)
     raw = read_dicom(path) if is_dicom(path) else read_image_file(path)
-    if raw.ndim not in (2, 3) or min(raw.shape[:2]) < 2:
-        raise DataError(f"{path}: image of shape {raw.shape} is not a 2-D radiograph; replace or remove it")
-    return to_gray8(raw, intensity)
+    return to_gray8(require_radiograph(raw, str(path)), intensity)

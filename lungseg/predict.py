@@ -17,9 +17,9 @@ import numpy as np
 from omegaconf import DictConfig
 from rich.progress import Progress
 
-from lungseg.atomic import atomic_open, write_bytes
-from lungseg.checks import writable_dir
-from lungseg.config import CONFIG_DIR
+from lungseg.atomic import atomic_open, output_lock, remove_stale_under, write_bytes
+from lungseg.checks import check_predict, writable_dir
+from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.images import read_mask
 from lungseg.data.layout import pair_files
 from lungseg.errors import DataError, LungsegError, exit_on_user_error
@@ -111,12 +111,19 @@ def plan_outputs(cfg: DictConfig, output: Path,
     if not files:
         raise DataError(f"input={cfg.input}: every radiograph found lies inside output={output}; choose another")
     paths = [output_paths(output, f.key, cfg) for f in files]
+    refuse_overwrite(cfg, output, paths)
+    return files, paths
+
+
+def refuse_overwrite(cfg: DictConfig, output: Path, paths: list[dict[str, Path]]) -> None:
+    """Refuse to replace earlier outputs unless ``overwrite=true``."""
+    if cfg.overwrite:
+        return
     existing = [p for ps in paths for p in ps.values() if p.exists()]
     existing += [output / "predictions.csv"] if (output / "predictions.csv").exists() else []
-    if existing and not cfg.overwrite:
+    if existing:
         raise LungsegError(f"output={output}: {len(existing)} output file(s) already exist (e.g. {existing[0]}); "
                            "pass overwrite=true to replace them, or choose another output=")
-    return files, paths
 
 
 def segmenter(cfg: DictConfig) -> LungSegmenter:
@@ -145,12 +152,22 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise LungsegError("missing setting: ckpt_path= (a checkpoint) or model_path= (an ONNX file, a pretrained "
                            "folder or a Hub id); e.g. "
                            "python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/")
+    check_predict(cfg)
     output = Path(cfg.output).expanduser()
     failures: list[str] = []  # every input skipped, with why
     files, paths = plan_outputs(cfg, output, failures)
     truths = reference_masks(cfg, files)
     seg = segmenter(cfg)
-    writable_dir(output, "output")
+    with output_lock(output, "output"):  # one writer per output folder, from the first file written
+        writable_dir(output, "output")
+        refuse_overwrite(cfg, output, paths)  # again under the lock: a run that finished meanwhile is kept
+        remove_stale_under(output)  # the temp files of a run that was killed
+        return write_predictions(cfg, seg, output, files, paths, truths, failures)
+
+
+def write_predictions(cfg: DictConfig, seg: LungSegmenter, output: Path, files: list[InputFile],
+                      paths: list[dict[str, Path]], truths: dict[Path, Path], failures: list[str]) -> dict[str, Any]:
+    """Segment ``files`` and write their outputs and predictions.csv; return the run's summary."""
     workers = None if cfg.num_workers == "auto" else int(cfg.num_workers)  # None: the backend's default
     log.info("%d input(s) -> %s (model %d px, batch %d, %s, threshold %g, post-processing %s, flip TTA %s)",
              len(files), output, seg.image_size, cfg.batch_size, seg.backend, seg.threshold, cfg.postprocess,
@@ -226,5 +243,7 @@ def main(cfg: DictConfig) -> None:
                         f"({summary['predicted']} others were segmented):", summary["failures"])
 
 
+cli = command_line(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from lungseg.data.images import preprocess, to_gray8
+from lungseg.checks import fraction
+from lungseg.data.images import preprocess, require_radiograph, to_gray8
 from lungseg.description import ModelDescription
 from lungseg.errors import DataError, LungsegError
 from lungseg.inputs import read_input
@@ -74,13 +75,12 @@ def as_gray(image: ImageInput, intensity: str = "window") -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_input(Path(image), intensity)
     array = np.asarray(image)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or min(array.shape[:2]) < 2:
-        raise DataError(f"image array of shape {array.shape}: expected H x W or H x W x 1/3/4 (a 2-D radiograph)")
     if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype,
                                                                                                np.floating)):
         raise DataError(f"image array of dtype {array.dtype}: expected uint8, uint16 or float pixels")
+    require_radiograph(array, "image array")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError("image array holds NaN or infinite pixels; replace them before predicting")
     return to_gray8(array, intensity)
@@ -134,7 +134,8 @@ class LungSegmenter:
                  review_below: float | None = None, polarity: str = "auto") -> None:
         self.backend = backend
         self.description: ModelDescription = backend.description
-        self.threshold = float(self.description.threshold if threshold is None else threshold)
+        self.threshold = fraction(self.description.threshold if threshold is None else threshold, "threshold")
+        fraction(review_below, "review_below", open_interval=False, optional=True)
         self.postprocess, self.tta_flip = postprocess, tta_flip
         self.quality = quality or QualityLimits()
         self.scoring = QualitySettings(tta=bool(quality_tta), review_below=review_below)
@@ -315,6 +316,8 @@ class LungSegmenter:
         ``timing`` (a dict) receives ``model_s``: the seconds spent in the network, for a model-only rate."""
         if isinstance(images, (str, Path)):
             raise LungsegError(f"predict_many takes a list of images; for one image use predict({str(images)!r})")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise LungsegError(f"batch_size={batch_size}: must be a whole number >= 1")
         items = images if isinstance(images, Sequence) else list(images)
         workers = max(1, self.backend.default_workers() if num_workers is None else int(num_workers))
         starts = range(0, len(items), max(1, int(batch_size)))
@@ -329,9 +332,9 @@ class LungSegmenter:
                 prepared = [f.result() for f in batches.popleft()]
                 if k + 2 < len(starts):
                     batches.append(decode(starts[k + 2]))
-                errors = [p for p in prepared if isinstance(p, DataError)]
-                if errors and not skip_errors:
-                    raise errors[0]
+                first_error = next((i for i, p in enumerate(prepared) if isinstance(p, DataError)), None)
+                if first_error is not None and not skip_errors:  # the inputs before it are delivered, then it
+                    prepared, error = prepared[:first_error], prepared[first_error]
                 ready = [p for p in prepared if not isinstance(p, DataError)]
                 tick = time.perf_counter()
                 outputs: Iterator[tuple[Any, ...]] = iter(())
@@ -345,6 +348,10 @@ class LungSegmenter:
                     p if isinstance(p, DataError) else finishers.submit(self.finish, p[0], *next(outputs))
                     for p in prepared]
                 pending.extend(entries)
+                if first_error is not None and not skip_errors:
+                    while pending:
+                        yield _result(pending.popleft())
+                    raise error
                 while len(pending) > len(entries):  # the previous batch finishes while this one ran
                     yield _result(pending.popleft())
             while pending:

@@ -24,9 +24,9 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from lungseg.atomic import atomic_open, write_text
-from lungseg.checks import writable_dir
-from lungseg.config import CONFIG_DIR
+from lungseg.atomic import atomic_dir, output_lock
+from lungseg.checks import check_robustness, refuse_existing, writable_dir
+from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.images import read_mask
 from lungseg.data.layout import find_pairs, require_root
 from lungseg.errors import DataError, exit_on_user_error
@@ -220,25 +220,36 @@ def load_split(root: str | Path, split: str, intensity: str = "window") -> list[
 
 
 def robustness(cfg: DictConfig) -> dict[str, Any]:
-    """Score the split clean and shifted; write per_image.csv, robustness.md/json and the heat-map."""
-    from lungseg.figures import robustness_figure, save_figures
-
+    """Score the split clean and shifted; write per_image.csv, robustness.md/json and the heat-map into
+    ``output_dir``, replacing an earlier report whole (with ``overwrite=true``) only once this one is complete."""
+    check_robustness(cfg)
+    out = Path(cfg.output_dir).expanduser()
+    refuse_existing(out, "output_dir", bool(cfg.overwrite))
+    writable_dir(out.parent, "output_dir")
     seg = LungSegmenter.load(model_sources(cfg.ckpt_path), str(cfg.device), cfg.precision,
                              postprocess=bool(cfg.postprocess), polarity=str(cfg.polarity))
     pairs = load_split(cfg.data.root, cfg.split, seg.description.intensity)
-    out = writable_dir(cfg.output_dir, "output_dir")
     log.info("robustness of %s on %s/%s: %d images x %d shifts x 3 severities", cfg.ckpt_path, cfg.data.root,
              cfg.split, len(pairs), len(SHIFTS))
     rows = run(seg, pairs, int(cfg.seed))
     summary = summarise(rows)
-    with atomic_open(out / "per_image.csv", "w", newline="") as f:
+    with output_lock(out, "output_dir"), atomic_dir(out) as staged:
+        refuse_existing(out, "output_dir", bool(cfg.overwrite))  # again: another run may have written it meanwhile
+        write_report(staged, rows, summary)
+    return summary
+
+
+def write_report(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """per_image.csv, robustness.json, robustness.md and the heat-map robustness.png into ``folder``."""
+    from lungseg.figures import robustness_figure, save_figures
+
+    with (folder / "per_image.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
-    write_text(out / "robustness.md", markdown(summary))
-    save_figures({"robustness": robustness_figure(summary["per_shift"], summary["clean_dice"])}, out)
-    return summary
+    (folder / "robustness.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (folder / "robustness.md").write_text(markdown(summary))
+    save_figures({"robustness": robustness_figure(summary["per_shift"], summary["clean_dice"])}, folder)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="robustness")
@@ -249,5 +260,7 @@ def main(cfg: DictConfig) -> None:
     print(markdown(summary) + f"-> {cfg.output_dir}")
 
 
+cli = command_line(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,11 +23,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lungseg.artifact import read_checkpoint, record_test_metrics
+from lungseg.atomic import named_write_errors, output_lock
 from lungseg.callbacks import BestMetrics, DescribeModel
 from lungseg.checks import check_train
-from lungseg.config import CONFIG_DIR, require_plugins
+from lungseg.config import CONFIG_DIR, command_line
 from lungseg.console import quiet
-from lungseg.errors import EXIT_USER_ERROR, LungsegError, exit_on_user_error
+from lungseg.errors import EXIT_USER_ERROR, user_message
 from lungseg.hparams import end_session, start_session
 from lungseg.resume import check_resume
 from lungseg.runtime import set_threads
@@ -180,6 +182,14 @@ def _earlier_wall_s(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers (None for a failed job of a multirun)."""
     quiet()
+    run = Path(cfg.paths.output_dir)
+    holder = rank_zero_only.rank == 0  # DDP's other ranks share rank 0's folder and lock
+    with output_lock(run, "hydra.run.dir", inside=True) if holder else contextlib.nullcontext():
+        return _main(cfg)
+
+
+def _main(cfg: DictConfig) -> float | None:
+    """:func:`main` while it holds the run folder's lock: the run's record around :func:`train`."""
     start, earlier = time.time(), _earlier_wall_s(cfg)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     record = record_path(Path(cfg.paths.output_dir), started)
@@ -187,15 +197,17 @@ def main(cfg: DictConfig) -> float | None:
     try:
         if cfg.get("ckpt_path"):
             _link_resume(cfg)
-        metrics = train(cfg)
+        with named_write_errors(cfg.paths.output_dir):  # a write that failed without naming its file: the run's
+            metrics = train(cfg)
     except Exception as err:
         wall_s = round(earlier + time.time() - start, 1)
         _record(cfg, record, status="failed", started=started, wall_s=wall_s, error=f"{type(err).__name__}: {err}")
         if _multirun():  # the failure is in the job folder; returning lets the other jobs run
-            log.error("job failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, LungsegError))
+            log.error("job failed: %s: %s", type(err).__name__, err, exc_info=user_message(err) is None)
             return None  # Optuna records None as a failed trial (NaN would make optuna 2.x abort the study)
-        if isinstance(err, LungsegError):
-            print(f"error: {err}", file=sys.stderr)
+        message = user_message(err)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
         raise
     value = metrics.get(cfg.get("optimized_metric") or "")
@@ -207,11 +219,7 @@ def main(cfg: DictConfig) -> float | None:
     return value
 
 
-@exit_on_user_error
-def cli() -> None:
-    """Command line (``lungseg-train``): refuse a sweep plugin that is not installed, then run ``main``."""
-    require_plugins(sys.argv[1:])
-    main()
+cli = command_line(main)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lungseg.artifact import load_module
 from lungseg.data.images import load_pair
 from lungseg.data.layout import DATASET_DIR, find_pairs
-from lungseg.errors import CheckpointError, DataError
+from lungseg.errors import CheckpointError, DataError, LungsegError
 from lungseg.evaluate import evaluate
 from lungseg.predictor import LungSegmenter
 from lungseg.train import train
-from tests.helpers import CONF, CXR, ROOT, TINY, requires_cxr, write_split
+from tests.helpers import CONF, CXR, ROOT, TINY, cpu_precision, requires_cxr, write_split
 
 TEST_NUMBERS = [50, 52, 54, 56, 58, 61]
 FIGURES = ("roc", "precision_recall", "confusion_matrix", "training_curves", "dice_histogram", "predictions",
@@ -164,11 +164,15 @@ def test_report_figures_and_tensorboard(trained: dict, run_eval) -> None:
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert {f"eval/{name}" for name in FIGURES} <= set(events.Tags()["images"])
-    assert not list(out.parent.glob(".test.*"))  # no temp folders left
+    assert [p.name for p in out.parent.glob(".test.*")] == [".test.lock"]  # no temp folders left, the lock file
 
 
+@pytest.mark.precision
 def test_training_test_stage_is_the_same_computation(trained: dict, run_eval, tmp_path: Path) -> None:
+    """Training's test stage and evaluate run the same kernels in the same precision (evaluate's auto runs the
+    trained one where the device has it), so their numbers agree far inside that precision's rounding."""
     summary = run_eval(f"output_dir={tmp_path / 'out'}", "data.batch_size=4", "calibration=false")
+    assert summary["precision"] == cpu_precision()
     for name in ("dice", "iou", "accuracy", "auroc", "loss", "precision", "recall"):
         assert summary["pooled"][name] == pytest.approx(trained["metrics"][f"test/{name}"], abs=1e-4), name
     # the mean of per-image Dice, as training logs it, equals the report's mean over per_image.csv
@@ -181,17 +185,19 @@ def test_failed_run_keeps_the_earlier_report(trained: dict, run_eval, tmp_path: 
     out = tmp_path / "out"
     run_eval(f"output_dir={out}", "calibration=false")
     before = (out / "metrics.json").read_bytes()
+    with pytest.raises(LungsegError, match="already exists; pass overwrite=true"):
+        run_eval(f"output_dir={out}", "calibration=false")
     with pytest.raises(DataError, match="unknown split 'nope'"):
-        run_eval(f"output_dir={out}", "split=nope")
+        run_eval(f"output_dir={out}", "split=nope", "overwrite=true")
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr("lungseg.figures.save_figures", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        run_eval(f"output_dir={out}", "threshold=0.9")
+        run_eval(f"output_dir={out}", "threshold=0.9", "overwrite=true")
     assert (out / "metrics.json").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or half-written folders
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]  # no temp or half-written folders
 
 
 def test_bad_inputs_are_one_clear_error_each(trained: dict, run_eval, tmp_path: Path) -> None:

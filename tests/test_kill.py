@@ -56,6 +56,7 @@ def test_predict_killed_midway_leaves_only_whole_files_and_a_rerun_finishes(tiny
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((out / "predictions.csv").read_text().splitlines()) == 301
     assert len([p for p in _complete_pngs(out) if p.parent.name == "masks"]) == 300
+    assert [p.name for p in out.rglob(".*") if ".tmp-" in p.name] == []  # the killed run's temp files are gone
 
 
 def test_evaluate_killed_midway_keeps_the_earlier_report(tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -67,11 +68,14 @@ def test_evaluate_killed_midway_keeps_the_earlier_report(tiny_ckpt: Path, tmp_pa
     assert subprocess.run(base, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
     before = (out / "metrics.json").read_bytes()
     write_split(data, "test", list(range(2, 400)), size=64, seed=6)  # a longer run to kill
-    proc = subprocess.Popen([*base, "threshold=0.3"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([*base, "threshold=0.3", "overwrite=true"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     _kill_when(proc, lambda: any(tmp_path.glob(".report.tmp-*")))
     assert (out / "metrics.json").read_bytes() == before  # the finished report is untouched
     assert list(tmp_path.glob(".report.tmp-*"))  # the killed run's half-built report stayed out of the way
-    rerun = subprocess.run([*base, "threshold=0.3"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    refused = subprocess.run([*base, "threshold=0.3"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 2 and f"output_dir={out}: already exists" in refused.stderr
+    rerun = subprocess.run([*base, "threshold=0.3", "overwrite=true"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (out / "metrics.json").read_bytes() != before and not list(tmp_path.glob(".report.tmp-*"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lungseg.config import CONFIG_DIR
+from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.dataset import LungDataset
 from lungseg.data.layout import SPLITS, find_pairs, require_root
 from lungseg.errors import DataError, exit_on_user_error
@@ -36,5 +36,7 @@ def main(cfg: DictConfig) -> None:
     print(f"OK: {total} pairs in {cfg.data.root} (" + ", ".join(f"{s} {n}" for s, n in counts.items()) + ")")
 
 
+cli = command_line(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

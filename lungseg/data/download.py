@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from lungseg.config import CONFIG_DIR
+from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, SPLITS, find_pairs
 from lungseg.errors import DataError, exit_on_user_error, require_extra
 
@@ -226,5 +226,7 @@ def main(cfg: DictConfig) -> None:
     download_dataset(cfg.data.root, cfg.dataset, force=cfg.force)
 
 
+cli = command_line(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

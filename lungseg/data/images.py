@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,9 @@ import numpy as np
 from lungseg.errors import DataError
 
 MASK_THRESHOLD = 128
+# The smallest side of an image taken as a radiograph: anything smaller is an icon, a thumbnail or a broken export,
+# not a film to segment or train on (the network's own input is far larger).
+MIN_SIDE = 16
 # A mask is "not binary" when more than this fraction of its pixels is mid-grey (64..191):
 # JPEG artefacts on real masks stay near 0 and 255 and well under this.
 MAX_GREY_FRACTION = 0.01
@@ -20,15 +24,46 @@ COLOUR_SPREAD = 48
 
 
 def read_image_file(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """Decode an image file, raising a DataError that names the file when it cannot be read."""
+    """Decode an image file, raising a DataError that names the file when it cannot be read or holds more than one
+    frame (an animated GIF, PNG or WebP, a multi-page TIFF: decoders would silently take the first)."""
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror}); check it exists and is readable") from None
+    frames = frame_count(data.tobytes()) if data.size else 1
+    if frames > 1:
+        raise DataError(f"{path}: an animated or multi-page image ({frames} frames); save the one radiograph as a "
+                        "single-frame PNG")
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None or image.size == 0:
         raise DataError(f"{path}: not a readable image (corrupt or truncated?); replace or remove it")
+    return image
+
+
+def frame_count(data: bytes) -> int:
+    """How many frames an encoded image holds: read from the header for the formats that can hold several (GIF,
+    TIFF, PNG with an animation chunk, WebP with one); 1 for everything else."""
+    webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP" and b"ANIM" in data[12:256]
+    png = data[:8] == b"\x89PNG\r\n\x1a\n" and b"acTL" in data[:data.find(b"IDAT") if b"IDAT" in data else 4096]
+    if not (data[:4] in (b"GIF8", b"II*\x00", b"MM\x00*") or png or webp):
+        return 1
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(getattr(im, "n_frames", 1))
+    except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError):
+        return 1  # let the decoder report what is wrong with it
+
+
+def require_radiograph(image: np.ndarray, where: str) -> np.ndarray:
+    """Refuse what cannot be a radiograph: not 2-D (H x W, or H x W x 1/3/4 channels) or under ``MIN_SIDE`` px a
+    side; the same rule for training data and inference inputs."""
+    channels_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
+    if not channels_ok or min(image.shape[:2]) < MIN_SIDE:
+        raise DataError(f"{where}: image of shape {image.shape} is not a radiograph: expected H x W (or H x W x 1/3/4 "
+                        f"channels) of at least {MIN_SIDE} px a side; replace or remove it")
     return image
 
 
@@ -106,12 +141,22 @@ def to_gray8(image: np.ndarray, intensity: str = "window") -> np.ndarray:
 
 def read_gray(path: Path, intensity: str = "window") -> np.ndarray:
     """Read a radiograph file as 8-bit grayscale by an intensity rule (``window``: the one training uses)."""
-    return to_gray8(read_image_file(path), intensity)
+    return to_gray8(require_radiograph(read_image_file(path), str(path)), intensity)
+
+
+def _levels(gray: np.ndarray) -> np.ndarray:
+    """The grey levels an 8-bit image uses."""
+    return np.flatnonzero(np.bincount(gray.ravel(), minlength=256))
 
 
 def binarize(mask: np.ndarray) -> np.ndarray:
-    """Threshold a mask at 128 (JPEG masks are not exactly 0/255) to uint8 {0, 1}."""
-    return (to_gray8(mask, "minmax") >= MASK_THRESHOLD).astype(np.uint8)
+    """A mask to uint8 {0, 1}: lung where it is at least 128 (JPEG masks are not exactly 0/255), or, in a mask of
+    exactly two low values (0/1, as many tools save them), where it takes the higher one."""
+    gray = to_gray8(mask, "minmax")
+    levels = _levels(gray)
+    if len(levels) == 2 and levels[1] < MASK_THRESHOLD:
+        return (gray == levels[1]).astype(np.uint8)
+    return (gray >= MASK_THRESHOLD).astype(np.uint8)
 
 
 def grey_fraction(mask: np.ndarray) -> float:
@@ -137,12 +182,18 @@ def read_mask(path: Path) -> np.ndarray:
         if ((bgr.max(-1) - bgr.min(-1)) > COLOUR_SPREAD).mean() > MAX_COLOUR_FRACTION:
             raise DataError(f"{path}: colour mask (colours found: {', '.join(colours(mask))}); masks must be "
                             "black background and white lung: convert the lung colour to white, the rest to black")
+    levels = _levels(to_gray8(mask, "minmax"))
+    if len(levels) <= 2:  # two-valued (0/255, 0/1, ...): binary whatever its levels
+        return binarize(mask)
     grey = grey_fraction(mask)
     if grey > MAX_GREY_FRACTION:
         raise DataError(
             f"{path}: mask is not binary ({grey:.1%} of pixels are mid-grey); "
             "masks must be black background and white lung (threshold at 128)"
         )
+    if levels[-1] < MASK_THRESHOLD:
+        raise DataError(f"{path}: mask values only reach {levels[-1]} over {len(levels)} grey levels (a 0/1 mask saved "
+                        "as JPEG?); save masks losslessly (PNG) with lung 255 or 1 and background 0")
     return binarize(mask)
 
 
