@@ -33,8 +33,9 @@ from lungseg.evaluate import evaluate
 from lungseg.predict import predict
 from lungseg.review.cli import main
 from lungseg.review.decisions import REVIEW_CSV, ReviewBook, describe, read_folder, review_counts
+from lungseg.review.films import Film
 from lungseg.review.images import CACHE_DIR, THUMB_PX
-from lungseg.review.relabel import export_rejected
+from lungseg.review.relabel import export_rejected, pair_names
 from lungseg.review.server import create_app, serving
 from tests.helpers import CONF, ROOT, disc_pair, write_split
 
@@ -528,3 +529,16 @@ def test_the_command_serves_and_a_killed_server_loses_no_decision(folder: Path,
             main([str(folder), "--port", str(taken.getsockname()[1])])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot listen on 127.0.0.1:" in err
+
+
+@pytest.mark.parametrize("names", [["cxrimage_3", "sub/cxrimage_4"], ["a/b", "a__b", "cxrimage_3"],
+                                   ["cxrimage_3", "cxrimage_40"]])
+def test_exported_names_pair_as_a_training_split_pairs_them(names: list[str],
+                                                            tmp_path: Path) -> None:
+    films = [Film(name, i, {}, tmp_path) for i, name in enumerate(names)]
+    for image, mask in pair_names(films):
+        for sub, stem in (("image", image), ("mask", mask)):
+            (tmp_path / sub).mkdir(exist_ok=True)
+            (tmp_path / sub / f"{stem}.png").write_bytes(b"")
+    pairs, problems = pair_files(tmp_path / "image", tmp_path / "mask")
+    assert len(pairs) == len(names) and not problems

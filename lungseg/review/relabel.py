@@ -27,6 +27,14 @@ def pair_names(films: list[Film]) -> list[tuple[str, str]]:
     (``cxrimage_<N>`` with ``cxrmask_<N>``) when every film has one, else the same stem for both (a
     ``cxrimage_<N>`` among other names is written ``cxrimage-<N>`` so the folder pairs by stem)."""
     stems = [film.key.replace("/", "__") for film in films]
+    taken = set(stems)
+    for i, stem in enumerate(stems):  # a/b and a top-level a__b: the second gets a number
+        if stems.index(stem) != i:
+            n = 2
+            while f"{stem}-{n}" in taken:
+                n += 1
+            stems[i] = f"{stem}-{n}"
+            taken.add(stems[i])
     if all(IMAGE_PATTERN.match(s) for s in stems):
         return [(s, s.replace("cxrimage_", "cxrmask_", 1)) for s in stems]
     stems = [re.sub(r"^cxrimage_(\d+)$", r"cxrimage-\1", s) for s in stems]

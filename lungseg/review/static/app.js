@@ -229,8 +229,10 @@ async function post(card, change) {
 }
 
 async function decide(card, decision, advance) {
-  const ok = await post(card, { decision });
-  if (ok && advance && decision) move(1);
+  // Move on before the answer comes, so that the next key is for the next film however fast it
+  // follows; a decision that fails to save says so and leaves its card as it was.
+  if (advance && decision) move(1);
+  await post(card, { decision });
 }
 
 async function saveNote(card, text) {
