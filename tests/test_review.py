@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -324,6 +325,20 @@ def test_cards_get_small_thumbnails_made_once_and_the_full_film_only_when_asked(
     with client(folder) as page:
         assert page.get("/api/picture", params={"key": key}).content == film.content
     assert {p: p.stat().st_mtime_ns for p in (folder / CACHE_DIR).rglob("*.*")} == stamp
+
+
+def test_the_next_pages_thumbnails_are_made_ahead(folder: Path) -> None:
+    order = expected_order(folder)
+    with client(folder) as page:
+        page.get("/api/films", params={"page": 0, "per_page": 4})
+        deadline = time.monotonic() + 60
+        while len(list((folder / CACHE_DIR).rglob("*.*"))) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        made = sorted(p.name for p in (folder / CACHE_DIR).rglob("*.*"))
+        asked = sorted(page.app.state.review.thumbnails.path(film, layer).name
+                       for film in (page.app.state.review.book.by_key[k] for k in order[4:8])
+                       for layer in ("film", "mask"))
+    assert made == asked  # page 2's eight pictures, and nothing of page 1 nobody asked for
 
 
 def test_missing_films_are_said_in_one_line_and_fall_back_to_the_overlay(folder: Path) -> None:

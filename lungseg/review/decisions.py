@@ -9,8 +9,9 @@ import csv
 import io
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ except ImportError:  # pragma: no cover - Windows: the in-process lock only
     fcntl = None  # type: ignore[assignment]
 
 REVIEW_CSV = "review.csv"
-COLUMNS = ("film", "decision", "note", "input", "quality_score", "needs_review", "decided_at")
 DECISIONS = ("accepted", "rejected")
 NOTE_LIMIT = 4000  # characters: a note is a remark, not a report
 FIX = "fix or delete that row, or move the file away to start afresh (nothing was changed)"
@@ -49,6 +49,9 @@ class Decision:
         return bool(self.quality_score and now and self.quality_score != now)
 
 
+COLUMNS = tuple(f.name for f in fields(Decision))  # review.csv's columns, in this order
+
+
 def _row(row: dict[str | None, Any], films: dict[str, Film], where: str) -> Decision:
     """One row of review.csv as a Decision, or one error naming the row."""
     if None in row:
@@ -65,17 +68,22 @@ def _row(row: dict[str | None, Any], films: dict[str, Film], where: str) -> Deci
     return Decision(**{**cells, "film": key, "decision": decision})
 
 
-def read_review(path: Path, films: dict[str, Film]) -> dict[str, Decision]:
-    """The decisions of ``review.csv`` (none when absent or empty), checked against the folder's
-    films: an unknown column, film or decision, or a film listed twice, is one error naming the
-    file and row."""
+def _read_text(path: Path) -> str:
+    """review.csv's text ("" when absent)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return ""
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read it ({err}); move it away to start afresh (nothing "
                         "was changed)") from None
+
+
+def read_review(path: Path, films: dict[str, Film], text: str | None = None) -> dict[str, Decision]:
+    """The decisions of ``review.csv`` (``text``: its content, already read; none when absent or
+    empty), checked against the folder's films: an unknown column, film or decision, or a film
+    listed twice, is one error naming the file and row."""
+    text = _read_text(path) if text is None else text
     if not text.strip():
         return {}
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -103,11 +111,10 @@ def read_review(path: Path, films: dict[str, Film]) -> dict[str, Decision]:
 def render_review(films: list[Film], decisions: dict[str, Decision]) -> str:
     """review.csv's text: a row per film with a decision or a note, in predictions.csv order."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for film in films:
-        if film.key in decisions:
-            writer.writerow(asdict(decisions[film.key]))
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    cells = attrgetter(*COLUMNS)
+    writer.writerows(cells(decisions[f.key]) for f in films if f.key in decisions)
     return out.getvalue()
 
 
@@ -136,7 +143,8 @@ class ReviewBook:
         self.path = self.folder / REVIEW_CSV
         self._lock = threading.Lock()
         self._lock_file = self.folder / f".{REVIEW_CSV}.lock"
-        self.decisions = read_review(self.path, self.by_key)  # a bad file stops here, untouched
+        self._text = _read_text(self.path)  # what this book last read or wrote
+        self.decisions = read_review(self.path, self.by_key, self._text)  # a bad file stops here
         try:
             self._lock_file.touch()
         except OSError as err:
@@ -155,7 +163,9 @@ class ReviewBook:
         if note is not None and len(note) > NOTE_LIMIT:
             raise LungsegError(f"a note holds at most {NOTE_LIMIT} characters, not {len(note)}")
         with self._lock, _folder_lock(self._lock_file):
-            current = read_review(self.path, self.by_key)  # another server may have written
+            text = _read_text(self.path)  # parsed again only if someone else has written it
+            current = dict(self.decisions) if text == self._text else \
+                read_review(self.path, self.by_key, text)
             old = current.get(key, Decision(key))
             new = Decision(key, old.decision if decision is None else decision,
                            old.note if note is None else note.replace("\r\n", "\n").strip(),
@@ -166,8 +176,9 @@ class ReviewBook:
                 current[key] = new
             else:
                 current.pop(key, None)
-            write_text(self.path, render_review(self.films, current))
-            self.decisions = current
+            text = render_review(self.films, current)
+            write_text(self.path, text)
+            self.decisions, self._text = current, text
         return current.get(key)
 
     def counts(self) -> dict[str, Any]:

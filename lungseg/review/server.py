@@ -9,14 +9,17 @@ returns once ``review.csv`` is rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import cv2
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -75,6 +78,21 @@ class ReviewState:
         self.thumbnails = thumbnails
         self.order = review_order(book.films)
         self.rank = {film.key: i + 1 for i, film in enumerate(self.order)}
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="thumbnails-ahead")
+        self._waiting: Future[None] | None = None
+
+    def make_ahead(self, films: list[Film]) -> None:
+        """Make the thumbnails of the next page in the background, one at a time, so that turning
+        to it shows pictures at once (a film that cannot be drawn says so when it is shown)."""
+        def make() -> None:
+            for film in films:
+                for layer in ("film", "mask"):
+                    with contextlib.suppress(LungsegError, OSError, cv2.error):
+                        self.thumbnails.path(film, layer)
+
+        if self._waiting is not None:
+            self._waiting.cancel()  # a page turned past: its next page is no longer next
+        self._waiting = self._ahead.submit(make)
 
     def card(self, film: Film) -> dict[str, Any]:
         """One film as its card shows it."""
@@ -158,6 +176,7 @@ def create_app(folder: str | Path, host: str = LOOPBACK) -> FastAPI:
         pages = max(1, -(-len(kept) // per_page))
         page = min(max(page, 0), pages - 1)
         cards = [state.card(f) for f in kept[page * per_page:(page + 1) * per_page]]
+        state.make_ahead(kept[(page + 1) * per_page:(page + 2) * per_page])
         return {"folder": str(book.folder), "review_csv": str(book.path), "total": len(kept),
                 "films_total": len(state.order), "page": page, "pages": pages,
                 "per_page": per_page, "show": show, "films": cards, "counts": book.counts()}
