@@ -21,13 +21,16 @@ from tests.test_review import FILM_PX, expected_order, predicted_folder, read_ro
 CHROMIUM = Path("/usr/bin/chromium")
 SCRIPT = ROOT / "scripts" / "sweep_screenshot.py"  # chromium_page(): Playwright on Debian Chromium
 
+# Skipped before any model is trained, naming what is missing.
+pytest.importorskip("playwright.sync_api",
+                    reason="playwright is not installed: pip install playwright")
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
+                                reason=f"no Chromium at {CHROMIUM}: make chromium (apt-get install "
+                                       "chromium as root)")
+
 
 def _chromium_page():
-    """scripts/sweep_screenshot.py's chromium_page, or a skip naming what is missing."""
-    pytest.importorskip("playwright.sync_api",
-                        reason="playwright is not installed: pip install playwright")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    """scripts/sweep_screenshot.py's chromium_page (Playwright driving Debian's Chromium)."""
     spec = importlib.util.spec_from_file_location("sweep_screenshot", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
