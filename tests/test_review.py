@@ -327,14 +327,19 @@ def test_cards_get_small_thumbnails_made_once_and_the_full_film_only_when_asked(
     assert {p: p.stat().st_mtime_ns for p in (folder / CACHE_DIR).rglob("*.*")} == stamp
 
 
+def cached(folder: Path) -> list[str]:
+    """The thumbnails in the folder's cache (not a temp file being written)."""
+    return sorted(p.name for p in (folder / CACHE_DIR).rglob("*") if p.suffix in (".jpg", ".png"))
+
+
 def test_the_next_pages_thumbnails_are_made_ahead(folder: Path) -> None:
     order = expected_order(folder)
     with client(folder) as page:
         page.get("/api/films", params={"page": 0, "per_page": 4})
         deadline = time.monotonic() + 60
-        while len(list((folder / CACHE_DIR).rglob("*.*"))) < 8 and time.monotonic() < deadline:
+        while len(cached(folder)) < 8 and time.monotonic() < deadline:
             time.sleep(0.05)
-        made = sorted(p.name for p in (folder / CACHE_DIR).rglob("*.*"))
+        made = cached(folder)
         asked = sorted(page.app.state.review.thumbnails.path(film, layer).name
                        for film in (page.app.state.review.book.by_key[k] for k in order[4:8])
                        for layer in ("film", "mask"))
