@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo train data check evaluate predict export bench sweep sweep-demo optuna summary results ablations learning-curve test test-browser test-all lint tensorboard clean
+.PHONY: install demo train data check evaluate predict export bench sweep sweep-demo optuna summary results ablations learning-curve test chromium test-browser test-all lint tensorboard clean
 
 install: $(BIN)/.installed   ## torch first, then this checkout editable with [dev]: every extra but ray, pytest, ruff, build
 
@@ -70,11 +70,13 @@ test: install          ## the fast suite in this CPU's precision, then its preci
 	$(BIN)/python -m pytest -m "not slow" -q
 	$(BIN)/python -m pytest -m "precision and not slow" -q --cpu-precision=other
 
-test-browser: install  ## the HParams tab of a real sweep in headless Chromium (installs playwright; chromium via apt as root)
-	$(BIN)/python -m pip install --quiet playwright
+chromium:              ## Debian's Chromium for the browser tests (apt as root; Playwright's own browser download is not used)
 	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	    else echo "no chromium: sudo apt-get install chromium (Debian/Ubuntu), then make test-browser again"; exit 1; fi; }
-	$(BIN)/python -m pytest -q tests/test_sweep_browser.py
+
+test-browser: install chromium  ## the HParams tab of a real sweep and the review page in headless Chromium (installs playwright)
+	$(BIN)/python -m pip install --quiet playwright
+	$(BIN)/python -m pytest -q tests/test_sweep_browser.py tests/test_review_browser.py
 
 test-all: install      ## every test, including the slow real-data training
 	$(BIN)/python -m pytest -q

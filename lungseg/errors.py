@@ -20,6 +20,7 @@ EXTRAS = {
     "dicom": "pydicom >= 3",
     "kaggle": "the kaggle package",
     "sweep": "the Hydra sweep plugins (Optuna sweeper, joblib and submitit launchers)",
+    "review": "FastAPI and uvicorn",
 }
 
 

@@ -40,6 +40,7 @@ from lungseg.metrics.pixels import (
 )
 from lungseg.predictor import LungSegmenter, model_sources
 from lungseg.resolvers import checkpoint_run
+from lungseg.review.decisions import describe, review_counts
 from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise CheckpointError("no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model_path=DIR, "
                               "a pretrained folder)")
     check_evaluate(cfg)
+    reviewed = review_counts(cfg.review, required=True) if cfg.get("review") else None  # checked first
     sources = model_sources(cfg.get("ckpt_path") or cfg.get("model_path"))
     name = cfg.split if len(sources) == 1 else f"{cfg.split}-ensemble-of-{len(sources)}"
     out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(sources[0]) / "eval" / name
@@ -211,6 +213,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "split": cfg.split,
             "image_size": int(size), "threshold": seg.threshold, "device": str(seg.device),
             "precision": seg.precision, "quality_tta": seg.scoring.tta, "review_below": seg.scoring.threshold}
+    if reviewed:
+        meta["review"] = reviewed  # lungseg-review's decisions on a prediction folder (review=)
     samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)
 
     with output_lock(out, "output_dir"), atomic_dir(out) as staged:  # the earlier report stays whole until now
@@ -242,6 +246,8 @@ def main(cfg: DictConfig) -> None:
           f"{q['n_flagged']}/{q['n_images']} flagged ({q['flagged_share']:.0%}), {bad}; the highest operating point "
           f"flagging at most a quarter of this split: quality.review_below={q['suggested_review_below']:.4f} "
           f"(choose it on val)")
+    if summary.get("review"):
+        print(describe(summary["review"]))
 
 
 cli = command_line(main)

@@ -28,6 +28,7 @@ from lungseg.metrics import dice_iou, mask_counts
 from lungseg.overlay import overlay
 from lungseg.postprocess import QualityLimits
 from lungseg.predictor import LungSegmenter, Segmentation, model_sources
+from lungseg.review.decisions import REVIEW_CSV, describe, review_counts
 from lungseg.surface import surface_distances
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,12 @@ def write_predictions(cfg: DictConfig, seg: LungSegmenter, output: Path, files: 
     summary = {"predicted": done, "needs_review": review, "failures": failures, "seconds": seconds,
                "images_per_s": done / seconds, "model_images_per_s": model_rate,
                "image_size": seg.image_size, "precision": seg.precision, "threshold": seg.threshold}
+    if (output / REVIEW_CSV).is_file():  # a reviewed folder predicted again: what was decided
+        try:
+            summary["review"] = review_counts(output)
+            log.info(describe(summary["review"]))
+        except LungsegError as err:
+            log.warning("%s not counted: %s", REVIEW_CSV, err)
     if scores:
         dice = np.array([r["dice"] for r in scores])
         summary.update(truth_images=len(scores), dice_mean=float(dice.mean()),

@@ -167,6 +167,15 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
               f"({q['flagged_share']:.0%}) are flagged `needs_review`, {bad}. The highest operating point that "
               f"flags at most a quarter of this split's films: {q['suggested_review_below']:.4f} (flags "
               f"{q['suggested_flagged_share']:.0%}); choose it on val, never on the split you report."]
+    if summary.get("review"):  # evaluate review=<prediction folder>: lungseg-review's decisions
+        r, kinds = summary["review"], ("accepted", "rejected", "undecided")
+        dice = [f"the flagged masks {k} have mean Dice {r[f'flagged_{k}_dice_mean']:.4f}"
+                for k in kinds[:2] if r.get(f"flagged_{k}_dice_mean") is not None]
+        parts += ["## Review of the flagged masks",
+                  f"A reviewer's decisions (`lungseg-review`, `{r['review_csv']}`) on {r['films']} predicted "
+                  f"films{'; ' + ', '.join(dice) if dice else ''}.",
+                  _table([("films", *kinds), (f"flagged ({r['flagged']})", *(r[f"flagged_{k}"] for k in kinds)),
+                          (f"not flagged ({r['films'] - r['flagged']})", *(r[f"others_{k}"] for k in kinds))])]
     if "calibration" in summary:
         parts.append(f"## Calibration\n\nExpected calibration error (pixels, {summary['calibration']['bins']} "
                      f"bins): {summary['calibration']['ece']:.6f}.")

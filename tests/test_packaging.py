@@ -18,7 +18,8 @@ from lungseg.export import ProbabilityModel, export_onnx, run_exported
 from lungseg.inputs import find_inputs, read_dicom
 from tests.helpers import ROOT
 
-OPTIONAL = ("onnx", "onnxruntime", "pydicom", "kaggle", "optuna", "hydra_plugins.hydra_optuna_sweeper")
+OPTIONAL = ("onnx", "onnxruntime", "pydicom", "kaggle", "optuna", "hydra_plugins.hydra_optuna_sweeper", "fastapi",
+            "uvicorn")
 
 
 def pyproject() -> dict:
@@ -48,7 +49,7 @@ def test_every_console_script_is_a_callable_entry_point() -> None:
     import importlib
 
     scripts = pyproject()["project"]["scripts"]
-    assert len(scripts) == 9
+    assert len(scripts) == 10
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
