@@ -48,7 +48,7 @@ def test_every_console_script_is_a_callable_entry_point() -> None:
     import importlib
 
     scripts = pyproject()["project"]["scripts"]
-    assert len(scripts) == 9
+    assert len(scripts) == 10
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
