@@ -19,9 +19,10 @@ from hydra.utils import instantiate
 from safetensors import SafetensorError
 from torch import nn
 
-from lungseg.atomic import save_torch
+from lungseg.atomic import save_torch, write_text
 from lungseg.description import DESCRIPTION_KEY, ModelDescription
 from lungseg.errors import CheckpointError
+from lungseg.model_install import file_sha256, installed_model
 from lungseg.module import LungSegModule
 from lungseg.runtime import use_channels_last
 
@@ -182,6 +183,16 @@ class PretrainedLungModel(nn.Module, PyTorchModelHubMixin, library_name="lungseg
 
         return ModelCard(model_card(ModelDescription.from_dict(self.description)))
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The weights, then the model card recording their SHA-256 (``lungseg-model install`` checks it).
+        Written here, after the weights: the mixin writes its own card only where none exists yet, and a card
+        left from an earlier save would name other weights."""
+        from lungseg.model_card import WEIGHTS_FILE, model_card
+
+        super()._save_pretrained(save_directory)
+        card = model_card(ModelDescription.from_dict(self.description), file_sha256(save_directory / WEIGHTS_FILE))
+        write_text(save_directory / "README.md", card)
+
     @classmethod
     def _load_as_pickle(cls, *args: Any, **kwargs: Any) -> PretrainedLungModel:
         raise CheckpointError("refused: the model has no model.safetensors; lungseg loads weights without pickle")
@@ -198,8 +209,10 @@ def save_pretrained(model: TrainedModel, folder: str | Path) -> Path:
 
 def load_pretrained(source: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
                     local_files_only: bool = False) -> TrainedModel:
-    """A pretrained folder, or a Hugging Face Hub id (``user/model``) downloaded into the Hub cache."""
+    """A pretrained folder, a model installed by ``lungseg-model install`` (its bare name, checked against the
+    SHA-256 its card records), or a Hugging Face Hub id (``user/model``) downloaded into the Hub cache."""
     source = str(Path(source).expanduser()) if Path(source).expanduser().exists() else str(source)
+    source = str(installed_model(source) or source)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise CheckpointError(f"{source}: not a lungseg pretrained folder (no config.json); write one with "
                               "python -m lungseg.export ckpt_path=best.ckpt format=pretrained output=DIR")
@@ -209,7 +222,8 @@ def load_pretrained(source: str | Path, revision: str | None = None, cache_dir: 
                                                              local_files_only=local_files_only, strict=True)
     except (OSError, ValueError, HfHubHTTPError) as err:
         raise CheckpointError(f"{source}: cannot load this pretrained model ({str(err).splitlines()[0]}); pass a "
-                              "folder written by lungseg.export format=pretrained or a Hub id holding one") from None
+                              "folder written by lungseg.export format=pretrained, the name of a model installed by "
+                              "lungseg-model install, or a Hub id holding one") from None
     except SafetensorError as err:  # a truncated or corrupt weights file
         raise CheckpointError(f"{Path(source) / 'model.safetensors'}: not a readable weights file (truncated or "
                               f"corrupt: {str(err).splitlines()[0]}); export the folder again") from None

@@ -10,12 +10,15 @@ import numpy as np
 
 from lungseg.data.images import read_image_file, require_radiograph, to_gray8
 from lungseg.data.layout import IMAGE_SUFFIXES
+from lungseg.dicom.read import DICOM_FEATURE, read_dicom
 from lungseg.errors import DataError, require_extra
+
+# read_dicom and DICOM_FEATURE live in lungseg.dicom.read; imported here for this module's callers
+__all__ = ["DICOM_FEATURE", "InputFile", "find_inputs", "is_dicom", "read_dicom", "read_input"]
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 INPUT_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 DICOM_MAGIC_OFFSET = 128  # "DICM" follows a 128-byte preamble in a DICOM Part 10 file
-DICOM_FEATURE = "DICOM input"
 
 
 @dataclass(frozen=True)
@@ -74,30 +77,6 @@ def _find_files(source: str | Path, pattern: str | None, skipped: list[str] | No
         what = f"matching {pattern!r}" if pattern else f"with a suffix in {sorted(INPUT_SUFFIXES)} (or DICOM)"
         raise DataError(f"input={source}: no radiographs {what}; check the folder or the pattern= setting")
     return [InputFile(p, k) for p, k in zip(paths, _keys(paths, source), strict=True)]
-
-
-def read_dicom(path: Path) -> np.ndarray:
-    """Decode a DICOM radiograph to display values: rescale slope/intercept, VOI window/LUT, MONOCHROME1 inverted."""
-    pydicom = require_extra("pydicom", "dicom", DICOM_FEATURE)
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, KeyError, TypeError, OSError, EOFError,
-            RuntimeError, NotImplementedError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: not a readable DICOM image ({reason}); replace or remove it") from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise DataError(f"{path}: multi-frame DICOM ({frames} frames); export the single radiograph frame")
-    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
-        return np.ascontiguousarray(pixels[..., ::-1])  # pydicom gives RGB; to_gray8 expects OpenCV's BGR
-    image = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float32)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        image = image.max() - image  # MONOCHROME1: low values are white; the model was trained on white bone
-    return image
 
 
 def read_input(path: Path, intensity: str = "window") -> np.ndarray:

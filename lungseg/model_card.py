@@ -3,9 +3,14 @@ intended use and limits, written from the model's description alone."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lungseg.description import ModelDescription
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_SHA256_LABEL = f"{WEIGHTS_FILE} SHA-256"  # the Provenance row lungseg-model install checks
+_WEIGHTS_SHA256_ROW = re.compile(rf"^\| {re.escape(WEIGHTS_SHA256_LABEL)} \| `([0-9a-f]{{64}})` \|$", re.M)
 
 INTENDED_USE = (
     "Research and engineering use: segmenting the lung fields of frontal chest radiographs to measure them, to "
@@ -56,8 +61,9 @@ def recipe_rows(config: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def model_card(description: ModelDescription) -> str:
-    """README.md of an exported lungseg model."""
+def model_card(description: ModelDescription, weights_sha256: str | None = None) -> str:
+    """README.md of an exported lungseg model; ``weights_sha256``: the SHA-256 of a pretrained folder's
+    model.safetensors, recorded in the Provenance table (written after the weights, so it names them)."""
     d, data = description, description.data
     counts = ", ".join(f"{split} {n}" for split, n in (data.get("counts") or {}).items())
     experiment = d.config.get("task_name", "lungseg") if d.config else "lungseg"
@@ -90,5 +96,12 @@ def model_card(description: ModelDescription) -> str:
     parts += metrics or ["No metrics were recorded with this model."]
     parts += ["## Provenance",
               _table([("field", "value"), ("lungseg version", d.lungseg_version),
-                      ("git commit", d.git_commit or "unknown"), ("checkpoint written", d.created or "-")])]
+                      ("git commit", d.git_commit or "unknown"), ("checkpoint written", d.created or "-"),
+                      *([(WEIGHTS_SHA256_LABEL, f"`{weights_sha256}`")] if weights_sha256 else [])])]
     return "\n\n".join(parts) + "\n"
+
+
+def recorded_weights_sha256(card: str) -> str | None:
+    """The weights' SHA-256 a model card records (the last Provenance row of its kind), or None."""
+    found = _WEIGHTS_SHA256_ROW.findall(card)
+    return found[-1] if found else None

@@ -49,7 +49,7 @@ def test_every_console_script_is_a_callable_entry_point() -> None:
     import importlib
 
     scripts = pyproject()["project"]["scripts"]
-    assert len(scripts) == 10
+    assert len(scripts) == 11
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
