@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -117,36 +118,27 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
     _fsync_dir(path.parent)
 
 
-# What torch's C++ archive writers say when a write fails (a full disk): a RuntimeError, not the OSError it is.
-TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "iostream error")
-
-
 @contextlib.contextmanager
 def named_write_errors(path: str | Path) -> Iterator[None]:
-    """A failed write inside the block as an OSError that names ``path``: one a library raised without a file name
-    (matplotlib, Pillow, protobuf), and a torch archive writer's RuntimeError (``torch.save``, ``torch.export.save``:
-    ENOSPC where the disk is nearly full, else EIO)."""
+    """A failed write inside the block as an OSError that names ``path``, where the library that raised it named no
+    file (matplotlib, Pillow, protobuf, a plain ``write``)."""
     try:
         yield
     except OSError as err:
         if err.filename is not None:
             raise
         raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-    except RuntimeError as err:
-        if not any(marker in str(err) for marker in TORCH_WRITE_FAILURES):
-            raise
-        folder = Path(path).parent
-        full = folder.exists() and shutil.disk_usage(folder).free < (64 << 20)
-        code = errno.ENOSPC if full else errno.EIO
-        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (a failed write is an OSError naming the file)."""
+    """``torch.save`` to ``path`` atomically. Serialised in memory first: torch's archive writer turns a failed disk
+    write into a RuntimeError, and its destructor then aborts the process at exit; lungseg's own write fails as a
+    plain OSError naming the file."""
     import torch
 
-    with atomic_open(path) as f:
-        torch.save(obj, f)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

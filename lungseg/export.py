@@ -13,6 +13,7 @@ weights; ``lungseg.quantize``), calibrated on ``calibration_images`` radiographs
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -27,7 +28,15 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lungseg.artifact import TrainedModel, load_checkpoint, save_pretrained
-from lungseg.atomic import named_write_errors, output_lock, remove_stale, replace_dir, temp_path, write_text
+from lungseg.atomic import (
+    named_write_errors,
+    output_lock,
+    remove_stale,
+    replace_dir,
+    temp_path,
+    write_bytes,
+    write_text,
+)
 from lungseg.backend_torch import TorchBackend
 from lungseg.checks import refuse_existing, writable_dir
 from lungseg.config import CONFIG_DIR, command_line
@@ -56,15 +65,16 @@ def export_onnx(model: ProbabilityModel, path: Path, size: int, opset: int = 17,
     """Write an ONNX model with a dynamic batch (and H/W) axis and ``metadata`` in its metadata_props."""
     onnx = require_extra("onnx", "export", "ONNX export")
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
+    buffer = io.BytesIO()  # serialised in memory: the one disk write is lungseg's, whose failure is a clean OSError
     with warnings.catch_warnings():  # the legacy exporter warns that it is legacy and that shape checks are traced
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(2, 1, size, size),), str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(model, (torch.rand(2, 1, size, size),), buffer, dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
-    proto = onnx.load(str(path))
+    proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, {"image_size": str(size), **(metadata or {})})
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+    write_bytes(path, proto.SerializeToString())
 
 
 def export_program(model: ProbabilityModel, path: Path, size: int, divisor: int, dynamic_size: bool = True) -> None:
@@ -75,7 +85,9 @@ def export_program(model: ProbabilityModel, path: Path, size: int, divisor: int,
         shapes[2] = divisor * torch.export.Dim("h_blocks", min=1, max=8192 // divisor)
         shapes[3] = divisor * torch.export.Dim("w_blocks", min=1, max=8192 // divisor)
     program = torch.export.export(model, (torch.rand(2, 1, size, size),), dynamic_shapes={"image": shapes})
-    torch.export.save(program, str(path))
+    buffer = io.BytesIO()  # torch's archive writer aborts the process at exit when a disk write fails under it
+    torch.export.save(program, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def run_exported(path: Path, images: np.ndarray) -> np.ndarray:
@@ -156,7 +168,7 @@ def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
     work = temp_path(output)
     work.mkdir()
     try:
-        with named_write_errors(output):  # a full disk: one OSError naming the output
+        with named_write_errors(output):  # a failed write that names no file: the export
             staged = work / output.name  # written whole, then renamed into place
             if cfg.format == "pretrained":
                 save_pretrained(model, staged)

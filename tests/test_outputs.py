@@ -220,6 +220,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_output(capsys, compose_cf
         line = one_error(capsys, entry, cfg)
         assert "No space left on device; free space on that disk or choose another output" in line, (name, line)
         assert str(full_disk) in line, (name, line)
+    for fmt in ("torch_export", "onnx"):  # as a user runs it: one line, exit 2, and no abort at exit
+        proc = subprocess.run([sys.executable, "-m", "lungseg.export", f"ckpt_path={tiny_ckpt}", f"format={fmt}",
+                               f"output={full_disk / 'model'}.{fmt}"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1, (fmt, proc.returncode, proc.stderr[-3000:])
+        assert lines[0].startswith(f"error: {full_disk}") and "No space left on device" in lines[0], lines
     left = [p for p in full_disk.rglob("*") if p.is_file() and p.name != "filler"]
     assert not [p for p in left if p.suffix in (".ckpt", ".pt2", ".png") or ".tmp-" in p.name], left
     for record in (p for p in left if p.suffix == ".json"):
