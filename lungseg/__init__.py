@@ -19,12 +19,12 @@ from lungseg import resolvers as _resolvers  # noqa: E402
 _resolvers.register()
 
 if TYPE_CHECKING:
-    from lungseg.predictor import LungSegmenter, Segmentation
+    from lungseg.inference.segmenter import LungSegmenter, Segmentation
 
 
 def __getattr__(name: str) -> Any:
     if name in ("LungSegmenter", "Segmentation"):
-        from lungseg import predictor
+        from lungseg.inference import segmenter
 
-        return getattr(predictor, name)
+        return getattr(segmenter, name)
     raise AttributeError(f"module 'lungseg' has no attribute {name!r}")

@@ -39,8 +39,8 @@ from lungseg.data.dataset import MIB
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, mask_name
 from lungseg.data.sample import write_phantoms
 from lungseg.errors import LungsegError, exit_on_user_error
-from lungseg.module import LungSegModule
 from lungseg.runtime import native_precision, pick_device, set_threads, usable_cores, use_channels_last
+from lungseg.training.module import LungSegModule
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-v7"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -140,8 +140,8 @@ def onnx_inference(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     INT8, calibrated on the bench data's train images; same batch, threads, warm-up and repeats as PyTorch's rows."""
     import onnxruntime as ort
 
+    from lungseg.artifacts.quantize import calibration_files, calibration_images, node_counts, quantize_int8
     from lungseg.export import INPUT_NAME, OUTPUT_NAME, ProbabilityModel, export_onnx
-    from lungseg.quantize import calibration_files, calibration_images, node_counts, quantize_int8
 
     size, batch = cfg.data.image_size, cfg.batch_size
     fp32, int8 = folder / "bench_fp32.onnx", folder / "bench_int8.onnx"

@@ -2,7 +2,7 @@
 
 Every image of the split is predicted once, in file order, on its un-augmented pixels. Pooled pixel
 metrics come from ``lungseg.metrics.pixels`` (the same objects the training's test stage logs), per-image
-boundary distances from ``lungseg.surface``, figures from ``lungseg.figures``; the report is written
+boundary distances from ``lungseg.evaluation.surface``, figures from ``lungseg.evaluation.figures``; the report is written
 to a temp folder and renamed into place only when complete.
 """
 
@@ -22,12 +22,14 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
-from lungseg import report
 from lungseg.atomic import atomic_dir, output_lock
-from lungseg.checks import check_evaluate, refuse_existing, writable_dir
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.dataset import LungDataset
 from lungseg.errors import CheckpointError, exit_on_user_error
+from lungseg.evaluation import report
+from lungseg.evaluation.review import describe, review_counts
+from lungseg.evaluation.surface import surface_distances
+from lungseg.inference.segmenter import LungSegmenter, model_sources
 from lungseg.metrics import dice_iou, mask_counts
 from lungseg.metrics.pixels import (
     BinnedPRCurve,
@@ -38,10 +40,8 @@ from lungseg.metrics.pixels import (
     per_image_overlap,
     pixel_metrics,
 )
-from lungseg.predictor import LungSegmenter, model_sources
 from lungseg.resolvers import checkpoint_run
-from lungseg.review.decisions import describe, review_counts
-from lungseg.surface import surface_distances
+from lungseg.settings import check_evaluate, refuse_existing, writable_dir
 
 log = logging.getLogger(__name__)
 

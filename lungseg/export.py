@@ -1,14 +1,14 @@
 """Export a trained model: ``python -m lungseg.export ckpt_path=best.ckpt format=onnx|torch_export|pretrained``.
 
 ``onnx`` and ``torch_export`` take ``image``: float32 (N, 1, H, W), the radiograph preprocessed as the model's
-description says (``lungseg.artifact.PREPROCESSING``: 8-bit grayscale / 255 at the training size) and return
+description says (``lungseg.artifacts.checkpoint.PREPROCESSING``: 8-bit grayscale / 255 at the training size) and return
 ``probability``: float32 (N, 1, H, W) in [0, 1]. N is dynamic; H and W too (multiples of 2**depth). The ONNX
 file carries the model's description and card in its metadata; each file gets its model card beside it
 (``<name>.README.md``). ``pretrained`` writes the Hugging Face folder (config.json, model.safetensors, README.md)
 that ``LungSegmenter.from_pretrained`` loads.
 
 ``format=onnx quantize=int8 calibration=<dataset root or folder>`` writes a static INT8 model instead (QDQ, per-channel
-weights; ``lungseg.quantize``), calibrated on ``calibration_images`` radiographs; same input, output and metadata.
+weights; ``lungseg.artifacts.quantize``), calibrated on ``calibration_images`` radiographs; same input, output and metadata.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lungseg.artifact import TrainedModel, load_checkpoint, save_pretrained
+from lungseg.artifacts.checkpoint import TrainedModel, load_checkpoint, save_pretrained
+from lungseg.artifacts.model_card import model_card
+from lungseg.artifacts.quantize import (
+    calibration_files,
+    calibration_images,
+    mask_dice,
+    quantization_card,
+    quantize_int8,
+)
 from lungseg.atomic import (
     named_write_errors,
     output_lock,
@@ -37,13 +45,11 @@ from lungseg.atomic import (
     write_bytes,
     write_text,
 )
-from lungseg.backend_torch import TorchBackend
-from lungseg.checks import refuse_existing, writable_dir
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.errors import LungsegError, exit_on_user_error, require_extra
-from lungseg.model_card import model_card
-from lungseg.predictor import LungSegmenter
-from lungseg.quantize import calibration_files, calibration_images, mask_dice, quantization_card, quantize_int8
+from lungseg.inference.backends.pytorch import TorchBackend
+from lungseg.inference.segmenter import LungSegmenter
+from lungseg.settings import refuse_existing, writable_dir
 
 log = logging.getLogger(__name__)
 

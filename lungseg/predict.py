@@ -18,18 +18,18 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 
 from lungseg.atomic import atomic_open, output_lock, remove_stale_under, write_bytes
-from lungseg.checks import check_predict, writable_dir
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.images import read_mask
 from lungseg.data.layout import pair_files
 from lungseg.errors import DataError, LungsegError, exit_on_user_error
-from lungseg.inputs import InputFile, find_inputs
+from lungseg.evaluation.review import REVIEW_CSV, describe, review_counts
+from lungseg.evaluation.surface import surface_distances
+from lungseg.inference.inputs import InputFile, find_inputs
+from lungseg.inference.overlay import overlay
+from lungseg.inference.postprocess import QualityLimits
+from lungseg.inference.segmenter import LungSegmenter, Segmentation, model_sources
 from lungseg.metrics import dice_iou, mask_counts
-from lungseg.overlay import overlay
-from lungseg.postprocess import QualityLimits
-from lungseg.predictor import LungSegmenter, Segmentation, model_sources
-from lungseg.review.decisions import REVIEW_CSV, describe, review_counts
-from lungseg.surface import surface_distances
+from lungseg.settings import check_predict, writable_dir
 
 log = logging.getLogger(__name__)
 

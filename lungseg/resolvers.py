@@ -41,9 +41,9 @@ def monitor_mode(monitor: str) -> str:
 
 
 def run_name(*, _root_: Any) -> str:
-    """``${lungseg.run_name:}``: this run's readable name (``lungseg.run_names``; imported here, so ``import lungseg``
+    """``${lungseg.run_name:}``: this run's readable name (``lungseg.training.run_names``; imported here, so ``import lungseg``
     does not import Hydra's internals)."""
-    from lungseg.run_names import current_run_name
+    from lungseg.training.run_names import current_run_name
 
     return current_run_name(_root_)
 

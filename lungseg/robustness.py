@@ -25,14 +25,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lungseg.atomic import atomic_dir, output_lock
-from lungseg.checks import check_robustness, refuse_existing, writable_dir
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.images import read_mask
 from lungseg.data.layout import find_pairs, require_root
 from lungseg.errors import DataError, exit_on_user_error
-from lungseg.inputs import read_input
+from lungseg.inference.inputs import read_input
+from lungseg.inference.segmenter import LungSegmenter, model_sources
 from lungseg.metrics import dice_iou, mask_counts
-from lungseg.predictor import LungSegmenter, model_sources
+from lungseg.settings import check_robustness, refuse_existing, writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
 
 def write_report(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """per_image.csv, robustness.json, robustness.md and the heat-map robustness.png into ``folder``."""
-    from lungseg.figures import robustness_figure, save_figures
+    from lungseg.evaluation.figures import robustness_figure, save_figures
 
     with (folder / "per_image.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -1,7 +1,7 @@
 """Sweep summary: every job of a multirun with its readable name, knobs, best val Dice/loss, test metrics, epochs,
 wall time and status; the best job; ``summary.csv``, ``summary.md`` and ``summary.png`` (val Dice against each
 knob); for an Optuna sweep also the optimisation history and parameter importances (``optuna.png``); and the
-TensorBoard HParams experiment of the sweep (its varied knobs first; ``lungseg.hparams``).
+TensorBoard HParams experiment of the sweep (its varied knobs first; ``lungseg.training.tensorboard_hparams``).
 
     python -m lungseg.sweep_summary outputs/multirun/<date>/<time>
 
@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from lungseg.atomic import write_text
 from lungseg.errors import LungsegError, exit_on_user_error
 from lungseg.resolvers import monitor_mode
-from lungseg.run_names import job_run_name, read_sweep_file, varying_keys, write_sweep_file
+from lungseg.training.run_names import job_run_name, read_sweep_file, varying_keys, write_sweep_file
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _overrides(job: Path) -> dict[str, str]:
 
 def _session(job: Path) -> tuple[str, dict[str, Any]] | None:
     """The run name and hparams a job's TensorBoard events record (its newest ``tensorboard/<name>`` folder)."""
-    from lungseg.hparams import read_session
+    from lungseg.training.tensorboard_hparams import read_session
 
     folders = [d for d in (job / "tensorboard").glob("*") if d.is_dir() and any(d.glob("events.out.tfevents.*"))]
     for folder in sorted(folders, key=lambda d: d.stat().st_mtime, reverse=True):
@@ -393,8 +393,8 @@ def _optuna_markdown(report: dict[str, Any], metric: str) -> str:
 
 def hparams_experiment(rows: list[dict[str, Any]], sweep_dir: Path, knobs: list[str]) -> Path | None:
     """The sweep's TensorBoard HParams experiment (its varied knobs first), from the sessions its jobs wrote."""
-    from lungseg.hparams import METRICS as TB_METRICS
-    from lungseg.hparams import write_sweep_experiment
+    from lungseg.training.tensorboard_hparams import METRICS as TB_METRICS
+    from lungseg.training.tensorboard_hparams import write_sweep_experiment
 
     sessions = [r["hparams"] for r in rows if r["hparams"]]
     if not sessions:
@@ -451,7 +451,7 @@ class SweepSummary(Callback):
         self.metric = metric or "best/val_dice"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """``<sweep>/sweep.yaml``: the keys the sweep varies, which name every job (``lungseg.run_names``)."""
+        """``<sweep>/sweep.yaml``: the keys the sweep varies, which name every job (``lungseg.training.run_names``)."""
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             write_sweep_file(sweep_dir, config.hydra.overrides.task, config.hydra.sweeper.get("params"))

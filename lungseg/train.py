@@ -22,17 +22,17 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lungseg.artifact import read_checkpoint, record_test_metrics
+from lungseg.artifacts.checkpoint import read_checkpoint, record_test_metrics
 from lungseg.atomic import named_write_errors, output_lock
-from lungseg.callbacks import BestMetrics, DescribeModel
-from lungseg.checks import check_train
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.console import quiet
 from lungseg.errors import EXIT_USER_ERROR, user_message
-from lungseg.hparams import end_session, start_session
-from lungseg.resume import check_resume
 from lungseg.runtime import set_threads
+from lungseg.settings import check_train
 from lungseg.sweep_summary import RESULT_FILE, write_json
+from lungseg.training.callbacks import BestMetrics, DescribeModel
+from lungseg.training.resume import check_resume
+from lungseg.training.tensorboard_hparams import end_session, start_session
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from lungseg.data.images import read_mask
-from lungseg.inputs import read_input
+from lungseg.inference.inputs import read_input
+from lungseg.inference.segmenter import LungSegmenter
 from lungseg.metrics import dice_iou, mask_counts
-from lungseg.predictor import LungSegmenter
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-v7"
 

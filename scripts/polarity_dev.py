@@ -1,4 +1,4 @@
-"""The polarity check's development data (lungseg.predictor, polarity="auto"): every train and val film of a set
+"""The polarity check's development data (lungseg.inference.segmenter, polarity="auto"): every train and val film of a set
 under every robustness-benchmark shift and severity, given upright and inverted, segmented as read and with its
 grey levels inverted; prints, per accept threshold, how many inverted films would be read back and how many
 upright ones turned.
@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from lungseg.predictor import POLARITY_CHECK_BELOW, LungSegmenter
+from lungseg.inference.segmenter import POLARITY_CHECK_BELOW, LungSegmenter
 from lungseg.robustness import SHIFTS, dice, load_split
 
 ACCEPTS = (0.8, 0.85, 0.88, 0.9, 0.92)

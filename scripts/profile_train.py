@@ -32,7 +32,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
 from lungseg.config import CONFIG_DIR
-from lungseg.module import LungSegModule
+from lungseg.training.module import LungSegModule
 
 MODULE_TAG, PHASE_TAG, BACKWARD_TAG = "module::", "phase::", "autograd::engine::evaluate_function: "
 COPIES = {"aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy", "aten::to"}

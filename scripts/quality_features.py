@@ -19,8 +19,8 @@ import numpy as np
 
 from lungseg.data.images import preprocess
 from lungseg.data.opacity import LungOpacity
-from lungseg.predictor import LungSegmenter
-from lungseg.quality import TTA_FEATURES, operating_point, review_figures, score, spearman
+from lungseg.inference.quality import TTA_FEATURES, operating_point, review_figures, score, spearman
+from lungseg.inference.segmenter import LungSegmenter
 from lungseg.robustness import APART, SHIFTS, dice, load_split
 
 

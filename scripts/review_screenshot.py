@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_screenshot import chromium_page  # noqa: E402
 
-from lungseg.review.decisions import REVIEW_CSV  # noqa: E402
+from lungseg.evaluation.review import REVIEW_CSV  # noqa: E402
 from lungseg.review.images import CACHE_DIR  # noqa: E402
 from lungseg.review.server import serving  # noqa: E402
 

@@ -15,8 +15,8 @@ from omegaconf import open_dict
 from lungseg import runtime
 from lungseg.config import CONFIG_DIR
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, mask_name
-from lungseg.module import LungSegModule
 from lungseg.train import train
+from lungseg.training.module import LungSegModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONFIG_DIR

@@ -10,8 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from lungseg.artifact import load_checkpoint, load_module
-from lungseg.description import DESCRIPTION_KEY
+from lungseg.artifacts.checkpoint import load_checkpoint, load_module
+from lungseg.artifacts.description import DESCRIPTION_KEY
 from lungseg.errors import CheckpointError
 from tests.helpers import make_module
 

@@ -1,4 +1,4 @@
-"""The input gate (lungseg.dicom.gate): refusals from a DICOM film's attributes, a colour photograph
+"""The input gate (lungseg.inference.gate): refusals from a DICOM film's attributes, a colour photograph
 refused and non-radiographs flagged from the pixels of any input, real chest films passed."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from lungseg.dicom.gate import ImageLimits, Status, check_film, check_image, gate, image_features
 from lungseg.dicom.read import read_film
+from lungseg.inference.gate import ImageLimits, Status, check_film, check_image, gate, image_features
 from tests.dicom_films import chest_phantom, dx_dataset, write_dx
 from tests.helpers import CXR, requires_cxr
 

@@ -13,8 +13,8 @@ from pydicom.encaps import encapsulate
 
 from lungseg.dicom.read import DicomFilm, read_dicom, read_film
 from lungseg.errors import DataError
-from lungseg.inputs import read_dicom as inputs_read_dicom
-from lungseg.inputs import read_input
+from lungseg.inference.inputs import read_dicom as inputs_read_dicom
+from lungseg.inference.inputs import read_input
 from tests.dicom_films import chest_phantom, dx_dataset, write_dx
 
 

@@ -16,11 +16,11 @@ import pydicom
 import pytest
 
 import lungseg
-from lungseg.description import ModelDescription
+from lungseg.artifacts.description import ModelDescription
 from lungseg.dicom.read import read_film
 from lungseg.dicom.seg import SEGMENTS, quality_text, read_seg, write_seg
-from lungseg.dicom.sides import split_film
 from lungseg.errors import DataError
+from lungseg.inference.sides import split_film
 from tests.dicom_films import chest_phantom, dx_dataset, write_dx
 from tests.helpers import disc_pair
 
@@ -138,7 +138,7 @@ def test_seg_write_refuses_what_it_cannot_reference_and_leaves_nothing(tmp_path:
 
 def test_a_segmented_dicom_gives_a_seg_equal_to_its_png_mask(tmp_path: Path, tiny_ckpt: Path,
                                                               dciodvfy: str) -> None:
-    from lungseg.predictor import LungSegmenter
+    from lungseg.inference.segmenter import LungSegmenter
 
     image, _ = disc_pair(np.random.default_rng(5), 96)  # the tiny model's kind of film
     path = write_dx(tmp_path / "disc.dcm", image.astype(np.uint16) * 16, PixelSpacing=[0.5, 0.5])

@@ -1,4 +1,4 @@
-"""The patient's left and right lungs (lungseg.dicom.sides): areas in mm^2 from the film's pixel
+"""The patient's left and right lungs (lungseg.inference.sides): areas in mm^2 from the film's pixel
 spacing to 1 %, sides from PatientOrientation or the display convention, a mask split into two
 lungs that together are the mask."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from lungseg.dicom.read import read_film
-from lungseg.dicom.sides import CSV_COLUMNS, left_on_image, split_film, split_sides
 from lungseg.errors import DataError
+from lungseg.inference.sides import CSV_COLUMNS, left_on_image, split_film, split_sides
 from tests.dicom_films import write_dx
 
 # Two lungs of known physical size on a 2000 x 1600 film: ellipses with semi-axes in mm.

@@ -19,12 +19,12 @@ from omegaconf import DictConfig, open_dict
 from scipy import ndimage
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lungseg.artifact import load_module
+from lungseg.artifacts.checkpoint import load_module
 from lungseg.data.images import load_pair
 from lungseg.data.layout import DATASET_DIR, find_pairs
 from lungseg.errors import CheckpointError, DataError, LungsegError
 from lungseg.evaluate import evaluate
-from lungseg.predictor import LungSegmenter
+from lungseg.inference.segmenter import LungSegmenter
 from lungseg.train import train
 from tests.helpers import CONF, CXR, ROOT, TINY, cpu_precision, requires_cxr, write_split
 
@@ -193,7 +193,7 @@ def test_failed_run_keeps_the_earlier_report(trained: dict, run_eval, tmp_path: 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("lungseg.figures.save_figures", broken)
+    monkeypatch.setattr("lungseg.evaluation.figures.save_figures", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         run_eval(f"output_dir={out}", "threshold=0.9", "overwrite=true")
     assert (out / "metrics.json").read_bytes() == before

@@ -14,8 +14,8 @@ import torch
 from lungseg.data.images import preprocess
 from lungseg.errors import CheckpointError, LungsegError
 from lungseg.export import INPUT_NAME, OUTPUT_NAME, export, run_exported
-from lungseg.inputs import read_input
-from lungseg.predictor import LungSegmenter
+from lungseg.inference.inputs import read_input
+from lungseg.inference.segmenter import LungSegmenter
 from tests.helpers import CXR, requires_cxr, write_split
 
 ORIG_TEST = CXR / "orig" / "test" / "image"

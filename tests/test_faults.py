@@ -17,10 +17,10 @@ import lightning as L
 import pytest
 import torch
 
-from lungseg.callbacks import AtomicCheckpointIO, TrainingDivergedError
 from lungseg.errors import CheckpointError
-from lungseg.module import LungSegModule
 from lungseg.train import train
+from lungseg.training.callbacks import AtomicCheckpointIO, TrainingDivergedError
+from lungseg.training.module import LungSegModule
 from tests.helpers import ROOT, TINY
 
 SMALL = tuple(a for a in TINY if not a.startswith("data.batch_size")) + ("data.batch_size=2",)  # 4 steps an epoch
@@ -127,7 +127,7 @@ def test_non_finite_batchnorm_statistics_never_reach_a_checkpoint(compose_cfg, t
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(LungSegModule, "training_step", poisoned)
-    monkeypatch.setattr("lungseg.callbacks.PreciseBatchNorm.recompute", lambda *a: None)  # keep the poison
+    monkeypatch.setattr("lungseg.training.callbacks.PreciseBatchNorm.recompute", lambda *a: None)  # keep the poison
     cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=3")
     with pytest.raises(TrainingDivergedError, match=r"epoch 1.*encoders\.0\.2\.running_var"):
         train(cfg)

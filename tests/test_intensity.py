@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from lungseg.artifacts.description import ModelDescription
 from lungseg.data.images import read_gray, to_gray8, window
-from lungseg.description import ModelDescription
-from lungseg.inputs import read_input
+from lungseg.inference.inputs import read_input
+from lungseg.inference.segmenter import LungSegmenter
 from lungseg.metrics import dice_iou, mask_counts
-from lungseg.predictor import LungSegmenter
 from tests.helpers import CXR, requires_cxr
 from tests.test_predict import write_dicom
 

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn import functional as F
 
-from lungseg.figures import events_dir
+from lungseg.evaluation.figures import events_dir
 from lungseg.losses import BCEDiceLoss, soft_dice_loss
 from lungseg.train import train
 from tests.helpers import TINY

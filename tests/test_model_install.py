@@ -1,4 +1,4 @@
-"""Offline model install (lungseg.model_install, the lungseg-model command): a pretrained folder's
+"""Offline model install (lungseg.artifacts.store, the lungseg-model command): a pretrained folder's
 card records its weights' SHA-256; install copies a folder or zip into the store, checked, and
 LungSegmenter.from_pretrained finds it by name with no network; a tampered file is refused in one
 line."""
@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungseg.artifact import load_checkpoint, load_pretrained, save_pretrained
-from lungseg.errors import EXIT_USER_ERROR, CheckpointError, LungsegError
-from lungseg.model_card import recorded_weights_sha256
-from lungseg.model_install import (
+from lungseg.artifacts.checkpoint import load_checkpoint, load_pretrained, save_pretrained
+from lungseg.artifacts.model_card import recorded_weights_sha256
+from lungseg.artifacts.store import (
     file_sha256,
     install,
     installed,
@@ -25,7 +24,8 @@ from lungseg.model_install import (
     verify,
     verify_folder,
 )
-from lungseg.predictor import LungSegmenter
+from lungseg.errors import EXIT_USER_ERROR, CheckpointError, LungsegError
+from lungseg.inference.segmenter import LungSegmenter
 
 
 @pytest.fixture

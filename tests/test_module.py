@@ -12,7 +12,7 @@ from torch import nn
 
 from lungseg.data.datamodule import LungDataModule
 from lungseg.metrics.pixels import BinnedAUROC, pixel_metrics
-from lungseg.module import LungSegModule, conv_kernels
+from lungseg.training.module import LungSegModule, conv_kernels
 from tests.helpers import LOSS, NET, OPT, make_module
 
 

@@ -176,7 +176,7 @@ def test_robustness_replaces_an_earlier_report_only_with_a_whole_one(compose_cfg
     def broken(*args: object, **kwargs: object) -> None:  # dies after per_image.csv and the tables are written
         raise OSError(errno.EIO, "device error")
 
-    monkeypatch.setattr("lungseg.figures.save_figures", broken)
+    monkeypatch.setattr("lungseg.evaluation.figures.save_figures", broken)
     again = compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={out}", "overwrite=true",
                         "seed=5", config_name="robustness")
     with pytest.raises(OSError, match="device error"):

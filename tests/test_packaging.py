@@ -15,7 +15,7 @@ from lungseg.config import CONFIG_DIR, PLUGIN_OVERRIDES, require_plugins
 from lungseg.data import download
 from lungseg.errors import EXTRAS, MissingExtraError
 from lungseg.export import ProbabilityModel, export_onnx, run_exported
-from lungseg.inputs import find_inputs, read_dicom
+from lungseg.inference.inputs import find_inputs, read_dicom
 from tests.helpers import ROOT
 
 OPTIONAL = ("onnx", "onnxruntime", "pydicom", "kaggle", "optuna", "hydra_plugins.hydra_optuna_sweeper", "fastapi",

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from lungseg.postprocess import QualityLimits, clean_mask, fill_holes, finish_mask, keep_largest, large_components
+from lungseg.inference.postprocess import (
+    QualityLimits,
+    clean_mask,
+    fill_holes,
+    finish_mask,
+    keep_largest,
+    large_components,
+)
 
 
 def two_lungs(h: int = 200, w: int = 160) -> np.ndarray:

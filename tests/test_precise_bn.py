@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from lungseg.callbacks import PreciseBatchNorm
 from lungseg.data.datamodule import LungDataModule
 from lungseg.models.unet import UNet
-from lungseg.module import LungSegModule
+from lungseg.training.callbacks import PreciseBatchNorm
+from lungseg.training.module import LungSegModule
 from tests.helpers import LOSS, OPT
 
 

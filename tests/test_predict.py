@@ -19,10 +19,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from lungseg.data.images import window
 from lungseg.errors import CheckpointError, LungsegError
-from lungseg.inputs import find_inputs, read_input
-from lungseg.postprocess import QualityLimits
+from lungseg.inference.inputs import find_inputs, read_input
+from lungseg.inference.postprocess import QualityLimits
+from lungseg.inference.segmenter import LungSegmenter
 from lungseg.predict import CSV_COLUMNS, predict
-from lungseg.predictor import LungSegmenter
 from tests.helpers import CXR, ROOT, gradient, requires_cxr, train_tiny, write_split
 
 ORIG_TEST = CXR / "orig" / "test" / "image"

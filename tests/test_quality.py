@@ -1,4 +1,4 @@
-"""The quality score (lungseg.quality): its features on synthetic masks, the TTA views' geometry, the operating
+"""The quality score (lungseg.inference.quality): its features on synthetic masks, the TTA views' geometry, the operating
 point, and on real radiographs: damage lowers the score, the score ranks films by Dice, and predict, evaluate and
 the API carry the same score with needs_review at the operating point."""
 
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lungseg import quality
 from lungseg.data.layout import DATASET_DIR
 from lungseg.data.opacity import LungOpacity
 from lungseg.evaluate import evaluate
+from lungseg.inference import quality
+from lungseg.inference.segmenter import POLARITY_CHECK_BELOW, LungSegmenter
 from lungseg.predict import CSV_COLUMNS, predict
-from lungseg.predictor import POLARITY_CHECK_BELOW, LungSegmenter
 from lungseg.robustness import dice, load_split
 from tests.helpers import CXR, requires_cxr, train_run
 
@@ -161,7 +161,7 @@ def test_damaged_films_score_lower_and_the_score_ranks_films_by_dice(cxr_model: 
 def test_a_film_with_inverted_grey_levels_is_read_the_right_way_round(cxr_model: Path, compose_cfg, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # this 20-epoch 64 px model's good masks score 0.83-0.89 (the recipe's: >= 0.897): accept its readings at 0.8
-    monkeypatch.setattr("lungseg.predictor.POLARITY_ACCEPT", 0.8)
+    monkeypatch.setattr("lungseg.inference.segmenter.POLARITY_ACCEPT", 0.8)
     auto, as_read = LungSegmenter.load(cxr_model, "cpu"), LungSegmenter.load(cxr_model, "cpu", polarity="as_read")
     films = load_split(CXR, "val", auto.description.intensity)[:8]
     read_back = 0

@@ -12,11 +12,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import lungseg.quantize
+import lungseg.artifacts.quantize
+from lungseg.artifacts.quantize import calibration_files, calibration_images, mask_dice
 from lungseg.errors import DataError, LungsegError
 from lungseg.export import INPUT_NAME, export, run_exported
-from lungseg.predictor import LungSegmenter
-from lungseg.quantize import calibration_files, calibration_images, mask_dice
+from lungseg.inference.segmenter import LungSegmenter
 from tests.helpers import write_split
 from tests.test_export import export_cfg, reference
 
@@ -96,7 +96,7 @@ def test_calibration_from_a_dataset_root_uses_its_train_split_and_honours_the_co
     assert len(files) == 12 and all(f.parent == phantoms / "ChestXray" / "train" / "image" for f in files)
     assert len(calibration_files(phantoms / "ChestXray", 100)) == 12  # the root given with or without ChestXray/
     served: list[int] = []
-    get_next = lungseg.quantize.RadiographReader.get_next
+    get_next = lungseg.artifacts.quantize.RadiographReader.get_next
 
     def counting(self):
         batch = get_next(self)
@@ -104,7 +104,7 @@ def test_calibration_from_a_dataset_root_uses_its_train_split_and_honours_the_co
             served.append(batch["image"].shape[0])
         return batch
 
-    monkeypatch.setattr(lungseg.quantize.RadiographReader, "get_next", counting)
+    monkeypatch.setattr(lungseg.artifacts.quantize.RadiographReader, "get_next", counting)
     out = tmp_path / "int8.onnx"
     export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=int8", f"calibration={phantoms}",
                       "calibration_images=5", "verify=false"))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lungseg.errors import LungsegError
-from lungseg.resume import config_changes
 from lungseg.train import train
+from lungseg.training.resume import config_changes
 from tests.helpers import TINY
 
 BASE = (*TINY, "trainer.max_epochs=1", "test=false", "~logger", "~callbacks.prediction_grid",

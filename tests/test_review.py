@@ -31,10 +31,10 @@ from omegaconf import DictConfig, open_dict
 from lungseg.data.layout import pair_files
 from lungseg.errors import DataError, LungsegError
 from lungseg.evaluate import evaluate
+from lungseg.evaluation.review import REVIEW_CSV, ReviewBook, describe, read_folder, review_counts
+from lungseg.inference.outputs import Film
 from lungseg.predict import predict
 from lungseg.review.cli import main
-from lungseg.review.decisions import REVIEW_CSV, ReviewBook, describe, read_folder, review_counts
-from lungseg.review.films import Film
 from lungseg.review.images import CACHE_DIR, THUMB_PX
 from lungseg.review.relabel import export_rejected, pair_names
 from lungseg.review.server import create_app, serving

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lungseg.review.decisions import REVIEW_CSV
+from lungseg.evaluation.review import REVIEW_CSV
 from lungseg.review.images import THUMB_PX
 from lungseg.review.server import serving
 from tests.helpers import ROOT

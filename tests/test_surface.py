@@ -10,8 +10,8 @@ import torch
 from torchmetrics.classification import BinaryCalibrationError, BinaryPrecisionRecallCurve, BinaryROC
 from torchmetrics.functional.segmentation import hausdorff_distance
 
+from lungseg.evaluation.surface import SurfaceDistances, diagonal, directed_distances, surface, surface_distances
 from lungseg.metrics.pixels import BinnedPRCurve, BinnedROC, ReliabilityBins, per_image_overlap
-from lungseg.surface import SurfaceDistances, diagonal, directed_distances, surface, surface_distances
 
 
 def square(half: int, size: int = 40, centre: int = 20) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_identical_masks_are_zero() -> None:
 
 
 def test_empty_masks_have_defined_values() -> None:
-    # The conventions of lungseg/surface.py (and the evaluation report): both empty -> 0; exactly one empty ->
+    # The conventions of lungseg/evaluation/surface.py (and the evaluation report): both empty -> 0; exactly one empty ->
     # the image diagonal, in the units of the spacing, with the empty one named.
     empty = np.zeros((40, 30), bool)
     full = empty.copy()

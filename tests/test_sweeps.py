@@ -16,9 +16,16 @@ import numpy as np
 import pytest
 import yaml
 
-from lungseg.run_names import job_run_name, run_name, single_run_name, sweep_keys, varying_keys, write_sweep_file
 from lungseg.sweep_summary import figure, summarize
 from lungseg.sweep_summary import main as summary_main
+from lungseg.training.run_names import (
+    job_run_name,
+    run_name,
+    single_run_name,
+    sweep_keys,
+    varying_keys,
+    write_sweep_file,
+)
 from tests.helpers import ROOT, TINY
 
 

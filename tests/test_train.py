@@ -15,10 +15,10 @@ from torch.nn import functional as F
 
 from lungseg.data.images import load_pair
 from lungseg.data.layout import find_pairs
-from lungseg.figures import events_dir
-from lungseg.module import LungSegModule
+from lungseg.evaluation.figures import events_dir
 from lungseg.runtime import autocast
 from lungseg.train import train
+from lungseg.training.module import LungSegModule
 from tests.helpers import CXR, ROOT, TINY, TOLERANCE, cpu_precision, requires_cxr
 
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from lungseg import runtime
-from lungseg.artifact import TrainedModel
+from lungseg.artifacts.checkpoint import TrainedModel
 from lungseg.data.datamodule import LungDataModule
-from lungseg.module import LungSegModule, conv_kernels, match_state_layout
+from lungseg.training.module import LungSegModule, conv_kernels, match_state_layout
 from tests.helpers import LOSS
 
 # The original network's shape at a test's size: 4 levels, dropout and input noise on, the configured Adam.

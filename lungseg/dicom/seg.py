@@ -18,7 +18,7 @@ from lungseg.atomic import atomic_open
 from lungseg.errors import DataError, require_extra
 
 if TYPE_CHECKING:
-    from lungseg.description import ModelDescription
+    from lungseg.artifacts.description import ModelDescription
     from lungseg.dicom.read import DicomFilm
 
 SEG_FEATURE = "DICOM SEG output"

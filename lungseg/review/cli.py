@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from lungseg.errors import exit_on_user_error, require_extra
+from lungseg.evaluation.review import REVIEW_CSV, describe, review_counts
 from lungseg.review import DEFAULT_PORT, LOOPBACK
-from lungseg.review.decisions import REVIEW_CSV, describe, review_counts
 
 FEATURE = "lungseg-review"
 

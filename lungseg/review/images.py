@@ -14,8 +14,8 @@ import numpy as np
 
 from lungseg.atomic import write_bytes
 from lungseg.errors import DataError
-from lungseg.overlay import GREEN, YELLOW
-from lungseg.review.films import Film
+from lungseg.inference.outputs import Film
+from lungseg.inference.overlay import GREEN, YELLOW
 
 THUMB_PX = 256  # longest side of a card's pictures
 CACHE_DIR = ".review-cache"  # hidden: lungseg.predict skips hidden folders among its inputs
@@ -54,7 +54,7 @@ def read_film(film: Film) -> np.ndarray:
         if image is None:
             raise DataError(f"{source}: not a readable PNG; run lungseg.predict again")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    from lungseg.inputs import read_input
+    from lungseg.inference.inputs import read_input
 
     gray = read_input(source)
     return 255 - gray if film.inverted else gray

@@ -15,8 +15,8 @@ from typing import Any
 from lungseg.atomic import write_bytes, write_text
 from lungseg.data.layout import IMAGE_DIR, IMAGE_PATTERN, IMAGE_SUFFIXES, MASK_DIR
 from lungseg.errors import DataError, LungsegError
-from lungseg.review.decisions import REVIEW_CSV, read_folder
-from lungseg.review.films import Film
+from lungseg.evaluation.review import REVIEW_CSV, read_folder
+from lungseg.inference.outputs import Film
 from lungseg.review.images import encode, mask_source, read_film
 
 COLUMNS = ("image", "mask", "film", "input", "note", "quality_score", "needs_review", "decided_at")

@@ -26,9 +26,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from lungseg.errors import DataError, LungsegError
+from lungseg.evaluation.review import ReviewBook
+from lungseg.inference.outputs import PREDICTIONS, Film, review_order
 from lungseg.review import LOOPBACK
-from lungseg.review.decisions import ReviewBook
-from lungseg.review.films import PREDICTIONS, Film, review_order
 from lungseg.review.images import Thumbnails, picture
 
 STATIC = Path(__file__).parent / "static"

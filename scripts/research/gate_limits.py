@@ -1,10 +1,10 @@
-"""Chooses the input gate's image limits (``lungseg.dicom.gate.ImageLimits``) on the cxr-v7 train
+"""Chooses the input gate's image limits (``lungseg.inference.gate.ImageLimits``) on the cxr-v7 train
 and val films and tests them on held-out images: the test films, the test films under every
 robustness shift (``lungseg.robustness.SHIFTS``) and synthetic non-radiographs.
 
     PYTHONPATH=. python scripts/research/gate_limits.py [DATA_ROOT=/work/shared/data/cxr-v7]
 
-Produced: the defaults of ``ImageLimits`` in lungseg/dicom/gate.py and the tables of docs/dicom.md
+Produced: the defaults of ``ImageLimits`` in lungseg/inference/gate.py and the tables of docs/dicom.md
 ("The input gate"). The rule: each limit is the most extreme train/val value moved out by ``MARGIN``
 (the value itself for ``detail``, the odds p / (1 - p) for the shares), so every training and
 validation film passes with room.
@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lungseg.dicom.gate import ImageLimits, check_image, image_features
+from lungseg.inference.gate import ImageLimits, check_image, image_features
 from lungseg.robustness import SHIFTS
 
 MARGIN = 2.0
@@ -142,7 +142,7 @@ def main(root: Path) -> None:
     limits = ImageLimits(**{k: round(v, 3) for k, v in chosen.items()})
     shipped = ImageLimits()
     if asdict(limits) != asdict(shipped):
-        print(f"!! lungseg.dicom.gate.ImageLimits differs: {asdict(shipped)}")
+        print(f"!! lungseg.inference.gate.ImageLimits differs: {asdict(shipped)}")
     test = films(root, "test")
     HELD_OUT.extend(test)
     print("\n## Held out: ok / flagged / refused")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from lungseg.description import ModelDescription
+from lungseg.artifacts.description import ModelDescription
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_SHA256_LABEL = f"{WEIGHTS_FILE} SHA-256"  # the Provenance row lungseg-model install checks

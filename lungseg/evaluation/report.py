@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from lungseg import figures
-from lungseg.quality import operating_point, review_figures
+from lungseg.evaluation import figures
+from lungseg.inference.quality import operating_point, review_figures
 
 POOLED = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc", "loss", "balanced_accuracy")
 PER_IMAGE = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
@@ -161,7 +161,7 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
     bad = (f"{q['bad_flagged_share']:.0%} of the {q['n_bad']} films under Dice {q['bad_dice']:.2f}" if q["n_bad"]
            else f"no film is under Dice {q['bad_dice']:.2f}")
     parts += ["## Quality score",
-              f"Each post-processed mask's `quality_score` (`lungseg.quality`, an estimate of its Dice; TTA views "
+              f"Each post-processed mask's `quality_score` (`lungseg.inference.quality`, an estimate of its Dice; TTA views "
               f"{'on' if q['tta'] else 'off'}) against its true Dice: Spearman {_fmt(q['spearman'])}. At the operating "
               f"point {q['review_below']:.4f} (`quality.review_below`), {q['n_flagged']} of {q['n_images']} films "
               f"({q['flagged_share']:.0%}) are flagged `needs_review`, {bad}. The highest operating point that "

@@ -17,7 +17,7 @@ from typing import Any
 
 from lungseg.atomic import write_text
 from lungseg.errors import DataError, LungsegError
-from lungseg.review.films import PREDICTIONS, Film, load_films
+from lungseg.inference.outputs import PREDICTIONS, Film, load_films
 
 try:  # POSIX: also serialise writers in other processes (a second server on the same folder)
     import fcntl

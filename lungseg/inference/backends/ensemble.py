@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.description import ModelDescription
+from lungseg.artifacts.description import ModelDescription
 from lungseg.errors import LungsegError
 
 

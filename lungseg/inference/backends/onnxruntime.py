@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg.description import ModelDescription
+from lungseg.artifacts.description import ModelDescription
 from lungseg.errors import CheckpointError, LungsegError, require_extra
 
 INPUT_NAME, OUTPUT_NAME = "image", "probability"

@@ -115,7 +115,7 @@ def run_metrics(cfg: DictConfig) -> list[str]:
 def start_session(logger: TensorBoardLogger, cfg: DictConfig) -> None:
     """Record the run's hyperparameters when it starts (a run that fails still shows in the table); a run that is
     not a job of a sweep also writes its experiment summary (its columns and metrics)."""
-    from lungseg.run_names import current_varying_keys, in_multirun
+    from lungseg.training.run_names import current_varying_keys, in_multirun
 
     varying = current_varying_keys()
     hparams = run_hparams(cfg, varying)

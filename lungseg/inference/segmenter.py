@@ -19,13 +19,13 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from lungseg.checks import fraction
+from lungseg.artifacts.description import ModelDescription
 from lungseg.data.images import preprocess, require_radiograph, to_gray8
-from lungseg.description import ModelDescription
 from lungseg.errors import DataError, LungsegError
-from lungseg.inputs import read_input
-from lungseg.postprocess import QualityLimits, finish_mask
-from lungseg.quality import QualitySettings, features, score, tta_inputs, tta_outputs
+from lungseg.inference.inputs import read_input
+from lungseg.inference.postprocess import QualityLimits, finish_mask
+from lungseg.inference.quality import QualitySettings, features, score, tta_inputs, tta_outputs
+from lungseg.settings import fraction
 
 ImageInput = np.ndarray | str | Path
 FINISHERS = 2  # threads that upsample, threshold and clean masks while the model runs (OpenCV releases the GIL)
@@ -56,7 +56,7 @@ class Backend(Protocol):
 @dataclass
 class Segmentation:
     """One input's result at its own size: the final mask, the probabilities, the mask's measures and how far to
-    trust it (``lungseg.quality``)."""
+    trust it (``lungseg.inference.quality``)."""
 
     mask: np.ndarray                 # bool (H, W): thresholded and, when the segmenter post-processes, cleaned
     probability: np.ndarray          # float32 (H, W) in [0, 1]
@@ -97,11 +97,11 @@ def load_backend(source: str | Path, device: str = "auto", precision: str | None
     else a pretrained folder or Hub id (PyTorch). Torch is imported only for the PyTorch ones."""
     path = Path(str(source)).expanduser()
     if path.suffix.lower() == ".onnx":
-        from lungseg.backend_onnx import OnnxBackend
+        from lungseg.inference.backends.onnxruntime import OnnxBackend
 
         return OnnxBackend(path, device, threads)
-    from lungseg.artifact import load_checkpoint, load_pretrained
-    from lungseg.backend_torch import TorchBackend
+    from lungseg.artifacts.checkpoint import load_checkpoint, load_pretrained
+    from lungseg.inference.backends.pytorch import TorchBackend
 
     if path.is_file() or path.suffix.lower() == ".ckpt":
         return TorchBackend(load_checkpoint(path, image_size), device, precision)
@@ -123,7 +123,7 @@ class LungSegmenter:
     ``predict`` gives a bool mask at the input's size, ``predict_proba`` the float32 probabilities,
     ``segment`` both with the mask's measures and quality score, ``predict_many`` a lazy stream of
     :class:`Segmentation`. ``quality_tta`` adds the flip and zoom views to the quality score (two more forward
-    passes); ``review_below`` is the score under which a mask ``needs_review`` (None: ``lungseg.quality``'s).
+    passes); ``review_below`` is the score under which a mask ``needs_review`` (None: ``lungseg.inference.quality``'s).
     ``polarity="auto"`` reads a film with inverted grey levels (white lungs: a MONOCHROME1 film saved without its
     tag) the right way round: a film whose mask scores low is segmented inverted too, and the clearly better
     reading is kept (``Segmentation.inverted``); ``"as_read"`` trusts the file.
@@ -151,8 +151,8 @@ class LungSegmenter:
                         precision: str | None = "auto", **options: Any) -> LungSegmenter:
         """Load a checkpoint written by ``lungseg.train``; everything else comes from the checkpoint itself
         (``image_size``, ``threshold``, ``precision`` override it; see :class:`LungSegmenter` for the rest)."""
-        from lungseg.artifact import load_checkpoint
-        from lungseg.backend_torch import TorchBackend
+        from lungseg.artifacts.checkpoint import load_checkpoint
+        from lungseg.inference.backends.pytorch import TorchBackend
 
         return cls(TorchBackend(load_checkpoint(path, image_size), device, precision), **options)
 
@@ -161,8 +161,8 @@ class LungSegmenter:
                         revision: str | None = None, cache_dir: str | Path | None = None,
                         local_files_only: bool = False, **options: Any) -> LungSegmenter:
         """Load a folder written by ``lungseg.export format=pretrained`` or a Hugging Face Hub id holding one."""
-        from lungseg.artifact import load_pretrained
-        from lungseg.backend_torch import TorchBackend
+        from lungseg.artifacts.checkpoint import load_pretrained
+        from lungseg.inference.backends.pytorch import TorchBackend
 
         model = load_pretrained(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         return cls(TorchBackend(model, device, precision), **options)
@@ -171,7 +171,7 @@ class LungSegmenter:
     def from_onnx(cls, path: str | Path, device: str = "auto", threads: int | None = None,
                   **options: Any) -> LungSegmenter:
         """Load an ONNX file written by ``lungseg.export format=onnx`` (fp32 or INT8); runs without torch."""
-        from lungseg.backend_onnx import OnnxBackend
+        from lungseg.inference.backends.onnxruntime import OnnxBackend
 
         return cls(OnnxBackend(path, device, threads), **options)
 
@@ -185,7 +185,7 @@ class LungSegmenter:
         backends = [load_backend(s, device, precision, image_size, threads) for s in sources]
         if len(backends) == 1:
             return cls(backends[0], **options)
-        from lungseg.backend_ensemble import EnsembleBackend
+        from lungseg.inference.backends.ensemble import EnsembleBackend
 
         return cls(EnsembleBackend(backends, [str(s) for s in sources]), **options)
 

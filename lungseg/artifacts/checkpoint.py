@@ -19,12 +19,12 @@ from hydra.utils import instantiate
 from safetensors import SafetensorError
 from torch import nn
 
+from lungseg.artifacts.description import DESCRIPTION_KEY, ModelDescription
+from lungseg.artifacts.store import file_sha256, installed_model
 from lungseg.atomic import save_torch, write_text
-from lungseg.description import DESCRIPTION_KEY, ModelDescription
 from lungseg.errors import CheckpointError
-from lungseg.model_install import file_sha256, installed_model
-from lungseg.module import LungSegModule
 from lungseg.runtime import use_channels_last
+from lungseg.training.module import LungSegModule
 
 # A checkpoint's hyper-parameters name the classes to build; only these packages may be named there,
 # so a foreign checkpoint cannot make us import and call arbitrary code.
@@ -179,7 +179,7 @@ class PretrainedLungModel(nn.Module, PyTorchModelHubMixin, library_name="lungseg
         return self.net(images)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-        from lungseg.model_card import model_card
+        from lungseg.artifacts.model_card import model_card
 
         return ModelCard(model_card(ModelDescription.from_dict(self.description)))
 
@@ -187,7 +187,7 @@ class PretrainedLungModel(nn.Module, PyTorchModelHubMixin, library_name="lungseg
         """The weights, then the model card recording their SHA-256 (``lungseg-model install`` checks it).
         Written here, after the weights: the mixin writes its own card only where none exists yet, and a card
         left from an earlier save would name other weights."""
-        from lungseg.model_card import WEIGHTS_FILE, model_card
+        from lungseg.artifacts.model_card import WEIGHTS_FILE, model_card
 
         super()._save_pretrained(save_directory)
         card = model_card(ModelDescription.from_dict(self.description), file_sha256(save_directory / WEIGHTS_FILE))

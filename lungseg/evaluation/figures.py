@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lungseg.overlay import overlay, to_uint8  # noqa: E402
+from lungseg.inference.overlay import overlay, to_uint8  # noqa: E402
 
 HISTORY_PANELS = (("loss", "BCE loss"), ("accuracy", "pixel accuracy"), ("dice", "Dice"))
 
@@ -142,7 +142,7 @@ def reliability_figure(confidence: np.ndarray, frequency: np.ndarray, fraction: 
 def quality_figure(scores: np.ndarray, dice: np.ndarray, review_below: float, bad_dice: float) -> Figure:
     """Quality score against true per-image Dice, with the operating point (flagged: left of it) and the Dice
     under which a film counts as bad (below it)."""
-    from lungseg.quality import spearman
+    from lungseg.inference.quality import spearman
 
     fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
     flagged = scores < review_below

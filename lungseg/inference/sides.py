@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lungseg.postprocess import component_areas
+from lungseg.inference.postprocess import component_areas
 
 if TYPE_CHECKING:
     from lungseg.dicom.read import DicomFilm

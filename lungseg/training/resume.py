@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lungseg.description import DESCRIPTION_KEY
+from lungseg.artifacts.description import DESCRIPTION_KEY
 from lungseg.errors import LungsegError
 
 # What defines the training a checkpoint is part of: changing any of it mid-run is refused.
@@ -18,6 +18,19 @@ IGNORED = ("data.num_workers", "data.cache", "data.cache_mb", "data.pin_memory",
            "module.channels_last", "optimizer.fused", "optimizer.foreach", "module.net", "module.loss",
            "module.optimizer", "module.scheduler")
 MAX_SHOWN = 12
+# Class paths that moved when lungseg 0.3 grouped the package by role: a checkpoint written before records the old
+# names of the same classes, which must not read as a changed recipe.
+MOVED = {"lungseg.module.": "lungseg.training.module.", "lungseg.callbacks.": "lungseg.training.callbacks.",
+         "lungseg.sweep_summary.": "lungseg.training.sweeps."}
+
+
+def current_name(value: Any) -> Any:
+    """A recorded value with a moved class path (``MOVED``) renamed to where the class lives now."""
+    if isinstance(value, str):
+        for old, new in MOVED.items():
+            if value.startswith(old):
+                return new + value[len(old):]
+    return value
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -37,7 +50,7 @@ def _checked(key: str) -> bool:
 
 def config_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, checkpoint value, new value) for every checked setting that differs (absent: ``<unset>``)."""
-    old, new = flatten(recorded), flatten(current)
+    old, new = {k: current_name(v) for k, v in flatten(recorded).items()}, flatten(current)
     keys = sorted(k for k in old.keys() | new.keys() if _checked(k))
     return [(k, old.get(k, "<unset>"), new.get(k, "<unset>")) for k in keys if old.get(k, "<unset>") !=
             new.get(k, "<unset>")]

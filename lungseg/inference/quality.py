@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lungseg.postprocess import LARGE_COMPONENT_FRACTION, clean_mask, component_areas, fill_holes
+from lungseg.inference.postprocess import LARGE_COMPONENT_FRACTION, clean_mask, component_areas, fill_holes
 
 ZOOM = 0.9          # the zoomed-out TTA view: the film shrunk about its centre (training saw 0.9-1.1)
 BAD_DICE = 0.90     # a film below this Dice is one the score must flag (issue 17)

@@ -16,7 +16,7 @@ import numpy as np
 from lungseg.data.images import preprocess
 from lungseg.data.layout import IMAGE_DIR, split_dir
 from lungseg.errors import DataError
-from lungseg.inputs import find_inputs, read_input
+from lungseg.inference.inputs import find_inputs, read_input
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from lungseg.artifacts.model_card import WEIGHTS_FILE, WEIGHTS_SHA256_LABEL, recorded_weights_sha256
 from lungseg.errors import CheckpointError, LungsegError, exit_on_user_error
-from lungseg.model_card import WEIGHTS_FILE, WEIGHTS_SHA256_LABEL, recorded_weights_sha256
 
 HOME_ENV = "LUNGSEG_HOME"
 DEFAULT_HOME = "~/.cache/lungseg"
@@ -145,7 +145,7 @@ def install(source: str | Path, name: str | None = None, force: bool = False) ->
     staging = store / f".{name}.tmp-{os.getpid()}"
     try:
         verify_folder(staging, _stage(source, staging))
-        from lungseg.artifact import load_pretrained
+        from lungseg.artifacts.checkpoint import load_pretrained
 
         load_pretrained(staging)  # the config builds and the weights fit it, before any swap
         old = store / f".{name}.old-{os.getpid()}"

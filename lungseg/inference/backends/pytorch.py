@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lungseg.artifact import TrainedModel
-from lungseg.description import ModelDescription
+from lungseg.artifacts.checkpoint import TrainedModel
+from lungseg.artifacts.description import ModelDescription
 from lungseg.runtime import autocast, default_num_workers, pick_device, resolve_precision
 
 

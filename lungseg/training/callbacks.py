@@ -18,13 +18,13 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lungseg.artifact import non_finite_tensors
+from lungseg.artifacts.checkpoint import non_finite_tensors
+from lungseg.artifacts.description import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, now
 from lungseg.atomic import save_torch
 from lungseg.data.datamodule import process_rank, train_share
 from lungseg.data.layout import SPLITS, find_pairs
-from lungseg.description import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, now
 from lungseg.errors import LungsegError
-from lungseg.overlay import overlay, to_uint8
+from lungseg.inference.overlay import overlay, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class DescribeModel(L.Callback):
-    """Write the model's self-description (``lungseg.artifact.ModelDescription``) into every checkpoint: input
+    """Write the model's self-description (``lungseg.artifacts.checkpoint.ModelDescription``) into every checkpoint: input
     size, preprocessing, threshold, training precision, the run config, code version, data fingerprint, metrics."""
 
     def __init__(self, config: dict[str, Any]) -> None:
