@@ -140,8 +140,9 @@ def onnx_inference(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     INT8, calibrated on the bench data's train images; same batch, threads, warm-up and repeats as PyTorch's rows."""
     import onnxruntime as ort
 
-    from lungseg.artifacts.quantize import calibration_files, calibration_images, node_counts, quantize_int8
+    from lungseg.artifacts.quantize import node_counts, quantize_int8
     from lungseg.export import INPUT_NAME, OUTPUT_NAME, ProbabilityModel, export_onnx
+    from lungseg.inference.inputs import calibration_files, calibration_images
 
     size, batch = cfg.data.image_size, cfg.batch_size
     fp32, int8 = folder / "bench_fp32.onnx", folder / "bench_int8.onnx"

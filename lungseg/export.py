@@ -13,97 +13,50 @@ weights; ``lungseg.artifacts.quantize``), calibrated on ``calibration_images`` r
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
-from lungseg.artifacts.checkpoint import TrainedModel, load_checkpoint, save_pretrained
+from lungseg.artifacts.checkpoint import TrainedModel, load_checkpoint
+from lungseg.artifacts.contract import DESCRIPTION_FIELD, INPUT_NAME, OUTPUT_NAME
+from lungseg.artifacts.exports import ProbabilityModel, export_onnx, export_program, run_program
 from lungseg.artifacts.model_card import model_card
-from lungseg.artifacts.quantize import (
-    calibration_files,
-    calibration_images,
-    mask_dice,
-    quantization_card,
-    quantize_int8,
-)
+from lungseg.artifacts.pretrained import save_pretrained
+from lungseg.artifacts.quantize import quantization_card, quantize_int8
 from lungseg.atomic import (
     named_write_errors,
     output_lock,
     remove_stale,
     replace_dir,
     temp_path,
-    write_bytes,
     write_text,
 )
 from lungseg.config import CONFIG_DIR, command_line
-from lungseg.errors import LungsegError, exit_on_user_error, require_extra
+from lungseg.errors import LungsegError, exit_on_user_error
+from lungseg.inference.backends.onnxruntime import onnx_session
 from lungseg.inference.backends.pytorch import TorchBackend
+from lungseg.inference.inputs import calibration_files, calibration_images
 from lungseg.inference.segmenter import LungSegmenter
+from lungseg.metrics import mask_dice
 from lungseg.settings import refuse_existing, writable_dir
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "pretrained": ""}
-INPUT_NAME, OUTPUT_NAME = "image", "probability"
-class ProbabilityModel(nn.Module):
-    """The trained network followed by its sigmoid: images (N, 1, H, W) in [0, 1] -> lung probabilities."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(image))
-
-
-def export_onnx(model: ProbabilityModel, path: Path, size: int, opset: int = 17, dynamic_size: bool = True,
-                metadata: dict[str, str] | None = None) -> None:
-    """Write an ONNX model with a dynamic batch (and H/W) axis and ``metadata`` in its metadata_props."""
-    onnx = require_extra("onnx", "export", "ONNX export")
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
-    buffer = io.BytesIO()  # serialised in memory: the one disk write is lungseg's, whose failure is a clean OSError
-    with warnings.catch_warnings():  # the legacy exporter warns that it is legacy and that shape checks are traced
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(2, 1, size, size),), buffer, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
-    proto = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(proto, {"image_size": str(size), **(metadata or {})})
-    onnx.checker.check_model(proto)
-    write_bytes(path, proto.SerializeToString())
-
-
-def export_program(model: ProbabilityModel, path: Path, size: int, divisor: int, dynamic_size: bool = True) -> None:
-    """Write a ``torch.export`` program (.pt2) with a dynamic batch (and H/W, multiples of ``divisor``)."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    shapes: dict[int, object] = {0: batch}
-    if dynamic_size:
-        shapes[2] = divisor * torch.export.Dim("h_blocks", min=1, max=8192 // divisor)
-        shapes[3] = divisor * torch.export.Dim("w_blocks", min=1, max=8192 // divisor)
-    program = torch.export.export(model, (torch.rand(2, 1, size, size),), dynamic_shapes={"image": shapes})
-    buffer = io.BytesIO()  # torch's archive writer aborts the process at exit when a disk write fails under it
-    torch.export.save(program, buffer)
-    write_bytes(path, buffer.getvalue())
 
 
 def run_exported(path: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities from an exported file (onnxruntime for .onnx, torch.export.load for .pt2)."""
+    """Probabilities from an exported file (ONNX Runtime for .onnx, torch.export.load for .pt2)."""
     if path.suffix == ".onnx":
-        ort = require_extra("onnxruntime", "export", "ONNX export")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run([OUTPUT_NAME], {INPUT_NAME: images.astype(np.float32)})[0]
-    with torch.inference_mode():
-        return torch.export.load(str(path)).module()(torch.from_numpy(images)).numpy()
+        return onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: images.astype(np.float32)})[0]
+    return run_program(path, torch.from_numpy(images)).numpy()
 
 
 def verify(model: TrainedModel, output: Path, size: int) -> float:
@@ -123,7 +76,7 @@ def verify_int8(model: TrainedModel, output: Path, images: np.ndarray) -> tuple[
     (the calibration radiographs; random noise says little about quantisation), and the Dice of their masks."""
     expected = LungSegmenter(TorchBackend(model, "cpu", "32-true")).probabilities(images)
     got = run_exported(output, images)
-    return float(np.abs(got - expected).max()), mask_dice(expected, got, model.description.threshold)
+    return float(np.abs(got - expected).max()), mask_dice(got >= model.description.threshold, expected >= model.description.threshold)
 
 
 def check_quantize(cfg: DictConfig) -> list[Path]:
@@ -182,7 +135,7 @@ def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
                 fp32 = work / "fp32.onnx" if calibration else staged
                 export_onnx(ProbabilityModel(model.net), fp32, size, int(cfg.opset), bool(cfg.dynamic_size),
                             {"size_divisor": str(divisor), "source_checkpoint": ckpt.name,
-                             "lungseg_description": json.dumps(model.description.to_dict()), "model_card": card})
+                             DESCRIPTION_FIELD: json.dumps(model.description.to_dict()), "model_card": card})
                 if calibration:
                     images = calibration_images(calibration, size, model.description.intensity)
                     quantize_int8(fp32, staged, images, INPUT_NAME, {"calibration_source": Path(cfg.calibration).name})

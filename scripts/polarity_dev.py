@@ -14,8 +14,9 @@ import sys
 
 import numpy as np
 
+from lungseg.evaluation.robustness import SHIFTS, load_split
 from lungseg.inference.segmenter import POLARITY_CHECK_BELOW, LungSegmenter
-from lungseg.robustness import SHIFTS, dice, load_split
+from lungseg.metrics import mask_dice
 
 ACCEPTS = (0.8, 0.85, 0.88, 0.9, 0.92)
 
@@ -37,7 +38,7 @@ def collect(root: str, ckpt: str) -> list[dict[str, float | bool]]:
                         rows.append({"inverted": given_inverted ^ (shift == "inverted"),
                                      "unshifted": shift == "inverted",
                                      "score": as_read.quality_score, "flipped_score": flipped.quality_score,
-                                     "dice": dice(as_read.mask, moved), "flipped_dice": dice(flipped.mask, moved)})
+                                     "dice": mask_dice(as_read.mask, moved), "flipped_dice": mask_dice(flipped.mask, moved)})
     return rows
 
 

@@ -19,9 +19,10 @@ import numpy as np
 
 from lungseg.data.images import preprocess
 from lungseg.data.opacity import LungOpacity
+from lungseg.evaluation.robustness import APART, SHIFTS, load_split
 from lungseg.inference.quality import TTA_FEATURES, operating_point, review_figures, score, spearman
 from lungseg.inference.segmenter import LungSegmenter
-from lungseg.robustness import APART, SHIFTS, dice, load_split
+from lungseg.metrics import mask_dice
 
 
 def opacity(gray: np.ndarray, mask: np.ndarray, strength: float, rng: np.random.Generator) -> tuple:
@@ -48,7 +49,7 @@ def collect(ckpt: str, root: str, split: str) -> list[dict[str, object]]:
         for shift_name, severity, image, target in variants:
             result = seg.segment(image)
             plain = {k: v for k, v in result.quality_features.items() if k not in TTA_FEATURES}
-            rows.append({"image": name, "shift": shift_name, "severity": severity, "dice": dice(result.mask, target),
+            rows.append({"image": name, "shift": shift_name, "severity": severity, "dice": mask_dice(result.mask, target),
                          "score": score(plain), "score_tta": result.quality_score, **result.quality_features})
     # TTA cost per film at the model's size: the model alone vs. the model and the two views
     batch = np.stack([preprocess(g, seg.image_size)[None] for g, _, _ in films])

@@ -10,9 +10,10 @@ import lightning as L
 import pytest
 import torch
 
-from lungseg.artifacts.checkpoint import load_checkpoint, load_module
+from lungseg.artifacts.checkpoint import load_checkpoint
 from lungseg.artifacts.description import DESCRIPTION_KEY
 from lungseg.errors import CheckpointError
+from lungseg.training.module import load_module
 from tests.helpers import make_module
 
 

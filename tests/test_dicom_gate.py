@@ -108,7 +108,7 @@ def test_non_radiographs_are_flagged_with_the_feature_that_caught_them() -> None
 
 @requires_cxr
 def test_held_out_chest_films_pass_as_they_are_and_when_shifted_mildly() -> None:
-    from lungseg.robustness import SHIFTS
+    from lungseg.evaluation.robustness import SHIFTS
 
     paths = sorted((SPLIT / "test" / "image").iterdir())
     films = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in paths]

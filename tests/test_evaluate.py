@@ -19,13 +19,13 @@ from omegaconf import DictConfig, open_dict
 from scipy import ndimage
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lungseg.artifacts.checkpoint import load_module
 from lungseg.data.images import load_pair
 from lungseg.data.layout import DATASET_DIR, find_pairs
 from lungseg.errors import CheckpointError, DataError, LungsegError
 from lungseg.evaluate import evaluate
 from lungseg.inference.segmenter import LungSegmenter
 from lungseg.train import train
+from lungseg.training.module import load_module
 from tests.helpers import CONF, CXR, ROOT, TINY, cpu_precision, requires_cxr, write_split
 
 TEST_NUMBERS = [50, 52, 54, 56, 58, 61]

@@ -1,4 +1,4 @@
-"""Offline model install (lungseg.artifacts.store, the lungseg-model command): a pretrained folder's
+"""Offline model install (lungseg.artifacts.pretrained, the lungseg-model command): a pretrained folder's
 card records its weights' SHA-256; install copies a folder or zip into the store, checked, and
 LungSegmenter.from_pretrained finds it by name with no network; a tampered file is refused in one
 line."""
@@ -12,20 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungseg.artifacts.checkpoint import load_checkpoint, load_pretrained, save_pretrained
+from lungseg.artifacts.checkpoint import load_checkpoint
 from lungseg.artifacts.model_card import recorded_weights_sha256
-from lungseg.artifacts.store import (
+from lungseg.artifacts.pretrained import (
     file_sha256,
     install,
     installed,
     installed_model,
-    main,
+    load_pretrained,
+    save_pretrained,
     store_dir,
     verify,
     verify_folder,
 )
 from lungseg.errors import EXIT_USER_ERROR, CheckpointError, LungsegError
 from lungseg.inference.segmenter import LungSegmenter
+from lungseg.model_store import main
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ def test_install_then_load_by_name_offline(home: Path, exported: Path, tiny_ckpt
         exported / "model.safetensors") in out
     files = sorted(p.name for p in (home / "models" / "cxr-tiny").iterdir())
     assert files == ["README.md", "config.json", "model.safetensors"]
-    assert not [p for p in (home / "models").iterdir() if p.name.startswith(".")]  # no staging left
+    assert [p.name for p in (home / "models").iterdir() if p.name.startswith(".")] == [".cxr-tiny.lock"]  # no staging
     seg = LungSegmenter.from_pretrained("cxr-tiny", "cpu", precision="32")
     original = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu", precision="32")
     image = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
@@ -134,4 +136,5 @@ def test_folders_that_cannot_be_checked_or_loaded_are_not_installed(home: Path, 
         install(exported, name="../x")
     with pytest.raises(LungsegError, match="no such folder or zip"):
         install(tmp_path / "absent")
-    assert not (home / "models").exists() or not any((home / "models").iterdir())
+    left = list((home / "models").iterdir()) if (home / "models").exists() else []
+    assert all(p.name.endswith(".lock") for p in left), left  # nothing installed or staged, only lock files

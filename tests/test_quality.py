@@ -16,10 +16,11 @@ from scipy import stats
 from lungseg.data.layout import DATASET_DIR
 from lungseg.data.opacity import LungOpacity
 from lungseg.evaluate import evaluate
+from lungseg.evaluation.robustness import load_split
 from lungseg.inference import quality
 from lungseg.inference.segmenter import POLARITY_CHECK_BELOW, LungSegmenter
+from lungseg.metrics import mask_dice
 from lungseg.predict import CSV_COLUMNS, predict
-from lungseg.robustness import dice, load_split
 from tests.helpers import CXR, requires_cxr, train_run
 
 
@@ -79,7 +80,7 @@ def test_plausibility_is_one_for_lungs_and_falls_for_what_lungs_never_look_like(
 def test_expected_dice_and_the_score_fall_as_the_model_grows_unsure() -> None:
     mask = lungs()
     certain = mask.astype(np.float32)
-    assert quality.soft_dice(mask, certain) == 1.0 and quality.mask_dice(mask, mask) == 1.0
+    assert quality.soft_dice(mask, certain) == 1.0 and mask_dice(mask, mask) == 1.0
     unsure = np.where(mask > 0, 0.6, 0.4).astype(np.float32)
     expected = 2 * 0.6 * mask.sum() / (mask.sum() + unsure.sum())
     assert quality.soft_dice(mask, unsure) == pytest.approx(expected, rel=1e-6)
@@ -149,7 +150,7 @@ def test_damaged_films_score_lower_and_the_score_ranks_films_by_dice(cxr_model: 
         results = [seg.segment(image) for image in (gray, *damaged)]
         drops += [results[0].quality_score - r.quality_score for r in results[1:]]
         scores += [r.quality_score for r in results]
-        dices += [dice(r.mask, truth) for r in results]
+        dices += [mask_dice(r.mask, truth) for r in results]
     # a tiny model's score on one film can tie (its thread count moves a film or two): 22 of 24 damaged films
     # score lower than their clean film, and on average by more than 0.1
     assert sum(d > 0 for d in drops) >= 22 and np.mean(drops) > 0.1, np.round(drops, 3)
@@ -168,10 +169,10 @@ def test_a_film_with_inverted_grey_levels_is_read_the_right_way_round(cxr_model:
     for gray, truth, name in films:
         clean, flipped, wrong = auto.segment(gray), auto.segment(255 - gray), as_read.segment(255 - gray)
         assert not clean.inverted and not wrong.inverted, name                  # an upright film is never turned
-        assert dice(wrong.mask, truth) < dice(clean.mask, truth) - 0.3, name    # what reading it inverted saves
+        assert mask_dice(wrong.mask, truth) < mask_dice(clean.mask, truth) - 0.3, name    # what reading it inverted saves
         if flipped.inverted:  # read back, the clean film's mask, score and grey levels (up to the intensity
             read_back += 1    # window's rounding on the inverted grey levels)
-            assert dice(flipped.mask, clean.mask) > 0.995, name
+            assert mask_dice(flipped.mask, clean.mask) > 0.995, name
             assert flipped.quality_score == pytest.approx(clean.quality_score, abs=0.01), name
             assert np.abs(flipped.gray.astype(int) - gray).max() <= 2, name
         else:  # kept as read only where the check did not run or the upright reading is not one to trust
@@ -195,7 +196,7 @@ def test_a_film_with_inverted_grey_levels_is_read_the_right_way_round(cxr_model:
     scores = {n: float(r["quality_score"]) for n, r in rows.items()}
     assert scores["film0_inverted.png"] == pytest.approx(scores["film0.png"], abs=0.01)
     masks = {n: cv2.imread(str(out / r["mask"]), cv2.IMREAD_GRAYSCALE) > 0 for n, r in rows.items()}
-    assert dice(masks["film0_inverted.png"], masks["film0.png"]) > 0.995
+    assert mask_dice(masks["film0_inverted.png"], masks["film0.png"]) > 0.995
 
     # evaluate: a split holding an inverted film is measured as the segmenter reads it
     root = tmp_path / "set"

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lungseg.robustness import APART, SHIFTS, load_split, robustness, run, summarise
+from lungseg.evaluation.robustness import APART, SHIFTS, load_split, score_shifts, summarise_shifts
+from lungseg.robustness import robustness
 from tests.helpers import train_tiny, write_split
 
 
@@ -29,9 +30,9 @@ def phantoms(tmp_path: Path) -> Path:
 
 def test_shifts_move_the_truth_with_the_anatomy(phantoms: Path) -> None:
     pairs = load_split(phantoms, "test", "minmax")   # the oracle reads the phantoms' raw grey levels
-    rows = run(Threshold(), pairs)  # type: ignore[arg-type]
+    rows = score_shifts(Threshold(), pairs)  # type: ignore[arg-type]
     assert len(rows) == 3 * (1 + sum(len(levels) for _, levels in {**SHIFTS, **APART}.values()))
-    by = summarise(rows)
+    by = summarise_shifts(rows)
     assert by["clean_dice"] > 0.97 and by["n_images"] == 3
     for shift in ("rotation_deg", "zoom_out", "offcentre_crop", "collimation", "mirror"):
         for severity, value in by["per_shift"][shift].items():

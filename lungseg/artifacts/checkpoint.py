@@ -3,8 +3,6 @@ read it back (tensors only, known classes only, clear errors)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import pickle
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -13,22 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, PyTorchModelHubMixin
-from huggingface_hub.errors import HfHubHTTPError
 from hydra.utils import instantiate
-from safetensors import SafetensorError
 from torch import nn
 
 from lungseg.artifacts.description import DESCRIPTION_KEY, ModelDescription
-from lungseg.artifacts.store import file_sha256, installed_model
-from lungseg.atomic import save_torch, write_text
+from lungseg.atomic import save_torch
 from lungseg.errors import CheckpointError
 from lungseg.runtime import use_channels_last
-from lungseg.training.module import LungSegModule
 
 # A checkpoint's hyper-parameters name the classes to build; only these packages may be named there,
 # so a foreign checkpoint cannot make us import and call arbitrary code.
 ALLOWED_TARGETS = ("lungseg.", "torch.nn.", "torch.optim.")
+NET_PREFIX = "net."  # the network's weights in a checkpoint's state_dict (the LightningModule's ``net``)
 def _targets(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         for key, value in node.items():
@@ -141,98 +135,15 @@ def build_net(net_config: Mapping[str, Any], source: str | Path) -> nn.Module:
                               f"({str(err).splitlines()[0]})") from None
 
 
-def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> LungSegModule:
-    """Rebuild the trained LungSegModule from a checkpoint alone, in eval mode."""
-    return _module(read_checkpoint(path), path).to(map_location).eval()
-
-
-def _module(ckpt: Mapping[str, Any], path: str | Path) -> LungSegModule:
-    try:
-        module = LungSegModule(**ckpt["hyper_parameters"])
-        module.load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as err:
-        raise CheckpointError(f"{path}: does not match this version of lungseg ({str(err).splitlines()[0]})") from None
-    return module
-
-
 def load_checkpoint(path: str | Path, image_size: int | None = None) -> TrainedModel:
-    """The network, description and hyper-parameters of a checkpoint (``image_size`` overrides the recorded one)."""
+    """The network, description and hyper-parameters of a checkpoint (``image_size`` overrides the recorded one).
+    Only the network is built (from its recorded config): no LightningModule, loss, metrics or optimiser."""
     ckpt = read_checkpoint(path)
-    module, description = _module(ckpt, path), describe(ckpt, path, image_size)
-    return TrainedModel(module.net.float().to(memory_format=torch.contiguous_format).eval(), description,
-                        dict(module.hparams))
-
-
-class PretrainedLungModel(nn.Module, PyTorchModelHubMixin, library_name="lungseg",
-                          tags=["image-segmentation", "chest-x-ray", "lung"]):
-    """The folder format of ``huggingface_hub``'s PyTorchModelHubMixin: ``config.json`` (the network config, its
-    memory format and the model's description), ``model.safetensors`` (weights only) and a ``README.md`` card."""
-
-    def __init__(self, net: dict, channels_last: bool = True, description: dict | None = None) -> None:
-        super().__init__()
-        self.net_config = dict(net)
-        self.net = build_net(net, "config.json")
-        self.channels_last = channels_last
-        self.description = description or {}
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-        from lungseg.artifacts.model_card import model_card
-
-        return ModelCard(model_card(ModelDescription.from_dict(self.description)))
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """The weights, then the model card recording their SHA-256 (``lungseg-model install`` checks it).
-        Written here, after the weights: the mixin writes its own card only where none exists yet, and a card
-        left from an earlier save would name other weights."""
-        from lungseg.artifacts.model_card import WEIGHTS_FILE, model_card
-
-        super()._save_pretrained(save_directory)
-        card = model_card(ModelDescription.from_dict(self.description), file_sha256(save_directory / WEIGHTS_FILE))
-        write_text(save_directory / "README.md", card)
-
-    @classmethod
-    def _load_as_pickle(cls, *args: Any, **kwargs: Any) -> PretrainedLungModel:
-        raise CheckpointError("refused: the model has no model.safetensors; lungseg loads weights without pickle")
-
-
-def save_pretrained(model: TrainedModel, folder: str | Path) -> Path:
-    """Write ``model`` as a pretrained folder (config.json, model.safetensors, README.md); returns the folder."""
-    folder = Path(folder)
-    pretrained = PretrainedLungModel(dict(model.hparams["net"]), model.channels_last, model.description.to_dict())
-    pretrained.net.load_state_dict(model.net.state_dict())
-    pretrained.save_pretrained(folder)
-    return folder
-
-
-def load_pretrained(source: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
-                    local_files_only: bool = False) -> TrainedModel:
-    """A pretrained folder, a model installed by ``lungseg-model install`` (its bare name, checked against the
-    SHA-256 its card records), or a Hugging Face Hub id (``user/model``) downloaded into the Hub cache."""
-    source = str(Path(source).expanduser()) if Path(source).expanduser().exists() else str(source)
-    source = str(installed_model(source) or source)
-    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        raise CheckpointError(f"{source}: not a lungseg pretrained folder (no config.json); write one with "
-                              "python -m lungseg.export ckpt_path=best.ckpt format=pretrained output=DIR")
+    hparams, description = dict(ckpt["hyper_parameters"]), describe(ckpt, path, image_size)
+    net = build_net(hparams["net"], path)
+    weights = {k[len(NET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints where it loads from
-            pretrained = PretrainedLungModel.from_pretrained(source, revision=revision, cache_dir=cache_dir,
-                                                             local_files_only=local_files_only, strict=True)
-    except (OSError, ValueError, HfHubHTTPError) as err:
-        raise CheckpointError(f"{source}: cannot load this pretrained model ({str(err).splitlines()[0]}); pass a "
-                              "folder written by lungseg.export format=pretrained, the name of a model installed by "
-                              "lungseg-model install, or a Hub id holding one") from None
-    except SafetensorError as err:  # a truncated or corrupt weights file
-        raise CheckpointError(f"{Path(source) / 'model.safetensors'}: not a readable weights file (truncated or "
-                              f"corrupt: {str(err).splitlines()[0]}); export the folder again") from None
-    except RuntimeError as err:  # strict loading: the weights do not fit the config
-        raise CheckpointError(f"{source}: model.safetensors does not match config.json "
-                              f"({str(err).splitlines()[0]})") from None
-    if not pretrained.description.get("image_size"):
-        raise CheckpointError(f"{source}: config.json has no description.image_size; re-export it with lungseg")
-    description = ModelDescription.from_dict(pretrained.description)
-    net = pretrained.net.float().to(memory_format=torch.contiguous_format).eval()
-    return TrainedModel(net, description, {"net": pretrained.net_config, "channels_last": pretrained.channels_last,
-                                           "threshold": description.threshold})
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: does not match this version of lungseg ({str(err).splitlines()[0]})") from None
+    return TrainedModel(net.float().to(memory_format=torch.contiguous_format).eval(), description, hparams)

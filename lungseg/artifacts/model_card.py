@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from lungseg.artifacts.description import ModelDescription
+from lungseg.markdown import table
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_SHA256_LABEL = f"{WEIGHTS_FILE} SHA-256"  # the Provenance row lungseg-model install checks
@@ -36,16 +37,10 @@ RECIPE_KEYS = (("model", ("base_filters", "depth", "dropout", "noise_std", "deco
                ("data", ("image_size", "batch_size", "train_subset")), ("trainer", ("max_epochs", "precision")))
 
 
-def _table(rows: list[tuple[Any, ...]]) -> str:
-    lines = ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    lines.insert(1, "|" + " --- |" * len(rows[0]))
-    return "\n".join(lines)
-
-
 def _metrics(title: str, values: dict[str, float]) -> list[str]:
     if not values:
         return []
-    return [f"### {title}", _table([("metric", "value"), *[(k, f"{v:.4f}") for k, v in sorted(values.items())]])]
+    return [f"### {title}", table([("metric", "value"), *[(k, f"{v:.4f}") for k, v in sorted(values.items())]])]
 
 
 def recipe_rows(config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -76,11 +71,11 @@ def model_card(description: ModelDescription, weights_sha256: str | None = None)
         "## Intended use", INTENDED_USE,
         "## Limits", LIMITS,
         "## Input contract",
-        _table([("field", "value"), ("input size", f"{d.image_size} x {d.image_size}"),
+        table([("field", "value"), ("input size", f"{d.image_size} x {d.image_size}"),
                 ("threshold", f"{d.threshold}"), ("training precision", d.precision),
                 *[(f"preprocessing: {k}", v) for k, v in d.preprocessing.items()]]),
         "## Training data",
-        _table([("field", "value"), ("root folder", data.get("root_name", "-")), ("pairs per split", counts or "-"),
+        table([("field", "value"), ("root folder", data.get("root_name", "-")), ("pairs per split", counts or "-"),
                 ("train subset", str(data.get("train_subset") or "all")),
                 ("file list SHA-256", f"`{data.get('files_sha256', '-')}`")]),
     ]
@@ -88,14 +83,14 @@ def model_card(description: ModelDescription, weights_sha256: str | None = None)
         attribution = "\n".join(("##" + line) if line.startswith("#") else line
                                 for line in str(data["attribution"]).splitlines())
         parts += ["### Data attribution and licence (from the data's ATTRIBUTION file)", attribution]
-    parts += ["## Recipe", _table([("setting", "value"), *recipe_rows(d.config)]) if d.config else "-",
+    parts += ["## Recipe", table([("setting", "value"), *recipe_rows(d.config)]) if d.config else "-",
               "## Metrics"]
     metrics = (_metrics("Validation (this checkpoint)", d.val_metrics) + _metrics("Best over the run",
                                                                                    d.best_metrics)
                + _metrics("Test", d.test_metrics))
     parts += metrics or ["No metrics were recorded with this model."]
     parts += ["## Provenance",
-              _table([("field", "value"), ("lungseg version", d.lungseg_version),
+              table([("field", "value"), ("lungseg version", d.lungseg_version),
                       ("git commit", d.git_commit or "unknown"), ("checkpoint written", d.created or "-"),
                       *([(WEIGHTS_SHA256_LABEL, f"`{weights_sha256}`")] if weights_sha256 else [])])]
     return "\n\n".join(parts) + "\n"

@@ -13,14 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg.data.images import preprocess
-from lungseg.data.layout import IMAGE_DIR, split_dir
-from lungseg.errors import DataError
-from lungseg.inference.inputs import find_inputs, read_input
+from lungseg.markdown import table
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_SPLIT = "train"  # a dataset root calibrates on its training images, never on val or test
 # On x86 without VNNI (AVX2 only) uint8 x int8 products go through vpmaddubsw, whose int16 sums can saturate:
 # 7-bit weights (reduce_range) avoid that, as onnxruntime advises for such CPUs; VNNI CPUs lose nothing by it.
 SETTINGS = {"format": "QDQ", "weights": "int8, per output channel, symmetric, 7-bit range (reduce_range)",
@@ -32,32 +28,6 @@ SETTINGS = {"format": "QDQ", "weights": "int8, per output channel, symmetric, 7-
 # - ConvTranspose and BatchNormalization stay fp32 without QDQ pairs around them: onnxruntime has no int8 kernel
 #   for either on CPU (BatchNorm follows ReLU here, so it cannot fold into a conv), so their pairs only cost time.
 QUANTIZED_OPS = ["Conv", "MaxPool", "Concat", "Relu", "Sigmoid"]
-
-
-def calibration_files(source: str | Path, count: int) -> list[Path]:
-    """Up to ``count`` radiographs from ``source``: a dataset root's train-split images (Kaggle layout, with or
-    without ``ChestXray/``), else every radiograph under a plain folder; evenly spread over the sorted list."""
-    source = Path(source).expanduser()
-    if count < 1:
-        raise DataError(f"calibration_images={count}: use 1 or more (64 is the default)")
-    if not source.exists():
-        raise DataError(f"calibration={source}: no such folder; pass a dataset root (its train split's images are "
-                        "used) or a folder of radiographs")
-    images = split_dir(source, CALIBRATION_SPLIT) / IMAGE_DIR
-    folder = images if images.is_dir() else source
-    try:
-        files = [f.path for f in find_inputs(folder)]
-    except DataError:
-        raise DataError(f"calibration={source}: no radiographs in {folder}; pass a dataset root (its train split's "
-                        "images are used) or a folder of radiographs") from None
-    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
-    return [files[i] for i in picks]
-
-
-def calibration_images(files: list[Path], size: int, intensity: str = "window") -> np.ndarray:
-    """float32 (N, 1, size, size): the files through the project's one preprocessing (by the model's intensity
-    rule), un-augmented."""
-    return np.stack([preprocess(read_input(f, intensity), size) for f in files])[:, None]
 
 
 class RadiographReader:
@@ -106,12 +76,12 @@ def quantize_int8(fp32: Path, output: Path, images: np.ndarray, input_name: str,
 
 def quantization_card(images: int, source: str) -> str:
     """The model card's section on an INT8 file: how it was quantised and what to expect of it."""
-    rows = "\n".join(f"| {k.replace('_', ' ')} | {v} |" for k, v in SETTINGS.items())
+    rows = table([("setting", "value"), *((k.replace("_", " "), v) for k, v in SETTINGS.items())])
     return (f"\n\n## INT8 quantisation\n\nThis file is the static INT8 version of the model (onnxruntime "
             f"quantize_static). Input and output are unchanged (float32); calibrated on {images} un-augmented "
             f"radiographs from `{source}`, preprocessed as above. Its probabilities differ slightly from the fp32 "
             f"model's: export logs the largest difference and the masks' Dice on the calibration images.\n\n"
-            f"| setting | value |\n|---|---|\n{rows}\n")
+            f"{rows}\n")
 
 
 def first_convs(path: Path, input_name: str) -> list[str]:
@@ -130,10 +100,3 @@ def node_counts(path: Path) -> dict[str, int]:
     for node in onnx.load(str(path)).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-def mask_dice(expected: np.ndarray, got: np.ndarray, threshold: float) -> float:
-    """Dice of the two thresholded masks, pooled over every pixel (1.0: the same masks)."""
-    from lungseg.metrics import dice_iou, mask_counts
-
-    return dice_iou(*mask_counts(got >= threshold, expected >= threshold))[0]

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from lungseg.evaluation import figures
 from lungseg.inference.quality import operating_point, review_figures
+from lungseg.markdown import table
 
 POOLED = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc", "loss", "balanced_accuracy")
 PER_IMAGE = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
@@ -97,12 +98,6 @@ def quality_summary(rows: list[dict[str, Any]], review_below: float, tta: bool) 
             "suggested_bad_flagged_share": at_point["bad_flagged_share"]}
 
 
-def _table(rows: list[tuple[Any, ...]]) -> str:
-    lines = ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    lines.insert(1, "|" + " --- |" * len(rows[0]))
-    return "\n".join(lines)
-
-
 def _fmt(x: Any) -> str:
     return f"{x:.6f}" if isinstance(x, float) else ("-" if x is None else f"{x:,}" if isinstance(x, int) else str(x))
 
@@ -133,28 +128,28 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
         "The notebook sampled its test batches randomly (with replacement) and computed its \"AUC\" from "
         "thresholded masks; here every image is evaluated once and AUROC comes from the probabilities. "
         "Its positives are ~75 % of pixels, so its positive class may be inverted relative to the lung masks.",
-        _table([("metric", "original (Keras notebook)", "this evaluation"), *metrics_rows]),
-        _table([("pixels", "original", "this evaluation"), *conf_rows]),
+        table([("metric", "original (Keras notebook)", "this evaluation"), *metrics_rows]),
+        table([("pixels", "original", "this evaluation"), *conf_rows]),
         "## Per-image metrics",
         "HD95 and ASSD are in pixels (`_mm`: millimetres). An empty truth or prediction counts as the image "
         f"diagonal; both empty as 0 (Dice/IoU 1). Empty truths: {per['empty_truth']}, empty predictions: "
         f"{per['empty_prediction']}.",
-        _table([("metric", "mean", "SD", "median", "worst"), *per_rows]),
+        table([("metric", "mean", "SD", "median", "worst"), *per_rows]),
         "## After post-processing",
         "The thresholded masks cleaned as `lungseg.predict` does by default (the two largest connected "
         "components kept, holes filled); the pooled metrics above are the model's raw output.",
-        _table([("metric", "mean", "SD", "median", "worst"),
+        table([("metric", "mean", "SD", "median", "worst"),
                 ("pooled Dice", _fmt(clean["pooled_dice"]), "", "", ""),
                 ("pooled IoU", _fmt(clean["pooled_iou"]), "", "", ""),
                 *_spread_rows(clean)]),
         "## Worst 5 images by Dice",
-        _table([("image", "Dice", "IoU", "HD95 px", "ASSD px"), *worst]),
+        table([("image", "Dice", "IoU", "HD95 px", "ASSD px"), *worst]),
     ]
     if summary.get("tuned"):
         t = summary["tuned"]
         parts += ["## Threshold tuned on the val split",
                   f"Best pooled val Dice {t['val_dice']:.6f} at threshold {t['threshold']:.4f}.",
-                  _table([("metric", f"threshold {summary['threshold']}", f"threshold {t['threshold']:.4f}"),
+                  table([("metric", f"threshold {summary['threshold']}", f"threshold {t['threshold']:.4f}"),
                           *[(k, _fmt(pooled[k]), _fmt(t["pooled"][k])) for k in POOLED],
                           ("per-image Dice mean", _fmt(per["dice_mean"]), _fmt(t["per_image"]["dice_mean"]))])]
     q = summary["quality"]
@@ -174,7 +169,7 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
         parts += ["## Review of the flagged masks",
                   f"A reviewer's decisions (`lungseg-review`, `{r['review_csv']}`) on {r['films']} predicted "
                   f"films{'; ' + ', '.join(dice) if dice else ''}.",
-                  _table([("films", *kinds), (f"flagged ({r['flagged']})", *(r[f"flagged_{k}"] for k in kinds)),
+                  table([("films", *kinds), (f"flagged ({r['flagged']})", *(r[f"flagged_{k}"] for k in kinds)),
                           (f"not flagged ({r['films'] - r['flagged']})", *(r[f"others_{k}"] for k in kinds))])]
     if "calibration" in summary:
         parts.append(f"## Calibration\n\nExpected calibration error (pixels, {summary['calibration']['bins']} "

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg.data.images import read_image_file, require_radiograph, to_gray8
-from lungseg.data.layout import IMAGE_SUFFIXES
+from lungseg.data.images import preprocess, read_image_file, require_radiograph, to_gray8
+from lungseg.data.layout import IMAGE_DIR, IMAGE_SUFFIXES, split_dir
 from lungseg.dicom.read import DICOM_FEATURE, read_dicom
 from lungseg.errors import DataError, require_extra
 
@@ -85,3 +85,32 @@ def read_input(path: Path, intensity: str = "window") -> np.ndarray:
     path = Path(path)
     raw = read_dicom(path) if is_dicom(path) else read_image_file(path)
     return to_gray8(require_radiograph(raw, str(path)), intensity)
+
+
+CALIBRATION_SPLIT = "train"  # a dataset root calibrates on its training images, never on val or test
+
+
+def calibration_files(source: str | Path, count: int) -> list[Path]:
+    """Up to ``count`` radiographs from ``source``: a dataset root's train-split images (Kaggle layout, with or
+    without ``ChestXray/``), else every radiograph under a plain folder; evenly spread over the sorted list."""
+    source = Path(source).expanduser()
+    if count < 1:
+        raise DataError(f"calibration_images={count}: use 1 or more (64 is the default)")
+    if not source.exists():
+        raise DataError(f"calibration={source}: no such folder; pass a dataset root (its train split's images are "
+                        "used) or a folder of radiographs")
+    images = split_dir(source, CALIBRATION_SPLIT) / IMAGE_DIR
+    folder = images if images.is_dir() else source
+    try:
+        files = [f.path for f in find_inputs(folder)]
+    except DataError:
+        raise DataError(f"calibration={source}: no radiographs in {folder}; pass a dataset root (its train split's "
+                        "images are used) or a folder of radiographs") from None
+    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
+    return [files[i] for i in picks]
+
+
+def calibration_images(files: list[Path], size: int, intensity: str = "window") -> np.ndarray:
+    """float32 (N, 1, size, size): the files through the project's one preprocessing (by the model's intensity
+    rule), un-augmented."""
+    return np.stack([preprocess(read_input(f, intensity), size) for f in files])[:, None]

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from lungseg.inference.postprocess import LARGE_COMPONENT_FRACTION, clean_mask, component_areas, fill_holes
+from lungseg.metrics import mask_dice
 
 ZOOM = 0.9          # the zoomed-out TTA view: the film shrunk about its centre (training saw 0.9-1.1)
 BAD_DICE = 0.90     # a film below this Dice is one the score must flag (issue 17)
@@ -61,13 +62,6 @@ def soft_dice(mask: np.ndarray, prob: np.ndarray) -> float:
     m = mask.astype(np.float32, copy=False)
     denominator = float(m.sum() + prob.sum())
     return 2 * float((m * prob).sum()) / denominator if denominator else 1.0
-
-
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two {0,1} masks (both empty: 1)."""
-    a, b = a > 0, b > 0
-    total = int(a.sum() + b.sum())
-    return 2 * int((a & b).sum()) / total if total else 1.0
 
 
 def shape_features(raw: np.ndarray, mask: np.ndarray) -> dict[str, float]:

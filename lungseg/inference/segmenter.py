@@ -100,7 +100,8 @@ def load_backend(source: str | Path, device: str = "auto", precision: str | None
         from lungseg.inference.backends.onnxruntime import OnnxBackend
 
         return OnnxBackend(path, device, threads)
-    from lungseg.artifacts.checkpoint import load_checkpoint, load_pretrained
+    from lungseg.artifacts.checkpoint import load_checkpoint
+    from lungseg.artifacts.pretrained import load_pretrained
     from lungseg.inference.backends.pytorch import TorchBackend
 
     if path.is_file() or path.suffix.lower() == ".ckpt":
@@ -161,7 +162,7 @@ class LungSegmenter:
                         revision: str | None = None, cache_dir: str | Path | None = None,
                         local_files_only: bool = False, **options: Any) -> LungSegmenter:
         """Load a folder written by ``lungseg.export format=pretrained`` or a Hugging Face Hub id holding one."""
-        from lungseg.artifacts.checkpoint import load_pretrained
+        from lungseg.artifacts.pretrained import load_pretrained
         from lungseg.inference.backends.pytorch import TorchBackend
 
         model = load_pretrained(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
+from lungseg.artifacts.checkpoint import read_checkpoint
+from lungseg.errors import CheckpointError
 from lungseg.metrics.pixels import confusion_matrix, flatten, per_image_overlap, pixel_metrics
 from lungseg.runtime import accelerator_device_type, use_channels_last
 
@@ -211,3 +214,15 @@ class LungSegModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch",
                                  "frequency": (every or 1) if plateau else 1}}
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> LungSegModule:
+    """Rebuild the trained LungSegModule (loss, metrics and all) from a checkpoint alone, in eval mode: for
+    training's tools and tests; inference builds only the network (``lungseg.artifacts.checkpoint``)."""
+    ckpt = read_checkpoint(path)
+    try:
+        module = LungSegModule(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{path}: does not match this version of lungseg ({str(err).splitlines()[0]})") from None
+    return module.to(map_location).eval()

@@ -1,6 +1,6 @@
 """Chooses the input gate's image limits (``lungseg.inference.gate.ImageLimits``) on the cxr-v7 train
 and val films and tests them on held-out images: the test films, the test films under every
-robustness shift (``lungseg.robustness.SHIFTS``) and synthetic non-radiographs.
+robustness shift (``lungseg.evaluation.robustness.SHIFTS``) and synthetic non-radiographs.
 
     PYTHONPATH=. python scripts/research/gate_limits.py [DATA_ROOT=/work/shared/data/cxr-v7]
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lungseg.evaluation.robustness import SHIFTS
 from lungseg.inference.gate import ImageLimits, check_image, image_features
-from lungseg.robustness import SHIFTS
 
 MARGIN = 2.0
 SHARES = ("flat", "dark_edge")

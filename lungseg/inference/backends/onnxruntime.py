@@ -3,64 +3,49 @@ probabilities out, without torch. The model's description travels in the file's 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from lungseg.artifacts.description import ModelDescription
+from lungseg.artifacts.contract import INPUT_NAME, OUTPUT_NAME, read_description, signature_problem
 from lungseg.errors import CheckpointError, LungsegError, require_extra
-
-INPUT_NAME, OUTPUT_NAME = "image", "probability"
-
-
-def read_description(metadata: dict[str, str], path: Path) -> ModelDescription:
-    """The description an export wrote into ``metadata_props`` (older exports: their ``image_size`` alone)."""
-    if "lungseg_description" in metadata:
-        return ModelDescription.from_dict(json.loads(metadata["lungseg_description"]))
-    if "image_size" in metadata:
-        return ModelDescription(image_size=int(metadata["image_size"]))
-    raise CheckpointError(f"{path}: an ONNX model without lungseg's metadata (no image_size); export it with "
-                          "python -m lungseg.export ckpt_path=best.ckpt format=onnx")
+from lungseg.runtime import usable_cores
 
 
-def require_lungseg_signature(session: object, path: Path) -> None:
-    """Refuse an ONNX model that does not take lungseg's input: one float input ``image`` (N, 1, H, W) and one
-    output ``probability`` of the same shape."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()  # type: ignore[attr-defined]
-    found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
-    ok = (len(inputs) == 1 and inputs[0].name == INPUT_NAME and inputs[0].type == "tensor(float)"
-          and len(inputs[0].shape) == 4 and inputs[0].shape[1] == 1
-          and any(o.name == OUTPUT_NAME for o in outputs))
-    if not ok:
-        raise CheckpointError(f"{path}: this ONNX model does not take lungseg's input (it has {found}; lungseg "
-                              f"models take {INPUT_NAME} float (N, 1, H, W) and give {OUTPUT_NAME}); export one "
-                              "with python -m lungseg.export")
+def onnx_session(path: Path, device: str = "cpu", threads: int | None = None) -> object:
+    """An ONNX Runtime session of a lungseg model file: ``threads`` intra-op threads (default: this process's usable
+    cores), one inter-op thread, on the CPU or CUDA (``device=auto`` takes CUDA where installed). A file that is no
+    readable ONNX model or does not take lungseg's input is one line."""
+    ort = require_extra("onnxruntime", "export", "Running ONNX models")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = int(threads or usable_cores()), 1
+    providers = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    elif device not in ("auto", "cpu"):
+        raise LungsegError(f"device={device}: ONNX Runtime here runs on {', '.join(ort.get_available_providers())}"
+                           "; use device=cpu or device=auto")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise CheckpointError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0]}); "
+                              "export it again with python -m lungseg.export") from None
+    problem = signature_problem([(i.name, i.type, list(i.shape)) for i in session.get_inputs()],
+                                [o.name for o in session.get_outputs()])
+    if problem:
+        raise CheckpointError(f"{path}: {problem.replace('this model', 'this ONNX model', 1)}")
+    return session
 
 
 class OnnxBackend:
     """An ONNX Runtime session on the CPU (or CUDA where asked and installed)."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
-        ort = require_extra("onnxruntime", "export", "Running ONNX models")
+        require_extra("onnxruntime", "export", "Running ONNX models")  # before anything else is looked at
         path = Path(path).expanduser()
         if not path.is_file():
             raise CheckpointError(f"{path}: no such ONNX model; pass model_path=<file.onnx> written by lungseg.export")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        elif device not in ("auto", "cpu"):
-            raise LungsegError(f"device={device}: ONNX Runtime here runs on {', '.join(ort.get_available_providers())}"
-                               "; use device=cpu or device=auto")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise CheckpointError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0]}); "
-                                  "export it again with python -m lungseg.export") from None
-        require_lungseg_signature(self.session, path)
+        self.session = onnx_session(path, device, threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.description = read_description(metadata, path)
         self.divisor = int(metadata.get("size_divisor", 1))
