@@ -1,4 +1,5 @@
-"""The evaluation report: metrics.json, per_image.csv, report.md, PNG figures and TensorBoard events."""
+"""The evaluation report's files: metrics.json, per_image.csv, report.md, PNG figures and TensorBoard events, from
+the summary (``evaluation.summary``) and the scoring's arrays."""
 
 from __future__ import annotations
 
@@ -11,51 +12,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lungseg.evaluation import figures
-from lungseg.inference.quality import operating_point, review_figures
+from lungseg.evaluation.summary import ORIGINAL, ORIGINAL_CONFUSION, POOLED
 from lungseg.markdown import table
-
-POOLED = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc", "loss", "balanced_accuracy")
-PER_IMAGE = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
-# The notebook's reported test results (see ../shared/seed/notebook-facts.md); its "AUC" was (sens + spec) / 2
-# of thresholded masks, and its accuracy is derived here from its confusion matrix.
-ORIGINAL = {"precision": 0.974872, "recall": 0.982158, "f1": 0.978501, "dice": 0.978501, "specificity": 0.991546,
-            "balanced_accuracy": 0.986852, "iou": 0.957907}
-ORIGINAL_CONFUSION = {"tp": 102_883_876, "fn": 877_213, "fp": 618_257, "tn": 34_032_686}
-ORIGINAL["accuracy"] = (ORIGINAL_CONFUSION["tp"] + ORIGINAL_CONFUSION["tn"]) / sum(ORIGINAL_CONFUSION.values())
-
-
-def spread(rows: list[dict[str, Any]], names: tuple[str, ...] = PER_IMAGE, suffix: str = "") -> dict[str, float]:
-    """Mean, SD (n-1), median and worst value of each per-image metric ``<name><suffix>`` present in ``rows``."""
-    out: dict[str, float] = {}
-    for name in names:
-        column = name.replace("_px", f"{suffix}_px") if name.endswith("_px") else f"{name}{suffix}"
-        if column not in rows[0]:
-            continue
-        values = np.array([r[column] for r in rows], dtype=np.float64)
-        key = name.removesuffix("_px")
-        worst = values.min() if name in ("dice", "iou") else values.max()
-        out.update({f"{key}_mean": float(values.mean()),
-                    f"{key}_sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                    f"{key}_median": float(np.median(values)), f"{key}_worst": float(worst)})
-    return out
-
-
-def summarise(rows: list[dict[str, Any]], n_worst: int = 5) -> dict[str, Any]:
-    """Per-image spread of each metric, the empty-mask counts and the worst images."""
-    out: dict[str, Any] = spread(rows)
-    out["empty_truth"] = sum(r["empty"] in ("truth", "both") for r in rows)
-    out["empty_prediction"] = sum(r["empty"] in ("prediction", "both") for r in rows)
-    ranked = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:n_worst]
-    out["worst"] = [{k: rows[i][k] for k in ("file", "dice", "iou", "hd95_px", "assd_px")} for i in ranked]
-    return out
-
-
-def sample_indices(rows: list[dict[str, Any]], n_samples: int, n_worst: int) -> list[int]:
-    """The worst ``n_worst`` images by Dice, then ``n_samples`` evenly spaced others."""
-    worst = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[:n_worst]
-    rest = [i for i in range(len(rows)) if i not in worst]
-    spread = [rest[int(j)] for j in np.linspace(0, len(rest) - 1, min(n_samples, len(rest)))] if rest else []
-    return worst + list(dict.fromkeys(spread))
 
 
 def make_figures(results: dict[str, Any], rows: list[dict[str, Any]], samples: dict[str, Any], cfg: DictConfig,
@@ -86,18 +44,6 @@ def make_figures(results: dict[str, Any], rows: list[dict[str, Any]], samples: d
     return figs
 
 
-def quality_summary(rows: list[dict[str, Any]], review_below: float, tta: bool) -> dict[str, Any]:
-    """How well the quality score predicts the Dice of the post-processed masks (the masks it scores): Spearman,
-    the share flagged at ``review_below`` and the share of films under Dice 0.90 flagged; and the operating point
-    this split suggests (the highest that flags at most a quarter of its films: choose it on val, never on test)."""
-    scores, dice = [r["quality_score"] for r in rows], [r["dice_clean"] for r in rows]
-    point = operating_point(scores)
-    at_point = review_figures(scores, dice, point)
-    return {**review_figures(scores, dice, review_below), "tta": tta, "suggested_review_below": point,
-            "suggested_flagged_share": at_point["flagged_share"],
-            "suggested_bad_flagged_share": at_point["bad_flagged_share"]}
-
-
 def _fmt(x: Any) -> str:
     return f"{x:.6f}" if isinstance(x, float) else ("-" if x is None else f"{x:,}" if isinstance(x, int) else str(x))
 
@@ -109,7 +55,7 @@ def _spread_rows(spread_of: dict[str, Any]) -> list[tuple[str, ...]]:
             for k in spread_of if k.endswith("_mean")]
 
 
-def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
+def report_markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
     """report.md: the original's results table beside ours, per-image summary, worst 5, threshold, figures."""
     pooled, per, conf = summary["pooled"], summary["per_image"], summary["confusion"]
     clean = summary["postprocessed"]
@@ -178,27 +124,14 @@ def markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned: tuple[float, float] | None,
-                 samples: dict[str, Any], cfg: DictConfig, history_dir: Path) -> dict[str, Any]:
-    """Write every output file into ``out`` (training curves from ``history_dir``, the sample sheet from
-    ``samples``); return metrics.json's content. Arrays in, files out: the report never runs a model."""
+def write_report(out: Path, summary: dict[str, Any], results: dict[str, Any], samples: dict[str, Any],
+                 cfg: DictConfig, history_dir: Path) -> dict[str, Any]:
+    """Write every output file into ``out``: per_image.csv, the figures (training curves from ``history_dir``, the
+    sample sheet from ``samples``), TensorBoard events, metrics.json (``summary``, with the figures' names) and
+    report.md; return that summary. Arrays in, files out: the report never runs a model."""
     from torch.utils.tensorboard import SummaryWriter
 
     rows = results["rows"]
-    tn, fp, fn, tp = (int(v) for v in results["confusion"].reshape(-1))
-    summary: dict[str, Any] = {**meta, "n_images": len(rows), "n_pixels": tn + fp + fn + tp,
-                               "pooled": results["pooled"][0], "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
-                               "per_image": summarise(rows),
-                               "postprocessed": {**{f"pooled_{k}": v for k, v in results["pooled_clean"].items()},
-                                                 **spread(rows, ("dice", "iou", "hd95_px", "assd_px"), "_clean")}}
-    if tuned is not None:
-        t = results["thresholds"][1]
-        summary["tuned"] = {"threshold": t, "val_dice": tuned[1], "pooled": results["pooled"][1],
-                            "per_image": {"dice_mean": float(np.mean([r[f"dice@{t:.4g}"] for r in rows])),
-                                          "iou_mean": float(np.mean([r[f"iou@{t:.4g}"] for r in rows]))}}
-    if cfg.calibration:
-        summary["calibration"] = {"ece": float(results["calibration"]["ece"]), "bins": cfg.calibration_bins}
-    summary["quality"] = quality_summary(rows, meta["review_below"], meta["quality_tta"])
     with (out / "per_image.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -219,5 +152,5 @@ def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any], tuned
         tb.close()
     summary["figures"] = [f"{n}.png" for n in names]
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(summary, names))
+    (out / "report.md").write_text(report_markdown(summary, names))
     return summary
