@@ -43,7 +43,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (a process we may not signal exists too)."""
     try:
         os.kill(pid, 0)
@@ -69,7 +69,7 @@ def remove_stale(path: str | Path) -> list[Path]:
     for tag in (TMP_TAG, OLD_TAG):
         for stale in path.parent.glob(f".{glob_escape(path.name)}{tag}*"):
             pid = stale.name.rsplit(tag, 1)[1].split("-")[0]
-            if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            if pid.isdigit() and process_alive(int(pid)) and int(pid) != os.getpid():
                 continue
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -189,7 +189,7 @@ def restore_dir(target: Path) -> None:
         return
     for old in sorted(target.parent.glob(f".{glob_escape(target.name)}{OLD_TAG}*")):
         pid = old.name.rsplit(OLD_TAG, 1)[1]
-        if old.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+        if old.is_dir() and not (pid.isdigit() and process_alive(int(pid))):
             old.rename(target)
             return
 

@@ -60,3 +60,18 @@ def command_line(main: Callable[[], Any]) -> Callable[[], None]:
 
     cli.__doc__ = f"Command line of {main.__module__}."
     return cli
+
+
+def hydra_config() -> Any:
+    """This run's Hydra config, or None where no Hydra app runs (a function called directly, a test)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def in_multirun() -> bool:
+    """Whether this is a job of a ``--multirun`` (the one test of it: run names, threads, failure handling)."""
+    from hydra.types import RunMode
+
+    hydra_cfg = hydra_config()
+    return hydra_cfg is not None and hydra_cfg.get("mode") == RunMode.MULTIRUN

@@ -23,7 +23,7 @@ from lungseg.evaluation.review import describe, review_counts
 from lungseg.evaluation.scoring import choose_threshold, sample_predictions, score_split
 from lungseg.evaluation.summary import build_summary
 from lungseg.inference.segmenter import LungSegmenter, model_sources
-from lungseg.resolvers import checkpoint_run
+from lungseg.runs import checkpoint_run
 from lungseg.settings import check_evaluate, refuse_existing, writable_dir
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     meta = {"checkpoint": sources[0] if len(sources) == 1 else sources, "data_root": str(cfg.data.root),
             "split": cfg.split,
             "image_size": int(size), "threshold": seg.threshold, "device": str(seg.device),
-            "precision": seg.precision, "quality_tta": seg.scoring.tta, "review_below": seg.scoring.threshold}
+            "precision": seg.precision, "quality_tta": seg.scoring.tta, "review_below": seg.scoring.review_below}
     if reviewed:
         meta["review"] = reviewed  # lungseg-review's decisions on a prediction folder (review=)
     samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)

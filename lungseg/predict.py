@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +23,14 @@ from lungseg.errors import DataError, LungsegError, exit_on_user_error
 from lungseg.evaluation.review import REVIEW_CSV, describe, review_counts
 from lungseg.evaluation.surface import surface_distances
 from lungseg.inference.inputs import InputFile, find_inputs
+from lungseg.inference.outputs import CSV_COLUMNS, PREDICTIONS, TRUTH_COLUMNS, output_paths
 from lungseg.inference.overlay import overlay
-from lungseg.inference.postprocess import QualityLimits
+from lungseg.inference.postprocess import PlausibilityLimits
 from lungseg.inference.segmenter import LungSegmenter, Segmentation, model_sources
 from lungseg.metrics import dice_iou, mask_counts
 from lungseg.settings import check_predict, writable_dir
 
 log = logging.getLogger(__name__)
-
-WRITERS = 2  # threads that upsample, clean and encode outputs while the model runs (OpenCV releases the GIL)
-CSV_COLUMNS = ("input", "mask", "height", "width", "lung_fraction", "area_image_left_px", "area_image_right_px",
-               "large_components", "quality", "quality_score", "needs_review", "inverted")
-TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")  # with truth=: the written mask against the reference mask
-
-
-def output_paths(output: Path, key: str, cfg: DictConfig) -> dict[str, Path]:
-    """Where one input's files go: masks/<key>.png, overlays/<key>.png, probabilities/<key>.png."""
-    kinds = ["masks"] + (["overlays"] if cfg.overlays else []) + (["probabilities"] if cfg.save_probabilities else [])
-    return {kind: output / kind / f"{key}.png" for kind in kinds}
-
 
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write a PNG atomically (any path, Unicode included; RGB images in RGB order), creating its folder."""
@@ -111,7 +98,7 @@ def plan_outputs(cfg: DictConfig, output: Path,
     files = [f for f in find_inputs(cfg.input, cfg.get("pattern"), skipped) if inside not in f.path.resolve().parents]
     if not files:
         raise DataError(f"input={cfg.input}: every radiograph found lies inside output={output}; choose another")
-    paths = [output_paths(output, f.key, cfg) for f in files]
+    paths = [output_paths(output, f.key, bool(cfg.overlays), bool(cfg.save_probabilities)) for f in files]
     refuse_overwrite(cfg, output, paths)
     return files, paths
 
@@ -121,7 +108,7 @@ def refuse_overwrite(cfg: DictConfig, output: Path, paths: list[dict[str, Path]]
     if cfg.overwrite:
         return
     existing = [p for ps in paths for p in ps.values() if p.exists()]
-    existing += [output / "predictions.csv"] if (output / "predictions.csv").exists() else []
+    existing += [output / PREDICTIONS] if (output / PREDICTIONS).exists() else []
     if existing:
         raise LungsegError(f"output={output}: {len(existing)} output file(s) already exist (e.g. {existing[0]}); "
                            "pass overwrite=true to replace them, or choose another output=")
@@ -131,9 +118,8 @@ def segmenter(cfg: DictConfig) -> LungSegmenter:
     """The model of ``ckpt_path=`` or ``model_path=`` (a checkpoint, an ONNX file, a pretrained folder or a Hub
     id; ``[a,b,c]``: an ensemble), with the CLI's settings. ONNX models run without torch: torch is imported only
     for the others."""
-    limits = {k: v for k, v in cfg.quality.items() if k not in ("tta", "review_below")}
     options = {"threshold": cfg.get("threshold"), "postprocess": bool(cfg.postprocess),
-               "tta_flip": bool(cfg.tta_flip), "quality": QualityLimits(**limits),
+               "tta_flip": bool(cfg.tta_flip), "plausibility": PlausibilityLimits(**cfg.plausibility),
                "quality_tta": bool(cfg.quality.get("tta", False)), "review_below": cfg.quality.get("review_below"),
                "polarity": str(cfg.polarity)}
     sources = model_sources(cfg.get("model_path") or cfg.get("ckpt_path"))
@@ -176,49 +162,40 @@ def write_predictions(cfg: DictConfig, seg: LungSegmenter, output: Path, files: 
 
     scores: list[dict[str, Any]] = []
     start, done, review, timing = time.perf_counter(), 0, 0, {"model_s": 0.0}
+
+    def write(i: int, result: Segmentation) -> dict[str, Any] | DataError:
+        """One input's files, written beside the model's next batches: its CSV measures, or why it failed."""
+        try:
+            return write_outputs(result, paths[i], cfg, truths.get(files[i].path))
+        except DataError as err:  # a reference mask that cannot be compared (names its file)
+            return err
+        except (OSError, LungsegError, cv2.error) as err:
+            return DataError(f"{files[i].path}: cannot write outputs ({err}); check output= is writable")
+
     results = seg.predict_many([f.path for f in files], int(cfg.batch_size), workers, skip_errors=True,
-                               timing=timing)
-    with atomic_open(output / "predictions.csv", "w", newline="") as csv_file, ThreadPoolExecutor(WRITERS) as pool, \
+                               timing=timing, sink=write)
+    with atomic_open(output / PREDICTIONS, "w", newline="") as csv_file, \
             Progress(disable=not cfg.progress, transient=False) as bar:
         task = bar.add_task("predicting", total=len(files))
         rows = csv.DictWriter(csv_file, fieldnames=CSV_COLUMNS + (TRUTH_COLUMNS if truths else ()))
         rows.writeheader()
-        pending: deque[tuple[int, Future]] = deque()
-
-        def drain(keep: int) -> None:
-            nonlocal done, review
-            while len(pending) > keep:
-                i, future = pending.popleft()
-                bar.advance(task)
-                try:
-                    stats = future.result()
-                except DataError as err:  # a reference mask that cannot be compared (names its file)
-                    failures.append(str(err))
-                    continue
-                except (OSError, LungsegError, cv2.error) as err:
-                    failures.append(f"{files[i].path}: cannot write outputs ({err}); check output= is writable")
-                    continue
-                rows.writerow({"input": str(files[i].path), "mask": paths[i]["masks"].relative_to(output).as_posix(),
-                               **stats})
-                if "dice" in stats:
-                    scores.append(stats)
-                done += 1
-                review += bool(stats["needs_review"])
-
-        for i, result in enumerate(results):
-            if isinstance(result, DataError):
-                failures.append(str(result))
-                bar.advance(task)
+        for i, stats in enumerate(results):
+            bar.advance(task)
+            if isinstance(stats, DataError):
+                failures.append(str(stats))
                 continue
-            pending.append((i, pool.submit(write_outputs, result, paths[i], cfg, truths.get(files[i].path))))
-            drain(keep=2 * int(cfg.batch_size))  # files are written while the model runs the next batches
-        drain(keep=0)
+            rows.writerow({"input": str(files[i].path), "mask": paths[i]["masks"].relative_to(output).as_posix(),
+                           **stats})
+            if "dice" in stats:
+                scores.append(stats)
+            done += 1
+            review += bool(stats["needs_review"])
     seconds = time.perf_counter() - start
     model_rate = done / timing["model_s"] if timing["model_s"] else 0.0
     log.info("predicted %d image(s) in %.1f s: %.2f images/s end to end, %.2f images/s in the model (%.0f %%)",
              done, seconds, done / seconds, model_rate, 100 * done / seconds / model_rate if model_rate else 0)
     log.info("%d of %d mask(s) need review (quality_score below %.4f); wrote %s", review, done,
-             seg.scoring.threshold, output / "predictions.csv")
+             seg.scoring.review_below, output / PREDICTIONS)
     summary = {"predicted": done, "needs_review": review, "failures": failures, "seconds": seconds,
                "images_per_s": done / seconds, "model_images_per_s": model_rate,
                "image_size": seg.image_size, "precision": seg.precision, "threshold": seg.threshold}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from lungseg.runs import checkpoint_run
 
 
 def precision(device: str = "auto") -> str:
@@ -14,13 +15,6 @@ def precision(device: str = "auto") -> str:
     from lungseg.runtime import accelerator_device_type, native_precision
 
     return native_precision(accelerator_device_type(device))
-
-
-def checkpoint_run(ckpt_path: str | Path | None) -> Path | None:
-    """The training run a checkpoint belongs to: ``<run>`` of ``<run>/checkpoints/<name>.ckpt``, else None."""
-    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
-        return Path(ckpt_path).parent.parent
-    return None
 
 
 def resume_dir(ckpt_path: str | None, default: str) -> str:
@@ -40,7 +34,7 @@ def monitor_mode(monitor: str) -> str:
     return "min" if "loss" in monitor else "max"
 
 
-def run_name(*, _root_: Any) -> str:
+def run_name_resolver(*, _root_: Any) -> str:
     """``${lungseg.run_name:}``: this run's readable name (``lungseg.training.run_names``; imported here, so ``import lungseg``
     does not import Hydra's internals)."""
     from lungseg.training.run_names import current_run_name
@@ -49,7 +43,7 @@ def run_name(*, _root_: Any) -> str:
 
 
 RESOLVERS = {"lungseg.precision": precision, "lungseg.monitor_mode": monitor_mode, "lungseg.resume_dir": resume_dir,
-             "lungseg.config_subdir": config_subdir, "lungseg.run_name": run_name}
+             "lungseg.config_subdir": config_subdir, "lungseg.run_name": run_name_resolver}
 
 
 def register() -> None:

@@ -1,5 +1,6 @@
 """Where and how a model runs: the device, the precision (in Lightning's words), the memory format and threads,
-decided one way for training, evaluation, prediction and export."""
+decided one way for training, evaluation, prediction and export. Torch is imported only by the functions that need
+it, so the torch-free paths (ONNX Runtime, OpenVINO) can ask about the host too."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lungseg.errors import LungsegError
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 # Lightning's precision names and the autocast dtype each means (None: plain fp32)
-AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+AUTOCAST = {"32-true": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
 ALIASES = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
 
 
@@ -48,9 +51,9 @@ def cpu_has_avx512() -> bool:
 
 def use_channels_last(setting: bool | str, device_type: str = "cpu", training: bool = True) -> bool:
     """``module.channels_last``: true or false as set; ``auto``: channels_last, except for training on a CPU without
-    AVX-512, where oneDNN's AVX2 weight-gradient kernel for NHWC runs about 3x slower than for its own blocked
-    layout (reached from NCHW), so NCHW trains 1.2x faster while channels_last still infers 1.2-1.4x faster
-    (docs/TRAINING-PROFILE.md)."""
+    AVX-512, where oneDNN's AVX2 weight-gradient kernel for NHWC is far slower than for its own blocked layout
+    (reached from NCHW), so NCHW trains faster there while channels_last still infers faster
+    (docs/performance.md)."""
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
@@ -61,6 +64,8 @@ def use_channels_last(setting: bool | str, device_type: str = "cpu", training: b
 def has_native_bf16(device_type: str) -> bool:
     """bf16 in hardware on this device: Ampere or newer GPUs (not emulated on V100/T4), or a bf16 CPU."""
     if device_type == "cuda":
+        import torch
+
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return cpu_has_native_bf16()
 
@@ -75,6 +80,8 @@ def native_precision(device_type: str) -> str:
 
 def accelerator_device_type(accelerator: str = "auto") -> str:
     """``cuda`` or ``cpu`` for a Lightning accelerator name (auto = cuda when available)."""
+    import torch
+
     if accelerator == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if accelerator in ("gpu", "cuda") else "cpu"
@@ -111,6 +118,8 @@ def resolve_precision(device: torch.device, setting: str | None = "auto", traine
 
 def pick_device(setting: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; an explicit device must exist."""
+    import torch
+
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -124,12 +133,16 @@ def pick_device(setting: str) -> torch.device:
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed-precision context for a resolved ``precision`` (a no-op for 32-true)."""
+    import torch
+
     dtype = AUTOCAST[normalise_precision(precision)]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 def set_threads(threads: int | None) -> None:
     """Torch intra-op threads when asked (``threads=``); None keeps torch's default (one per physical core)."""
+    import torch
+
     if threads:
         torch.set_num_threads(int(threads))
 
@@ -144,6 +157,8 @@ def usable_cores() -> int:
 def default_num_workers() -> int:
     """DataLoader workers: none on CPU-only machines (the cached pipeline is cheap next to the model
     and a worker would steal a core from training), up to 8 beside a GPU."""
+    import torch
+
     if not torch.cuda.is_available():
         return 0
-    return min(8, max(1, (os.cpu_count() or 1) - 1))
+    return min(8, max(1, usable_cores() - 1))

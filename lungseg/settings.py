@@ -66,15 +66,15 @@ def optional_whole_number(cfg: DictConfig, key: str, minimum: int = 1, allowed: 
 def check_inference(cfg: DictConfig) -> None:
     """The settings predict, evaluate and robustness share, before a model is loaded."""
     fraction(setting(cfg, "threshold"), "threshold", optional=True)
-    quality = setting(cfg, "quality") or {}
-    if "review_below" in quality:
-        fraction(quality.get("review_below"), "quality.review_below", open_interval=False, optional=True)
-    low, high = (fraction(quality.get(k), f"quality.{k}", open_interval=False, optional=True)
+    review_below = setting(cfg, "quality.review_below")
+    fraction(review_below, "quality.review_below", open_interval=False, optional=True)
+    limits = setting(cfg, "plausibility") or {}
+    low, high = (fraction(limits.get(k), f"plausibility.{k}", open_interval=False, optional=True)
                  for k in ("min_lung_fraction", "max_lung_fraction"))
     if low is not None and high is not None and low >= high:
-        raise LungsegError(f"quality.min_lung_fraction={low} must be below quality.max_lung_fraction={high}")
-    if "max_components" in quality:
-        whole_number(cfg, "quality.max_components")
+        raise LungsegError(f"plausibility.min_lung_fraction={low} must be below plausibility.max_lung_fraction={high}")
+    if "max_components" in limits:
+        whole_number(cfg, "plausibility.max_components")
     optional_whole_number(cfg, "threads")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -15,8 +14,6 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -24,40 +21,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungseg.artifacts.checkpoint import read_checkpoint, record_test_metrics
 from lungseg.atomic import named_write_errors, output_lock
-from lungseg.config import CONFIG_DIR, command_line
+from lungseg.config import CONFIG_DIR, command_line, hydra_config, in_multirun
 from lungseg.console import quiet
 from lungseg.errors import EXIT_USER_ERROR, user_message
-from lungseg.runtime import set_threads
+from lungseg.runs import RESULT_FILE
+from lungseg.runtime import set_threads, usable_cores
 from lungseg.settings import check_train
-from lungseg.sweep_summary import RESULT_FILE, write_json
 from lungseg.training.callbacks import BestMetrics, DescribeModel
+from lungseg.training.records import promote, read_record, record_path, write_json
 from lungseg.training.resume import check_resume
 from lungseg.training.tensorboard_hparams import end_session, start_session
 
 log = logging.getLogger(__name__)
 
 
-def _hydra() -> DictConfig | None:
-    try:
-        return HydraConfig.get()
-    except ValueError:  # train() called without Hydra
-        return None
-
-
-def _multirun() -> bool:
-    hydra_cfg = _hydra()
-    return hydra_cfg is not None and hydra_cfg.get("mode") == RunMode.MULTIRUN
-
-
 def job_threads(cfg: DictConfig) -> int | None:
     """Torch threads: ``threads=``, else the cores shared out when a launcher runs ``n_jobs`` jobs side by side."""
     if cfg.get("threads"):
         return int(cfg.threads)
-    hydra_cfg = _hydra()
-    n_jobs = hydra_cfg.launcher.get("n_jobs") if hydra_cfg is not None and _multirun() else None
+    hydra_cfg = hydra_config()
+    n_jobs = hydra_cfg.launcher.get("n_jobs") if hydra_cfg is not None and in_multirun() else None
     if not n_jobs:
         return None
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     n_jobs = cores + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = one job per core
     return max(1, cores // max(1, min(n_jobs, cores)))
 
@@ -111,49 +97,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _read_record(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def record_path(run: Path, started: str) -> Path:
-    """Where this run's record goes: ``result.json``, unless that holds a finished run's record, which is never
-    overwritten: then ``result-<started>.json`` beside it (promoted by :func:`_promote` if this run finishes)."""
-    previous = _read_record(run / RESULT_FILE)
-    if previous.get("status") == "finished":
-        return _unused(run, started)
-    return run / RESULT_FILE
-
-
-def _unused(run: Path, started: str) -> Path:
-    """``result-<started>.json``, or with ``-2``, ``-3``... when a record of that second exists already."""
-    stem = f"result-{started.replace(':', '-')}"
-    path, n = run / f"{stem}.json", 1
-    while path.exists():
-        n += 1
-        path = run / f"{stem}-{n}.json"
-    return path
-
-
-def _promote(record: Path) -> None:
-    """A run that finished in a folder with an earlier finished record becomes ``result.json``; the earlier record
-    is kept as ``result-<its start>.json``."""
-    current = record.parent / RESULT_FILE
-    if record == current:
-        return
-    if current.exists():
-        os.replace(current, _unused(record.parent, str(_read_record(current).get("started", "earlier"))))
-    os.replace(record, current)
-
-
 def _record(cfg: DictConfig, record: Path, **fields: Any) -> None:
     """Write the run's record (rank 0 only): status, times, metrics; the sweep summary reads ``result.json``."""
     if rank_zero_only.rank != 0:
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    hydra_cfg = _hydra()
+    hydra_cfg = hydra_config()
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
     write_json(record, {"overrides": overrides, "host": socket.gethostname(), "pid": os.getpid(),
                         "resumed_from": cfg.get("ckpt_path"), **fields})
@@ -173,7 +122,7 @@ def _earlier_wall_s(cfg: DictConfig) -> float:
     if not cfg.get("ckpt_path"):
         return 0.0
     try:
-        return float(_read_record(Path(cfg.paths.output_dir) / RESULT_FILE).get("wall_s") or 0.0)
+        return float(read_record(Path(cfg.paths.output_dir) / RESULT_FILE).get("wall_s") or 0.0)
     except (ValueError, TypeError):
         return 0.0
 
@@ -202,7 +151,7 @@ def _main(cfg: DictConfig) -> float | None:
     except Exception as err:
         wall_s = round(earlier + time.time() - start, 1)
         _record(cfg, record, status="failed", started=started, wall_s=wall_s, error=f"{type(err).__name__}: {err}")
-        if _multirun():  # the failure is in the job folder; returning lets the other jobs run
+        if in_multirun():  # the failure is in the job folder; returning lets the other jobs run
             log.error("job failed: %s: %s", type(err).__name__, err, exc_info=user_message(err) is None)
             return None  # Optuna records None as a failed trial (NaN would make optuna 2.x abort the study)
         message = user_message(err)
@@ -215,7 +164,7 @@ def _main(cfg: DictConfig) -> float | None:
             epochs=int(metrics["epochs"]), optimized_metric=cfg.get("optimized_metric"), value=value,
             metrics={k: v for k, v in metrics.items() if k.startswith(("best/", "test/", "val/"))})
     if rank_zero_only.rank == 0:
-        _promote(record)
+        promote(record)
     return value
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("input", "mask", "height", "width", "lung_fraction", "area_image_left_px",
-           "area_image_right_px", "large_components", "quality", "quality_score", "needs_review",
+           "area_image_right_px", "large_components", "plausibility", "quality_score", "needs_review",
            "inverted")
 REVIEW_BELOW = 0.929
 
@@ -64,7 +64,7 @@ def fabricate(folder: Path, n: int, size: int = 96, seed: int = 0) -> int:
         rows.append({"input": str(folder / "films" / f"{key}.png"), "mask": f"masks/{key}.png",
                      "height": size, "width": size, "lung_fraction": 0.3,
                      "area_image_left_px": 1400, "area_image_right_px": 1400,
-                     "large_components": 2, "quality": "ok", "quality_score": round(score, 4),
+                     "large_components": 2, "plausibility": "ok", "quality_score": round(score, 4),
                      "needs_review": score < REVIEW_BELOW, "inverted": False})
         if score < REVIEW_BELOW:
             flagged.append(rows[-1] | {"film": key})

@@ -83,7 +83,7 @@ def test_predict_many_streams_in_order_with_errors_in_place(tiny_ckpt: Path, pha
     assert [r.mask.shape for r in ok] == [(96, 96), (50, 70), (96, 96), (96, 96)]
     for r, image in zip(ok, [phantom, gray[:50, :70], gray.T, phantom], strict=True):
         np.testing.assert_allclose(r.probability, seg.predict_proba(image), atol=1e-6)  # batched == one at a time
-    assert ok[0].stats["quality"] and ok[0].stats["height"] == 96
+    assert ok[0].stats["plausibility"] and ok[0].stats["height"] == 96
     with pytest.raises(DataError, match="broken.png"):
         list(seg.predict_many(images, batch_size=2))
 

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn import functional as F
 
-from lungseg.evaluation.figures import events_dir
 from lungseg.losses import BCEDiceLoss, soft_dice_loss
+from lungseg.runs import events_dir
 from lungseg.train import train
 from tests.helpers import TINY
 

@@ -63,7 +63,7 @@ def test_onnx_predict_matches_the_checkpoint_and_never_imports_torch(compose_cfg
     assert [r["mask"] for r in ckpt_rows] == [r["mask"] for r in onnx_rows] and len(onnx_rows) == 5
     for a, b in zip(ckpt_rows, onnx_rows, strict=True):
         assert float(a["dice"]) == pytest.approx(float(b["dice"]), abs=2e-3)
-        assert a["quality"] == b["quality"] and abs(int(a["large_components"]) - int(b["large_components"])) <= 0
+        assert a["plausibility"] == b["plausibility"] and abs(int(a["large_components"]) - int(b["large_components"])) <= 0
         assert float(a["quality_score"]) == pytest.approx(float(b["quality_score"]), abs=2e-3)  # scored without torch
         pa = cv2.imread(str(outputs["ckpt"][0] / "probabilities" / Path(a["mask"]).name), cv2.IMREAD_UNCHANGED)
         pb = cv2.imread(str(outputs["onnx"][0] / "probabilities" / Path(b["mask"]).name), cv2.IMREAD_UNCHANGED)

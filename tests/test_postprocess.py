@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from lungseg.inference.postprocess import (
-    QualityLimits,
+    PlausibilityLimits,
     clean_mask,
     fill_holes,
     finish_mask,
@@ -60,17 +60,17 @@ def test_stats_name_image_sides_and_flag_implausible_masks() -> None:
     assert stats["area_image_left_px"] == int(lungs[:, :80].sum()) > stats["area_image_right_px"] > 0
     assert stats["area_image_left_px"] + stats["area_image_right_px"] == int(lungs.sum())
     assert stats["lung_fraction"] == round(float(lungs.mean()), 5)
-    assert (stats["height"], stats["width"], stats["large_components"], stats["quality"]) == (200, 160, 2, "ok")
+    assert (stats["height"], stats["width"], stats["large_components"], stats["plausibility"]) == (200, 160, 2, "ok")
 
-    assert finish_mask(np.zeros_like(lungs))[1]["quality"] == "no_lung"
+    assert finish_mask(np.zeros_like(lungs))[1]["plausibility"] == "no_lung"
     three = lungs.copy()
     three[2:30, 2:30] = 1   # a third large component (> 1 % of the image), counted before post-processing
     final, stats = finish_mask(three)
-    assert large_components(three) == 3 and stats["quality"] == "too_many_components"
+    assert large_components(three) == 3 and stats["plausibility"] == "too_many_components"
     assert large_components(final) == 2
     assert finish_mask(three, clean=False)[0] is three
-    assert finish_mask(np.ones_like(lungs))[1]["quality"] == "lung_fraction_high"
+    assert finish_mask(np.ones_like(lungs))[1]["plausibility"] == "lung_fraction_high"
     small = np.zeros_like(lungs)
     small[90:110, 40:60] = 1
-    assert finish_mask(small, limits=QualityLimits(min_lung_fraction=0.05))[1]["quality"] == "lung_fraction_low"
-    assert finish_mask(small, limits=QualityLimits(min_lung_fraction=0.01))[1]["quality"] == "ok"
+    assert finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.05))[1]["plausibility"] == "lung_fraction_low"
+    assert finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.01))[1]["plausibility"] == "ok"

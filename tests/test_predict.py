@@ -20,9 +20,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from lungseg.data.images import window
 from lungseg.errors import CheckpointError, LungsegError
 from lungseg.inference.inputs import find_inputs, read_input
-from lungseg.inference.postprocess import QualityLimits
+from lungseg.inference.outputs import CSV_COLUMNS
+from lungseg.inference.postprocess import PlausibilityLimits
 from lungseg.inference.segmenter import LungSegmenter
-from lungseg.predict import CSV_COLUMNS, predict
+from lungseg.predict import predict
 from tests.helpers import CXR, ROOT, gradient, requires_cxr, train_tiny, write_split
 
 ORIG_TEST = CXR / "orig" / "test" / "image"
@@ -93,19 +94,19 @@ def test_real_radiographs_get_masks_overlays_and_csv_at_their_own_size(compose_c
     rows = read_csv(out / "predictions.csv")
     assert [r["mask"] for r in rows] == [f"masks/{p.stem}.png" for p in inputs]
     assert tuple(rows[0]) == CSV_COLUMNS
-    limits = QualityLimits()
+    limits = PlausibilityLimits()
     for row in rows:
         mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED) > 0
         half = mask.shape[1] // 2
         assert int(row["area_image_left_px"]) == mask[:, :half].sum()
         assert int(row["area_image_right_px"]) == mask[:, half:].sum()
         assert float(row["lung_fraction"]) == pytest.approx(mask.mean(), abs=0.5e-5)  # 5 decimals
-        flags = set(row["quality"].split(";")) - {"ok"}
+        flags = set(row["plausibility"].split(";")) - {"ok"}
         assert flags <= {"no_lung", "lung_fraction_low", "lung_fraction_high", "too_many_components"}
         assert ("lung_fraction_low" in flags) == (0 < mask.mean() < limits.min_lung_fraction)
         assert ("lung_fraction_high" in flags) == (mask.mean() > limits.max_lung_fraction)
         assert ("too_many_components" in flags) == (int(row["large_components"]) > limits.max_components)
-        assert (row["quality"] == "ok") == (not flags)
+        assert (row["plausibility"] == "ok") == (not flags)
 
 
 def test_dicom_monochrome1_16bit_with_rescale_and_window_round_trips(compose_cfg, tiny_ckpt: Path,

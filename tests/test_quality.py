@@ -18,9 +18,10 @@ from lungseg.data.opacity import LungOpacity
 from lungseg.evaluate import evaluate
 from lungseg.evaluation.robustness import load_split
 from lungseg.inference import quality
+from lungseg.inference.outputs import CSV_COLUMNS
 from lungseg.inference.segmenter import POLARITY_CHECK_BELOW, LungSegmenter
 from lungseg.metrics import mask_dice
-from lungseg.predict import CSV_COLUMNS, predict
+from lungseg.predict import predict
 from tests.helpers import CXR, requires_cxr, train_run
 
 

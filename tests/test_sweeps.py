@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import yaml
 
-from lungseg.sweep_summary import figure, summarize
 from lungseg.sweep_summary import main as summary_main
 from lungseg.training.run_names import (
     job_run_name,
@@ -26,6 +25,8 @@ from lungseg.training.run_names import (
     varying_keys,
     write_sweep_file,
 )
+from lungseg.training.sweeps import summarize
+from lungseg.training.sweeps.plots import figure
 from tests.helpers import ROOT, TINY
 
 

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from lungseg.data.images import load_pair
 from lungseg.data.layout import find_pairs
-from lungseg.evaluation.figures import events_dir
+from lungseg.runs import events_dir
 from lungseg.runtime import autocast
 from lungseg.train import train
 from lungseg.training.module import LungSegModule

@@ -23,7 +23,7 @@ LIMITS = (
     "Trained on the data described below only; films from other scanners, hospitals, post-processing chains, "
     "paediatric or lateral views, or with dense consolidation, devices or unusual positioning may give wrong "
     "masks without warning. Check `needs_review` in `predictions.csv` (the `quality_score`, an estimate of the "
-    "mask's Dice, below the operating point chosen on val) and `quality` (implausible lung fraction or component "
+    "mask's Dice, below the operating point chosen on val) and `plausibility` (implausible lung fraction or component "
     "count), and look at the overlays. Metrics below are on the named splits only and do not transfer automatically."
 )
 USAGE = """```python

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lungseg.inference.overlay import overlay, to_uint8  # noqa: E402
+from lungseg.runs import events_dir
 
 HISTORY_PANELS = (("loss", "BCE loss"), ("accuracy", "pixel accuracy"), ("dice", "Dice"))
 
@@ -55,14 +56,6 @@ def confusion_figure(confusion: np.ndarray) -> Figure:
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["background", "lung"], yticklabels=["background", "lung"],
            xlabel="predicted", ylabel="true", title="Confusion matrix (pixels)")
     return fig
-
-
-def events_dir(tensorboard_dir: Path) -> Path:
-    """Where a run's training events are: ``<run>/tensorboard/<run name>`` (the newest, after a resume under
-    another name), or ``<run>/tensorboard`` itself for runs written before names."""
-    tensorboard_dir = Path(tensorboard_dir)
-    named = [d for d in tensorboard_dir.glob("*") if d.is_dir() and any(d.glob("events.out.tfevents.*"))]
-    return max(named, key=lambda d: d.stat().st_mtime) if named else tensorboard_dir
 
 
 def read_history(tensorboard_dir: Path) -> dict[str, list[float]]:

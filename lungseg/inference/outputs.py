@@ -1,5 +1,6 @@
-"""The films of a ``lungseg.predict`` output folder as the review page lists them: predictions.csv
-read once, flagged films first, then the lowest (most doubtful) quality score first."""
+"""A ``lungseg.predict`` output folder: its layout (``masks/``, ``overlays/``, ``probabilities/`` and
+``predictions.csv`` with its columns), and its films read back as the review page lists them: flagged films
+first, then the lowest (most doubtful) quality score first."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ from lungseg.errors import DataError
 PREDICTIONS = "predictions.csv"
 REQUIRED = ("input", "mask")
 FIX = "pass the output= folder of a lungseg.predict run"
+CSV_COLUMNS = ("input", "mask", "height", "width", "lung_fraction", "area_image_left_px", "area_image_right_px",
+               "large_components", "plausibility", "quality_score", "needs_review", "inverted")
+TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")  # with truth=: the written mask against the reference mask
+
+
+def output_paths(output: Path, key: str, overlays: bool = True, probabilities: bool = False) -> dict[str, Path]:
+    """Where one input's files go: ``masks/<key>.png``, ``overlays/<key>.png``, ``probabilities/<key>.png``."""
+    kinds = ["masks"] + (["overlays"] if overlays else []) + (["probabilities"] if probabilities else [])
+    return {kind: output / kind / f"{key}.png" for kind in kinds}
 
 
 def truthy(text: str | None) -> bool:

@@ -17,7 +17,7 @@ LARGE_COMPONENT_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
-class QualityLimits:
+class PlausibilityLimits:
     """When a mask looks implausible: lung fraction outside [min, max] or more than ``max_components`` large parts."""
 
     min_lung_fraction: float = 0.10
@@ -66,7 +66,7 @@ def large_components(mask: np.ndarray) -> int:
     return _large(component_areas(mask)[1], mask.size)
 
 
-def quality_flags(final: np.ndarray, n_large: int, limits: QualityLimits = QualityLimits()) -> list[str]:
+def plausibility_flags(final: np.ndarray, n_large: int, limits: PlausibilityLimits = PlausibilityLimits()) -> list[str]:
     """Reasons a mask looks implausible (empty: plausible); ``n_large`` is counted before post-processing."""
     flags = []
     fraction = float(np.count_nonzero(final) / final.size)
@@ -79,10 +79,10 @@ def quality_flags(final: np.ndarray, n_large: int, limits: QualityLimits = Quali
     return flags
 
 
-def mask_stats(final: np.ndarray, n_large: int, limits: QualityLimits = QualityLimits()) -> dict[str, object]:
-    """The predictions.csv measures of one mask: lung fraction, image-left/right areas, large components, quality."""
+def mask_stats(final: np.ndarray, n_large: int, limits: PlausibilityLimits = PlausibilityLimits()) -> dict[str, object]:
+    """The predictions.csv measures of one mask: lung fraction, image-left/right areas, large components, plausibility."""
     half = final.shape[1] // 2
-    flags = quality_flags(final, n_large, limits)
+    flags = plausibility_flags(final, n_large, limits)
     return {
         "height": final.shape[0],
         "width": final.shape[1],
@@ -90,12 +90,12 @@ def mask_stats(final: np.ndarray, n_large: int, limits: QualityLimits = QualityL
         "area_image_left_px": int(np.count_nonzero(final[:, :half])),
         "area_image_right_px": int(np.count_nonzero(final[:, half:])),
         "large_components": n_large,
-        "quality": ";".join(flags) if flags else "ok",
+        "plausibility": ";".join(flags) if flags else "ok",
     }
 
 
 def finish_mask(raw: np.ndarray, clean: bool = True,
-                limits: QualityLimits = QualityLimits()) -> tuple[np.ndarray, dict[str, object]]:
+                limits: PlausibilityLimits = PlausibilityLimits()) -> tuple[np.ndarray, dict[str, object]]:
     """Thresholded mask -> final mask (cleaned when ``clean``) and its measures; components are labelled once."""
     labels, areas = component_areas(raw)
     final = fill_holes(_keep(labels, areas, 2)) if clean else raw

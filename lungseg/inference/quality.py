@@ -32,13 +32,13 @@ from lungseg.inference.postprocess import LARGE_COMPONENT_FRACTION, clean_mask, 
 from lungseg.metrics import mask_dice
 
 ZOOM = 0.9          # the zoomed-out TTA view: the film shrunk about its centre (training saw 0.9-1.1)
-BAD_DICE = 0.90     # a film below this Dice is one the score must flag (issue 17)
-REVIEW_BUDGET = 0.25  # the operating point flags at most this share of the val films (issue 17: a quarter)
-REVIEW_BELOW = 0.929  # chosen on cxr-v7 val by operating_point (README: "How far to trust a mask")
+BAD_DICE = 0.90     # a film below this Dice is one the score must flag
+REVIEW_BUDGET = 0.25  # the operating point flags at most this share of the val films
+REVIEW_BELOW = 0.929  # chosen on val by operating_point (docs/quality.md)
 TTA_FEATURES = ("flip_dice", "zoom_dice", "tta_dice")  # present only with TTA
-# score(): weights chosen on val (see its docstring)
+# score(): weights chosen on val (docs/quality.md)
 ENTROPY_WEIGHT, TYPICAL_ENTROPY, SHAPE_WEIGHT = 0.4, 0.64, 0.25
-# plausibility(): what every one of the 60 cxr-v7 training masks shows (lowest values, at 128 px)
+# plausibility(): what every training mask of the real set shows (lowest values, at 128 px; docs/quality.md)
 SHAPE_LIMITS = {"lung_fraction": 0.21, "max_lung_fraction": 0.61, "balance": 0.54, "solidity": 0.79,
                 "height": 0.47, "height_balance": 0.74}
 
@@ -46,15 +46,10 @@ SHAPE_LIMITS = {"lung_fraction": 0.21, "max_lung_fraction": 0.61, "balance": 0.5
 @dataclass(frozen=True)
 class QualitySettings:
     """How masks are scored: ``tta`` adds the flip and zoom views (two more forward passes per film);
-    ``review_below``: the operating point, a mask scoring below it ``needs_review`` (None: ``REVIEW_BELOW``)."""
+    ``review_below``: the operating point, a mask scoring below it ``needs_review``."""
 
     tta: bool = False
-    review_below: float | None = None
-
-    @property
-    def threshold(self) -> float:
-        """The operating point in force."""
-        return REVIEW_BELOW if self.review_below is None else float(self.review_below)
+    review_below: float = REVIEW_BELOW
 
 
 def soft_dice(mask: np.ndarray, prob: np.ndarray) -> float:
@@ -152,10 +147,11 @@ def _within(value: float, limit: float) -> float:
 
 
 def plausibility(f: dict[str, float]) -> float:
-    """How much the mask looks like a pair of lungs, in [0, 1]: 1 within what every cxr-v7 training mask shows
+    """How much the mask looks like a pair of lungs, in [0, 1]: 1 within what every training mask shows
     (``SHAPE_LIMITS``: lung fraction, image-half balance, solidity, the taller lung's height, the shorter's over
     the taller's; two large components and no holes), falling to 0 at half of each limit; a raw mask with other
-    than two large components counts 0.6 at most (on val 91 % of those had Dice < 0.90), holes 5 x their share."""
+    than two large components counts 0.6 at most (most such masks are poor: docs/quality.md), holes 5 x their
+    share."""
     lim = SHAPE_LIMITS
     return min(_within(f["lung_fraction"], lim["lung_fraction"]),
                _within(1 - f["lung_fraction"], 1 - lim["max_lung_fraction"]),
@@ -168,13 +164,10 @@ def score(f: dict[str, float]) -> float:
 
         clip(agreement + 0.4 (0.64 - border_entropy) + 0.25 (plausibility - 1), 0, 1)
 
-    ``agreement`` is the expected Dice, or with TTA the lowest of it and the flip and zoom agreements. The
-    weights were chosen on the cxr-v7 val split only (a 128 px cxr_small model; its 15 films clean, under the
-    robustness benchmark's shifts and under synthetic airspace opacity: 630 films, Dice 0..0.98, by
-    ``scripts/quality_features.py``): the border entropy adds what the expected Dice misses (Spearman with Dice
-    on the clean films 0.53 -> 0.74, on all 0.73 -> 0.80), plausibility catches confident but misshapen masks;
-    0.64 centres the score on the clean films' mean Dice, so that it reads as a Dice. A second model, trained
-    after the weights were fixed (windowed intensities), gave 0.68 and 0.83."""
+    ``agreement`` is the expected Dice, or with TTA the lowest of it and the flip and zoom agreements. The border
+    entropy adds what the expected Dice misses, plausibility catches confident but misshapen masks, and the
+    entropy's typical value centres the score on the clean films' mean Dice so that it reads as a Dice. The
+    weights were chosen on the val split only (how, and how well they rank films: docs/quality.md)."""
     agreement = min(f["expected_dice"], f.get("tta_dice", 1.0))
     uncertainty = ENTROPY_WEIGHT * (TYPICAL_ENTROPY - f["border_entropy"])
     return float(np.clip(agreement + uncertainty + SHAPE_WEIGHT * (plausibility(f) - 1), 0.0, 1.0))

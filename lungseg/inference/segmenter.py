@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,8 @@ from lungseg.artifacts.description import ModelDescription
 from lungseg.data.images import preprocess, require_radiograph, to_gray8
 from lungseg.errors import DataError, LungsegError
 from lungseg.inference.inputs import read_input
-from lungseg.inference.postprocess import QualityLimits, finish_mask
-from lungseg.inference.quality import QualitySettings, features, score, tta_inputs, tta_outputs
+from lungseg.inference.postprocess import PlausibilityLimits, finish_mask
+from lungseg.inference.quality import REVIEW_BELOW, QualitySettings, features, score, tta_inputs, tta_outputs
 from lungseg.settings import fraction
 
 ImageInput = np.ndarray | str | Path
@@ -32,9 +32,7 @@ FINISHERS = 2  # threads that upsample, threshold and clean masks while the mode
 POLARITIES = ("auto", "as_read")
 # polarity="auto": a film whose mask scores below POLARITY_CHECK_BELOW is also segmented with its grey levels
 # inverted, and read inverted when that mask scores at least POLARITY_ACCEPT: a mask to trust where the film as
-# read gives none (an unsure model never turns films). Chosen on cxr-v7 train and val with three 128 px
-# cxr_small models: upright films scored >= 0.897, inverted ones <= 0.691; under the robustness benchmark's
-# shifts (8,325 films each way), 0.9 read back 7,272 inverted films and turned 9 upright ones (0.8: 7,764, 50).
+# read gives none (an unsure model never turns films). Chosen on train and val films (docs/quality.md).
 POLARITY_CHECK_BELOW, POLARITY_ACCEPT = 0.8, 0.9
 
 
@@ -131,15 +129,15 @@ class LungSegmenter:
     """
 
     def __init__(self, backend: Backend, threshold: float | None = None, postprocess: bool = True,
-                 tta_flip: bool = False, quality: QualityLimits | None = None, quality_tta: bool = False,
+                 tta_flip: bool = False, plausibility: PlausibilityLimits | None = None, quality_tta: bool = False,
                  review_below: float | None = None, polarity: str = "auto") -> None:
         self.backend = backend
         self.description: ModelDescription = backend.description
         self.threshold = fraction(self.description.threshold if threshold is None else threshold, "threshold")
         fraction(review_below, "review_below", open_interval=False, optional=True)
         self.postprocess, self.tta_flip = postprocess, tta_flip
-        self.quality = quality or QualityLimits()
-        self.scoring = QualitySettings(tta=bool(quality_tta), review_below=review_below)
+        self.plausibility = plausibility or PlausibilityLimits()
+        self.scoring = QualitySettings(tta=bool(quality_tta), review_below=REVIEW_BELOW if review_below is None else float(review_below))
         if polarity not in POLARITIES:
             raise LungsegError(f"polarity={polarity!r}: must be one of {', '.join(POLARITIES)}")
         self.polarity = polarity
@@ -279,11 +277,11 @@ class LungSegmenter:
         if inverted:
             gray = 255 - gray
         quality = round(score(found), 6)  # as predictions.csv writes it, so needs_review agrees with the file
-        review = bool(quality < self.scoring.threshold)
+        review = bool(quality < self.scoring.review_below)
         h, w = gray.shape
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob
         raw = (prob >= self.threshold).astype(np.uint8)
-        final, stats = finish_mask(raw, self.postprocess, self.quality)
+        final, stats = finish_mask(raw, self.postprocess, self.plausibility)
         stats.update(quality_score=quality, needs_review=review, inverted=bool(inverted))
         return Segmentation(final > 0, prob.astype(np.float32, copy=False), gray, stats, quality, review, found,
                             bool(inverted))
@@ -308,13 +306,21 @@ class LungSegmenter:
         """One radiograph (path or array) -> float32 lung probabilities (H, W) at its own size."""
         return self.segment(image).probability
 
+    def _finish_into(self, sink: Callable[[int, Segmentation], Any] | None, index: int, gray: np.ndarray,
+                     *finish_args: Any) -> Any:
+        """:meth:`finish` one input, then hand it to ``sink`` (with its index in the stream) where one is given."""
+        result = self.finish(gray, *finish_args)
+        return result if sink is None else sink(index, result)
+
     def predict_many(self, images: Iterable[ImageInput], batch_size: int = 8, num_workers: int | None = None,
-                     skip_errors: bool = False, timing: dict[str, float] | None = None
-                     ) -> Iterator[Segmentation | DataError]:
+                     skip_errors: bool = False, timing: dict[str, float] | None = None,
+                     sink: Callable[[int, Segmentation], Any] | None = None) -> Iterator[Any]:
         """Segment ``images`` in batches, lazily and in order: decoding (``num_workers`` threads; None: the
         backend's default) and the upsampling/cleaning of one batch overlap with the model's work on the next.
         An unreadable input raises its DataError, or with ``skip_errors`` is yielded as that error in its place.
-        ``timing`` (a dict) receives ``model_s``: the seconds spent in the network, for a model-only rate."""
+        ``timing`` (a dict) receives ``model_s``: the seconds spent in the network, for a model-only rate.
+        ``sink(index, segmentation)`` runs beside the cleaning, in the same threads (writing an input's files while
+        the model runs the next batch), and its return value is yielded instead of the segmentation."""
         if isinstance(images, (str, Path)):
             raise LungsegError(f"predict_many takes a list of images; for one image use predict({str(images)!r})")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -346,8 +352,9 @@ class LungSegmenter:
                 if timing is not None:
                     timing["model_s"] = timing.get("model_s", 0.0) + time.perf_counter() - tick
                 entries: list[Future | DataError] = [  # in input order, errors in their inputs' places
-                    p if isinstance(p, DataError) else finishers.submit(self.finish, p[0], *next(outputs))
-                    for p in prepared]
+                    p if isinstance(p, DataError) else finishers.submit(self._finish_into, sink, starts[k] + j, p[0],
+                                                                        *next(outputs))
+                    for j, p in enumerate(prepared)]
                 pending.extend(entries)
                 if first_error is not None and not skip_errors:
                     while pending:
@@ -359,5 +366,5 @@ class LungSegmenter:
                 yield _result(pending.popleft())
 
 
-def _result(item: Future | DataError) -> Segmentation | DataError:
+def _result(item: Future | DataError) -> Any:
     return item if isinstance(item, DataError) else item.result()

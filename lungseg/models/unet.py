@@ -28,7 +28,7 @@ class GaussianNoise(nn.Module):
         return x
 
 
-class ConvBNReLU(nn.Sequential):
+class ConvReLUBN(nn.Sequential):
     """Two 3x3 'same' convolutions, each followed by ReLU and BatchNorm (the notebook's order)."""
 
     def __init__(self, in_channels: int, out_channels: int, bn_momentum: float = 0.1) -> None:
@@ -63,7 +63,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, mode: Decoder, bn_momentum: float = 0.1) -> None:
         super().__init__()
         self.up = Up(in_channels, out_channels, mode)
-        self.conv = ConvBNReLU(2 * out_channels, out_channels, bn_momentum)
+        self.conv = ConvReLUBN(2 * out_channels, out_channels, bn_momentum)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([self.up(x), skip], dim=1))
@@ -89,11 +89,11 @@ class UNet(nn.Module):
         self.encoders = nn.ModuleList()
         c_in = in_channels
         for width in widths:
-            self.encoders.append(ConvBNReLU(c_in, width, bn_momentum))
+            self.encoders.append(ConvReLUBN(c_in, width, bn_momentum))
             c_in = width
         self.pool = nn.MaxPool2d(2)
         self.dropout = nn.Dropout2d(dropout)  # Keras SpatialDropout2D: drops whole feature maps
-        self.bottleneck = ConvBNReLU(widths[-1], 2 * widths[-1], bn_momentum)
+        self.bottleneck = ConvReLUBN(widths[-1], 2 * widths[-1], bn_momentum)
         self.decoders = nn.ModuleList(
             DecoderBlock(2 * width, width, decoder, bn_momentum) for width in reversed(widths)
         )

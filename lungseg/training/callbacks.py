@@ -129,8 +129,8 @@ class PreciseBatchNorm(L.Callback):
     in BatchNorm", 2021).
 
     The running averages gathered during training describe *noisy* inputs: GaussianNoise(0.05) before the
-    first convolution inflates its variance, so eval-mode BatchNorm mis-scales every later layer. On cxr-v7
-    that cost 0.23 val Dice (0.71 against 0.94 for the same weights after recomputation). Deterministic (no
+    first convolution inflates its variance, so eval-mode BatchNorm mis-scales every later layer (what that
+    costs: docs/training.md). Deterministic (no
     random draws: one fixed-seed sample, shuffled so a folder grouped by source still gives mixed batches). Under
     DDP each rank runs its share of the sample and the statistics are averaged over all ranks (all-reduce), so
     they are identical on every rank. The checkpoints keep the recomputed statistics.

@@ -33,12 +33,12 @@ def current_name(value: Any) -> Any:
     return value
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are compared whole."""
     if isinstance(node, Mapping):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
         return out if out or not prefix else {prefix: {}}
     return {prefix: node}
 
@@ -50,7 +50,7 @@ def _checked(key: str) -> bool:
 
 def config_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, checkpoint value, new value) for every checked setting that differs (absent: ``<unset>``)."""
-    old, new = {k: current_name(v) for k, v in flatten(recorded).items()}, flatten(current)
+    old, new = {k: current_name(v) for k, v in flatten_config(recorded).items()}, flatten_config(current)
     keys = sorted(k for k in old.keys() | new.keys() if _checked(k))
     return [(k, old.get(k, "<unset>"), new.get(k, "<unset>")) for k in keys if old.get(k, "<unset>") !=
             new.get(k, "<unset>")]

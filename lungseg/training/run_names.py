@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from lungseg.config import in_multirun
+
 SWEEP_FILE = "sweep.yaml"
 SHORT_KEYS = {"optimizer.lr": "lr", "model.dropout": "dropout", "model.noise_std": "noise",
               "data.batch_size": "bs", "data.image_size": "size", "trainer.max_epochs": "epochs"}
@@ -138,14 +140,6 @@ def single_run_name(task_name: str, output_dir: str | Path, resuming: bool = Fal
     else:
         stamp = _stamps.setdefault(str(output_dir.resolve()), time.strftime("%Y-%m-%d_%H-%M-%S"))
     return _UNSAFE.sub("_", f"{task_name}_{stamp}")
-
-
-def in_multirun() -> bool:
-    """Whether this is a job of a ``--multirun``."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().get("mode") == RunMode.MULTIRUN
 
 
 def current_varying_keys() -> list[str]:

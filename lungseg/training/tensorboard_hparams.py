@@ -5,7 +5,7 @@ that compare runs; a sweep's folder gets one experiment summary that lists the v
 TensorBoard (2.21) orders the HParams columns by (varies between runs first, then name) and ticks the first five;
 it takes the column list from the first experiment summary it finds. So a sweep's jobs write no experiment
 summary of their own (only their session: values, then metrics and status); ``write_sweep_experiment`` writes
-the sweep's one, marking the varied knobs, at the end of the multirun (``lungseg.sweep_summary``). A single run
+the sweep's one, marking the varied knobs, at the end of the multirun (``lungseg.training.sweeps``). A single run
 writes its own.
 """
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAIN_KNOBS = ("optimizer.lr", "model.dropout", "model.noise_std", "model.base_filters", "model.depth",
               "data.image_size", "data.batch_size", "loss", "scheduler", "augment", "trainer.max_epochs", "seed")
 # Scalars each run writes for the table: (tag, column title); per-image Dice only where the run has it.
-METRICS = (("best/val_dice", "best val Dice"), ("best/val_dice_per_image", "best val Dice per image"),
+HPARAMS_METRICS = (("best/val_dice", "best val Dice"), ("best/val_dice_per_image", "best val Dice per image"),
            ("best/val_loss", "best val loss"), ("test/dice", "test Dice"), ("run/epochs", "epochs"),
            ("run/wall_s", "wall time (s)"))
 SWEEP_EVENTS = ".sweep"  # file-name suffix of the sweep folder's experiment summary (rewritten by each summary)
@@ -80,7 +80,7 @@ def experiment_summary(hparams: Mapping[str, list[Any]], varying: Iterable[str],
                        ) -> summary_pb2.Summary:
     """The HParams experiment: one column per hparam (``name -> values seen``), typed by its values, the varying
     ones marked (TensorBoard lists and ticks those first), then the metrics by their titles."""
-    varying, titles = set(varying), dict(METRICS)
+    varying, titles = set(varying), dict(HPARAMS_METRICS)
     infos = []
     for name, values in hparams.items():
         info = api_pb2.HParamInfo(name=name, differs=name in varying or len({repr(v) for v in values}) > 1)
@@ -103,19 +103,20 @@ def _write(logger: TensorBoardLogger, summary: summary_pb2.Summary) -> None:
 
 
 def run_metrics(cfg: DictConfig) -> list[str]:
-    """The :data:`METRICS` a run of ``cfg`` writes: the best values its ``best_metrics`` callback tracks, test
+    """The :data:`HPARAMS_METRICS` a run of ``cfg`` writes: the best values its ``best_metrics`` callback tracks, test
     Dice when it tests, epochs and wall time."""
     track = OmegaConf.select(cfg, "callbacks.best_metrics.track", default=None) or {}
     tags = {"best/" + str(k).replace("/", "_") for k in track} | {"run/epochs", "run/wall_s"}
     tags |= {"test/dice"} if cfg.get("test") else set()
-    return [tag for tag, _ in METRICS if tag in tags]
+    return [tag for tag, _ in HPARAMS_METRICS if tag in tags]
 
 
 @rank_zero_only
 def start_session(logger: TensorBoardLogger, cfg: DictConfig) -> None:
     """Record the run's hyperparameters when it starts (a run that fails still shows in the table); a run that is
     not a job of a sweep also writes its experiment summary (its columns and metrics)."""
-    from lungseg.training.run_names import current_varying_keys, in_multirun
+    from lungseg.config import in_multirun
+    from lungseg.training.run_names import current_varying_keys
 
     varying = current_varying_keys()
     hparams = run_hparams(cfg, varying)

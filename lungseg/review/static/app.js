@@ -125,7 +125,7 @@ function makeCard(film) {
 
   const figures = el("dl", "figures");
   const add = (list, name, value) => { list.append(el("dt", "", name), el("dd", "", fmt(value))); };
-  if (film.quality && film.quality !== "ok") add(figures, "quality", film.quality);
+  if (film.plausibility && film.plausibility !== "ok") add(figures, "plausibility", film.plausibility);
   for (const [name, value] of Object.entries(film.figures)) add(figures, name, value);
   if (film.reason) add(figures, "reason", film.reason);
   card.appendChild(figures);
