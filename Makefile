@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo train data check evaluate predict export bench sweep sweep-demo optuna summary results ablations learning-curve test chromium test-browser test-all lint tensorboard clean
+.PHONY: install demo train data check evaluate predict export bench sweep sweep-demo optuna summary results ablations learning-curve gpu-check screenshots test chromium test-browser test-all lint docs tensorboard clean
 
 install: $(BIN)/.installed   ## torch first, then this checkout editable with [dev]: every extra but ray, pytest, ruff, build
 
@@ -58,13 +58,21 @@ bench: install         ## throughput of training, inference, data pipeline (make
 	$(BIN)/python -m lungseg.bench $(ARGS)
 
 results: install       ## docs/RESULTS.md: cxr_small x 3 seeds, baseline, cxr_small without deep supervision x 3 on cxr-v7 (about 2.5 h on 2 cores) [CXR=...]
-	PYTHON=$(BIN)/python scripts/results.sh $(or $(CXR),../shared/data/cxr-v7)
+	PYTHON=$(BIN)/python scripts/pipelines/results.sh $(or $(CXR),../shared/data/cxr-v7)
 
 ablations: install     ## the val comparisons behind cxr_small (about 3 h on 2 cores) [CXR=...]
-	PYTHON=$(BIN)/python scripts/ablations.sh $(or $(CXR),../shared/data/cxr-v7)
+	PYTHON=$(BIN)/python scripts/pipelines/ablations.sh $(or $(CXR),../shared/data/cxr-v7)
 
 learning-curve: install ## cxr_small on 15/30/45/60 training images, scored on val and test (about 70 min a seed on 2 cores) [CXR=...] [SEEDS=...] [SIZES=...]
-	PYTHON=$(BIN)/python scripts/learning_curve.sh $(or $(CXR),../shared/data/cxr-v7)
+	PYTHON=$(BIN)/python scripts/pipelines/learning_curve.sh $(or $(CXR),../shared/data/cxr-v7)
+
+gpu-check: install    ## the GPU checks and figures on a CUDA machine: make gpu-check OUT=gpu-out [CXR=...]
+	PYTHON=$(BIN)/python bash scripts/pipelines/gpu-check.sh $(or $(OUT),gpu-out) $(or $(CXR),../shared/data/cxr-v7)
+
+screenshots: install chromium  ## docs' screenshots: the sweep's HParams tab (SWEEP=...) and the review page (PRED=...)
+	$(BIN)/python -m pip install --quiet playwright
+	$(if $(SWEEP),$(BIN)/python scripts/pipelines/sweep_screenshot.py $(SWEEP) docs/figures/sweep_hparams.png,)
+	$(if $(PRED),$(BIN)/python scripts/pipelines/review_screenshot.py $(PRED) docs/figures/review.png,)
 
 test: install          ## the fast suite in this CPU's precision, then its precision tests in the other one (bf16 emulated on AVX2)
 	$(BIN)/python -m pytest -m "not slow" -q

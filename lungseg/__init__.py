@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 # albumentations checks PyPI for updates at import; keep every import offline and quiet.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.2.0"
 __all__ = ["LungSegmenter", "Segmentation", "__version__"]
 
 from lungseg import resolvers as _resolvers  # noqa: E402
+from lungseg.version import __version__  # noqa: E402
 
 _resolvers.register()
 

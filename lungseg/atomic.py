@@ -101,21 +101,28 @@ def glob_escape(name: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path`` for writing; on success it replaces ``path``, on error it is removed."""
+def atomic_open(path: str | Path, mode: str = "wb", durable: bool = True, clean: bool = True,
+                **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path`` for writing; on success it replaces ``path``, on error it is removed.
+    ``durable``: flushed to disk before the rename (off for data that can be made again, where a whole file
+    matters and a power cut does not). ``clean``: first remove what killed writers of ``path`` left (off for
+    writers of many files into one folder, who clean the whole folder once: :func:`remove_stale_under`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
+    if clean:
+        remove_stale(path)
     tmp = temp_path(path)
     try:
         with named_write_errors(path), open(tmp, mode, **kwargs) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -141,9 +148,9 @@ def save_torch(obj: Any, path: str | Path) -> None:
     write_bytes(path, buffer.getbuffer())
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path, "wb") as f:
+def write_bytes(path: str | Path, data: bytes, durable: bool = True, clean: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (``durable``, ``clean``: see :func:`atomic_open`)."""
+    with atomic_open(path, "wb", durable=durable, clean=clean) as f:
         f.write(data)
 
 

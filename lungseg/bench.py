@@ -138,10 +138,10 @@ def data_pipeline(cfg: DictConfig) -> dict[str, float]:
 def onnx_inference(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     """Images/s of onnxruntime (CPU) on the bench's network exported to ONNX in fp32 and statically quantised to
     INT8, calibrated on the bench data's train images; same batch, threads, warm-up and repeats as PyTorch's rows."""
-    import onnxruntime as ort
-
+    from lungseg.artifacts.contract import INPUT_NAME, OUTPUT_NAME
+    from lungseg.artifacts.exports import ProbabilityModel, export_onnx
     from lungseg.artifacts.quantize import node_counts, quantize_int8
-    from lungseg.export import INPUT_NAME, OUTPUT_NAME, ProbabilityModel, export_onnx
+    from lungseg.inference.backends.onnxruntime import onnx_session
     from lungseg.inference.inputs import calibration_files, calibration_images
 
     size, batch = cfg.data.image_size, cfg.batch_size
@@ -151,12 +151,10 @@ def onnx_inference(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     start = time.perf_counter()
     quantize_int8(fp32, int8, calibration_images(files, size), INPUT_NAME)
     quantize_s = time.perf_counter() - start
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
     images = {INPUT_NAME: torch.rand(batch, 1, size, size).numpy()}
 
     def rate(path: Path) -> float:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(path, "cpu", torch.get_num_threads())
         return batch / median_seconds(lambda: session.run([OUTPUT_NAME], images), torch.device("cpu"), cfg.warmup,
                                       cfg.repeats)
 

@@ -75,3 +75,9 @@ def in_multirun() -> bool:
 
     hydra_cfg = hydra_config()
     return hydra_cfg is not None and hydra_cfg.get("mode") == RunMode.MULTIRUN
+
+
+def monitor_mode(monitor: str) -> str:
+    """``min`` for a loss (``val/loss``, ``best/val_loss``), ``max`` for a score (``val/dice``): the direction of
+    "better" (schedulers, checkpoints, early stopping and sweep summaries all use this one rule)."""
+    return "min" if "loss" in monitor else "max"

@@ -33,13 +33,14 @@ from lungseg.settings import check_predict, writable_dir
 log = logging.getLogger(__name__)
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """Write a PNG atomically (any path, Unicode included; RGB images in RGB order), creating its folder."""
+    """Write a PNG atomically (any path, Unicode included; RGB images in RGB order), creating its folder. The
+    output tree's stale temp files are cleaned once when the run starts, not per file."""
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"PNG encoding failed for {path}")
-    write_bytes(path, data.tobytes())
+    write_bytes(path, data.tobytes(), clean=False)
 
 
 def compare(final: np.ndarray, truth_path: Path) -> dict[str, Any]:

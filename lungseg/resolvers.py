@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from lungseg.config import monitor_mode
 from lungseg.runs import checkpoint_run
 
 
@@ -26,12 +27,6 @@ def resume_dir(ckpt_path: str | None, default: str) -> str:
 def config_subdir(ckpt_path: str | None, stamp: str) -> str:
     """``hydra.output_subdir``: ``.hydra``, or ``.hydra/resume-<stamp>`` so a resume keeps the original config."""
     return ".hydra" if checkpoint_run(ckpt_path) is None else f".hydra/resume-{stamp}"
-
-
-def monitor_mode(monitor: str) -> str:
-    """``min`` for a loss (``val/loss``, ``best/val_loss``), ``max`` for a score (``val/dice``): the direction of
-    "better" (schedulers, checkpoints, early stopping and sweep summaries all use this one rule)."""
-    return "min" if "loss" in monitor else "max"
 
 
 def run_name_resolver(*, _root_: Any) -> str:

@@ -1,4 +1,4 @@
-"""scripts/learning_curve_table.py: grouping runs by training-set size and the fitted gain per doubling."""
+"""scripts/pipelines/learning_curve_table.py: grouping runs by training-set size and the fitted gain per doubling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "learning_curve_table.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pipelines" / "learning_curve_table.py"
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def table_script(monkeypatch: pytest.MonkeyPatch):
 
 
 def _run(root: Path, n: int, seed: int, dice: float, hd95: float) -> Path:
-    """A run folder as scripts/learning_curve.sh leaves it: eval/{val,test}/metrics.json and the test per_image.csv."""
+    """A run folder as scripts/pipelines/learning_curve.sh leaves it: eval/{val,test}/metrics.json and the test per_image.csv."""
     run = root / f"n{n}-seed{seed}"
     for split in ("val", "test"):
         (run / "eval" / split).mkdir(parents=True)

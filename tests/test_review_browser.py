@@ -1,7 +1,7 @@
 """The review page as a reader uses it: headless Debian Chromium driven by Playwright over a small
 predicted folder (flagged films first, a reject with a note that survives a reload, the mask
 toggle). Skipped, saying what is missing, where playwright or /usr/bin/chromium is not there.
-``LUNGSEG_REVIEW_SCREENSHOT=<png>`` also saves the page (scripts/review_screenshot.py makes the
+``LUNGSEG_REVIEW_SCREENSHOT=<png>`` also saves the page (scripts/pipelines/review_screenshot.py makes the
 one in docs/ from real films)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.helpers import ROOT
 from tests.test_review import FILM_PX, expected_order, predicted_folder, read_rows
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCRIPT = ROOT / "scripts" / "sweep_screenshot.py"  # chromium_page(): Playwright on Debian Chromium
+SCRIPT = ROOT / "scripts" / "pipelines" / "sweep_screenshot.py"  # chromium_page(): Playwright on Debian Chromium
 
 # Skipped before any model is trained, naming what is missing.
 pytest.importorskip("playwright.sync_api",
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
 
 
 def _chromium_page():
-    """scripts/sweep_screenshot.py's chromium_page (Playwright driving Debian's Chromium)."""
+    """scripts/pipelines/sweep_screenshot.py's chromium_page (Playwright driving Debian's Chromium)."""
     spec = importlib.util.spec_from_file_location("sweep_screenshot", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -10,14 +10,14 @@ import pytest
 from tests.helpers import ROOT, TINY
 from tests.test_sweeps import _multirun
 
-SCRIPT = ROOT / "scripts" / "sweep_screenshot.py"
+SCRIPT = ROOT / "scripts" / "pipelines" / "sweep_screenshot.py"
 CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = pytest.mark.slow
 
 
 def _browser_tools():
-    """scripts/sweep_screenshot.py (TensorBoard + Playwright helpers), or a skip naming what is missing."""
+    """scripts/pipelines/sweep_screenshot.py (TensorBoard + Playwright helpers), or a skip naming what is missing."""
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or make test-browser as root)")

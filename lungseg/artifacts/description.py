@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lungseg
+from lungseg.version import __version__
 
 DESCRIPTION_KEY = "lungseg"  # the checkpoint's self-description lives under this key
 FORMAT = 1
@@ -42,7 +42,7 @@ class ModelDescription:
     best_metrics: dict[str, float] = field(default_factory=dict)  # best over the run so far
     test_metrics: dict[str, float] = field(default_factory=dict)  # filled when the model is evaluated
     ensemble: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's members (their descriptions)
-    lungseg_version: str = lungseg.__version__
+    lungseg_version: str = __version__
     git_commit: str | None = None
     created: str = ""
     format: int = FORMAT
@@ -66,7 +66,7 @@ class ModelDescription:
 
 def git_commit(folder: Path | None = None) -> str | None:
     """The commit of the lungseg source tree (``+dirty`` with uncommitted changes); None outside a git checkout."""
-    folder = folder or Path(lungseg.__file__).resolve().parent
+    folder = folder or Path(__file__).resolve().parents[1]  # the lungseg package
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
         if head.returncode:

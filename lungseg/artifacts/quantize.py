@@ -23,7 +23,7 @@ SETTINGS = {"format": "QDQ", "weights": "int8, per output channel, symmetric, 7-
             "activations": "uint8, per tensor, asymmetric", "calibration_method": "MinMax",
             "int8_ops": "Conv, MaxPool, Concat, Relu, Sigmoid",
             "fp32_ops": "the first Conv (one input channel), ConvTranspose, BatchNormalization"}
-# What runs in int8 (scripts/int8_accuracy.py and bench measured the choice, docs/INT8.md has the figures):
+# What runs in int8 (lungseg-predict truth= and bench measured the choice, docs/INT8.md has the figures):
 # - the first conv stays fp32: quantised, it cost 0.004-0.006 mean test Dice and 0.13 on one film; it is cheap.
 # - ConvTranspose and BatchNormalization stay fp32 without QDQ pairs around them: onnxruntime has no int8 kernel
 #   for either on CPU (BatchNorm follows ReLU here, so it cannot fold into a conv), so their pairs only cost time.

@@ -13,7 +13,6 @@ import re
 import shutil
 import stat
 import sys
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from lungseg.atomic import output_lock, remove_stale, replace_dir, temp_path
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, SPLITS, find_pairs
 from lungseg.errors import DataError, exit_on_user_error, require_extra
@@ -29,7 +29,7 @@ from lungseg.errors import DataError, exit_on_user_error, require_extra
 log = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "newra008/lung-mask-image-dataset"
-TEMP_PREFIX = ".download-"
+ZIP_FOLDER, EXTRACT_FOLDER = "download", "extract"  # working folders beside the target, pid-named
 MAX_RATIO = 200  # a member that inflates more than this ...
 RATIO_MIN_BYTES = 4 * 2**20  # ... and is bigger than this is taken for a zip bomb
 WAYS_FORWARD = (
@@ -153,22 +153,6 @@ def _find_dataset_dir(extracted: Path) -> Path:
                     f"{{{IMAGE_DIR},{MASK_DIR}}}/ folder", _layout_problems(extracted))
 
 
-def _install(src: Path, target: Path) -> None:
-    """Move ``src`` to ``target`` by rename, swapping out an old copy only once ``src`` is complete."""
-    if not target.exists():
-        src.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
-    target.rename(old / target.name)
-    try:
-        src.rename(target)
-    except BaseException:
-        (old / target.name).rename(target)
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _download(api: Any, dataset: str, folder: Path) -> Path:
     """Download the dataset zip into ``folder`` and return its path."""
     try:
@@ -194,27 +178,28 @@ def download_dataset(root: str | Path, dataset: str = DEFAULT_DATASET, api: obje
             log.info("The dataset is already in place at %s (pass force=true to download it again)", root)
             return root
         raise DataError(f"{target} exists but is incomplete; move it away or rerun with force=true", problems)
-    for stale in sorted(root.glob(TEMP_PREFIX + "*")):
-        log.warning("%s is left over from an interrupted download; delete it", stale)
     _warn_if_credentials_readable()
     api = _make_api() if api is None else api
     _authenticate(api)
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    temps: list[Path] = []
-    try:
-        for _ in range(2):  # one for the zip, one to extract into; beside the target, so rename is atomic
-            temps.append(Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root)))
-        log.info("Downloading %s into %s", dataset, root)
-        zip_path = _download(api, dataset, temps[0])
-        _safe_extract(zip_path, temps[1], max_bytes)
-        zip_path.unlink()
-        _install(_find_dataset_dir(temps[1]), target)
-    finally:
-        for temp in temps:
-            shutil.rmtree(temp, ignore_errors=True)
-        if created and not any(root.iterdir()):
-            root.rmdir()
+    with output_lock(target, "data.root"):  # one download into a folder at a time
+        remove_stale(root / ZIP_FOLDER)  # what a killed download left
+        remove_stale(root / EXTRACT_FOLDER)
+        zips, extracted = temp_path(root / ZIP_FOLDER), temp_path(root / EXTRACT_FOLDER)  # beside the target
+        try:
+            for temp in (zips, extracted):
+                temp.mkdir()
+            log.info("Downloading %s into %s", dataset, root)
+            zip_path = _download(api, dataset, zips)
+            _safe_extract(zip_path, extracted, max_bytes)
+            zip_path.unlink()
+            replace_dir(_find_dataset_dir(extracted), target)  # an earlier copy is swapped out only now
+        finally:
+            for temp in (zips, extracted):
+                shutil.rmtree(temp, ignore_errors=True)
+            if created and not any(p for p in root.iterdir() if not p.name.endswith(".lock")):
+                shutil.rmtree(root, ignore_errors=True)
     log.info("The dataset is in place at %s", root)
     return root
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from lungseg.atomic import atomic_dir, output_lock, write_bytes
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, SPLITS, image_name, mask_name
 
 log = logging.getLogger(__name__)
@@ -171,11 +169,10 @@ def write_phantoms(folder: Path, numbers: Iterable[int], size: int = 256, seed: 
         image, mask = make_phantom(np.random.default_rng([seed, n]), size)
         for path, pixels, params in zip(files, (image, mask), ([], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]),
                                         strict=True):
-            tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix that picks the format
-            if not cv2.imwrite(str(tmp), pixels, params):
-                tmp.unlink(missing_ok=True)
-                raise OSError(f"could not write phantom {n} into {folder}")
-            os.replace(tmp, path)
+            ok, data = cv2.imencode(path.suffix, pixels, params)
+            if not ok:
+                raise OSError(f"could not encode phantom {n} for {folder}")
+            write_bytes(path, data.tobytes(), durable=False, clean=False)  # drawn again if lost
         drawn += 1
     return drawn
 
@@ -184,22 +181,17 @@ def write_sample_dataset(root: str | Path, n_train: int = 240, n_val: int = 40, 
                          size: int = 256, seed: int = 0) -> Path:
     """Write the synthetic set in the Kaggle layout under ``root`` atomically (no-op if present)."""
     root = Path(root)
-    if (root / DATASET_DIR).exists():
+    target = root / DATASET_DIR
+    if target.exists():
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-{os.getpid()}-", dir=root.parent))
-    try:
-        start = 0
-        for split, count in zip(SPLITS, (n_train, n_val, n_test), strict=True):
-            write_phantoms(tmp / DATASET_DIR / split, range(start, start + count), size, seed)
-            start += count
-        try:
-            os.replace(tmp / DATASET_DIR, root / DATASET_DIR)
-        except OSError:
-            if not (root / DATASET_DIR).exists():  # else another writer finished first: keep theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with output_lock(target, "data.root"):  # two demos started at once: one writes, the other is told to wait
+        if target.exists():  # written while this process waited for its turn
+            return root
+        with atomic_dir(target) as staged:
+            start = 0
+            for split, count in zip(SPLITS, (n_train, n_val, n_test), strict=True):
+                write_phantoms(staged / split, range(start, start + count), size, seed)
+                start += count
     return root
 
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import lungseg
 from lungseg.atomic import atomic_open
 from lungseg.errors import DataError, require_extra
+from lungseg.version import __version__
 
 if TYPE_CHECKING:
     from lungseg.artifacts.description import ModelDescription
@@ -101,7 +101,7 @@ def write_seg(source: DicomFilm | Any, left: np.ndarray, right: np.ndarray,
     if side_source:
         parameters["side_source"] = side_source
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="lungseg", family=codes.DCM.ArtificialIntelligence, version=lungseg.__version__,
+        name="lungseg", family=codes.DCM.ArtificialIntelligence, version=__version__,
         source=model[:64], parameters={k: v.replace(",", ";") for k, v in parameters.items()})
     segments = [_segment(1, SEGMENTS[0], codes.SCT.Left, algorithm),
                 _segment(2, SEGMENTS[1], codes.SCT.Right, algorithm)]
@@ -110,7 +110,7 @@ def write_seg(source: DicomFilm | Any, left: np.ndarray, right: np.ndarray,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
         series_instance_uid=series_uid or generate_uid(), series_number=series_number,
         sop_instance_uid=generate_uid(), instance_number=instance_number, manufacturer="lungseg",
-        manufacturer_model_name=f"lungseg {model}"[:64], software_versions=lungseg.__version__,
+        manufacturer_model_name=f"lungseg {model}"[:64], software_versions=__version__,
         device_serial_number=(weights_sha256 or "unknown")[:16], content_label=CONTENT_LABEL,
         content_description=quality_text(quality_score, needs_review),
         series_description=SERIES_DESCRIPTION, omit_empty_frames=False)

@@ -66,6 +66,12 @@ def large_components(mask: np.ndarray) -> int:
     return _large(component_areas(mask)[1], mask.size)
 
 
+def image_half_areas(mask: np.ndarray) -> tuple[int, int]:
+    """Mask pixels in the image's left and right halves (the image's sides, not the patient's: ``sides``)."""
+    half = mask.shape[1] // 2
+    return int(np.count_nonzero(mask[:, :half])), int(np.count_nonzero(mask[:, half:]))
+
+
 def plausibility_flags(final: np.ndarray, n_large: int, limits: PlausibilityLimits = PlausibilityLimits()) -> list[str]:
     """Reasons a mask looks implausible (empty: plausible); ``n_large`` is counted before post-processing."""
     flags = []
@@ -81,14 +87,14 @@ def plausibility_flags(final: np.ndarray, n_large: int, limits: PlausibilityLimi
 
 def mask_stats(final: np.ndarray, n_large: int, limits: PlausibilityLimits = PlausibilityLimits()) -> dict[str, object]:
     """The predictions.csv measures of one mask: lung fraction, image-left/right areas, large components, plausibility."""
-    half = final.shape[1] // 2
     flags = plausibility_flags(final, n_large, limits)
+    left, right = image_half_areas(final)
     return {
         "height": final.shape[0],
         "width": final.shape[1],
         "lung_fraction": round(float(np.count_nonzero(final) / final.size), 5),
-        "area_image_left_px": int(np.count_nonzero(final[:, :half])),
-        "area_image_right_px": int(np.count_nonzero(final[:, half:])),
+        "area_image_left_px": left,
+        "area_image_right_px": right,
         "large_components": n_large,
         "plausibility": ";".join(flags) if flags else "ok",
     }

@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lungseg.inference.postprocess import LARGE_COMPONENT_FRACTION, clean_mask, component_areas, fill_holes
+from lungseg.inference.postprocess import clean_mask, fill_holes, image_half_areas, large_components
 from lungseg.metrics import mask_dice
 
 ZOOM = 0.9          # the zoomed-out TTA view: the film shrunk about its centre (training saw 0.9-1.1)
@@ -63,11 +63,9 @@ def shape_features(raw: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Shape of the thresholded mask ``raw`` (components, holes: what cleaning hides) and the delivered ``mask``:
     lung fraction, left/right balance of the image halves, the taller lung's height (a share of the image's) and
     the shorter's over the taller's (a lung cut short by consolidation or effusion)."""
-    _, areas = component_areas(raw)
-    components = int((areas[1:] > LARGE_COMPONENT_FRACTION * raw.size).sum())
+    components = large_components(raw)
     filled = int(fill_holes(raw).sum())
-    half = mask.shape[1] // 2
-    left, right = int(mask[:, :half].sum()), int(mask[:, half:].sum())
+    left, right = image_half_areas(mask)
     n, _, boxes, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     lungs = boxes[1:][np.argsort(boxes[1:, cv2.CC_STAT_AREA])[::-1][:2]]
     heights = lungs[:, cv2.CC_STAT_HEIGHT] / mask.shape[0]

@@ -1,4 +1,6 @@
-"""Chooses the input gate's image limits (``lungseg.inference.gate.ImageLimits``) on the cxr-v7 train
+"""Research script, not a pipeline: produced the input gate's image limits (docs/dicom.md) at commit ece7bdb; kept to reproduce or extend them.
+
+Chooses the input gate's image limits (``lungseg.inference.gate.ImageLimits``) on the cxr-v7 train
 and val films and tests them on held-out images: the test films, the test films under every
 robustness shift (``lungseg.evaluation.robustness.SHIFTS``) and synthetic non-radiographs.
 

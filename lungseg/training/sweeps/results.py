@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lungseg.resolvers import monitor_mode
+from lungseg.config import monitor_mode
 from lungseg.training.sweeps.jobs import METRICS
 
 

@@ -1,7 +1,9 @@
-"""The data cost per image of a small and a large cached set, interleaved in one process, so a machine whose load
+"""Research script, not a pipeline: produced the interleaved scale figures (docs/performance.md, Scale) at commit a3aa24f; kept to reproduce or extend them.
+
+The data cost per image of a small and a large cached set, interleaved in one process, so a machine whose load
 changes over minutes affects both alike (the README's scale section).
 
-    python scripts/scale_interleaved.py [SMALL_SET LARGE_SET] [--workers 2] [--rounds 3]
+    python scripts/research/scale_interleaved.py [SMALL_SET LARGE_SET] [--workers 2] [--rounds 3]
 
 The sets are the ones ``python -m lungseg.bench mode=scale`` leaves in ``<temp>/lungseg-scale`` (default: its 1,000
 and 17,000 sets). Each round reads as many images from each (whole epochs of the small set), through the real

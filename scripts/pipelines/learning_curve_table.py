@@ -1,6 +1,6 @@
-"""Val and test figures against the number of training images (scripts/learning_curve.sh; docs/RESULTS.md).
+"""Val and test figures against the number of training images (scripts/pipelines/learning_curve.sh; docs/RESULTS.md).
 
-    python scripts/learning_curve_table.py outputs/learning_curve/n*-seed* [--plot learning_curve.png]
+    python scripts/pipelines/learning_curve_table.py outputs/learning_curve/n*-seed* [--plot learning_curve.png]
 
 Each run folder is ``n<N>-seed<S>`` with eval/val and eval/test from lungseg.evaluate; runs with the same N are
 averaged (mean ± SD when there are several seeds). The hard test films are the three consolidated AP supine ones.
@@ -49,7 +49,7 @@ def read_runs(runs: list[Path]) -> dict[int, list[dict[str, float]]]:
     for run in runs:
         match = re.fullmatch(r"n(\d+)-seed\d+", run.name)
         if match is None:
-            raise SystemExit(f"{run}: expected a folder named n<N>-seed<S> (scripts/learning_curve.sh)")
+            raise SystemExit(f"{run}: expected a folder named n<N>-seed<S> (scripts/pipelines/learning_curve.sh)")
         groups[int(match.group(1))].append(read_run(run))
     return dict(sorted(groups.items()))
 

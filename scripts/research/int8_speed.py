@@ -1,8 +1,10 @@
-"""Images/s of ONNX files on the CPU: onnxruntime and, when the optional ``openvino`` package imports, OpenVINO; with
+"""Research script, not a pipeline: produced the INT8 speed tables and operator profiles in docs/INT8.md at commit 73aacdd; kept to reproduce or extend them.
+
+Images/s of ONNX files on the CPU: onnxruntime and, when the optional ``openvino`` package imports, OpenVINO; with
 ``--profile`` onnxruntime's time per operator type. Runs are interleaved (load changes hit every model alike).
 
     python -m lungseg.bench onnx_dir=bench-onnx     # writes the bench network as bench_fp32.onnx / bench_int8.onnx
-    python scripts/int8_speed.py bench-onnx/bench_fp32.onnx bench-onnx/bench_int8.onnx --profile
+    python scripts/research/int8_speed.py bench-onnx/bench_fp32.onnx bench-onnx/bench_int8.onnx --profile
 """
 
 from __future__ import annotations

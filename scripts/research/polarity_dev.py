@@ -1,9 +1,11 @@
-"""The polarity check's development data (lungseg.inference.segmenter, polarity="auto"): every train and val film of a set
+"""Research script, not a pipeline: produced the polarity check's thresholds, POLARITY_CHECK_BELOW and POLARITY_ACCEPT (docs/quality.md) at commit 3e03194; kept to reproduce or extend them.
+
+The polarity check's development data (lungseg.inference.segmenter, polarity="auto"): every train and val film of a set
 under every robustness-benchmark shift and severity, given upright and inverted, segmented as read and with its
 grey levels inverted; prints, per accept threshold, how many inverted films would be read back and how many
 upright ones turned.
 
-    python scripts/polarity_dev.py DATA_ROOT CKPT [CKPT ...]
+    python scripts/research/polarity_dev.py DATA_ROOT CKPT [CKPT ...]
 
 Use it on train and val only (it never reads test). About 5 minutes per 128 px model on 2 cores.
 """

@@ -1,6 +1,6 @@
 """Mean ± SD over runs of the test-split evaluation and the native-resolution prediction (docs/RESULTS.md).
 
-    python scripts/results_table.py outputs/results/cxr_small-seed* outputs/results/baseline
+    python scripts/pipelines/results_table.py outputs/results/cxr_small-seed* outputs/results/baseline
 
 Each run folder needs eval/test/metrics.json (lungseg.evaluate) and predict-native/predictions.csv
 (lungseg.predict with truth=); runs are grouped by name without its ``-seed<N>`` suffix.

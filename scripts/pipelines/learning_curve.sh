@@ -4,8 +4,8 @@
 # every run with the same number of optimizer steps as the full recipe (150 epochs of 60 images = 1,200 steps)
 # and about the same number of validations; then lungseg.evaluate on val and on test, and the table.
 # The test split is scored as a diagnostic of the trend, not to choose anything.
-#   scripts/learning_curve.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/learning_curve] [train overrides...]
-#   SIZES="15 30 45 60" SEEDS="42" scripts/learning_curve.sh     (about 16 min a run alone on 2 cores)
+#   scripts/pipelines/learning_curve.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/learning_curve] [train overrides...]
+#   SIZES="15 30 45 60" SEEDS="42" scripts/pipelines/learning_curve.sh     (about 16 min a run alone on 2 cores)
 set -euo pipefail
 CXR=${1:-../shared/data/cxr-v7}
 OUT=${2:-outputs/learning_curve}
@@ -30,4 +30,4 @@ for seed in $SEEDS; do
     done
   done
 done
-"$PY" scripts/learning_curve_table.py "${runs[@]}"
+"$PY" scripts/pipelines/learning_curve_table.py "${runs[@]}"

@@ -1,6 +1,6 @@
 """TensorBoard's HParams tab of a sweep, in headless Chromium: the table as text, or a screenshot.
 
-    python scripts/sweep_screenshot.py outputs/multirun/<date>/<time> docs/sweep_hparams.png [--view table]
+    python scripts/pipelines/sweep_screenshot.py outputs/multirun/<date>/<time> docs/figures/sweep_hparams.png [--view table]
 
 Needs ``pip install playwright`` and a Chromium at /usr/bin/chromium (Debian: ``apt-get install chromium``;
 Playwright's own browser download is not used). tests/test_sweep_browser.py drives the same functions.
@@ -130,7 +130,7 @@ def _spans_decades(values: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("out", type=Path, nargs="?", default=Path("docs/sweep_hparams.png"))
+    parser.add_argument("out", type=Path, nargs="?", default=Path("docs/figures/sweep_hparams.png"))
     parser.add_argument("--view", choices=sorted(VIEWS), default="parallel")
     parser.add_argument("--keep-constants", action="store_true",
                         help="keep the ticked knobs that do not vary (TensorBoard ticks the first five)")

@@ -1,8 +1,10 @@
-"""The quality score's development data: every film of a split, clean, under the robustness benchmark's shifts and
+"""Research script, not a pipeline: produced the quality score's weights (docs/quality.md) at commit c55a48a; kept to reproduce or extend them.
+
+The quality score's development data: every film of a split, clean, under the robustness benchmark's shifts and
 under synthetic airspace opacity, with its quality features, score and true Dice (of the mask lungseg.predict
 delivers), to choose the score on val.
 
-    python scripts/quality_features.py CKPT DATA_ROOT [SPLIT=val] [OUT=quality_features.csv]
+    python scripts/research/quality_features.py CKPT DATA_ROOT [SPLIT=val] [OUT=quality_features.csv]
 
 Prints the Spearman correlation of each feature and of the score (without and with TTA) with Dice (clean films,
 then all), the operating point each gives on the clean films and its figures, and the TTA cost. Use it on val

@@ -1,6 +1,8 @@
-"""Before/after tables of the robustness benchmark over seeds (docs/RESULTS.md).
+"""Research script, not a pipeline: produced the robustness arms tables in docs/RESULTS.md (run by robustness_arms.sh) at commit 3e03194; kept to reproduce or extend them.
 
-    python scripts/robustness_table.py outputs/robust-arms before after
+Before/after tables of the robustness benchmark over seeds (docs/RESULTS.md).
+
+    python scripts/research/robustness_table.py outputs/robust-arms before after
 
 Reads <root>/<arm>-s<seed>/robustness-<split>/robustness.json (``lungseg.robustness``) for every arm named and
 prints, per arm, mean ± SD over seeds of the clean and shifted per-image Dice and the robustness number on val and

@@ -1,7 +1,9 @@
-"""How lungseg-review copes with a large prediction folder: fabricate one (tiny real PNGs and a
+"""Research script, not a pipeline: produced the review page's scale figures (docs/review.md) at commit e73b68f; kept to reproduce or extend them.
+
+How lungseg-review copes with a large prediction folder: fabricate one (tiny real PNGs and a
 predictions.csv), start the page on a loopback port and time what a reader waits for.
 
-    python scripts/review_scale.py [--films 10000] [--folder /tmp/lungseg-review-scale] [--browser]
+    python scripts/research/review_scale.py [--films 10000] [--folder /tmp/lungseg-review-scale] [--browser]
 
 Times: process start to the page's HTML and the first page of cards (JSON); the first page's
 thumbnails made cold (24 films, film and mask each); a page turn; a decision written to a

@@ -3,7 +3,7 @@
 # Every run: seed 42, cxr-v7 train/val, 256 px, best.ckpt = highest val Dice, then lungseg.evaluate on val.
 # Overrides are written against cxr_small without deep supervision (see BASE); runs were made in pairs, one thread
 # each.
-#   scripts/ablations.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/ablate]
+#   scripts/pipelines/ablations.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/ablate]
 set -euo pipefail
 CXR=${1:-../shared/data/cxr-v7}
 OUT=${2:-outputs/ablate}
@@ -27,7 +27,7 @@ run C2_bce             augment=strong
 run D1_full_width_equal_time loss=bce_dice augment=strong model.base_filters=32 trainer.max_epochs=20
 run D2_no_l2           loss=bce_dice augment=strong module.kernel_l2=0
 # At the recipe's full length (150 epochs), seed 43: the strong augmentation against cxr_small's (the original's),
-# which is outputs/results/cxr_small-no-deep-supervision-seed43 (scripts/results.sh).
+# which is outputs/results/cxr_small-no-deep-supervision-seed43 (scripts/pipelines/results.sh).
 run E1_strong_150ep_seed43 trainer.max_epochs=150 seed=43 augment=strong
 # F (60 epochs, seed 42, as A-D): the reference itself, then one change each.
 run F0_reference

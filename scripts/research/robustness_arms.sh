@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 17, item 3: augment=keras (cxr_small as it was) against augment=robust, 3 seeds each, at 128 px for 60
+# Research script, not a pipeline: produced the robustness before/after arms in docs/RESULTS.md at commit 3e03194; kept to reproduce or extend them.
+# augment=keras (cxr_small as it was) against augment=robust, 3 seeds each, at 128 px for 60
 # epochs (a 2-core budget), scored with the robustness benchmark on val (choices) and test (reported once).
-#   scripts/robustness_arms.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/robust-arms]
+#   scripts/research/robustness_arms.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/robust-arms]
 # About 15 min a run alone on 2 cores. Arms' names: before (augment=keras), after (augment=robust); each scored
 # by the network alone (polarity=as_read) and, as <arm>-polarity, with lungseg.predict's polarity check.
 # (The "before" models of docs/RESULTS.md were trained by lungseg 0.2, whose intensity rule was minmax; trained
@@ -29,4 +30,4 @@ arm() {  # name, then train overrides
 
 arm before augment=keras
 arm after augment=robust
-"$PY" scripts/robustness_table.py "$OUT" before before-polarity after after-polarity
+"$PY" scripts/research/robustness_table.py "$OUT" before before-polarity after after-polarity

@@ -1,8 +1,10 @@
-"""Profile one training step of the original network, or compare configurations step by step (A/B).
+"""Research script, not a pipeline: produced the training-step profile in docs/TRAINING-PROFILE.md at commit 3dd2d2f; kept to reproduce or extend them.
 
-    python scripts/profile_train.py                                   # the baseline recipe: 256 px, batch 8
-    python scripts/profile_train.py --threads 1 module.channels_last=false
-    python scripts/profile_train.py --ab "module.channels_last=true" "module.channels_last=false" --pairs 5
+Profile one training step of the original network, or compare configurations step by step (A/B).
+
+    python scripts/research/profile_train.py                                   # the baseline recipe: 256 px, batch 8
+    python scripts/research/profile_train.py --threads 1 module.channels_last=false
+    python scripts/research/profile_train.py --ab "module.channels_last=true" "module.channels_last=false" --pairs 5
 
 The step is the one Lightning runs in a fit: ``LungSegModule.training_step`` (forward, BCE, the L2 term's value,
 the train metrics), ``backward``, ``on_before_optimizer_step`` (the L2 term's gradient), the configured

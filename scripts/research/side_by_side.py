@@ -1,8 +1,10 @@
-"""The Keras original and lungseg trees (before / after a change) timed step by step in turn, under the same load.
+"""Research script, not a pipeline: produced the Keras-vs-lungseg side-by-side figures (docs/TRAINING-PROFILE.md) at commit aae3cf1; kept to reproduce or extend them.
 
-    python scripts/side_by_side.py --keras /tmp/kvenv/bin/python --trees /tmp/wt-before /tmp/wt-speed --threads 1
+The Keras original and lungseg trees (before / after a change) timed step by step in turn, under the same load.
 
-Each contender is a worker process (the Keras one: ``scripts/keras_original_bench.py --serve``; a lungseg tree:
+    python scripts/research/side_by_side.py --keras /tmp/kvenv/bin/python --trees /tmp/wt-before /tmp/wt-speed --threads 1
+
+Each contender is a worker process (the Keras one: ``scripts/research/keras_original_bench.py --serve``; a lungseg tree:
 this script's ``--worker`` run with that tree first on the path) that runs one step per request; the driver asks
 them in turn (the order rotated each round), so slow and fast moments of a shared machine fall on all of them
 alike, and reports each one's median images/s and the ratios to Keras. A lungseg training step is the one a fit

@@ -1,9 +1,11 @@
-"""Time the original Keras U-Net on this CPU, to compare lungseg's speed with it under the same load.
+"""Research script, not a pipeline: produced the Keras original's side of the side-by-side figures (docs/TRAINING-PROFILE.md) at commit aae3cf1; kept to reproduce or extend them.
+
+Time the original Keras U-Net on this CPU, to compare lungseg's speed with it under the same load.
 
 Runs in its own venv with TensorFlow (not a lungseg dependency)::
 
     python3 -m venv /tmp/kvenv && /tmp/kvenv/bin/pip install tensorflow-cpu
-    /tmp/kvenv/bin/python scripts/keras_original_bench.py --threads 2 --json keras.json
+    /tmp/kvenv/bin/python scripts/research/keras_original_bench.py --threads 2 --json keras.json
 
 The network is the original README's (the one lungseg ports, /work/shared/seed/original-README.md and
 notebook-facts.md): GaussianNoise(0.1); per level two Conv2D(f, 3, relu, same, L2 0.01) each followed by
@@ -73,7 +75,7 @@ def main() -> None:
                         help="Keras 3's compile(jit_compile=): auto (its default, XLA where supported), true, false")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--serve", action="store_true",
-                        help="for scripts/side_by_side.py: one step per 'train' or 'infer' line on stdin, "
+                        help="for scripts/research/side_by_side.py: one step per 'train' or 'infer' line on stdin, "
                              "its seconds on stdout")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce docs/RESULTS.md on a 2-core CPU: the tuned recipe (3 seeds) and the original recipe on cxr-v7,
 # each evaluated once on the test split and run through lungseg.predict at native resolution.
-#   scripts/results.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/results]
+#   scripts/pipelines/results.sh [CXR_ROOT=../shared/data/cxr-v7] [OUT=outputs/results]
 set -euo pipefail
 CXR=${1:-../shared/data/cxr-v7}
 OUT=${2:-outputs/results}
@@ -28,4 +28,4 @@ run baseline +experiment=baseline
 for seed in $SEEDS; do
   run "cxr_small-no-deep-supervision-seed$seed" +experiment=cxr_small seed="$seed" model.deep_supervision=false
 done
-"$PY" scripts/results_table.py "$OUT"/cxr_small-seed* "$OUT"/baseline "$OUT"/cxr_small-no-deep-supervision-seed*
+"$PY" scripts/pipelines/results_table.py "$OUT"/cxr_small-seed* "$OUT"/baseline "$OUT"/cxr_small-no-deep-supervision-seed*

@@ -1,10 +1,10 @@
 """A screenshot of lungseg-review's page over a prediction folder, in headless Chromium.
 
-    python scripts/review_screenshot.py <prediction folder> docs/figures/review.png [--decide]
+    python scripts/pipelines/review_screenshot.py <prediction folder> docs/figures/review.png [--decide]
 
 ``--decide`` works on a copy of the folder (its review.csv is left alone) and, with the page's
 keys, rejects the first flagged film with a note and accepts the second, so the picture shows
-both. Needs ``pip install playwright`` and /usr/bin/chromium (as scripts/sweep_screenshot.py).
+both. Needs ``pip install playwright`` and /usr/bin/chromium (as scripts/pipelines/sweep_screenshot.py).
 """
 
 from __future__ import annotations
