@@ -89,8 +89,14 @@ test-browser: install chromium  ## the HParams tab of a real sweep and the revie
 test-all: install      ## every test, including the slow real-data training
 	$(BIN)/python -m pytest -q
 
-lint: install
+lint: install          ## what CI checks besides the tests: format, lint, the layer contracts, the docs site
+	$(BIN)/ruff format --check lungseg tests scripts
 	$(BIN)/ruff check lungseg tests scripts
+	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs: install          ## the docs site into build/site (strict: a broken link or a page left out fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir outputs

@@ -21,6 +21,7 @@ EXTRAS = {
     "kaggle": "the kaggle package",
     "sweep": "the Hydra sweep plugins (Optuna sweeper, joblib and submitit launchers)",
     "review": "FastAPI and uvicorn",
+    "docs": "mkdocs-material",
 }
 
 

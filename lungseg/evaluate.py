@@ -22,7 +22,8 @@ from lungseg.evaluation.report import write_report
 from lungseg.evaluation.review import describe, review_counts
 from lungseg.evaluation.scoring import choose_threshold, sample_predictions, score_split
 from lungseg.evaluation.summary import build_summary
-from lungseg.inference.segmenter import LungSegmenter, model_sources
+from lungseg.inference.backends import model_sources
+from lungseg.inference.segmenter import LungSegmenter
 from lungseg.runs import checkpoint_run
 from lungseg.settings import check_evaluate, refuse_existing, writable_dir
 

@@ -22,11 +22,12 @@ from lungseg.data.layout import pair_files
 from lungseg.errors import DataError, LungsegError, exit_on_user_error
 from lungseg.evaluation.review import REVIEW_CSV, describe, review_counts
 from lungseg.evaluation.surface import surface_distances
+from lungseg.inference.backends import model_sources
 from lungseg.inference.inputs import InputFile, find_inputs
 from lungseg.inference.outputs import CSV_COLUMNS, PREDICTIONS, TRUTH_COLUMNS, output_paths
 from lungseg.inference.overlay import overlay
 from lungseg.inference.postprocess import PlausibilityLimits
-from lungseg.inference.segmenter import LungSegmenter, Segmentation, model_sources
+from lungseg.inference.segmenter import LungSegmenter, Segmentation
 from lungseg.metrics import dice_iou, mask_counts
 from lungseg.settings import check_predict, writable_dir
 

@@ -18,7 +18,8 @@ from lungseg.atomic import atomic_dir, output_lock
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.errors import exit_on_user_error
 from lungseg.evaluation.robustness import SHIFTS, load_split, score_shifts, shift_table, summarise_shifts
-from lungseg.inference.segmenter import LungSegmenter, model_sources
+from lungseg.inference.backends import model_sources
+from lungseg.inference.segmenter import LungSegmenter
 from lungseg.settings import check_robustness, refuse_existing, writable_dir
 
 log = logging.getLogger(__name__)

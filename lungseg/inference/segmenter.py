@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from lungseg.artifacts.description import ModelDescription
 from lungseg.data.images import preprocess, require_radiograph, to_gray8
 from lungseg.errors import DataError, LungsegError
+from lungseg.inference.backends import Backend, load_backend, model_sources
 from lungseg.inference.inputs import read_input
 from lungseg.inference.postprocess import PlausibilityLimits, finish_mask
 from lungseg.inference.quality import REVIEW_BELOW, QualitySettings, features, score, tta_inputs, tta_outputs
@@ -34,21 +35,6 @@ POLARITIES = ("auto", "as_read")
 # inverted, and read inverted when that mask scores at least POLARITY_ACCEPT: a mask to trust where the film as
 # read gives none (an unsure model never turns films). Chosen on train and val films (docs/quality.md).
 POLARITY_CHECK_BELOW, POLARITY_ACCEPT = 0.8, 0.9
-
-
-class Backend(Protocol):
-    """What runs the network: PyTorch (``backend_torch``) or ONNX Runtime (``backend_onnx``)."""
-
-    description: ModelDescription
-    precision: str
-    divisor: int
-    device: Any  # where it runs: a torch.device, or "cpu"/"cuda" for ONNX Runtime
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray: ...
-
-    def logits(self, images: Any) -> Any: ...
-
-    def default_workers(self) -> int: ...
 
 
 @dataclass
@@ -82,29 +68,6 @@ def as_gray(image: ImageInput, intensity: str = "window") -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError("image array holds NaN or infinite pixels; replace them before predicting")
     return to_gray8(array, intensity)
-
-
-def model_sources(setting: Any) -> list[str]:
-    """A model setting as a list of sources: one path or Hub id, or a list of them (an ensemble)."""
-    return [str(setting)] if isinstance(setting, (str, Path)) else [str(s) for s in setting]
-
-
-def load_backend(source: str | Path, device: str = "auto", precision: str | None = "auto",
-                 image_size: int | None = None, threads: int | None = None) -> Backend:
-    """The backend of one model, chosen by its path: ``.onnx`` -> ONNX Runtime, any other file -> a checkpoint,
-    else a pretrained folder or Hub id (PyTorch). Torch is imported only for the PyTorch ones."""
-    path = Path(str(source)).expanduser()
-    if path.suffix.lower() == ".onnx":
-        from lungseg.inference.backends.onnxruntime import OnnxBackend
-
-        return OnnxBackend(path, device, threads)
-    from lungseg.artifacts.checkpoint import load_checkpoint
-    from lungseg.artifacts.pretrained import load_pretrained
-    from lungseg.inference.backends.pytorch import TorchBackend
-
-    if path.is_file() or path.suffix.lower() == ".ckpt":
-        return TorchBackend(load_checkpoint(path, image_size), device, precision)
-    return TorchBackend(load_pretrained(source), device, precision)
 
 
 def _prepare(image: ImageInput, size: int, intensity: str) -> tuple[np.ndarray, np.ndarray] | DataError:

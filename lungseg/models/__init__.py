@@ -1,0 +1,1 @@
+"""The networks: the seed's enhanced U-Net."""
