@@ -34,6 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from lungseg.atomic import write_text
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.data.dataset import MIB
 from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, image_name, mask_name
@@ -554,7 +555,7 @@ def main(cfg: DictConfig) -> None:
     result = run_scale(cfg) if cfg.mode == "scale" else run(cfg)
     print(scale_report(result) if cfg.mode == "scale" else report(result))
     if cfg.get("json"):
-        Path(cfg.json).write_text(json.dumps(result, indent=2))
+        write_text(cfg.json, json.dumps(result, indent=2))
         print(f"wrote {cfg.json}")
 
 

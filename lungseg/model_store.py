@@ -15,7 +15,8 @@ import argparse
 import sys
 
 from lungseg.artifacts.model_card import WEIGHTS_FILE
-from lungseg.artifacts.pretrained import file_sha256, install, installed, store_dir, verify, verify_folder
+from lungseg.artifacts.pretrained import install
+from lungseg.artifacts.store import file_sha256, installed, store_dir, verify, verify_folder
 from lungseg.errors import CheckpointError, exit_on_user_error
 
 

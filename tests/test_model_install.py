@@ -14,17 +14,8 @@ import pytest
 
 from lungseg.artifacts.checkpoint import load_checkpoint
 from lungseg.artifacts.model_card import recorded_weights_sha256
-from lungseg.artifacts.pretrained import (
-    file_sha256,
-    install,
-    installed,
-    installed_model,
-    load_pretrained,
-    save_pretrained,
-    store_dir,
-    verify,
-    verify_folder,
-)
+from lungseg.artifacts.pretrained import install, load_pretrained, save_pretrained
+from lungseg.artifacts.store import file_sha256, installed, installed_model, store_dir, verify, verify_folder
 from lungseg.errors import EXIT_USER_ERROR, CheckpointError, LungsegError
 from lungseg.inference.segmenter import LungSegmenter
 from lungseg.model_store import main

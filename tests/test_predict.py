@@ -159,8 +159,11 @@ def test_unreadable_inputs_are_skipped_listed_and_exit_2(tiny_ckpt: Path, tmp_pa
     for bad in ("cut.jpg", "notes.png", "broken.dcm"):
         assert str(folder / bad) in proc.stderr
     assert "images/s" in proc.stdout
-    rows = read_csv(out / "predictions.csv")
-    assert sorted(r["mask"] for r in rows) == ["masks/colour.png", "masks/good8.png", "masks/sub/good16.png"]
+    rows = {Path(r["input"]).name: r for r in read_csv(out / "predictions.csv")}  # one row per film, bad ones too
+    assert sorted(r["mask"] for r in rows.values() if r["mask"]) == ["masks/good8.png", "masks/sub/good16.png"]
+    assert [rows[n]["status"] for n in ("cut.jpg", "notes.png", "broken.dcm")] == ["error"] * 3
+    assert "not a readable DICOM file" in rows["broken.dcm"]["status_reason"]
+    assert rows["colour.jpg"]["status"] == "refused" and "colour photograph" in rows["colour.jpg"]["status_reason"]
     assert cv2.imread(str(out / "masks" / "sub" / "good16.png"), cv2.IMREAD_UNCHANGED).shape == (50, 40)
 
 

@@ -186,6 +186,9 @@ def read_film(path: str | Path) -> DicomFilm:
                   if isinstance(err, InvalidDicomError) else _reason(err))
         raise DataError(f"{path}: not a readable DICOM file ({reason}); replace or remove "
                         "it") from None
+    if not any(k in ds for k in ("SOPClassUID", "Modality", *PIXEL_KEYWORDS)):  # a preamble over garbage
+        raise DataError(f"{path}: not a readable DICOM file (no data set after its header: corrupt or "
+                        "truncated); replace or remove it")
     meta = getattr(ds, "file_meta", None)
     spacing, source = _spacing(ds)
     orientation = ds.get("PatientOrientation") or ()

@@ -10,8 +10,9 @@ import numpy as np
 
 from lungseg.data.images import preprocess, read_image_file, require_radiograph, to_gray8
 from lungseg.data.layout import IMAGE_DIR, IMAGE_SUFFIXES, split_dir
-from lungseg.dicom.read import DICOM_FEATURE, read_dicom
+from lungseg.dicom.read import DICOM_FEATURE, DicomFilm, read_dicom, read_film
 from lungseg.errors import DataError, require_extra
+from lungseg.inference.gate import OK, Status, gate
 
 # read_dicom and DICOM_FEATURE live in lungseg.dicom.read; imported here for this module's callers
 __all__ = ["DICOM_FEATURE", "InputFile", "find_inputs", "is_dicom", "read_dicom", "read_input"]
@@ -85,6 +86,20 @@ def read_input(path: Path, intensity: str = "window") -> np.ndarray:
     path = Path(path)
     raw = read_dicom(path) if is_dicom(path) else read_image_file(path)
     return to_gray8(require_radiograph(raw, str(path)), intensity)
+
+
+def read_checked(path: Path, intensity: str = "window") -> tuple[np.ndarray | None, Status, DicomFilm | None]:
+    """An input through the input gate (``lungseg.inference.gate``): a DICOM's attributes first (a film they refuse
+    is never decoded), then its pixels. Returns (grayscale by the intensity rule, or None when refused; the
+    verdict; the DICOM it came from, None for other files). An unreadable file raises its DataError."""
+    path = Path(path)
+    film = read_film(path) if is_dicom(path) else None
+    status = gate(film) if film is not None else OK
+    if status.refused:
+        return None, status, film
+    raw = require_radiograph(film.pixels() if film is not None else read_image_file(path), str(path))
+    status = gate(film, raw)
+    return (None if status.refused else to_gray8(raw, intensity)), status, film
 
 
 CALIBRATION_SPLIT = "train"  # a dataset root calibrates on its training images, never on val or test

@@ -10,19 +10,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lungseg.errors import DataError
+from lungseg.inference.sides import CSV_COLUMNS as SIDES_COLUMNS
 
 PREDICTIONS = "predictions.csv"
 REQUIRED = ("input", "mask")
 FIX = "pass the output= folder of a lungseg.predict run"
-CSV_COLUMNS = ("input", "mask", "height", "width", "lung_fraction", "area_image_left_px", "area_image_right_px",
-               "large_components", "plausibility", "quality_score", "needs_review", "inverted")
+CSV_COLUMNS = ("input", "mask", "status", "status_reason", "height", "width", "lung_fraction", "area_image_left_px",
+               "area_image_right_px", "large_components", "plausibility", "quality_score", "needs_review",
+               "inverted", *SIDES_COLUMNS, "seg", "content_sha256")
 TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")  # with truth=: the written mask against the reference mask
 
 
-def output_paths(output: Path, key: str, overlays: bool = True, probabilities: bool = False) -> dict[str, Path]:
-    """Where one input's files go: ``masks/<key>.png``, ``overlays/<key>.png``, ``probabilities/<key>.png``."""
-    kinds = ["masks"] + (["overlays"] if overlays else []) + (["probabilities"] if probabilities else [])
-    return {kind: output / kind / f"{key}.png" for kind in kinds}
+OUTPUT_FORMATS = ("png", "seg")  # PNG masks (with overlays and probabilities as asked); DICOM SEG of DICOM films
+
+
+def output_paths(output: Path, key: str, overlays: bool = True, probabilities: bool = False,
+                 formats: tuple[str, ...] = ("png",)) -> dict[str, Path]:
+    """Where one input's files go: ``masks/<key>.png``, ``overlays/<key>.png``, ``probabilities/<key>.png`` (with
+    ``png``) and ``seg/<key>.dcm`` (with ``seg``; written for DICOM films only)."""
+    kinds = [*(["masks"] if "png" in formats else []), *(["overlays"] if overlays else []),
+             *(["probabilities"] if probabilities else [])]
+    paths = {kind: output / kind / f"{key}.png" for kind in kinds}
+    if "seg" in formats:
+        paths["seg"] = output / "seg" / f"{key}.dcm"
+    return paths
 
 
 def truthy(text: str | None) -> bool:

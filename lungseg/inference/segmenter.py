@@ -23,7 +23,8 @@ from lungseg.artifacts.description import ModelDescription
 from lungseg.data.images import preprocess, require_radiograph, to_gray8
 from lungseg.errors import DataError, LungsegError
 from lungseg.inference.backends import Backend, load_backend, model_sources
-from lungseg.inference.inputs import read_input
+from lungseg.inference.gate import OK, Status, check_image
+from lungseg.inference.inputs import read_checked, read_input
 from lungseg.inference.postprocess import PlausibilityLimits, finish_mask
 from lungseg.inference.quality import REVIEW_BELOW, QualitySettings, features, score, tta_inputs, tta_outputs
 from lungseg.settings import fraction
@@ -50,6 +51,24 @@ class Segmentation:
     needs_review: bool = False           # quality_score below the segmenter's operating point
     quality_features: dict[str, float] = field(default_factory=dict)  # what the score was computed from
     inverted: bool = False           # read with its grey levels inverted (a MONOCHROME1 film read as MONOCHROME2)
+    status: Status = OK              # the input gate's verdict: ok, or flagged with the reason (gate=True)
+    source: Any = None               # the DICOM the film came from (``lungseg.dicom.read.DicomFilm``), else None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An input the gate refused (gate=True): no mask; yielded in its place by ``predict_many``."""
+
+    image: str                       # its path, or "image array"
+    status: Status                   # status "refused" and the reason
+    source: Any = None               # the DICOM it came from, if it was one
+
+    def __str__(self) -> str:
+        return f"{self.image}: refused: {self.status.reason}"
+
+
+class RefusedInput(DataError):
+    """``segment``/``predict`` on one input the gate refused."""
 
 
 def as_gray(image: ImageInput, intensity: str = "window") -> np.ndarray:
@@ -70,13 +89,26 @@ def as_gray(image: ImageInput, intensity: str = "window") -> np.ndarray:
     return to_gray8(array, intensity)
 
 
-def _prepare(image: ImageInput, size: int, intensity: str) -> tuple[np.ndarray, np.ndarray] | DataError:
-    """An input as (grayscale at its own size, model input (1, s, s) float32), or the DataError it raised."""
+def read_gated(image: ImageInput, intensity: str = "window") -> tuple[np.ndarray | None, Status, Any]:
+    """An input through the input gate: (grayscale, or None when refused; the verdict; its DICOM or None)."""
+    if isinstance(image, (str, Path)):
+        return read_checked(Path(image), intensity)
+    gray = as_gray(image, intensity)  # validates the array first
+    status = check_image(np.asarray(image))
+    return (None if status.refused else gray), status, None
+
+
+def _prepare(image: ImageInput, size: int, intensity: str, gated: bool
+             ) -> tuple[np.ndarray, np.ndarray, Status, Any] | DataError | Refused:
+    """An input as (grayscale at its own size, model input (1, s, s) float32, the gate's verdict, its DICOM), or
+    the DataError it raised, or its refusal (``gated``: through the input gate)."""
     try:
-        gray = as_gray(image, intensity)
+        gray, status, source = read_gated(image, intensity) if gated else (as_gray(image, intensity), OK, None)
     except DataError as err:
         return err
-    return gray, preprocess(gray, size)[None]
+    if gray is None:
+        return Refused(str(image) if isinstance(image, (str, Path)) else "image array", status, source)
+    return gray, preprocess(gray, size)[None], status, source
 
 
 class LungSegmenter:
@@ -88,19 +120,22 @@ class LungSegmenter:
     passes); ``review_below`` is the score under which a mask ``needs_review`` (None: ``lungseg.inference.quality``'s).
     ``polarity="auto"`` reads a film with inverted grey levels (white lungs: a MONOCHROME1 film saved without its
     tag) the right way round: a film whose mask scores low is segmented inverted too, and the clearly better
-    reading is kept (``Segmentation.inverted``); ``"as_read"`` trusts the file.
+    reading is kept (``Segmentation.inverted``); ``"as_read"`` trusts the file. ``gate=True`` puts every input
+    through the input gate (``lungseg.inference.gate``): a refused one gets no mask (``Refused`` in
+    ``predict_many``'s stream, ``RefusedInput`` from ``segment``), a flagged one carries the reason.
     """
 
     def __init__(self, backend: Backend, threshold: float | None = None, postprocess: bool = True,
                  tta_flip: bool = False, plausibility: PlausibilityLimits | None = None, quality_tta: bool = False,
-                 review_below: float | None = None, polarity: str = "auto") -> None:
+                 review_below: float | None = None, polarity: str = "auto", gate: bool = False) -> None:
         self.backend = backend
         self.description: ModelDescription = backend.description
         self.threshold = fraction(self.description.threshold if threshold is None else threshold, "threshold")
         fraction(review_below, "review_below", open_interval=False, optional=True)
         self.postprocess, self.tta_flip = postprocess, tta_flip
         self.plausibility = plausibility or PlausibilityLimits()
-        self.scoring = QualitySettings(tta=bool(quality_tta), review_below=REVIEW_BELOW if review_below is None else float(review_below))
+        self.scoring = QualitySettings(bool(quality_tta), REVIEW_BELOW if review_below is None else float(review_below))
+        self.gate = bool(gate)
         if polarity not in POLARITIES:
             raise LungsegError(f"polarity={polarity!r}: must be one of {', '.join(POLARITIES)}")
         self.polarity = polarity
@@ -230,11 +265,12 @@ class LungSegmenter:
     # --- from probabilities at the model's size to the final mask at the input's size ---
 
     def finish(self, gray: np.ndarray, prob: np.ndarray, views: np.ndarray | None = None, inverted: bool = False,
-               found: dict[str, float] | None = None) -> Segmentation:
+               found: dict[str, float] | None = None, status: Status = OK, source: Any = None) -> Segmentation:
         """Score the mask from ``prob`` (s, s) at the model's size (and its TTA ``views``, (V, s, s)); upsample
         ``prob`` to ``gray``'s size, threshold, post-process and measure the mask. ``inverted``: ``prob`` came
         from the film's inverted grey levels (``gray`` is returned so); ``found``: ``prob``'s quality features
-        without TTA, when already computed."""
+        without TTA, when already computed; ``status`` and ``source``: the gate's verdict and the DICOM, carried
+        along."""
         if found is None or views is not None:
             found = features(prob, self.threshold, self.postprocess, views)
         if inverted:
@@ -245,9 +281,10 @@ class LungSegmenter:
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob
         raw = (prob >= self.threshold).astype(np.uint8)
         final, stats = finish_mask(raw, self.postprocess, self.plausibility)
-        stats.update(quality_score=quality, needs_review=review, inverted=bool(inverted))
+        stats.update(quality_score=quality, needs_review=review, inverted=bool(inverted), status=status.status,
+                     status_reason=status.reason)
         return Segmentation(final > 0, prob.astype(np.float32, copy=False), gray, stats, quality, review, found,
-                            bool(inverted))
+                            bool(inverted), status, source)
 
     # --- the public API ---
 
@@ -256,10 +293,17 @@ class LungSegmenter:
         return as_gray(image, self.description.intensity)
 
     def segment(self, image: ImageInput) -> Segmentation:
-        """One radiograph (path or array) -> its :class:`Segmentation`."""
-        gray = self.read(image)
-        prob, inverted, found, views = self._model(preprocess(gray, self.image_size)[None, None])
-        return self.finish(gray, prob[0, 0], None if views is None else views[0], bool(inverted[0]), found[0])
+        """One radiograph (path or array) -> its :class:`Segmentation` (with ``gate``: ``RefusedInput`` when the
+        gate refuses it)."""
+        prepared = _prepare(image, self.image_size, self.description.intensity, self.gate)
+        if isinstance(prepared, DataError):
+            raise prepared
+        if isinstance(prepared, Refused):
+            raise RefusedInput(str(prepared))
+        gray, x, status, source = prepared
+        prob, inverted, found, views = self._model(x[None])
+        return self.finish(gray, prob[0, 0], None if views is None else views[0], bool(inverted[0]), found[0],
+                           status, source)
 
     def predict(self, image: ImageInput) -> np.ndarray:
         """One radiograph (path or array) -> bool lung mask (H, W) at its own size."""
@@ -269,10 +313,11 @@ class LungSegmenter:
         """One radiograph (path or array) -> float32 lung probabilities (H, W) at its own size."""
         return self.segment(image).probability
 
-    def _finish_into(self, sink: Callable[[int, Segmentation], Any] | None, index: int, gray: np.ndarray,
-                     *finish_args: Any) -> Any:
+    def _finish_into(self, sink: Callable[[int, Segmentation], Any] | None, index: int,
+                     prepared: tuple[np.ndarray, np.ndarray, Status, Any], *outputs: Any) -> Any:
         """:meth:`finish` one input, then hand it to ``sink`` (with its index in the stream) where one is given."""
-        result = self.finish(gray, *finish_args)
+        gray, _, status, source = prepared
+        result = self.finish(gray, *outputs, status=status, source=source)
         return result if sink is None else sink(index, result)
 
     def predict_many(self, images: Iterable[ImageInput], batch_size: int = 8, num_workers: int | None = None,
@@ -280,7 +325,8 @@ class LungSegmenter:
                      sink: Callable[[int, Segmentation], Any] | None = None) -> Iterator[Any]:
         """Segment ``images`` in batches, lazily and in order: decoding (``num_workers`` threads; None: the
         backend's default) and the upsampling/cleaning of one batch overlap with the model's work on the next.
-        An unreadable input raises its DataError, or with ``skip_errors`` is yielded as that error in its place.
+        An unreadable input raises its DataError, or with ``skip_errors`` is yielded as that error in its place; with
+        ``gate``, a refused input is yielded as its :class:`Refused` in its place.
         ``timing`` (a dict) receives ``model_s``: the seconds spent in the network, for a model-only rate.
         ``sink(index, segmentation)`` runs beside the cleaning, in the same threads (writing an input's files while
         the model runs the next batch), and its return value is yielded instead of the segmentation."""
@@ -291,10 +337,10 @@ class LungSegmenter:
         items = images if isinstance(images, Sequence) else list(images)
         workers = max(1, self.backend.default_workers() if num_workers is None else int(num_workers))
         starts = range(0, len(items), max(1, int(batch_size)))
-        pending: deque[Future | DataError] = deque()
+        pending: deque[Future | DataError | Refused] = deque()
         with ThreadPoolExecutor(workers) as decoders, ThreadPoolExecutor(FINISHERS) as finishers:
             def decode(start: int) -> list[Future]:
-                return [decoders.submit(_prepare, image, self.image_size, self.description.intensity)
+                return [decoders.submit(_prepare, image, self.image_size, self.description.intensity, self.gate)
                         for image in items[start:start + batch_size]]
 
             batches = deque(decode(start) for start in starts[:2])  # the next batch decodes while this one runs
@@ -305,18 +351,18 @@ class LungSegmenter:
                 first_error = next((i for i, p in enumerate(prepared) if isinstance(p, DataError)), None)
                 if first_error is not None and not skip_errors:  # the inputs before it are delivered, then it
                     prepared, error = prepared[:first_error], prepared[first_error]
-                ready = [p for p in prepared if not isinstance(p, DataError)]
+                ready = [p for p in prepared if not isinstance(p, (DataError, Refused))]
                 tick = time.perf_counter()
                 outputs: Iterator[tuple[Any, ...]] = iter(())
                 if ready:
-                    probs, inverted, found, views = self._model(np.stack([x for _, x in ready]))
+                    probs, inverted, found, views = self._model(np.stack([p[1] for p in ready]))
                     outputs = zip(probs[:, 0], views if views is not None else [None] * len(ready), inverted,
                                   found, strict=True)
                 if timing is not None:
                     timing["model_s"] = timing.get("model_s", 0.0) + time.perf_counter() - tick
-                entries: list[Future | DataError] = [  # in input order, errors in their inputs' places
-                    p if isinstance(p, DataError) else finishers.submit(self._finish_into, sink, starts[k] + j, p[0],
-                                                                        *next(outputs))
+                entries: list[Future | DataError | Refused] = [  # in input order, errors in their inputs' places
+                    p if isinstance(p, (DataError, Refused)) else finishers.submit(self._finish_into, sink,
+                                                                                   starts[k] + j, p, *next(outputs))
                     for j, p in enumerate(prepared)]
                 pending.extend(entries)
                 if first_error is not None and not skip_errors:
@@ -329,5 +375,5 @@ class LungSegmenter:
                 yield _result(pending.popleft())
 
 
-def _result(item: Future | DataError) -> Any:
-    return item if isinstance(item, DataError) else item.result()
+def _result(item: Future | DataError | Refused) -> Any:
+    return item if isinstance(item, (DataError, Refused)) else item.result()

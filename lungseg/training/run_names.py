@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from lungseg.atomic import write_text
 from lungseg.config import in_multirun
 
 SWEEP_FILE = "sweep.yaml"
@@ -85,7 +86,7 @@ def write_sweep_file(sweep_dir: Path, overrides: Iterable[str], params: Mapping[
     overrides = [str(o) for o in overrides]
     keys = sweep_keys(overrides, params)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump({"varying": keys, "overrides": overrides}, sort_keys=False))
+    write_text(sweep_dir / SWEEP_FILE, yaml.safe_dump({"varying": keys, "overrides": overrides}, sort_keys=False))
     return keys
 
 
