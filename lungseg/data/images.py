@@ -183,7 +183,7 @@ def read_mask(path: Path) -> np.ndarray:
             raise DataError(f"{path}: colour mask (colours found: {', '.join(colours(mask))}); masks must be "
                             "black background and white lung: convert the lung colour to white, the rest to black")
     levels = _levels(to_gray8(mask, "minmax"))
-    if len(levels) <= 2:  # two-valued (0/255, 0/1, ...): binary whatever its levels
+    if len(levels) == 2:  # two-valued (0/255, 0/1, ...): binary whatever its levels
         return binarize(mask)
     grey = grey_fraction(mask)
     if grey > MAX_GREY_FRACTION:
