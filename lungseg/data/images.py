@@ -191,7 +191,7 @@ def read_mask(path: Path) -> np.ndarray:
             f"{path}: mask is not binary ({grey:.1%} of pixels are mid-grey); "
             "masks must be black background and white lung (threshold at 128)"
         )
-    if levels[-1] < MASK_THRESHOLD:
+    if len(levels) > 2 and levels[-1] < MASK_THRESHOLD:  # many low levels: a 0/1 mask through JPEG
         raise DataError(f"{path}: mask values only reach {levels[-1]} over {len(levels)} grey levels (a 0/1 mask saved "
                         "as JPEG?); save masks losslessly (PNG) with lung 255 or 1 and background 0")
     return binarize(mask)
