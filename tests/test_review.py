@@ -252,14 +252,14 @@ def test_what_is_not_a_prediction_folder_is_one_line(folder: Path, tmp_path: Pat
 
 
 def add_dicom_columns(folder: Path) -> str:
-    """predictions.csv with the DICOM work's columns (status, reason, left_area_mm2): the best
+    """predictions.csv as a DICOM run writes it (status, status_reason, the lungs in mm2): the best
     unflagged film marked status=flagged; returns its key."""
     rows = read_rows(folder / "predictions.csv")
     best = max((r for r in rows if r["needs_review"] == "False"),
                key=lambda r: float(r["quality_score"]))
     for r in rows:
-        r.update(status="flagged" if r is best else "ok", reason="no pixel spacing" if r is best
-                 else "", left_area_mm2=f"{float(r['area_image_left_px']) * 0.02:.1f}")
+        r.update(status="flagged" if r is best else "ok", status_reason="no pixel spacing" if r is best
+                 else "", left_lung_area=f"{float(r['area_image_left_px']) * 0.02:.1f}", area_unit="mm2")
     with (folder / "predictions.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -283,7 +283,8 @@ def test_flagged_films_come_first_then_the_lowest_score_page_by_page(folder: Pat
         card = next(c for c in pages[1]["films"] if c["key"] == marked)
         assert card["flagged"] and card["status"] == "flagged"
         assert card["reason"] == "no pixel spacing"
-        assert card["figures"]["left_area_mm2"] == rows[marked]["left_area_mm2"]
+        assert card["figures"]["left_lung_area"] == rows[marked]["left_lung_area"]
+        assert card["figures"]["area_unit"] == "mm2"
         assert card["figures"]["dice"] == rows[marked]["dice"]
         assert card["score"] == float(rows[marked]["quality_score"])
 

@@ -33,9 +33,10 @@ from lungseg.review.images import Thumbnails, picture
 
 STATIC = Path(__file__).parent / "static"
 # Columns a card shows in a place of their own; the other columns are listed under "more".
-OWN_PLACE = ("input", "mask", "quality_score", "needs_review", "inverted", "status", "reason",
+OWN_PLACE = ("input", "mask", "quality_score", "needs_review", "inverted", "status", "status_reason", "seg",
              "plausibility", "quality")  # quality: the plausibility flags' name before lungseg 0.3
-FIGURES = ("lung_fraction", "large_components", "dice", "iou")  # and every *_px, *_mm, *_mm2
+FIGURES = ("lung_fraction", "large_components", "dice", "iou", "left_lung_area", "right_lung_area",
+           "left_lung_height", "right_lung_height", "area_unit")  # and every *_px, *_mm, *_mm2
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
@@ -101,7 +102,7 @@ class ReviewState:
         return {
             "key": film.key, "rank": self.rank[film.key], "input": row.get("input", ""),
             "score": film.score, "flagged": film.flagged, "refused": film.refused,
-            "inverted": film.inverted, "status": film.status, "reason": row.get("reason", ""),
+            "inverted": film.inverted, "status": film.status, "reason": row.get("status_reason", ""),
             "plausibility": row.get("plausibility", row.get("quality", "")), "has_mask": film.mask is not None,
             "figures": {k: v for k, v in row.items()
                         if _figure(k) and k not in OWN_PLACE and v != ""},
