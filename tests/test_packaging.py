@@ -66,7 +66,7 @@ def test_onnx_verification_without_onnxruntime(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingExtraError) as err:
         run_exported(tmp_path / "m.onnx", np.zeros((1, 1, 8, 8), np.float32))
-    assert str(err.value) == "ONNX export " + missing("export")
+    assert str(err.value) == "Running ONNX models " + missing("export")
 
 
 def test_dicom_input_without_pydicom(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

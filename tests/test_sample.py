@@ -24,7 +24,9 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def all_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` but the writer's lock file (kept beside the dataset, empty)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith(".lock")}
 
 
 def read_pairs(root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -40,7 +42,7 @@ def test_layout_and_counts(small_set: Path) -> None:
         assert sorted(p.name for p in (folder / "mask").iterdir()) == sorted(mask_name(n) for n in numbers)
         pairs, problems = find_pairs(small_set, split)
         assert problems == [] and len(pairs) == len(numbers)
-    assert sorted(p.name for p in small_set.iterdir()) == [DATASET_DIR]
+    assert sorted(p.name for p in small_set.iterdir()) == [f".{DATASET_DIR}.lock", DATASET_DIR]
     assert [p.name for p in small_set.parent.iterdir()] == [small_set.name]  # no temporary folder left
     for image, mask in read_pairs(small_set):
         assert image.shape == mask.shape == (256, 256) and image.dtype == np.uint8
@@ -118,24 +120,24 @@ def test_ensure_writes_when_absent_and_logs_where(tmp_path: Path, caplog: pytest
 def test_interrupted_write_leaves_nothing_and_rerun_succeeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
-    real_imwrite, calls = cv2.imwrite, []
+    real_imencode, calls = cv2.imencode, []
 
-    def flaky_imwrite(path: str, *args: object) -> bool:
-        calls.append(path)
+    def flaky_imencode(suffix: str, *args: object) -> tuple[bool, object]:
+        calls.append(suffix)
         if len(calls) > 5:
             if failure == "raises":
                 raise KeyboardInterrupt
-            return False
-        return real_imwrite(path, *args)
+            return False, None
+        return real_imencode(suffix, *args)
 
     root = tmp_path / "sample"
-    monkeypatch.setattr(cv2, "imwrite", flaky_imwrite)
+    monkeypatch.setattr(cv2, "imencode", flaky_imencode)
     with pytest.raises(KeyboardInterrupt if failure == "raises" else OSError):
         write_sample_dataset(root, **SMALL)
     assert len(calls) == 6
     assert not (root / DATASET_DIR).exists()
-    assert [p.name for p in tmp_path.iterdir()] in ([], ["sample"])  # the partial folder is gone
-    monkeypatch.setattr(cv2, "imwrite", real_imwrite)
+    assert [p.name for p in (tmp_path / "sample").iterdir()] == [f".{DATASET_DIR}.lock"]  # the partial folder is gone
+    monkeypatch.setattr(cv2, "imencode", real_imencode)
     write_sample_dataset(root, **SMALL)
     assert len(all_files(root)) == 16
 
