@@ -17,6 +17,7 @@ EXIT_USER_ERROR = 2
 # What each optional extra of pyproject.toml brings, as its missing-extra message names it.
 EXTRAS = {
     "export": "onnx and onnxruntime",
+    "openvino": "OpenVINO (and NNCF for its INT8 export)",
     "dicom": "pydicom >= 3, highdicom and the pylibjpeg decoders",
     "kaggle": "the kaggle package",
     "sweep": "the Hydra sweep plugins (Optuna sweeper, joblib and submitit launchers)",

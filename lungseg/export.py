@@ -9,6 +9,10 @@ that ``LungSegmenter.from_pretrained`` loads.
 
 ``format=onnx quantize=int8 calibration=<dataset root or folder>`` writes a static INT8 model instead (QDQ, per-channel
 weights; ``lungseg.artifacts.quantize``), calibrated on ``calibration_images`` radiographs; same input, output and metadata.
+
+``format=openvino`` writes the OpenVINO IR (``.xml`` + ``.bin``) of the same graph, the description and card in its
+``rt_info`` (``lungseg.artifacts.openvino``); with ``quantize=int8`` NNCF's INT8, refused when its mean val Dice
+drops more than ``max_dice_drop`` (``lungseg.evaluation.quantization``).
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import torch
 from omegaconf import DictConfig
 
 from lungseg.artifacts.checkpoint import TrainedModel, load_checkpoint
-from lungseg.artifacts.contract import DESCRIPTION_FIELD, INPUT_NAME, OUTPUT_NAME
-from lungseg.artifacts.exports import ProbabilityModel, export_onnx, export_program, run_program
+from lungseg.artifacts.contract import INPUT_NAME, OUTPUT_NAME
+from lungseg.artifacts.exports import ProbabilityModel, export_metadata, export_onnx, export_program, run_program
 from lungseg.artifacts.model_card import model_card
 from lungseg.artifacts.pretrained import save_pretrained
 from lungseg.artifacts.quantize import quantization_card, quantize_int8
@@ -49,11 +53,16 @@ from lungseg.settings import refuse_existing, writable_dir
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "pretrained": ""}
+FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "pretrained": "", "openvino": ".xml"}
 
 
 def run_exported(path: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities from an exported file (ONNX Runtime for .onnx, torch.export.load for .pt2)."""
+    """Probabilities from an exported file (ONNX Runtime for .onnx, OpenVINO for .xml in fp32, torch.export.load for
+    .pt2)."""
+    if path.suffix == ".xml":
+        from lungseg.inference.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(path, "cpu", precision="32-true").probabilities(images)
     if path.suffix == ".onnx":
         return onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: images.astype(np.float32)})[0]
     return run_program(path, torch.from_numpy(images)).numpy()
@@ -79,6 +88,30 @@ def verify_int8(model: TrainedModel, output: Path, images: np.ndarray) -> tuple[
     return float(np.abs(got - expected).max()), mask_dice(got >= model.description.threshold, expected >= model.description.threshold)
 
 
+def write_openvino(cfg: DictConfig, model: TrainedModel, metadata: dict[str, str], staged: Path,
+                   calibration: np.ndarray | None) -> tuple[str, dict[str, object]]:
+    """Write the IR ``staged`` (+ ``.bin``): fp32, or with ``calibration`` images NNCF INT8 checked on the val films
+    (``lungseg.evaluation.quantization``, refused past ``max_dice_drop``). Returns the card written into it and the
+    quantisation's details (empty for fp32)."""
+    from lungseg.artifacts.openvino import save_ir, to_openvino, write_metadata
+
+    converted = to_openvino(model, metadata, int(cfg.opset), bool(cfg.dynamic_size))
+    card, details = metadata["model_card"], {}
+    if calibration is not None:
+        from lungseg.evaluation.quantization import quantization_card as checked_card
+        from lungseg.evaluation.quantization import quantize_checked, validation_root
+
+        converted, details = quantize_checked(
+            converted, calibration, validation_root(cfg), model.description, max_dice_drop=float(cfg.max_dice_drop),
+            restore_iterations=int(cfg.accuracy_control_iterations), calibration_source=Path(cfg.calibration).name,
+            threads=cfg.get("threads"))
+        card += checked_card(details)
+        write_metadata(converted, {"model_card": card, "quantization": json.dumps(details),
+                                   "calibration_source": Path(cfg.calibration).name})
+    save_ir(converted, staged)
+    return card, details
+
+
 def check_quantize(cfg: DictConfig) -> list[Path]:
     """Refuse a ``quantize`` setting export cannot honour; for ``int8`` the calibration radiographs to use."""
     quantize = cfg.get("quantize")
@@ -86,8 +119,9 @@ def check_quantize(cfg: DictConfig) -> list[Path]:
         return []
     if quantize != "int8":
         raise LungsegError(f"quantize={quantize}: use null (fp32) or int8")
-    if cfg.format != "onnx":
-        raise LungsegError(f"quantize=int8 needs format=onnx (onnxruntime static quantisation), not {cfg.format}")
+    if cfg.format not in ("onnx", "openvino"):
+        raise LungsegError(f"quantize=int8 needs format=onnx (onnxruntime static quantisation) or format=openvino "
+                           f"(NNCF, accuracy-checked), not {cfg.format}")
     if not cfg.get("calibration"):
         raise LungsegError("quantize=int8 needs calibration=<a dataset root (its train split's images are used) or "
                            "a folder of radiographs>: static INT8 measures activation ranges on real images")
@@ -121,8 +155,10 @@ def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
     """Write the export to ``output`` (staged beside it, then renamed into place), its card, and verify it."""
     size, divisor = model.description.image_size, int(getattr(model.net, "divisor", 1))
     card = model_card(model.description)
-    if calibration:
+    if calibration and cfg.format == "onnx":
         card += quantization_card(len(calibration), Path(cfg.calibration).name)
+    images = calibration_images(calibration, size, model.description.intensity) if calibration else None
+    result: dict[str, object] = {"output": output, "image_size": size}
     remove_stale(output)  # what a killed export left beside it
     work = temp_path(output)
     work.mkdir()
@@ -134,11 +170,13 @@ def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
             elif cfg.format == "onnx":
                 fp32 = work / "fp32.onnx" if calibration else staged
                 export_onnx(ProbabilityModel(model.net), fp32, size, int(cfg.opset), bool(cfg.dynamic_size),
-                            {"size_divisor": str(divisor), "source_checkpoint": ckpt.name,
-                             DESCRIPTION_FIELD: json.dumps(model.description.to_dict()), "model_card": card})
+                            export_metadata(model, ckpt.name, card))
                 if calibration:
-                    images = calibration_images(calibration, size, model.description.intensity)
                     quantize_int8(fp32, staged, images, INPUT_NAME, {"calibration_source": Path(cfg.calibration).name})
+            elif cfg.format == "openvino":
+                card, details = write_openvino(cfg, model, export_metadata(model, ckpt.name, card), staged, images)
+                if details:
+                    result["quantization"] = details
             else:
                 export_program(ProbabilityModel(model.net), staged, size, divisor, bool(cfg.dynamic_size))
             if staged.is_dir():
@@ -146,12 +184,13 @@ def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
             else:
                 if output.is_dir():
                     shutil.rmtree(output)
+                if cfg.format == "openvino":  # the weights first: the .xml is what names the model
+                    os.replace(staged.with_suffix(".bin"), output.with_suffix(".bin"))
                 os.replace(staged, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if cfg.format != "pretrained":
         write_text(output.with_name(f"{output.name}.README.md"), card)
-    result: dict[str, object] = {"output": output, "image_size": size}
     if cfg.verify and calibration:
         result["max_abs_diff"], result["mask_dice"] = verify_int8(model, output, images)
         log.info("INT8 and PyTorch fp32 probabilities differ by at most %.4f on the %d calibration images; their "

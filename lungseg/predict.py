@@ -161,12 +161,12 @@ def segmenter(cfg: DictConfig) -> LungSegmenter:
                "quality_tta": bool(cfg.quality.get("tta", False)), "review_below": cfg.quality.get("review_below"),
                "polarity": str(cfg.polarity), "gate": bool(cfg.gate)}
     sources = model_sources(cfg.get("model_path") or cfg.get("ckpt_path"))
-    if not all(s.lower().endswith(".onnx") for s in sources):
+    if not all(s.lower().endswith((".onnx", ".xml")) for s in sources):
         from lungseg.runtime import set_threads
 
         set_threads(cfg.get("threads"))
     return LungSegmenter.load(sources, str(cfg.device), cfg.precision, cfg.get("image_size"), cfg.get("threads"),
-                              **options)
+                              backend=cfg.get("backend"), **options)
 
 
 

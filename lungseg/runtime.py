@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lungseg.cpu import cpu_has_avx512, cpu_has_native_bf16
 from lungseg.errors import LungsegError
 
 if TYPE_CHECKING:
@@ -19,34 +19,6 @@ log = logging.getLogger(__name__)
 # Lightning's precision names and the autocast dtype each means (None: plain fp32)
 AUTOCAST = {"32-true": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
 ALIASES = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
-
-
-# Overrides the CPU's bf16 detection: 1 treats it as a bf16 CPU (emulated where it has none: slow, but the same
-# arithmetic, so an AVX2 machine can check the bf16 path), 0 as an fp32 CPU. Unset: read /proc/cpuinfo.
-CPU_BF16_ENV = "LUNGSEG_CPU_BF16"
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX), or ``LUNGSEG_CPU_BF16`` says to act so;
-    emulated bf16 is slower than fp32, so it is never picked by itself."""
-    forced = os.environ.get(CPU_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    if forced:
-        raise LungsegError(f"{CPU_BF16_ENV}={forced}: use 1 (act as a bf16 CPU), 0 (an fp32 CPU) or leave it unset")
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_has_avx512() -> bool:
-    """True when the CPU has AVX-512 (oneDNN's fast channels_last kernels for every convolution pass)."""
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
 
 
 def use_channels_last(setting: bool | str, device_type: str = "cpu", training: bool = True) -> bool:

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lungseg.runtime import CPU_BF16_ENV, cpu_has_native_bf16
+from lungseg.cpu import CPU_BF16_ENV, cpu_has_native_bf16
 from tests.helpers import CONF, train_tiny, write_split
 
 

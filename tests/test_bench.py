@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from lungseg.bench import synthetic_set
+from lungseg.bench.scale import synthetic_set
 from tests.helpers import ROOT
 
 

@@ -28,7 +28,7 @@ def read_description(metadata: Mapping[str, str], path: Path) -> ModelDescriptio
 def signature_problem(inputs: list[tuple[str, str, list]], outputs: list[str]) -> str | None:
     """What keeps a model with these inputs ((name, element type, shape)) and output names from being a lungseg
     model, or None when it takes lungseg's input."""
-    if (len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1] in ("float", "float32", "tensor(float)")
+    if (len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1] in ("float", "float32", "f32", "tensor(float)")
             and len(inputs[0][2]) == 4 and inputs[0][2][1] == 1 and OUTPUT_NAME in outputs):
         return None
     found = ", ".join(f"{name} {kind} {shape}" for name, kind, shape in inputs)

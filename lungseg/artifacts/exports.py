@@ -5,13 +5,15 @@ writer turns a failed disk write into an abort at exit, lungseg's into one OSErr
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lungseg.artifacts.contract import INPUT_NAME, OUTPUT_NAME
+from lungseg.artifacts.checkpoint import TrainedModel
+from lungseg.artifacts.contract import DESCRIPTION_FIELD, INPUT_NAME, OUTPUT_NAME
 from lungseg.atomic import write_bytes
 from lungseg.errors import require_extra
 
@@ -25,6 +27,13 @@ class ProbabilityModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(image))
+
+
+def export_metadata(model: TrainedModel, source: str, card: str) -> dict[str, str]:
+    """What an exported file carries beside the weights (ONNX metadata_props, OpenVINO rt_info): its size
+    divisor, the checkpoint it came from, the description and the card."""
+    return {"size_divisor": str(int(getattr(model.net, "divisor", 1))), "source_checkpoint": source,
+            DESCRIPTION_FIELD: json.dumps(model.description.to_dict()), "model_card": card}
 
 
 def export_onnx(model: ProbabilityModel, path: Path, size: int, opset: int = 17, dynamic_size: bool = True,

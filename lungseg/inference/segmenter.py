@@ -173,13 +173,25 @@ class LungSegmenter:
         return cls(OnnxBackend(path, device, threads), **options)
 
     @classmethod
+    def from_openvino(cls, path: str | Path, device: str = "auto", threads: int | None = None,
+                      precision: str | None = "auto", **options: Any) -> LungSegmenter:
+        """Load an OpenVINO IR (``.xml`` + ``.bin``, ``lungseg.export format=openvino``, fp32 or INT8) or an ONNX
+        file into OpenVINO; runs without torch. ``precision``: the float operations' (auto, 32-true, bf16-mixed)."""
+        from lungseg.inference.backends.openvino import OpenVinoBackend
+
+        return cls(OpenVinoBackend(path, device, threads, precision), **options)
+
+    @classmethod
     def load(cls, source: str | Path | Sequence[str | Path], device: str = "auto", precision: str | None = "auto",
-             image_size: int | None = None, threads: int | None = None, **options: Any) -> LungSegmenter:
-        """Any lungseg model: an ``.onnx`` file, a checkpoint (any other file), a pretrained folder or a Hub id;
-        a list of them is an ensemble (their probabilities averaged). ``image_size`` applies to checkpoints
-        from before lungseg 0.2, ``threads`` to ONNX models."""
+             image_size: int | None = None, threads: int | None = None, backend: str | None = None,
+             **options: Any) -> LungSegmenter:
+        """Any lungseg model: an ``.onnx`` file, an OpenVINO ``.xml``, a checkpoint (any other file), a pretrained
+        folder, an installed model's name or a Hub id; a list of them is an ensemble (their probabilities
+        averaged). ``backend``: torch, onnxruntime, openvino, auto (the fastest here, timed once and cached) or
+        None (by the file). ``image_size`` applies to checkpoints from before lungseg 0.2, ``threads`` to ONNX and
+        OpenVINO models."""
         sources = model_sources(source)
-        backends = [load_backend(s, device, precision, image_size, threads) for s in sources]
+        backends = [load_backend(s, device, precision, image_size, threads, backend) for s in sources]
         if len(backends) == 1:
             return cls(backends[0], **options)
         from lungseg.inference.backends.ensemble import EnsembleBackend

@@ -21,7 +21,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lungseg.bench import cpu_seconds
+from lungseg.bench.process import cpu_seconds
 from lungseg.config import CONFIG_DIR
 from lungseg.data.datamodule import LungDataModule
 
