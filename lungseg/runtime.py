@@ -5,6 +5,8 @@ it, so the torch-free paths (ONNX Runtime, OpenVINO) can ask about the host too.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -124,6 +126,38 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+# glibc's mallopt parameters (malloc.h) and the ceiling glibc itself gives its sliding mmap threshold on 64-bit
+# (DEFAULT_MMAP_THRESHOLD_MAX); when it slides there, it sets the trim threshold to twice that, as we do
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_MMAP_THRESHOLD = 32 * 2**20
+MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+MALLOC_TUNABLES = ("glibc.malloc.trim_threshold", "glibc.malloc.mmap_threshold", "glibc.malloc.top_pad",
+                   "glibc.malloc.mmap_max")
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse instead of giving them back to the kernel.
+
+    Each batch a DataLoader collates is a few MiB of fresh tensors, freed a step later. With glibc's sliding
+    thresholds, whether those blocks are handed back (the heap trimmed) after every batch and faulted in again,
+    zeroed page by page, for the next depends on where they fall in the heap: a cost per image that differs
+    from one process to the next, and with the set's size. Fixed thresholds make every batch reuse the pages the
+    process already has. Process-wide; a no-op on other C libraries and where ``MALLOC_*_`` variables or
+    ``GLIBC_TUNABLES`` set malloc's thresholds. True when set (or already set by this process)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(name in os.environ for name in MALLOC_ENV) or any(name in tunables for name in MALLOC_TUNABLES):
+        return False
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        libc = ctypes.CDLL(None)
+    except (ValueError, OSError, AttributeError):  # not glibc, or no confstr (Windows)
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
+                and libc.mallopt(M_TRIM_THRESHOLD, 2 * HEAP_MMAP_THRESHOLD))
 
 
 def default_num_workers() -> int:

@@ -62,7 +62,8 @@ def test_bench_scale_mode_grows_the_sets_and_measures_each(tmp_path: Path) -> No
                     "train_img_s", "data_ms_per_image", "decode_img_s", "data_epoch_cpu_s", "data_cpu_ms_per_image",
                     "workers_mb"):
             assert r[key] > 0, key
-        assert r["workers"] == 2  # the configured workers, whose CPU time and memory are counted
+        assert r["workers"] == 2  # the configured workers, whose CPU time, memory and page faults are counted
+        assert r["data_faults_per_image"] >= 0 and len(r["data_epochs_faults"]) == 2
         assert len(r["data_epochs_s"]) == 2 and r["peak_rss_mb"] >= r["data_peak_rss_mb"]
         assert r["cached_images"] == 15 and r["cache_mb"] == 15 * item / 2**20  # the budget, not the set, decides
     assert rows[0]["data_cost_vs_smallest"] == rows[0]["data_cpu_vs_smallest"] == 1.0

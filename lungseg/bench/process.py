@@ -59,3 +59,13 @@ def cpu_seconds() -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     return total
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process and its live children (the DataLoader workers) so far: pages the kernel
+    had to map (and zero) for them, a count that load on the machine does not change."""
+    total = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for pid in _children():
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])  # minflt
+    return total

@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lungseg.bench.process import cpu_seconds, peak_rss_mb, reset_peak_rss, rss_mb, workers_mb
+from lungseg.bench.process import cpu_seconds, minor_faults, peak_rss_mb, reset_peak_rss, rss_mb, workers_mb
 from lungseg.bench.speed import _device_name
 from lungseg.bench.timing import build_module, count_flops, model_variant
 from lungseg.data.dataset import MIB
@@ -105,12 +105,13 @@ def scale_row(cfg: DictConfig, root: Path, n: int) -> dict[str, Any]:
     datamodule.setup("fit")
     setup_s = time.perf_counter() - start
     loader = datamodule.train_dataloader()
-    epochs, cpu = [], []
+    epochs, cpu, faults = [], [], []
     for _ in range(cfg.scale.epochs):
-        start, start_cpu = time.perf_counter(), cpu_seconds()
+        start, start_cpu, start_faults = time.perf_counter(), cpu_seconds(), minor_faults()
         seen = sum(batch["image"].shape[0] for batch in loader)
         epochs.append(time.perf_counter() - start)
         cpu.append(cpu_seconds() - start_cpu)
+        faults.append(minor_faults() - start_faults)
     workers = workers_mb()  # the persistent workers, still there after the last epoch
     data_peak = peak_rss_mb() + workers
     del loader  # its workers stop
@@ -121,6 +122,7 @@ def scale_row(cfg: DictConfig, root: Path, n: int) -> dict[str, Any]:
     row = {"n_images": n, "data_epoch_s": statistics.median(epochs[1:] or epochs),
            "data_first_epoch_s": epochs[0], "data_epochs_s": epochs,
            "data_epoch_cpu_s": statistics.median(cpu[1:] or cpu), "data_epochs_cpu_s": cpu, "setup_s": setup_s,
+           "data_faults_per_image": statistics.median(faults[1:] or faults) / n, "data_epochs_faults": faults,
            "decode_img_s": (n + len(datamodule.dataset("val"))) / setup_s,
            "cached_images": cache.filled_count(), "cache_mb": cache.nbytes / MIB,
            "peak_rss_mb": peak, "data_peak_rss_mb": data_peak, "workers_mb": workers, "base_rss_mb": base,
@@ -196,7 +198,8 @@ def _scale_row(r: dict[str, Any]) -> str:
     return (f"{r['n_images']:>7} images: setup {r['setup_s']:6.1f} s ({r['decode_img_s']:6.0f} img/s decoded), "
             f"epoch {r['data_first_epoch_s']:6.2f} s first, {r['data_epoch_s']:6.2f} s later "
             f"({r['data_ms_per_image']:.3f} ms/image, x{r['data_cost_vs_smallest']:.2f}; CPU "
-            f"{r['data_cpu_ms_per_image']:.3f} ms/image, x{r['data_cpu_vs_smallest']:.2f}), cache "
+            f"{r['data_cpu_ms_per_image']:.3f} ms/image, x{r['data_cpu_vs_smallest']:.2f}; "
+            f"{r['data_faults_per_image']:.1f} page faults/image), cache "
             f"{r['cached_images']} images {r['cache_mb']:,.0f} MiB, peak {r['peak_rss_mb']:,.0f} MiB "
             f"(data {r['data_peak_rss_mb']:,.0f}, before {r['base_rss_mb']:,.0f}), train {r['train_img_s']:.2f} img/s")
 

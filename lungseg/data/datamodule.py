@@ -18,7 +18,7 @@ from lungseg.data.dataset import MIB, LungDataset, bad_files
 from lungseg.data.images import limit_opencv_threads
 from lungseg.data.layout import SPLITS, Pair, find_pairs, require_root
 from lungseg.errors import DataError
-from lungseg.runtime import default_num_workers
+from lungseg.runtime import default_num_workers, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def init_worker(worker_id: int) -> None:
     the rank is added so every DDP rank does too; the same ``seed=`` reproduces them all.
     """
     seed = torch.initial_seed() + RANK_STRIDE * rank_zero_only.rank
+    keep_freed_memory()  # a forked worker has it from its parent already, a spawned one sets it here
     pl_worker_init_function(worker_id)
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
@@ -245,6 +246,7 @@ class LungDataModule(L.LightningDataModule):
         """The split's loader; under DDP each rank gets its own share (the trainer's use_distributed_sampler is
         off: this is the one place that shards)."""
         limit_opencv_threads(self.num_workers)
+        keep_freed_memory()  # each batch reuses the pages of the ones before it
         dataset = self.dataset(split)
         rank, world = process_rank()
         sampler: Sampler[int] | None = None
