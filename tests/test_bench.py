@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import onnx
+import pytest
 
 from lungseg.bench.scale import synthetic_set
 from tests.helpers import ROOT
@@ -77,3 +79,33 @@ def test_bench_scale_mode_grows_the_sets_and_measures_each(tmp_path: Path) -> No
     assert projection["train_pairs"] == 16932 and projection["this_machine_epoch_s"] > 0
     assert projection["gpu_epoch_s"] == max(projection["gpu_model_s"], projection["gpu_data_s"]) > 0
     assert "one Kaggle epoch" in proc.stdout
+
+
+def test_bench_cohort_mode_times_predict_end_to_end_against_the_model(tiny_ckpt: Path, tmp_path: Path) -> None:
+    pytest.importorskip("highdicom", reason="mode=cohort writes DICOM SEG: pip install 'lungseg[dicom]'")
+    import pydicom
+
+    out, folder = tmp_path / "cohort.json", tmp_path / "films"
+    args = [sys.executable, "-m", "lungseg.bench", "mode=cohort", "device=cpu", "batch_size=2", "warmup=0",
+            "repeats=1", "cohort.films=3", "cohort.film_px=256", "cohort.rounds=2", f"cohort.folder={folder}"]
+    missing = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "mode=cohort needs a model: cohort.model=" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    proc = subprocess.run([*args, f"cohort.model={tiny_ckpt}", f"json={out}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rounds = result["rounds"]
+    assert len(rounds) == 2
+    for key in ("end_to_end_img_s", "model_only_img_s", "predict_model_img_s", "command_img_s"):
+        assert result[key] == pytest.approx(statistics.median(r[key] for r in rounds)) and result[key] > 0
+    assert result["share_of_model_only"] == pytest.approx(result["end_to_end_img_s"] / result["model_only_img_s"])
+    assert result["target_met"] == (result["share_of_model_only"] >= 0.8)
+    assert sum(result["counts"].values()) == 3  # every film accounted for: ok, flagged or refused
+    segmented = result["counts"].get("ok", 0) + result["counts"].get("flagged", 0)
+    assert result["files_written"]["seg"] == segmented == result["files_written"]["masks"]
+    films = sorted(folder.rglob("*.dcm"))
+    assert len(films) == 3 and result["settings"]["film_sizes"] == ["256x256"]
+    film = pydicom.dcmread(films[0])
+    assert (film.Modality, film.Rows, [float(v) for v in film.ImagerPixelSpacing]) == ("DX", 256, [0.143, 0.143])
+    assert f"end to end / model only: {result['share_of_model_only']:.0%}" in proc.stdout

@@ -8,6 +8,9 @@ measured in the same run.
 ``mode=backends`` (``bench/backends.py``): inference only, every backend and precision on this host timed side by
 side, interleaved.
 
+``mode=cohort`` (``bench/cohort.py``): a cohort of DICOM films through ``lungseg.predict`` end to end (SEG and
+CSV written) against the model-only rate of the same backend.
+
 ``mode=scale`` (``bench/scale.py``), as the dataset grows (``scale.sizes``): synthetic sets in the Kaggle layout through the real data
 module (setup with its decode into the cache, DataLoader epochs with the configured workers), the memory of the
 process and its workers, and training steps; then one epoch of the Kaggle set projected from them.
@@ -26,7 +29,8 @@ from lungseg.config import CONFIG_DIR, command_line
 from lungseg.errors import LungsegError, exit_on_user_error
 
 MODES = {"speed": "the model and pipeline at one size", "scale": "data, memory and training as the set grows",
-         "backends": "inference by every backend and precision, side by side"}
+         "backends": "inference by every backend and precision, side by side",
+         "cohort": "DICOM films through lungseg.predict end to end against the model alone"}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
@@ -40,6 +44,11 @@ def main(cfg: DictConfig) -> None:
 
         result = run_scale(cfg)
         text = scale_report(result)
+    elif cfg.mode == "cohort":
+        from lungseg.bench.cohort import cohort_report, run_cohort
+
+        result = run_cohort(cfg)
+        text = cohort_report(result)
     elif cfg.mode == "backends":
         from lungseg.bench.backends import backends_report, run_backends
 

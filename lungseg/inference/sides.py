@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lungseg.inference.postprocess import component_areas
+from lungseg.inference.postprocess import components, lookup
 
 if TYPE_CHECKING:
     from lungseg.dicom.read import DicomFilm
@@ -86,7 +86,7 @@ def left_on_image(patient_orientation: tuple[str, ...] | list[str] = ()) -> tupl
 def _lung(mask: np.ndarray, axis: int, spacing: tuple[float, float]) -> Lung:
     """Measure one lung; ``axis`` is the image axis across the patient (1: columns), the height runs
     along the other one."""
-    pixels = int(mask.sum())
+    pixels = int(np.count_nonzero(mask))
     along = 1 - axis  # the patient's long axis: rows for an upright film
     extent = np.flatnonzero(mask.any(axis=axis))  # the rows (upright) the lung reaches
     height = float(extent[-1] - extent[0] + 1) * spacing[along] if pixels else 0.0
@@ -110,22 +110,23 @@ def split_sides(mask: np.ndarray, patient_orientation: tuple[str, ...] | list[st
     mask = np.asarray(mask) > 0
     towards, side_source = left_on_image(patient_orientation)
     axis = 1 if towards in ("left", "right") else 0   # the image axis across the patient
-    coordinate = np.indices(mask.shape)[axis]
-    labels, areas = component_areas(mask.astype(np.uint8))
+    labels, areas, centroids = components(mask)
     order = np.argsort(areas[1:])[::-1] + 1
     centre = (mask.shape[axis] - 1) / 2
-    sums = np.bincount(labels.ravel(), weights=coordinate.ravel(), minlength=len(areas))
-    centres = sums / np.maximum(areas, 1)
+    centres = centroids[:, 1 - axis]  # centroids are (x, y): the column for an upright film
     two = len(order) >= 2 and areas[order[1]] >= MIN_SECOND_LUNG * areas[order[0]]
     line = (centres[order[0]] + centres[order[1]]) / 2 if two else centre
     high_side = centres > line
     high_side[0] = False  # the background
-    high = high_side[labels]
+    high = lookup(labels, high_side).view(bool)
     if not two and len(order):
         main = labels == order[0]
-        share = float((coordinate[main] > centre).mean())
+        beyond = np.zeros(mask.shape, bool)  # the pixels past the image centre across the patient
+        first = int(np.floor(centre)) + 1
+        beyond[(slice(None), slice(first, None)) if axis == 1 else (slice(first, None), slice(None))] = True
+        share = np.count_nonzero(main & beyond) / areas[order[0]]
         if JOINED_SHARE <= share <= 1 - JOINED_SHARE:  # both lungs joined: split at the centre
-            high = (high & ~main) | (main & (coordinate > centre))
+            high = (high & ~main) | (main & beyond)
     low = mask & ~high
     left, right = (high, low) if towards in ("right", "bottom") else (low, high)
     spacing = pixel_spacing if pixel_spacing is not None else (1.0, 1.0)
