@@ -101,8 +101,9 @@ def glob_escape(name: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", durable: bool = True, clean: bool = True,
-                **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | Path, mode: str = "wb", durable: bool = True, clean: bool = True, **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temp file beside ``path`` for writing; on success it replaces ``path``, on error it is removed.
     ``durable``: flushed to disk before the rename (off for data that can be made again, where a whole file
     matters and a power cut does not). ``clean``: first remove what killed writers of ``path`` left (off for
@@ -238,18 +239,22 @@ def output_lock(target: str | Path, setting: str, inside: bool = False) -> Itera
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise LungsegError(f"{setting}={target}: cannot write there ({err.strerror or err}); choose a writable "
-                           "folder") from None
+        raise LungsegError(
+            f"{setting}={target}: cannot write there ({err.strerror or err}); choose a writable folder"
+        ) from None
     lock = FileLock(lock_file, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise OutputBusyError(f"{setting}={target}: another lungseg process is writing there now; wait for it to "
-                              "finish or choose another output") from None
+        raise OutputBusyError(
+            f"{setting}={target}: another lungseg process is writing there now; wait for it to "
+            "finish or choose another output"
+        ) from None
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise LungsegError(f"{setting}={target}: cannot write there ({err.strerror}); choose a writable "
-                               "folder") from None
+            raise LungsegError(
+                f"{setting}={target}: cannot write there ({err.strerror}); choose a writable folder"
+            ) from None
         raise
     try:
         yield

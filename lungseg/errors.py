@@ -59,10 +59,12 @@ def require_extra(module: str, extra: str, feature: str) -> ModuleType:
 
 
 # Errors of the machine a user can fix (a full disk, a read-only or forbidden folder): one line, not a traceback.
-SYSTEM_ERRNOS = {errno.ENOSPC: "free space on that disk or choose another output",
-                 errno.EDQUOT: "free space within your quota or choose another output",
-                 errno.EROFS: "the file system is read-only; choose another output",
-                 errno.EACCES: "check its permissions or choose another path"}
+SYSTEM_ERRNOS = {
+    errno.ENOSPC: "free space on that disk or choose another output",
+    errno.EDQUOT: "free space within your quota or choose another output",
+    errno.EROFS: "the file system is read-only; choose another output",
+    errno.EACCES: "check its permissions or choose another path",
+}
 
 
 def user_message(err: BaseException) -> str | None:

@@ -40,8 +40,10 @@ def run_dir(ckpt_path: str | Path) -> Path:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Load, check, evaluate and write the report; return the metrics.json content."""
     if not cfg.get("ckpt_path") and not cfg.get("model_path"):
-        raise CheckpointError("no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model_path=DIR, "
-                              "a pretrained folder)")
+        raise CheckpointError(
+            "no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model_path=DIR, "
+            "a pretrained folder)"
+        )
     check_evaluate(cfg)
     reviewed = review_counts(cfg.review, required=True) if cfg.get("review") else None  # checked first
     sources = model_sources(cfg.get("ckpt_path") or cfg.get("model_path"))
@@ -49,13 +51,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(sources[0]) / "eval" / name
     refuse_existing(out, "output_dir", bool(cfg.overwrite))
     writable_dir(out.parent, "output_dir")
-    seg = LungSegmenter.load(sources, str(cfg.device), cfg.precision, cfg.data.image_size,
-                             threshold=cfg.get("threshold"), quality_tta=bool(cfg.quality.tta),
-                             review_below=cfg.quality.review_below, polarity=str(cfg.polarity))
+    seg = LungSegmenter.load(
+        sources,
+        str(cfg.device),
+        cfg.precision,
+        cfg.data.image_size,
+        threshold=cfg.get("threshold"),
+        quality_tta=bool(cfg.quality.tta),
+        review_below=cfg.quality.review_below,
+        polarity=str(cfg.polarity),
+    )
     source = Path(sources[0])  # an ensemble's report goes beside its first member's run, named for the ensemble
     size = seg.image_size
-    datamodule = instantiate(cfg.data, image_size=int(size), train_transform=None,
-                             intensity=seg.description.intensity)  # the model's own input rule
+    datamodule = instantiate(
+        cfg.data, image_size=int(size), train_transform=None, intensity=seg.description.intensity
+    )  # the model's own input rule
     dataset = datamodule.dataset(cfg.split)
     val = datamodule.dataset("val") if cfg.tune_threshold else None
     log.info("evaluating %s on %s/%s: %d images at %d px", source, cfg.data.root, cfg.split, len(dataset), size)
@@ -64,12 +74,26 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if val is not None:
         tuned = choose_threshold(seg, val, cfg.data.batch_size, cfg.auroc_bins)
         log.info("threshold with the best val Dice: %.4f (Dice %.4f)", *tuned)
-    results = score_split(seg, dataset, cfg.data.batch_size, (tuned[0],) if tuned else (), cfg.auroc_bins,
-                               cfg.calibration_bins, cfg.pixel_spacing_mm)
-    meta = {"checkpoint": sources[0] if len(sources) == 1 else sources, "data_root": str(cfg.data.root),
-            "split": cfg.split,
-            "image_size": int(size), "threshold": seg.threshold, "device": str(seg.device),
-            "precision": seg.precision, "quality_tta": seg.scoring.tta, "review_below": seg.scoring.review_below}
+    results = score_split(
+        seg,
+        dataset,
+        cfg.data.batch_size,
+        (tuned[0],) if tuned else (),
+        cfg.auroc_bins,
+        cfg.calibration_bins,
+        cfg.pixel_spacing_mm,
+    )
+    meta = {
+        "checkpoint": sources[0] if len(sources) == 1 else sources,
+        "data_root": str(cfg.data.root),
+        "split": cfg.split,
+        "image_size": int(size),
+        "threshold": seg.threshold,
+        "device": str(seg.device),
+        "precision": seg.precision,
+        "quality_tta": seg.scoring.tta,
+        "review_below": seg.scoring.review_below,
+    }
     if reviewed:
         meta["review"] = reviewed  # lungseg-review's decisions on a prediction folder (review=)
     samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)
@@ -89,21 +113,30 @@ def main(cfg: DictConfig) -> None:
     """Evaluate and print the headline numbers."""
     summary = evaluate(cfg)
     pooled, per_image = summary["pooled"], summary["per_image"]
-    print(f"{summary['n_images']} images: pooled Dice {pooled['dice']:.4f}, IoU {pooled['iou']:.4f}, "
-          f"AUROC {pooled['auroc']:.4f}; per-image Dice {per_image['dice_mean']:.4f} ± {per_image['dice_sd']:.4f}, "
-          f"HD95 {per_image['hd95_mean']:.2f} px, ASSD {per_image['assd_mean']:.2f} px")
+    print(
+        f"{summary['n_images']} images: pooled Dice {pooled['dice']:.4f}, IoU {pooled['iou']:.4f}, "
+        f"AUROC {pooled['auroc']:.4f}; per-image Dice {per_image['dice_mean']:.4f} ± {per_image['dice_sd']:.4f}, "
+        f"HD95 {per_image['hd95_mean']:.2f} px, ASSD {per_image['assd_mean']:.2f} px"
+    )
     clean = summary["postprocessed"]
-    print(f"post-processed (two largest components, holes filled): pooled Dice {clean['pooled_dice']:.4f}; "
-          f"per-image Dice {clean['dice_mean']:.4f} ± {clean['dice_sd']:.4f}, HD95 {clean['hd95_mean']:.2f} px, "
-          f"ASSD {clean['assd_mean']:.2f} px -> {summary['output_dir']}")
+    print(
+        f"post-processed (two largest components, holes filled): pooled Dice {clean['pooled_dice']:.4f}; "
+        f"per-image Dice {clean['dice_mean']:.4f} ± {clean['dice_sd']:.4f}, HD95 {clean['hd95_mean']:.2f} px, "
+        f"ASSD {clean['assd_mean']:.2f} px -> {summary['output_dir']}"
+    )
     q = summary["quality"]
     rho = "undefined" if q["spearman"] is None else f"{q['spearman']:.3f}"
-    bad = (f"{q['n_bad']} under Dice {q['bad_dice']:.2f}, {q['bad_flagged_share']:.0%} of them flagged" if q["n_bad"]
-           else f"none under Dice {q['bad_dice']:.2f}")
-    print(f"quality score vs Dice: Spearman {rho}; at quality.review_below={q['review_below']:.4f} "
-          f"{q['n_flagged']}/{q['n_images']} flagged ({q['flagged_share']:.0%}), {bad}; the highest operating point "
-          f"flagging at most a quarter of this split: quality.review_below={q['suggested_review_below']:.4f} "
-          f"(choose it on val)")
+    bad = (
+        f"{q['n_bad']} under Dice {q['bad_dice']:.2f}, {q['bad_flagged_share']:.0%} of them flagged"
+        if q["n_bad"]
+        else f"none under Dice {q['bad_dice']:.2f}"
+    )
+    print(
+        f"quality score vs Dice: Spearman {rho}; at quality.review_below={q['review_below']:.4f} "
+        f"{q['n_flagged']}/{q['n_images']} flagged ({q['flagged_share']:.0%}), {bad}; the highest operating point "
+        f"flagging at most a quarter of this split: quality.review_below={q['suggested_review_below']:.4f} "
+        f"(choose it on val)"
+    )
     if summary.get("review"):
         print(describe(summary["review"]))
 

@@ -8,7 +8,8 @@ file carries the model's description and card in its metadata; each file gets it
 that ``LungSegmenter.from_pretrained`` loads.
 
 ``format=onnx quantize=int8 calibration=<dataset root or folder>`` writes a static INT8 model instead (QDQ, per-channel
-weights; ``lungseg.artifacts.quantize``), calibrated on ``calibration_images`` radiographs; same input, output and metadata.
+weights; ``lungseg.artifacts.quantize``), calibrated on ``calibration_images`` radiographs; same input, output and
+metadata.
 
 ``format=openvino`` writes the OpenVINO IR (``.xml`` + ``.bin``) of the same graph, the description and card in its
 ``rt_info`` (``lungseg.artifacts.openvino``); with ``quantize=int8`` NNCF's INT8, refused when its mean val Dice
@@ -85,11 +86,14 @@ def verify_int8(model: TrainedModel, output: Path, images: np.ndarray) -> tuple[
     (the calibration radiographs; random noise says little about quantisation), and the Dice of their masks."""
     expected = LungSegmenter(TorchBackend(model, "cpu", "32-true")).probabilities(images)
     got = run_exported(output, images)
-    return float(np.abs(got - expected).max()), mask_dice(got >= model.description.threshold, expected >= model.description.threshold)
+    return float(np.abs(got - expected).max()), mask_dice(
+        got >= model.description.threshold, expected >= model.description.threshold
+    )
 
 
-def write_openvino(cfg: DictConfig, model: TrainedModel, metadata: dict[str, str], staged: Path,
-                   calibration: np.ndarray | None) -> tuple[str, dict[str, object]]:
+def write_openvino(
+    cfg: DictConfig, model: TrainedModel, metadata: dict[str, str], staged: Path, calibration: np.ndarray | None
+) -> tuple[str, dict[str, object]]:
     """Write the IR ``staged`` (+ ``.bin``): fp32, or with ``calibration`` images NNCF INT8 checked on the val films
     (``lungseg.evaluation.quantization``, refused past ``max_dice_drop``). Returns the card written into it and the
     quantisation's details (empty for fp32)."""
@@ -102,12 +106,20 @@ def write_openvino(cfg: DictConfig, model: TrainedModel, metadata: dict[str, str
         from lungseg.evaluation.quantization import quantize_checked, validation_root
 
         converted, details = quantize_checked(
-            converted, calibration, validation_root(cfg), model.description, max_dice_drop=float(cfg.max_dice_drop),
-            restore_iterations=int(cfg.accuracy_control_iterations), calibration_source=Path(cfg.calibration).name,
-            threads=cfg.get("threads"))
+            converted,
+            calibration,
+            validation_root(cfg),
+            model.description,
+            max_dice_drop=float(cfg.max_dice_drop),
+            restore_iterations=int(cfg.accuracy_control_iterations),
+            calibration_source=Path(cfg.calibration).name,
+            threads=cfg.get("threads"),
+        )
         card += checked_card(details)
-        write_metadata(converted, {"model_card": card, "quantization": json.dumps(details),
-                                   "calibration_source": Path(cfg.calibration).name})
+        write_metadata(
+            converted,
+            {"model_card": card, "quantization": json.dumps(details), "calibration_source": Path(cfg.calibration).name},
+        )
     save_ir(converted, staged)
     return card, details
 
@@ -120,11 +132,15 @@ def check_quantize(cfg: DictConfig) -> list[Path]:
     if quantize != "int8":
         raise LungsegError(f"quantize={quantize}: use null (fp32) or int8")
     if cfg.format not in ("onnx", "openvino"):
-        raise LungsegError(f"quantize=int8 needs format=onnx (onnxruntime static quantisation) or format=openvino "
-                           f"(NNCF, accuracy-checked), not {cfg.format}")
+        raise LungsegError(
+            f"quantize=int8 needs format=onnx (onnxruntime static quantisation) or format=openvino "
+            f"(NNCF, accuracy-checked), not {cfg.format}"
+        )
     if not cfg.get("calibration"):
-        raise LungsegError("quantize=int8 needs calibration=<a dataset root (its train split's images are used) or "
-                           "a folder of radiographs>: static INT8 measures activation ranges on real images")
+        raise LungsegError(
+            "quantize=int8 needs calibration=<a dataset root (its train split's images are used) or "
+            "a folder of radiographs>: static INT8 measures activation ranges on real images"
+        )
     return calibration_files(cfg.calibration, int(cfg.calibration_images))
 
 
@@ -150,8 +166,9 @@ def export(cfg: DictConfig) -> dict[str, object]:
         return write_export(cfg, model, ckpt, output, calibration)
 
 
-def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
-                 calibration: list[Path]) -> dict[str, object]:
+def write_export(
+    cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path, calibration: list[Path]
+) -> dict[str, object]:
     """Write the export to ``output`` (staged beside it, then renamed into place), its card, and verify it."""
     size, divisor = model.description.image_size, int(getattr(model.net, "divisor", 1))
     card = model_card(model.description)
@@ -169,8 +186,14 @@ def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
                 save_pretrained(model, staged)
             elif cfg.format == "onnx":
                 fp32 = work / "fp32.onnx" if calibration else staged
-                export_onnx(ProbabilityModel(model.net), fp32, size, int(cfg.opset), bool(cfg.dynamic_size),
-                            export_metadata(model, ckpt.name, card))
+                export_onnx(
+                    ProbabilityModel(model.net),
+                    fp32,
+                    size,
+                    int(cfg.opset),
+                    bool(cfg.dynamic_size),
+                    export_metadata(model, ckpt.name, card),
+                )
                 if calibration:
                     quantize_int8(fp32, staged, images, INPUT_NAME, {"calibration_source": Path(cfg.calibration).name})
             elif cfg.format == "openvino":
@@ -193,14 +216,25 @@ def write_export(cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path,
         write_text(output.with_name(f"{output.name}.README.md"), card)
     if cfg.verify and calibration:
         result["max_abs_diff"], result["mask_dice"] = verify_int8(model, output, images)
-        log.info("INT8 and PyTorch fp32 probabilities differ by at most %.4f on the %d calibration images; their "
-                 "masks agree with Dice %.4f", result["max_abs_diff"], len(images), result["mask_dice"])
+        log.info(
+            "INT8 and PyTorch fp32 probabilities differ by at most %.4f on the %d calibration images; their "
+            "masks agree with Dice %.4f",
+            result["max_abs_diff"],
+            len(images),
+            result["mask_dice"],
+        )
     elif cfg.verify:
         result["max_abs_diff"] = verify(model, output, size)
-        log.info("exported and PyTorch probabilities differ by at most %.2e on random images",
-                 result["max_abs_diff"])
-    log.info("wrote %s (%s%s, input %dx%d, any batch size, threshold %g; input contract in the model card)", output,
-             cfg.format, " int8" if calibration else "", size, size, model.description.threshold)
+        log.info("exported and PyTorch probabilities differ by at most %.2e on random images", result["max_abs_diff"])
+    log.info(
+        "wrote %s (%s%s, input %dx%d, any batch size, threshold %g; input contract in the model card)",
+        output,
+        cfg.format,
+        " int8" if calibration else "",
+        size,
+        size,
+        model.description.threshold,
+    )
     return result
 
 

@@ -24,8 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungseg-model", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("install", help="install a pretrained folder or zip for offline use")
-    add.add_argument("source", help="a folder written by lungseg.export format=pretrained, or a "
-                                    "zip of one")
+    add.add_argument("source", help="a folder written by lungseg.export format=pretrained, or a zip of one")
     add.add_argument("--name", help="the name to load it by (default: the folder's or zip's)")
     add.add_argument("--force", action="store_true", help="replace a model of the same name")
     commands.add_parser("list", help="list the installed models and check each one's weights")
@@ -40,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "install":
         folder = install(args.source, args.name, args.force)
-        print(f"installed {folder.name} at {folder} (model.safetensors SHA-256 "
-              f"{file_sha256(folder / WEIGHTS_FILE)}); load it with "
-              f'LungSegmenter.from_pretrained("{folder.name}")')
+        print(
+            f"installed {folder.name} at {folder} (model.safetensors SHA-256 "
+            f"{file_sha256(folder / WEIGHTS_FILE)}); load it with "
+            f'LungSegmenter.from_pretrained("{folder.name}")'
+        )
     elif args.command == "list":
         models = installed()
         if not models:

@@ -60,11 +60,17 @@ def compare(final: np.ndarray, truth_path: Path) -> dict[str, Any]:
     """Dice, IoU and HD95 (px) of a final mask against a reference mask file at the same (native) resolution."""
     truth = read_mask(truth_path) > 0
     if truth.shape != final.shape:
-        raise DataError(f"{truth_path}: reference mask is {truth.shape[1]}x{truth.shape[0]} but its radiograph is "
-                        f"{final.shape[1]}x{final.shape[0]}; truth= needs masks at the inputs' resolution")
+        raise DataError(
+            f"{truth_path}: reference mask is {truth.shape[1]}x{truth.shape[0]} but its radiograph is "
+            f"{final.shape[1]}x{final.shape[0]}; truth= needs masks at the inputs' resolution"
+        )
     dice, iou = dice_iou(*mask_counts(final, truth))
-    return {"truth": str(truth_path), "dice": round(dice, 6), "iou": round(iou, 6),
-            "hd95_px": round(surface_distances(final, truth).hd95, 3)}
+    return {
+        "truth": str(truth_path),
+        "dice": round(dice, 6),
+        "iou": round(iou, 6),
+        "hd95_px": round(surface_distances(final, truth).hd95, 3),
+    }
 
 
 def reference_masks(cfg: DictConfig, files: list[InputFile]) -> dict[Path, Path]:
@@ -81,8 +87,11 @@ def reference_masks(cfg: DictConfig, files: list[InputFile]) -> dict[Path, Path]
         masks.update({pair.image.resolve(): pair.mask for pair in pairs})
     missing = [f"{f.path}: no reference mask in {truth}" for f in files if f.path.resolve() not in masks]
     if missing:
-        raise DataError(f"truth={truth}: {len(missing)} input(s) have no reference mask "
-                        "(cxrimage_<N> pairs with cxrmask_<N>, other names by stem):", missing)
+        raise DataError(
+            f"truth={truth}: {len(missing)} input(s) have no reference mask "
+            "(cxrimage_<N> pairs with cxrmask_<N>, other names by stem):",
+            missing,
+        )
     return {f.path: masks[f.path.resolve()] for f in files}
 
 
@@ -98,8 +107,15 @@ def output_formats(cfg: DictConfig) -> tuple[str, ...]:
     return formats
 
 
-def write_outputs(result: Segmentation, paths: dict[str, Path], output: Path, cfg: DictConfig, seg: LungSegmenter,
-                  model: str, truth: Path | None = None) -> dict[str, Any]:
+def write_outputs(
+    result: Segmentation,
+    paths: dict[str, Path],
+    output: Path,
+    cfg: DictConfig,
+    seg: LungSegmenter,
+    model: str,
+    truth: Path | None = None,
+) -> dict[str, Any]:
     """Write one film's files; return its CSV row's measures: the mask's, the patient's left and right lungs', the
     files written (relative to ``output``) and, given a reference mask ``truth``, the mask's Dice, IoU and HD95."""
     if "masks" in paths:
@@ -113,8 +129,17 @@ def write_outputs(result: Segmentation, paths: dict[str, Path], output: Path, cf
     if "seg" in paths and result.source is not None:  # a SEG references the DICOM film it segments
         from lungseg.dicom.seg import write_seg
 
-        write_seg(result.source, sides.left.mask, sides.right.mask, seg.description, result.quality_score,
-                  result.needs_review, paths["seg"], weights_sha256=model, side_source=sides.side_source)
+        write_seg(
+            result.source,
+            sides.left.mask,
+            sides.right.mask,
+            seg.description,
+            result.quality_score,
+            result.needs_review,
+            paths["seg"],
+            weights_sha256=model,
+            side_source=sides.side_source,
+        )
         seg_file = paths["seg"].relative_to(output).as_posix()
     mask_file = paths["masks"].relative_to(output).as_posix() if "masks" in paths else ""
     row = {"mask": mask_file, **result.stats, **sides.stats(), "seg": seg_file}
@@ -124,12 +149,16 @@ def write_outputs(result: Segmentation, paths: dict[str, Path], output: Path, cf
 def _require(cfg: DictConfig, *names: str) -> None:
     missing = [n for n in names if cfg.get(n) in (None, "")]
     if missing:
-        raise LungsegError("missing setting(s): " + ", ".join(f"{n}=" for n in missing) +
-                           "; e.g. python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/")
+        raise LungsegError(
+            "missing setting(s): "
+            + ", ".join(f"{n}=" for n in missing)
+            + "; e.g. python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/"
+        )
 
 
-def plan_outputs(cfg: DictConfig, output: Path, formats: tuple[str, ...], shard: Shard,
-                 skipped: list[str] | None = None) -> tuple[list[InputFile], list[dict[str, Path]]]:
+def plan_outputs(
+    cfg: DictConfig, output: Path, formats: tuple[str, ...], shard: Shard, skipped: list[str] | None = None
+) -> tuple[list[InputFile], list[dict[str, Path]]]:
     """This shard's inputs (none from inside ``output``) and their output paths."""
     inside = output.resolve()
     files = [f for f in find_inputs(cfg.input, cfg.get("pattern"), skipped) if inside not in f.path.resolve().parents]
@@ -147,27 +176,41 @@ def refuse_overwrite(cfg: DictConfig, output: Path, paths: list[dict[str, Path]]
     existing = [p for ps in paths for p in ps.values() if p.exists()]
     existing += [output / shard.csv_name()] if (output / shard.csv_name()).exists() else []
     if existing:
-        raise LungsegError(f"output={output}: {len(existing)} output file(s) already exist (e.g. {existing[0]}); "
-                           "pass resume=true to continue that run, overwrite=true to replace it, or choose another "
-                           "output=")
+        raise LungsegError(
+            f"output={output}: {len(existing)} output file(s) already exist (e.g. {existing[0]}); "
+            "pass resume=true to continue that run, overwrite=true to replace it, or choose another "
+            "output="
+        )
 
 
 def segmenter(cfg: DictConfig) -> LungSegmenter:
     """The model of ``ckpt_path=`` or ``model_path=`` (a checkpoint, an ONNX file, a pretrained folder or a Hub
     id; ``[a,b,c]``: an ensemble), with the CLI's settings. ONNX models run without torch: torch is imported only
     for the others."""
-    options = {"threshold": cfg.get("threshold"), "postprocess": bool(cfg.postprocess),
-               "tta_flip": bool(cfg.tta_flip), "plausibility": PlausibilityLimits(**cfg.plausibility),
-               "quality_tta": bool(cfg.quality.get("tta", False)), "review_below": cfg.quality.get("review_below"),
-               "polarity": str(cfg.polarity), "gate": bool(cfg.gate)}
+    options = {
+        "threshold": cfg.get("threshold"),
+        "postprocess": bool(cfg.postprocess),
+        "tta_flip": bool(cfg.tta_flip),
+        "plausibility": PlausibilityLimits(**cfg.plausibility),
+        "quality_tta": bool(cfg.quality.get("tta", False)),
+        "review_below": cfg.quality.get("review_below"),
+        "polarity": str(cfg.polarity),
+        "gate": bool(cfg.gate),
+    }
     sources = model_sources(cfg.get("model_path") or cfg.get("ckpt_path"))
     if not all(s.lower().endswith((".onnx", ".xml")) for s in sources):
         from lungseg.runtime import set_threads
 
         set_threads(cfg.get("threads"))
-    return LungSegmenter.load(sources, str(cfg.device), cfg.precision, cfg.get("image_size"), cfg.get("threads"),
-                              backend=cfg.get("backend"), **options)
-
+    return LungSegmenter.load(
+        sources,
+        str(cfg.device),
+        cfg.precision,
+        cfg.get("image_size"),
+        cfg.get("threads"),
+        backend=cfg.get("backend"),
+        **options,
+    )
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -178,9 +221,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         return merge_shards(Path(cfg.output).expanduser())
     _require(cfg, "input", "output")
     if not cfg.get("ckpt_path") and not cfg.get("model_path"):
-        raise LungsegError("missing setting: ckpt_path= (a checkpoint) or model_path= (an ONNX file, a pretrained "
-                           "folder, an installed model's name or a Hub id); e.g. "
-                           "python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/")
+        raise LungsegError(
+            "missing setting: ckpt_path= (a checkpoint) or model_path= (an ONNX file, a pretrained "
+            "folder, an installed model's name or a Hub id); e.g. "
+            "python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/"
+        )
     check_predict(cfg)
     formats, shard = output_formats(cfg), Shard.parse(cfg.get("shard"))
     output = Path(cfg.output).expanduser()
@@ -198,13 +243,19 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 def _row(file: InputFile, status: str, reason: str, content: str = "") -> dict[str, Any]:
     """The CSV row of a film with no mask (refused by the gate, or unreadable)."""
-    return {"input": str(file.path), "mask": "", "status": status, "status_reason": reason,
-            "content_sha256": content}
+    return {"input": str(file.path), "mask": "", "status": status, "status_reason": reason, "content_sha256": content}
 
 
-def write_predictions(cfg: DictConfig, seg: LungSegmenter, output: Path, files: list[InputFile],
-                      paths: list[dict[str, Path]], truths: dict[Path, Path], failures: list[str],
-                      shard: Shard) -> dict[str, Any]:
+def write_predictions(
+    cfg: DictConfig,
+    seg: LungSegmenter,
+    output: Path,
+    files: list[InputFile],
+    paths: list[dict[str, Path]],
+    truths: dict[Path, Path],
+    failures: list[str],
+    shard: Shard,
+) -> dict[str, Any]:
     """Segment ``files`` (those a resumed run has not done yet), write their outputs, the CSV and the manifest;
     return the run's summary."""
     started, start = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
@@ -218,16 +269,27 @@ def write_predictions(cfg: DictConfig, seg: LungSegmenter, output: Path, files: 
             rows[i] = done[str(f.path)]["row"]
     todo = [i for i, row in enumerate(rows) if row is None]
     workers = None if cfg.num_workers == "auto" else int(cfg.num_workers)  # None: the backend's default
-    log.info("%d input(s) -> %s%s (model %d px, batch %d, %s, threshold %g, post-processing %s, gate %s)",
-             len(todo), output, f" (resumed: {len(files) - len(todo)} done before)" if cfg.resume else "",
-             seg.image_size, cfg.batch_size, seg.backend, seg.threshold, cfg.postprocess, cfg.gate)
+    log.info(
+        "%d input(s) -> %s%s (model %d px, batch %d, %s, threshold %g, post-processing %s, gate %s)",
+        len(todo),
+        output,
+        f" (resumed: {len(files) - len(todo)} done before)" if cfg.resume else "",
+        seg.image_size,
+        cfg.batch_size,
+        seg.backend,
+        seg.threshold,
+        cfg.postprocess,
+        cfg.gate,
+    )
 
     def write(j: int, result: Segmentation) -> dict[str, Any] | DataError:
         """One film's files, written beside the model's next batches: its CSV row, or why it failed."""
         i = todo[j]
         try:
-            row = {"input": str(files[i].path), **write_outputs(result, paths[i], output, cfg, seg, model,
-                                                                truths.get(files[i].path))}
+            row = {
+                "input": str(files[i].path),
+                **write_outputs(result, paths[i], output, cfg, seg, model, truths.get(files[i].path)),
+            }
         except DataError as err:  # a reference mask that cannot be compared (names its file)
             return err
         except (OSError, LungsegError, cv2.error, ValueError) as err:
@@ -238,8 +300,9 @@ def write_predictions(cfg: DictConfig, seg: LungSegmenter, output: Path, files: 
 
     timing, segmented = {"model_s": 0.0}, 0
     try:
-        results = seg.predict_many([files[i].path for i in todo], int(cfg.batch_size), workers, skip_errors=True,
-                                   timing=timing, sink=write)
+        results = seg.predict_many(
+            [files[i].path for i in todo], int(cfg.batch_size), workers, skip_errors=True, timing=timing, sink=write
+        )
         with Progress(disable=not cfg.progress, transient=False) as bar:
             task = bar.add_task("predicting", total=len(todo))
             for j, item in enumerate(results):
@@ -260,36 +323,89 @@ def write_predictions(cfg: DictConfig, seg: LungSegmenter, output: Path, files: 
         journal.close()
     written = [r for r in rows if r is not None]
     write_text(output / shard.csv_name(), csv_text(written, CSV_COLUMNS + (TRUTH_COLUMNS if truths else ())))
-    return summarise_run(cfg, seg, output, shard, written, failures, sources, model, started,
-                         time.perf_counter() - start, len(todo), segmented / timing["model_s"] if segmented else 0.0)
+    return summarise_run(
+        cfg,
+        seg,
+        output,
+        shard,
+        written,
+        failures,
+        sources,
+        model,
+        started,
+        time.perf_counter() - start,
+        len(todo),
+        segmented / timing["model_s"] if segmented else 0.0,
+    )
 
 
-def summarise_run(cfg: DictConfig, seg: LungSegmenter, output: Path, shard: Shard, rows: list[dict[str, Any]],
-                  failures: list[str], sources: list[str], model: str, started: str, seconds: float, run: int,
-                  model_rate: float) -> dict[str, Any]:
+def summarise_run(
+    cfg: DictConfig,
+    seg: LungSegmenter,
+    output: Path,
+    shard: Shard,
+    rows: list[dict[str, Any]],
+    failures: list[str],
+    sources: list[str],
+    model: str,
+    started: str,
+    seconds: float,
+    run: int,
+    model_rate: float,
+) -> dict[str, Any]:
     """Log the run's figures (``run`` films this run, through the model at ``model_rate`` images/s), write its
     manifest (run.json) and return its summary."""
     counts = status_counts(rows)
     segmented = counts["ok"] + counts["flagged"]
     rate = run / seconds if seconds else 0.0
     review = sum(str(r.get("needs_review")) == "True" for r in rows)
-    log.info("%d film(s) in %.1f s: %.2f images/s end to end, %.2f images/s in the model; %s", run, seconds, rate,
-             model_rate, ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    log.info("%d of %d mask(s) need review (quality_score below %.4f); wrote %s", review, segmented,
-             seg.scoring.review_below, output / shard.csv_name())
-    summary = {"predicted": segmented, "needs_review": review, "failures": failures, "refused": counts["refused"],
-               "counts": counts, "seconds": seconds, "images_per_s": rate, "model_images_per_s": model_rate,
-               "image_size": seg.image_size, "precision": seg.precision, "threshold": seg.threshold}
+    log.info(
+        "%d film(s) in %.1f s: %.2f images/s end to end, %.2f images/s in the model; %s",
+        run,
+        seconds,
+        rate,
+        model_rate,
+        ", ".join(f"{n} {s}" for s, n in counts.items() if n),
+    )
+    log.info(
+        "%d of %d mask(s) need review (quality_score below %.4f); wrote %s",
+        review,
+        segmented,
+        seg.scoring.review_below,
+        output / shard.csv_name(),
+    )
+    summary = {
+        "predicted": segmented,
+        "needs_review": review,
+        "failures": failures,
+        "refused": counts["refused"],
+        "counts": counts,
+        "seconds": seconds,
+        "images_per_s": rate,
+        "model_images_per_s": model_rate,
+        "image_size": seg.image_size,
+        "precision": seg.precision,
+        "threshold": seg.threshold,
+    }
     scores = [r for r in rows if r.get("dice") not in (None, "")]
     if scores:
         dice = np.array([float(r["dice"]) for r in scores])
-        summary.update(truth_images=len(scores), dice_mean=float(dice.mean()),
-                       dice_sd=float(dice.std(ddof=1)) if len(dice) > 1 else 0.0,
-                       iou_mean=float(np.mean([float(r["iou"]) for r in scores])),
-                       hd95_px_mean=float(np.mean([float(r["hd95_px"]) for r in scores])))
-        log.info("against truth=%s at native resolution (%d images): Dice %.4f ± %.4f, IoU %.4f, HD95 %.1f px",
-                 cfg.truth, len(scores), summary["dice_mean"], summary["dice_sd"], summary["iou_mean"],
-                 summary["hd95_px_mean"])
+        summary.update(
+            truth_images=len(scores),
+            dice_mean=float(dice.mean()),
+            dice_sd=float(dice.std(ddof=1)) if len(dice) > 1 else 0.0,
+            iou_mean=float(np.mean([float(r["iou"]) for r in scores])),
+            hd95_px_mean=float(np.mean([float(r["hd95_px"]) for r in scores])),
+        )
+        log.info(
+            "against truth=%s at native resolution (%d images): Dice %.4f ± %.4f, IoU %.4f, HD95 %.1f px",
+            cfg.truth,
+            len(scores),
+            summary["dice_mean"],
+            summary["dice_sd"],
+            summary["iou_mean"],
+            summary["hd95_px_mean"],
+        )
     if (output / REVIEW_CSV).is_file():  # a reviewed folder predicted again: what was decided
         try:
             summary["review"] = review_counts(output)
@@ -298,13 +414,25 @@ def summarise_run(cfg: DictConfig, seg: LungSegmenter, output: Path, shard: Shar
             log.warning("%s not counted: %s", REVIEW_CSV, err)
     settings = OmegaConf.to_container(cfg, resolve=True)
     settings.pop("hydra", None)
-    manifest = {"lungseg_version": __version__, "host": socket.gethostname(), "started": started,
-                "shard": f"{shard.index}/{shard.count}" if shard.count > 1 else None,
-                "model": {"sources": sources, "sha256": model, "description": seg.metadata},
-                "device": str(seg.device), "precision": seg.precision, "backend": str(seg.backend),
-                "settings": settings, "counts": counts, "films": len(rows), "run_now": run,
-                "timings": {"seconds": round(seconds, 3), "images_per_s": round(rate, 3),
-                            "model_images_per_s": round(model_rate, 3)}}
+    manifest = {
+        "lungseg_version": __version__,
+        "host": socket.gethostname(),
+        "started": started,
+        "shard": f"{shard.index}/{shard.count}" if shard.count > 1 else None,
+        "model": {"sources": sources, "sha256": model, "description": seg.metadata},
+        "device": str(seg.device),
+        "precision": seg.precision,
+        "backend": str(seg.backend),
+        "settings": settings,
+        "counts": counts,
+        "films": len(rows),
+        "run_now": run,
+        "timings": {
+            "seconds": round(seconds, 3),
+            "images_per_s": round(rate, 3),
+            "model_images_per_s": round(model_rate, 3),
+        },
+    }
     write_text(output / shard.run_name(), json.dumps(manifest, indent=2, default=str) + "\n")
     return summary
 
@@ -316,15 +444,23 @@ def main(cfg: DictConfig) -> None:
     the input gate refused a film (its row in predictions.csv says why)."""
     summary = predict(cfg)
     if cfg.get("merge"):
-        print(f"merged {len(summary['shards'])} shards: {summary['films']} films "
-              f"({', '.join(f'{n} {s}' for s, n in summary['counts'].items() if n)}) -> {cfg.output}")
+        print(
+            f"merged {len(summary['shards'])} shards: {summary['films']} films "
+            f"({', '.join(f'{n} {s}' for s, n in summary['counts'].items() if n)}) -> {cfg.output}"
+        )
         return
     if summary["failures"]:
-        raise DataError(f"{len(summary['failures'])} input(s) failed and were skipped "
-                        f"({summary['predicted']} others were segmented):", summary["failures"])
+        raise DataError(
+            f"{len(summary['failures'])} input(s) failed and were skipped "
+            f"({summary['predicted']} others were segmented):",
+            summary["failures"],
+        )
     if summary["refused"]:
-        print(f"error: {summary['refused']} film(s) refused by the input gate; predictions.csv says why "
-              "(status, status_reason)", file=sys.stderr)
+        print(
+            f"error: {summary['refused']} film(s) refused by the input gate; predictions.csv says why "
+            "(status, status_reason)",
+            file=sys.stderr,
+        )
         raise SystemExit(EXIT_REFUSED)
 
 

@@ -30,15 +30,20 @@ def config_subdir(ckpt_path: str | None, stamp: str) -> str:
 
 
 def run_name_resolver(*, _root_: Any) -> str:
-    """``${lungseg.run_name:}``: this run's readable name (``lungseg.training.run_names``; imported here, so ``import lungseg``
-    does not import Hydra's internals)."""
+    """``${lungseg.run_name:}``: this run's readable name (``lungseg.training.run_names``; imported here, so ``import
+    lungseg`` does not import Hydra's internals)."""
     from lungseg.training.run_names import current_run_name
 
     return current_run_name(_root_)
 
 
-RESOLVERS = {"lungseg.precision": precision, "lungseg.monitor_mode": monitor_mode, "lungseg.resume_dir": resume_dir,
-             "lungseg.config_subdir": config_subdir, "lungseg.run_name": run_name_resolver}
+RESOLVERS = {
+    "lungseg.precision": precision,
+    "lungseg.monitor_mode": monitor_mode,
+    "lungseg.resume_dir": resume_dir,
+    "lungseg.config_subdir": config_subdir,
+    "lungseg.run_name": run_name_resolver,
+}
 
 
 def register() -> None:

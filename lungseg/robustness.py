@@ -32,11 +32,22 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir).expanduser()
     refuse_existing(out, "output_dir", bool(cfg.overwrite))
     writable_dir(out.parent, "output_dir")
-    seg = LungSegmenter.load(model_sources(cfg.ckpt_path), str(cfg.device), cfg.precision,
-                             postprocess=bool(cfg.postprocess), polarity=str(cfg.polarity))
+    seg = LungSegmenter.load(
+        model_sources(cfg.ckpt_path),
+        str(cfg.device),
+        cfg.precision,
+        postprocess=bool(cfg.postprocess),
+        polarity=str(cfg.polarity),
+    )
     pairs = load_split(cfg.data.root, cfg.split, seg.description.intensity)
-    log.info("robustness of %s on %s/%s: %d images x %d shifts x 3 severities", cfg.ckpt_path, cfg.data.root,
-             cfg.split, len(pairs), len(SHIFTS))
+    log.info(
+        "robustness of %s on %s/%s: %d images x %d shifts x 3 severities",
+        cfg.ckpt_path,
+        cfg.data.root,
+        cfg.split,
+        len(pairs),
+        len(SHIFTS),
+    )
     rows = score_shifts(seg, pairs, int(cfg.seed))
     summary = summarise_shifts(rows)
     with output_lock(out, "output_dir"), atomic_dir(out) as staged:

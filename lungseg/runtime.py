@@ -133,8 +133,12 @@ def usable_cores() -> int:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
-MALLOC_TUNABLES = ("glibc.malloc.trim_threshold", "glibc.malloc.mmap_threshold", "glibc.malloc.top_pad",
-                   "glibc.malloc.mmap_max")
+MALLOC_TUNABLES = (
+    "glibc.malloc.trim_threshold",
+    "glibc.malloc.mmap_threshold",
+    "glibc.malloc.top_pad",
+    "glibc.malloc.mmap_max",
+)
 
 
 @functools.cache
@@ -156,8 +160,9 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL(None)
     except (ValueError, OSError, AttributeError):  # not glibc, or no confstr (Windows)
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
-                and libc.mallopt(M_TRIM_THRESHOLD, 2 * HEAP_MMAP_THRESHOLD))
+    return bool(
+        libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, 2 * HEAP_MMAP_THRESHOLD)
+    )
 
 
 def default_num_workers() -> int:

@@ -69,8 +69,10 @@ def check_inference(cfg: DictConfig) -> None:
     review_below = setting(cfg, "quality.review_below")
     fraction(review_below, "quality.review_below", open_interval=False, optional=True)
     limits = setting(cfg, "plausibility") or {}
-    low, high = (fraction(limits.get(k), f"plausibility.{k}", open_interval=False, optional=True)
-                 for k in ("min_lung_fraction", "max_lung_fraction"))
+    low, high = (
+        fraction(limits.get(k), f"plausibility.{k}", open_interval=False, optional=True)
+        for k in ("min_lung_fraction", "max_lung_fraction")
+    )
     if low is not None and high is not None and low >= high:
         raise LungsegError(f"plausibility.min_lung_fraction={low} must be below plausibility.max_lung_fraction={high}")
     if "max_components" in limits:
@@ -96,8 +98,10 @@ def check_evaluate(cfg: DictConfig) -> None:
     whole_number(cfg, "n_worst", minimum=0)
     spacing = setting(cfg, "pixel_spacing_mm")
     values = list(spacing) if isinstance(spacing, (list, tuple)) or OmegaConf.is_list(spacing) else [spacing]
-    if spacing is not None and (len(values) not in (1, 2) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)):
+    if spacing is not None and (
+        len(values) not in (1, 2)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+    ):
         raise LungsegError(f"pixel_spacing_mm={spacing}: must be a number > 0 or [row, col] of two (mm per pixel)")
 
 
@@ -112,8 +116,10 @@ def image_size(cfg: DictConfig, key: str, divisor: int) -> int:
     value = whole_number(cfg, key, minimum=divisor)
     if value % divisor:
         lower = value // divisor * divisor
-        raise LungsegError(f"{key}={value}: must be a multiple of {divisor} (2**model.depth) for this network; "
-                           f"e.g. {lower or divisor} or {lower + divisor}")
+        raise LungsegError(
+            f"{key}={value}: must be a multiple of {divisor} (2**model.depth) for this network; "
+            f"e.g. {lower or divisor} or {lower + divisor}"
+        )
     return value
 
 
@@ -128,16 +134,16 @@ def writable_dir(path: str | Path, key: str) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise LungsegError(f"{key}={path}: cannot write there ({err.strerror or err}); choose a writable folder") \
-            from None
+        raise LungsegError(
+            f"{key}={path}: cannot write there ({err.strerror or err}); choose a writable folder"
+        ) from None
     return path
 
 
 def refuse_existing(path: Path, key: str, overwrite: bool) -> None:
     """Refuse to replace an earlier output unless ``overwrite=true``; one line naming the setting."""
     if path.exists() and not overwrite:
-        raise LungsegError(f"{key}={path}: already exists; pass overwrite=true to replace it, or choose another "
-                           f"{key}=")
+        raise LungsegError(f"{key}={path}: already exists; pass overwrite=true to replace it, or choose another {key}=")
 
 
 def check_train(cfg: DictConfig) -> None:

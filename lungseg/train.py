@@ -59,8 +59,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         set_threads(threads)
         log.info("torch threads: %d", threads)
     if cfg.get("ckpt_path"):  # a missing, torn or differently configured checkpoint is one clear message
-        check_resume(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, OmegaConf.to_container(cfg, resolve=True),
-                     bool(cfg.get("resume", {}).get("allow_changes")))
+        check_resume(
+            read_checkpoint(cfg.ckpt_path),
+            cfg.ckpt_path,
+            OmegaConf.to_container(cfg, resolve=True),
+            bool(cfg.get("resume", {}).get("allow_changes")),
+        )
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
@@ -104,8 +108,16 @@ def _record(cfg: DictConfig, record: Path, **fields: Any) -> None:
     record.parent.mkdir(parents=True, exist_ok=True)
     hydra_cfg = hydra_config()
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
-    write_json(record, {"overrides": overrides, "host": socket.gethostname(), "pid": os.getpid(),
-                        "resumed_from": cfg.get("ckpt_path"), **fields})
+    write_json(
+        record,
+        {
+            "overrides": overrides,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "resumed_from": cfg.get("ckpt_path"),
+            **fields,
+        },
+    )
 
 
 def _link_resume(cfg: DictConfig) -> None:
@@ -160,9 +172,17 @@ def _main(cfg: DictConfig) -> float | None:
             raise SystemExit(EXIT_USER_ERROR) from None
         raise
     value = metrics.get(cfg.get("optimized_metric") or "")
-    _record(cfg, record, status="finished", started=started, wall_s=round(earlier + time.time() - start, 1),
-            epochs=int(metrics["epochs"]), optimized_metric=cfg.get("optimized_metric"), value=value,
-            metrics={k: v for k, v in metrics.items() if k.startswith(("best/", "test/", "val/"))})
+    _record(
+        cfg,
+        record,
+        status="finished",
+        started=started,
+        wall_s=round(earlier + time.time() - start, 1),
+        epochs=int(metrics["epochs"]),
+        optimized_metric=cfg.get("optimized_metric"),
+        value=value,
+        metrics={k: v for k, v in metrics.items() if k.startswith(("best/", "test/", "val/"))},
+    )
     if rank_zero_only.rank == 0:
         promote(record)
     return value

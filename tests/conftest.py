@@ -17,9 +17,13 @@ from tests.helpers import CONF, train_tiny, write_split
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--cpu-precision", choices=("host", "bf16", "fp32", "other"), default="host",
-                     help="the CPU precision the runtime picks: the host's (default), bf16 (emulated on an AVX2 CPU), "
-                          "fp32, or other: the one this host does not pick (make test runs the 'precision' tests so)")
+    parser.addoption(
+        "--cpu-precision",
+        choices=("host", "bf16", "fp32", "other"),
+        default="host",
+        help="the CPU precision the runtime picks: the host's (default), bf16 (emulated on an AVX2 CPU), "
+        "fp32, or other: the one this host does not pick (make test runs the 'precision' tests so)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,8 +36,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"CPU precision: {'bf16-mixed' if cpu_has_native_bf16() else '32-true'} ({CPU_BF16_ENV}=" \
-           f"{os.environ.get(CPU_BF16_ENV, 'unset')})"
+    return (
+        f"CPU precision: {'bf16-mixed' if cpu_has_native_bf16() else '32-true'} ({CPU_BF16_ENV}="
+        f"{os.environ.get(CPU_BF16_ENV, 'unset')})"
+    )
 
 
 @pytest.fixture
@@ -52,8 +58,12 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     numbers, so everything runs on the CPU unless a test names a device (on a GPU host too)."""
 
     def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
-        pinned = {"train": "trainer.accelerator=cpu", "predict": "device=cpu", "evaluate": "device=cpu",
-                  "bench": "device=cpu"}.get(config_name)
+        pinned = {
+            "train": "trainer.accelerator=cpu",
+            "predict": "device=cpu",
+            "evaluate": "device=cpu",
+            "bench": "device=cpu",
+        }.get(config_name)
         if pinned and not any(o.split("=")[0] == pinned.split("=")[0] for o in overrides):
             overrides = (pinned, *overrides)
         GlobalHydra.instance().clear()

@@ -38,8 +38,15 @@ requires_cxr = pytest.mark.skipif(
 )
 
 # Overrides that shrink the composed train config to seconds on a CPU (32 px, a 2-level U-Net of width 4).
-TINY = ("data.image_size=32", "model.base_filters=4", "model.depth=2", "data.batch_size=4",
-        "~callbacks.progress_bar", "trainer.accelerator=cpu", "trainer.enable_model_summary=false")
+TINY = (
+    "data.image_size=32",
+    "model.base_filters=4",
+    "model.depth=2",
+    "data.batch_size=4",
+    "~callbacks.progress_bar",
+    "trainer.accelerator=cpu",
+    "trainer.enable_model_summary=false",
+)
 
 # A LungSegModule built without Hydra: the same tiny U-Net, Adam, plain BCE.
 NET = {"_target_": "lungseg.models.unet.UNet", "base_filters": 4, "depth": 2, "dropout": 0.0, "noise_std": 0.0}
@@ -69,8 +76,7 @@ def write_split(root: Path, split: str, numbers: list[int], size: int = 64, seed
     for n in numbers:
         image, mask = disc_pair(rng, size)
         cv2.imwrite(str(root / DATASET_DIR / split / IMAGE_DIR / image_name(n)), image)
-        cv2.imwrite(str(root / DATASET_DIR / split / MASK_DIR / mask_name(n)), mask,
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(str(root / DATASET_DIR / split / MASK_DIR / mask_name(n)), mask, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 def train_tiny(folder: Path, *overrides: str) -> Path:
@@ -80,8 +86,9 @@ def train_tiny(folder: Path, *overrides: str) -> Path:
     write_split(data, "train", list(range(8)))
     write_split(data, "val", [10, 11, 12, 13], seed=1)
     write_split(data, "test", [20, 21], seed=2)
-    return train_run(folder / "run", f"data.root={data}", *TINY, "trainer.max_epochs=1", "optimizer.lr=1e-2",
-                     *overrides)
+    return train_run(
+        folder / "run", f"data.root={data}", *TINY, "trainer.max_epochs=1", "optimizer.lr=1e-2", *overrides
+    )
 
 
 def train_run(run: Path, *overrides: str) -> Path:
@@ -89,9 +96,11 @@ def train_run(run: Path, *overrides: str) -> Path:
     per-epoch figures); return its best.ckpt."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("train", overrides=["test=false", "~logger", "~callbacks.prediction_grid",
-                                          "~callbacks.lr_monitor", *overrides],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["test=false", "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor", *overrides],
+            return_hydra_config=True,
+        )
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run)
         cfg.hydra.job.num = 0

@@ -52,8 +52,13 @@ def test_arrays_of_any_dtype_and_layout_match_the_file(tiny_ckpt: Path, phantom:
     assert from_file.dtype == np.float32 and from_file.shape == gray.shape
     assert from_file.std() > 0.01
     # the intensity rule (window) is the same for every depth: a 16-bit or float copy is the same model input
-    for array in (gray, np.dstack([gray] * 3), gray[:, :, None], gray.astype(np.uint16) * 257,
-                  gray.astype(np.float32) / 255):
+    for array in (
+        gray,
+        np.dstack([gray] * 3),
+        gray[:, :, None],
+        gray.astype(np.uint16) * 257,
+        gray.astype(np.float32) / 255,
+    ):
         got = seg.predict_proba(array)
         np.testing.assert_array_equal(got, from_file, err_msg=f"{array.dtype} {array.shape}")
     mask = seg.predict(str(phantom))
@@ -61,9 +66,13 @@ def test_arrays_of_any_dtype_and_layout_match_the_file(tiny_ckpt: Path, phantom:
     np.testing.assert_array_equal(mask, seg.segment(phantom).mask)
     with_nan = np.zeros((32, 32))
     with_nan[3, 4] = np.nan
-    for bad, message in ((np.zeros((40, 40, 2), np.uint8), "H x W"), (np.zeros((1, 9), np.uint8), "H x W"),
-                         (np.zeros((8, 40), np.uint8), "at least 16 px a side"), (with_nan, "NaN"),
-                         (np.zeros((8, 8), bool), "dtype bool")):
+    for bad, message in (
+        (np.zeros((40, 40, 2), np.uint8), "H x W"),
+        (np.zeros((1, 9), np.uint8), "H x W"),
+        (np.zeros((8, 40), np.uint8), "at least 16 px a side"),
+        (with_nan, "NaN"),
+        (np.zeros((8, 8), bool), "dtype bool"),
+    ):
         with pytest.raises(DataError, match=message):
             seg.predict(bad)
 
@@ -89,8 +98,9 @@ def test_predict_many_streams_in_order_with_errors_in_place(tiny_ckpt: Path, pha
 
 
 @pytest.mark.precision
-def test_an_ensemble_averages_its_members_in_the_api_predict_and_evaluate(compose_cfg, tiny_ckpt: Path,
-                                                                           phantom: Path, tmp_path: Path) -> None:
+def test_an_ensemble_averages_its_members_in_the_api_predict_and_evaluate(
+    compose_cfg, tiny_ckpt: Path, phantom: Path, tmp_path: Path
+) -> None:
     from lungseg.evaluate import evaluate
     from lungseg.predict import predict
 
@@ -104,8 +114,16 @@ def test_an_ensemble_averages_its_members_in_the_api_predict_and_evaluate(compos
     assert [m["source"] for m in ensemble.metadata["ensemble"]] == [str(tiny_ckpt), str(other)]
 
     out = tmp_path / "pred"  # predict runs in the CPU's precision (auto): its oracle are the members run so too
-    summary = predict(compose_cfg(f"ckpt_path=[{tiny_ckpt},{other}]", f"input={phantom}", f"output={out}",
-                                  "progress=false", "save_probabilities=true", config_name="predict"))
+    summary = predict(
+        compose_cfg(
+            f"ckpt_path=[{tiny_ckpt},{other}]",
+            f"input={phantom}",
+            f"output={out}",
+            "progress=false",
+            "save_probabilities=true",
+            config_name="predict",
+        )
+    )
     assert summary["predicted"] == 1 and summary["precision"] == cpu_precision()
     written = cv2.imread(str(out / "probabilities" / "cxrimage_7.png"), cv2.IMREAD_UNCHANGED)
     members = [LungSegmenter.from_checkpoint(p, "cpu") for p in (tiny_ckpt, other)]
@@ -113,7 +131,14 @@ def test_an_ensemble_averages_its_members_in_the_api_predict_and_evaluate(compos
     assert np.abs(written.astype(float) - np.round(mean_prob * 255)).max() <= 1
 
     data = phantom.parents[3]
-    report = evaluate(compose_cfg(f"ckpt_path=[{tiny_ckpt},{other}]", f"data.root={data}", "split=test",
-                                  "calibration=false", config_name="evaluate"))
+    report = evaluate(
+        compose_cfg(
+            f"ckpt_path=[{tiny_ckpt},{other}]",
+            f"data.root={data}",
+            "split=test",
+            "calibration=false",
+            config_name="evaluate",
+        )
+    )
     assert report["n_images"] == 1 and report["checkpoint"] == [str(tiny_ckpt), str(other)]
     assert Path(report["output_dir"]).name == "test-ensemble-of-2"

@@ -36,7 +36,6 @@ from tests.helpers import TINY, disc_pair, gradient, write_split
 QUICK = (*TINY, "trainer.max_epochs=1", "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor")
 
 
-
 def one_error(capsys, entry: Callable, cfg) -> str:
     """Run ``entry(cfg)`` as its CLI would: exit code 2 and exactly one ``error:`` line, no traceback."""
     with pytest.raises(SystemExit) as exit_info:
@@ -70,13 +69,15 @@ def checkpoints(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
     torch.save(diverged, folder / "diverged.ckpt")
     old = {k: v for k, v in ckpt.items() if k != "lungseg"}
     torch.save(old, folder / "old.ckpt")
-    return {"zero": (folder / "zero.ckpt", "not a checkpoint (an empty file"),
-            "random": (folder / "random.ckpt", "not a checkpoint (3,000 bytes"),
-            "cut": (folder / "cut.ckpt", "truncated or corrupt"),
-            "pickle": (folder / "pickle.ckpt", "refused: it holds pickled Python objects"),
-            "foreign": (folder / "foreign.ckpt", "os.system"),
-            "diverged": (folder / "diverged.ckpt", f"hold NaN or inf ({name})"),
-            "old": (folder / "old.ckpt", "pass image_size=")}
+    return {
+        "zero": (folder / "zero.ckpt", "not a checkpoint (an empty file"),
+        "random": (folder / "random.ckpt", "not a checkpoint (3,000 bytes"),
+        "cut": (folder / "cut.ckpt", "truncated or corrupt"),
+        "pickle": (folder / "pickle.ckpt", "refused: it holds pickled Python objects"),
+        "foreign": (folder / "foreign.ckpt", "os.system"),
+        "diverged": (folder / "diverged.ckpt", f"hold NaN or inf ({name})"),
+        "old": (folder / "old.ckpt", "pass image_size="),
+    }
 
 
 def test_bad_checkpoints_in_predict_evaluate_and_export(capsys, compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -87,22 +88,37 @@ def test_bad_checkpoints_in_predict_evaluate_and_export(capsys, compose_cfg, tin
     write_split(data, "val", [3])
     for case, (path, says) in checkpoints(tmp_path / "ckpts", tiny_ckpt).items():
         for entry, cfg in (
-                (predict, compose_cfg(f"ckpt_path={path}", f"input={image}", f"output={tmp_path / 'out'}",
-                                      "progress=false", config_name="predict")),
-                (evaluate, compose_cfg(f"ckpt_path={path}", f"data.root={data}",
-                                       f"output_dir={tmp_path / 'eval'}", config_name="evaluate")),
-                (export, compose_cfg(f"ckpt_path={path}", f"output={tmp_path / 'm.onnx'}", config_name="export"))):
+            (
+                predict,
+                compose_cfg(
+                    f"ckpt_path={path}",
+                    f"input={image}",
+                    f"output={tmp_path / 'out'}",
+                    "progress=false",
+                    config_name="predict",
+                ),
+            ),
+            (
+                evaluate,
+                compose_cfg(
+                    f"ckpt_path={path}", f"data.root={data}", f"output_dir={tmp_path / 'eval'}", config_name="evaluate"
+                ),
+            ),
+            (export, compose_cfg(f"ckpt_path={path}", f"output={tmp_path / 'm.onnx'}", config_name="export")),
+        ):
             line = one_error(capsys, entry, cfg)
             assert str(path) in line and says in line, (case, entry.__name__, line)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpts", "data", "one.png"]  # nothing written
 
 
 def test_bad_settings_are_one_line_before_any_work(capsys, compose_cfg, tiny_dataset: Path, tmp_path: Path) -> None:
-    cases = [("trainer.max_epochs=abc", "trainer.max_epochs=abc: must be a whole number"),
-             ("data.image_size=30", "data.image_size=30: must be a multiple of 4 (2**model.depth)"),
-             ("optimizer.lr=-1", "optimizer.lr=-1: must be a number > 0"),
-             ("data.batch_size=0", "data.batch_size=0: must be a whole number >= 1"),
-             ("paths.output_dir=/proc/lungseg-run", "paths.output_dir=/proc/lungseg-run: cannot write there")]
+    cases = [
+        ("trainer.max_epochs=abc", "trainer.max_epochs=abc: must be a whole number"),
+        ("data.image_size=30", "data.image_size=30: must be a multiple of 4 (2**model.depth)"),
+        ("optimizer.lr=-1", "optimizer.lr=-1: must be a number > 0"),
+        ("data.batch_size=0", "data.batch_size=0: must be a whole number >= 1"),
+        ("paths.output_dir=/proc/lungseg-run", "paths.output_dir=/proc/lungseg-run: cannot write there"),
+    ]
     for override, says in cases:
         cfg = compose_cfg(f"data.root={tiny_dataset}", *QUICK, override)
         line = one_error(capsys, train, cfg)
@@ -141,8 +157,9 @@ def bad_dataset(root: Path, case: str) -> str:
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing_mask", "corrupt_png", "size_mismatch", "grey_mask", "colour_mask",
-                                  "empty_test"])
+@pytest.mark.parametrize(
+    "case", ["missing_mask", "corrupt_png", "size_mismatch", "grey_mask", "colour_mask", "empty_test"]
+)
 def test_bad_data_is_refused_before_fit_by_check_and_train(capsys, compose_cfg, tmp_path: Path, case: str) -> None:
     root = tmp_path / f"data_{case}"
     says = bad_dataset(root, case)
@@ -156,8 +173,7 @@ def test_bad_data_is_refused_before_fit_by_check_and_train(capsys, compose_cfg, 
         assert "#0000ff" in line  # the lung colour is reported
 
 
-def test_predict_output_that_is_a_file_and_a_symlink_loop(capsys, compose_cfg, tiny_ckpt: Path,
-                                                           tmp_path: Path) -> None:
+def test_predict_output_that_is_a_file_and_a_symlink_loop(capsys, compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     cv2.imwrite(str(folder / "good.png"), gradient())
@@ -165,13 +181,21 @@ def test_predict_output_that_is_a_file_and_a_symlink_loop(capsys, compose_cfg, t
     (folder / "dangling.png").symlink_to(tmp_path / "absent.png")
     taken = tmp_path / "taken"
     taken.write_text("keep me")
-    line = one_error(capsys, predict, compose_cfg(f"ckpt_path={tiny_ckpt}", f"input={folder}", f"output={taken}",
-                                                  "progress=false", config_name="predict"))
+    line = one_error(
+        capsys,
+        predict,
+        compose_cfg(
+            f"ckpt_path={tiny_ckpt}", f"input={folder}", f"output={taken}", "progress=false", config_name="predict"
+        ),
+    )
     assert f"output={taken}: is a file" in line and taken.read_text() == "keep me"
     out = tmp_path / "out"
     with pytest.raises(SystemExit):  # Hydra's main passes a given config straight to the entry point
-        predict_main(compose_cfg(f"ckpt_path={tiny_ckpt}", f"input={folder}", f"output={out}", "progress=false",
-                                 config_name="predict"))
+        predict_main(
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}", f"input={folder}", f"output={out}", "progress=false", config_name="predict"
+            )
+        )
     err = capsys.readouterr().err
     assert "2 input(s) failed" in err and "loop.png: a symbolic link that leads nowhere" in err
     assert "dangling.png: a symbolic link that leads nowhere" in err
@@ -184,8 +208,13 @@ def test_failed_resume_keeps_the_finished_record(capsys, compose_cfg, tiny_datas
     train_main(cfg)  # Hydra's main passes a given config straight to the entry point
     finished = (run / "result.json").read_text()
     assert json.loads(finished)["status"] == "finished"
-    resume = compose_cfg(f"data.root={tiny_dataset}", *QUICK, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                         "+experiment=demo", "trainer.max_epochs=2")
+    resume = compose_cfg(
+        f"data.root={tiny_dataset}",
+        *QUICK,
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        "+experiment=demo",
+        "trainer.max_epochs=2",
+    )
     with pytest.raises(SystemExit) as exit_info:
         train_main(resume)
     assert exit_info.value.code == 2
@@ -193,8 +222,14 @@ def test_failed_resume_keeps_the_finished_record(capsys, compose_cfg, tiny_datas
     assert (run / "result.json").read_text() == finished  # the finished run's record is untouched
     failed = [json.loads(p.read_text()) for p in run.glob("result-*.json")]
     assert [r["status"] for r in failed] == ["failed"] and "refused to resume" in failed[0]["error"]
-    train_main(compose_cfg(f"data.root={tiny_dataset}", *QUICK, "trainer.max_epochs=2",
-                                 f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"))  # a good resume finishes
+    train_main(
+        compose_cfg(
+            f"data.root={tiny_dataset}",
+            *QUICK,
+            "trainer.max_epochs=2",
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        )
+    )  # a good resume finishes
     assert json.loads((run / "result.json").read_text())["epochs"] == 2
     records = sorted(json.loads(p.read_text())["status"] for p in run.glob("result-*.json"))
     assert records == ["failed", "finished"]  # the first finished record was kept beside it
@@ -207,9 +242,13 @@ def test_two_valued_masks_are_read_as_lung_whatever_their_levels(tmp_path: Path)
     rng = np.random.default_rng(0)
     _, mask = disc_pair(rng)
     lung = mask > 0
-    encodings = {"zero_one.png": lung.astype(np.uint8), "zero_one_16bit.png": lung.astype(np.uint16),
-                 "zero_hundred.png": lung.astype(np.uint8) * 100, "zero_one.tif": lung.astype(np.float32),
-                 "jpeg.jpeg": mask}
+    encodings = {
+        "zero_one.png": lung.astype(np.uint8),
+        "zero_one_16bit.png": lung.astype(np.uint16),
+        "zero_hundred.png": lung.astype(np.uint8) * 100,
+        "zero_one.tif": lung.astype(np.float32),
+        "jpeg.jpeg": mask,
+    }
     for name, pixels in encodings.items():
         cv2.imwrite(str(tmp_path / name), pixels)
         np.testing.assert_array_equal(read_mask(tmp_path / name), lung.astype(np.uint8), err_msg=name)
@@ -237,14 +276,14 @@ def test_a_dataset_of_zero_one_masks_trains_on_its_lungs(capsys, compose_cfg, tm
 def multi_frame(path: Path, frames: int = 2) -> Path:
     """Write an animated or multi-page image (the format follows the suffix: GIF, APNG, TIFF, WebP)."""
     pages = [Image.fromarray(gradient(64, 64) // (k + 1)) for k in range(frames)]
-    pages[0].save(path, save_all=True, append_images=pages[1:], **({"duration": 100} if path.suffix != ".tif"
-                                                                    else {}))
+    pages[0].save(path, save_all=True, append_images=pages[1:], **({"duration": 100} if path.suffix != ".tif" else {}))
     return path
 
 
 @pytest.mark.parametrize("case", ["tiny_image", "multipage_tiff", "zero_one_jpeg_mask"])
-def test_films_no_model_should_learn_from_are_refused_by_check_and_train(capsys, compose_cfg, tmp_path: Path,
-                                                                        case: str) -> None:
+def test_films_no_model_should_learn_from_are_refused_by_check_and_train(
+    capsys, compose_cfg, tmp_path: Path, case: str
+) -> None:
     root = tmp_path / "data"
     write_split(root, "train", [0, 1, 2, 3])
     write_split(root, "val", [4, 5], seed=1)
@@ -269,8 +308,9 @@ def test_films_no_model_should_learn_from_are_refused_by_check_and_train(capsys,
     assert says in line, line
 
 
-def test_predict_refuses_multi_frame_and_tiny_films_and_segments_the_rest(capsys, compose_cfg, tiny_ckpt: Path,
-                                                                        tmp_path: Path) -> None:
+def test_predict_refuses_multi_frame_and_tiny_films_and_segments_the_rest(
+    capsys, compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     cv2.imwrite(str(folder / "good.png"), gradient())
@@ -279,8 +319,11 @@ def test_predict_refuses_multi_frame_and_tiny_films_and_segments_the_rest(capsys
         multi_frame(folder / name)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        predict_main(compose_cfg(f"ckpt_path={tiny_ckpt}", f"input={folder}", f"output={out}", "progress=false",
-                                 config_name="predict"))
+        predict_main(
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}", f"input={folder}", f"output={out}", "progress=false", config_name="predict"
+            )
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "3 input(s) failed" in err and "tiny.png: image of shape (1, 1) is not a radiograph" in err
@@ -289,8 +332,15 @@ def test_predict_refuses_multi_frame_and_tiny_films_and_segments_the_rest(capsys
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["good.png"]
     gif = multi_frame(tmp_path / "animated.gif")  # a GIF given as the input itself (a folder walk skips GIFs)
     with pytest.raises(SystemExit):
-        predict_main(compose_cfg(f"ckpt_path={tiny_ckpt}", f"input={gif}", f"output={tmp_path / 'gif'}",
-                                 "progress=false", config_name="predict"))
+        predict_main(
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}",
+                f"input={gif}",
+                f"output={tmp_path / 'gif'}",
+                "progress=false",
+                config_name="predict",
+            )
+        )
     assert "animated.gif: an animated or multi-page image (2 frames)" in capsys.readouterr().err
     seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu")
     with pytest.raises(DataError, match="animated.gif: an animated or multi-page image"):
@@ -302,8 +352,15 @@ def test_predict_refuses_multi_frame_and_tiny_films_and_segments_the_rest(capsys
 def foreign_onnx(path: Path, input_name: str, channels: int) -> Path:
     """An ONNX model that is not lungseg's (another input name or channel count), with lungseg-like metadata."""
     model = torch.nn.Conv2d(channels, 1, 3, padding=1)
-    torch.onnx.export(model, (torch.rand(1, channels, 32, 32),), str(path), dynamo=False, input_names=[input_name],
-                      output_names=["probability"], opset_version=17)
+    torch.onnx.export(
+        model,
+        (torch.rand(1, channels, 32, 32),),
+        str(path),
+        dynamo=False,
+        input_names=[input_name],
+        output_names=["probability"],
+        opset_version=17,
+    )
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {"image_size": "32"})
     onnx.save(proto, str(path))
@@ -315,8 +372,11 @@ def test_an_onnx_model_from_elsewhere_is_one_line(capsys, compose_cfg, tmp_path:
     cv2.imwrite(str(image), gradient())
     for name, (input_name, channels) in {"renamed.onnx": ("input", 1), "rgb.onnx": ("image", 3)}.items():
         model = foreign_onnx(tmp_path / name, input_name, channels)
-        line = one_error(capsys, predict, compose_cfg(f"model_path={model}", f"input={image}",
-                                                      f"output={tmp_path / 'out'}", config_name="predict"))
+        line = one_error(
+            capsys,
+            predict,
+            compose_cfg(f"model_path={model}", f"input={image}", f"output={tmp_path / 'out'}", config_name="predict"),
+        )
         assert f"{model}: this ONNX model does not take lungseg's input" in line, line
         with pytest.raises(CheckpointError, match="does not take lungseg's input"):
             LungSegmenter.load(model)
@@ -324,8 +384,9 @@ def test_an_onnx_model_from_elsewhere_is_one_line(capsys, compose_cfg, tmp_path:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random"])
-def test_a_pretrained_folder_with_damaged_weights_is_one_line(capsys, compose_cfg, tiny_ckpt: Path, tmp_path: Path,
-                                                             damage: str) -> None:
+def test_a_pretrained_folder_with_damaged_weights_is_one_line(
+    capsys, compose_cfg, tiny_ckpt: Path, tmp_path: Path, damage: str
+) -> None:
     folder = tmp_path / "model"
     export(compose_cfg(f"ckpt_path={tiny_ckpt}", "format=pretrained", f"output={folder}", config_name="export"))
     weights = folder / "model.safetensors"
@@ -333,43 +394,61 @@ def test_a_pretrained_folder_with_damaged_weights_is_one_line(capsys, compose_cf
     weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else np.random.default_rng(1).bytes(len(data)))
     image = tmp_path / "one.png"
     cv2.imwrite(str(image), gradient())
-    line = one_error(capsys, predict, compose_cfg(f"model_path={folder}", f"input={image}",
-                                                  f"output={tmp_path / 'out'}", config_name="predict"))
+    line = one_error(
+        capsys,
+        predict,
+        compose_cfg(f"model_path={folder}", f"input={image}", f"output={tmp_path / 'out'}", config_name="predict"),
+    )
     assert f"{weights}: not a readable weights file" in line, line
     with pytest.raises(CheckpointError, match="model.safetensors: not a readable weights file"):
         LungSegmenter.from_pretrained(folder)
 
 
-def test_settings_out_of_range_are_one_line_before_any_work(capsys, compose_cfg, tiny_ckpt: Path,
-                                                            tmp_path: Path) -> None:
+def test_settings_out_of_range_are_one_line_before_any_work(
+    capsys, compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     image, data = tmp_path / "one.png", tmp_path / "data"
     cv2.imwrite(str(image), gradient())
     write_split(data, "test", [1, 2])
     out = tmp_path / "out"
     predict_base = (f"ckpt_path={tiny_ckpt}", f"input={image}", f"output={out}")
-    cases = [("predict", "threshold=1.5", "threshold=1.5: must be a number strictly between 0 and 1"),
-             ("predict", "threshold=-0.5", "threshold=-0.5: must be a number strictly between 0 and 1"),
-             ("predict", "batch_size=0", "batch_size=0: must be a whole number >= 1"),
-             ("predict", "num_workers=0", "num_workers=0: must be a whole number >= 1"),
-             ("predict", "overlay_size=4", "overlay_size=4: must be a whole number >= 16"),
-             ("predict", "threads=0", "threads=0: must be a whole number >= 1"),
-             ("predict", "quality.review_below=2", "quality.review_below=2: must be a number between 0 and 1"),
-             ("predict", "plausibility.min_lung_fraction=0.8", "plausibility.min_lung_fraction=0.8 must be below"),
-             ("predict", "plausibility.max_components=0", "plausibility.max_components=0: must be a whole number >= 1"),
-             ("evaluate", "threshold=1", "threshold=1: must be a number strictly between 0 and 1"),
-             ("evaluate", "auroc_bins=1", "auroc_bins=1: must be a whole number >= 2"),
-             ("evaluate", "data.batch_size=0", "data.batch_size=0: must be a whole number >= 1"),
-             ("evaluate", "pixel_spacing_mm=-0.2", "pixel_spacing_mm=-0.2: must be a number > 0"),
-             ("robustness", "seed=-1", "seed=-1: must be a whole number >= 0")]
+    cases = [
+        ("predict", "threshold=1.5", "threshold=1.5: must be a number strictly between 0 and 1"),
+        ("predict", "threshold=-0.5", "threshold=-0.5: must be a number strictly between 0 and 1"),
+        ("predict", "batch_size=0", "batch_size=0: must be a whole number >= 1"),
+        ("predict", "num_workers=0", "num_workers=0: must be a whole number >= 1"),
+        ("predict", "overlay_size=4", "overlay_size=4: must be a whole number >= 16"),
+        ("predict", "threads=0", "threads=0: must be a whole number >= 1"),
+        ("predict", "quality.review_below=2", "quality.review_below=2: must be a number between 0 and 1"),
+        ("predict", "plausibility.min_lung_fraction=0.8", "plausibility.min_lung_fraction=0.8 must be below"),
+        ("predict", "plausibility.max_components=0", "plausibility.max_components=0: must be a whole number >= 1"),
+        ("evaluate", "threshold=1", "threshold=1: must be a number strictly between 0 and 1"),
+        ("evaluate", "auroc_bins=1", "auroc_bins=1: must be a whole number >= 2"),
+        ("evaluate", "data.batch_size=0", "data.batch_size=0: must be a whole number >= 1"),
+        ("evaluate", "pixel_spacing_mm=-0.2", "pixel_spacing_mm=-0.2: must be a number > 0"),
+        ("robustness", "seed=-1", "seed=-1: must be a whole number >= 0"),
+    ]
     for command, override, says in cases:
         if command == "predict":
             entry, cfg = predict, compose_cfg(*predict_base, override, config_name="predict")
         elif command == "evaluate":
-            entry, cfg = evaluate, compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={out}",
-                                               override, config_name="evaluate")
+            entry, cfg = (
+                evaluate,
+                compose_cfg(
+                    f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={out}", override, config_name="evaluate"
+                ),
+            )
         else:
-            entry, cfg = robustness, compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={out}",
-                                                 override, config_name="robustness")
+            entry, cfg = (
+                robustness,
+                compose_cfg(
+                    f"ckpt_path={tiny_ckpt}",
+                    f"data.root={data}",
+                    f"output_dir={out}",
+                    override,
+                    config_name="robustness",
+                ),
+            )
         line = one_error(capsys, entry, cfg)
         assert says in line, (command, override, line)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one.png"]  # nothing written
@@ -399,12 +478,22 @@ def test_a_file_where_hydra_makes_its_folder_is_one_line(tiny_ckpt: Path, tmp_pa
     taken.write_text("keep me")
     image = tmp_path / "one.png"
     cv2.imwrite(str(image), gradient())
-    for args in (["-m", "lungseg.train", "+experiment=demo", f"hydra.run.dir={taken}"],
-                 ["-m", "lungseg.predict", f"ckpt_path={tiny_ckpt}", f"input={image}", f"output={tmp_path / 'o'}",
-                  f"hydra.run.dir={taken}"]):
+    for args in (
+        ["-m", "lungseg.train", "+experiment=demo", f"hydra.run.dir={taken}"],
+        [
+            "-m",
+            "lungseg.predict",
+            f"ckpt_path={tiny_ckpt}",
+            f"input={image}",
+            f"output={tmp_path / 'o'}",
+            f"hydra.run.dir={taken}",
+        ],
+    ):
         proc = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-        assert lines[0] == f"error: hydra.run.dir={taken}: is a file, not a folder; choose a folder (it is created " \
-                           "if missing)"
+        assert (
+            lines[0] == f"error: hydra.run.dir={taken}: is a file, not a folder; choose a folder (it is created "
+            "if missing)"
+        )
     assert taken.read_text() == "keep me" and not (tmp_path / "o").exists()

@@ -64,8 +64,9 @@ print(sum(counts[1:]))
 def _run(*args: str) -> list[float]:
     """SCRIPT's figures, in a fresh process: glibc's thresholds start as glibc sets them."""
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [float(line) for line in proc.stdout.split()]
 
@@ -79,8 +80,9 @@ def test_batches_reuse_the_pages_of_the_ones_before(tiny_dataset: Path) -> None:
     assert per_image < 1  # and later epochs fault no new pages (a 256 px image and mask in float: 128 pages)
 
 
-@pytest.mark.parametrize("name, value", [("MALLOC_TRIM_THRESHOLD_", "131072"),
-                                         ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")])
+@pytest.mark.parametrize(
+    "name, value", [("MALLOC_TRIM_THRESHOLD_", "131072"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")]
+)
 def test_malloc_settings_of_the_user_win(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(name, value)
     keep_freed_memory.cache_clear()

@@ -18,28 +18,58 @@ from tests.helpers import ROOT
 def test_bench_tiny_mode_writes_the_documented_json(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "lungseg.bench", "device=cpu", "data.image_size=32", "model.base_filters=4",
-         "model.depth=2", "batch_size=2", "warmup=0", "repeats=1", "matmul_size=64", "fit_epochs=1",
-         f"data_root={tiny_dataset}", "onnx_calibration_images=3", f"onnx_dir={tmp_path / 'onnx'}",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lungseg.bench",
+            "device=cpu",
+            "data.image_size=32",
+            "model.base_filters=4",
+            "model.depth=2",
+            "batch_size=2",
+            "warmup=0",
+            "repeats=1",
+            "matmul_size=64",
+            "fit_epochs=1",
+            f"data_root={tiny_dataset}",
+            "onnx_calibration_images=3",
+            f"onnx_dir={tmp_path / 'onnx'}",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    for key in ("train_img_s", "infer_img_s", "data_img_s", "end_to_end_img_s", "infer_ort_fp32_img_s",
-                "infer_int8_img_s"):
+    for key in (
+        "train_img_s",
+        "infer_img_s",
+        "data_img_s",
+        "end_to_end_img_s",
+        "infer_ort_fp32_img_s",
+        "infer_int8_img_s",
+    ):
         assert result[key] > 0, key
     ort = result["onnxruntime"]
     assert (ort["fp32_img_s"], ort["int8_img_s"]) == (result["infer_ort_fp32_img_s"], result["infer_int8_img_s"])
     assert ort["calibration_images"] == 3 and ort["int8_qdq_nodes"]["QuantizeLinear"] > 0
     models = {name: onnx.load(ort["files"][name]) for name in ("fp32", "int8")}  # the very files it timed
     ops = {name: [n.op_type for n in m.graph.node] for name, m in models.items()}
-    assert "QuantizeLinear" not in ops["fp32"] and ops["int8"].count("QuantizeLinear") == ort["int8_qdq_nodes"][
-        "QuantizeLinear"]
+    assert (
+        "QuantizeLinear" not in ops["fp32"]
+        and ops["int8"].count("QuantizeLinear") == ort["int8_qdq_nodes"]["QuantizeLinear"]
+    )
     # the bench's own U-Net (depth 2: two conv pairs down, one at the bottom, two up, the 1x1 head) in both files
     assert ops["fp32"].count("Conv") == ops["int8"].count("Conv") == 2 * 2 + 2 + 2 * 2 + 1
     assert {(r["section"], r["dtype"], r["channels_last"]) for r in result["model"]} >= {
-        ("train", "fp32", False), ("train", "fp32", True), ("infer", "fp32", False), ("infer", "fp32", True)}
+        ("train", "fp32", False),
+        ("train", "fp32", True),
+        ("infer", "fp32", False),
+        ("infer", "fp32", True),
+    }
     assert result["gflop_per_image"]["train"] > result["gflop_per_image"]["infer"] > 0
     assert "defaults (" in proc.stdout and "of matmul peak" in proc.stdout and "INT8" in proc.stdout
 
@@ -48,21 +78,54 @@ def test_bench_scale_mode_grows_the_sets_and_measures_each(tmp_path: Path) -> No
     out, folder = tmp_path / "scale.json", tmp_path / "sets"
     item = 2 * 32 * 32  # bytes a 32-px image and mask take in the cache
     proc = subprocess.run(
-        [sys.executable, "-m", "lungseg.bench", "mode=scale", "scale.sizes=[32,16]", "device=cpu",
-         "trainer.accelerator=cpu", "data.image_size=32", "model.base_filters=4", "model.depth=2", "batch_size=4",
-         "warmup=0", "repeats=1", "scale.source_px=64", "scale.val_pairs=4", "scale.epochs=2", "scale.train_steps=2",
-         "scale.generate_workers=2", f"scale.folder={folder}", f"data.cache_mb={15.5 * item / 2**20}",
-         "data.num_workers=2", f"json={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "lungseg.bench",
+            "mode=scale",
+            "scale.sizes=[32,16]",
+            "device=cpu",
+            "trainer.accelerator=cpu",
+            "data.image_size=32",
+            "model.base_filters=4",
+            "model.depth=2",
+            "batch_size=4",
+            "warmup=0",
+            "repeats=1",
+            "scale.source_px=64",
+            "scale.val_pairs=4",
+            "scale.epochs=2",
+            "scale.train_steps=2",
+            "scale.generate_workers=2",
+            f"scale.folder={folder}",
+            f"data.cache_mb={15.5 * item / 2**20}",
+            "data.num_workers=2",
+            f"json={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = result["scale"]
     assert [r["n_images"] for r in rows] == [16, 32] == [r["images_per_epoch"] for r in rows]  # smallest first
     for r in rows:
-        for key in ("data_epoch_s", "data_first_epoch_s", "setup_s", "peak_rss_mb", "data_peak_rss_mb", "base_rss_mb",
-                    "train_img_s", "data_ms_per_image", "decode_img_s", "data_epoch_cpu_s", "data_cpu_ms_per_image",
-                    "workers_mb"):
+        for key in (
+            "data_epoch_s",
+            "data_first_epoch_s",
+            "setup_s",
+            "peak_rss_mb",
+            "data_peak_rss_mb",
+            "base_rss_mb",
+            "train_img_s",
+            "data_ms_per_image",
+            "decode_img_s",
+            "data_epoch_cpu_s",
+            "data_cpu_ms_per_image",
+            "workers_mb",
+        ):
             assert r[key] > 0, key
         assert r["workers"] == 2  # the configured workers, whose CPU time, memory and page faults are counted
         assert r["data_faults_per_image"] >= 0 and len(r["data_epochs_faults"]) == 2
@@ -86,13 +149,26 @@ def test_bench_cohort_mode_times_predict_end_to_end_against_the_model(tiny_ckpt:
     import pydicom
 
     out, folder = tmp_path / "cohort.json", tmp_path / "films"
-    args = [sys.executable, "-m", "lungseg.bench", "mode=cohort", "device=cpu", "batch_size=2", "warmup=0",
-            "repeats=1", "cohort.films=3", "cohort.film_px=256", "cohort.rounds=2", f"cohort.folder={folder}"]
+    args = [
+        sys.executable,
+        "-m",
+        "lungseg.bench",
+        "mode=cohort",
+        "device=cpu",
+        "batch_size=2",
+        "warmup=0",
+        "repeats=1",
+        "cohort.films=3",
+        "cohort.film_px=256",
+        "cohort.rounds=2",
+        f"cohort.folder={folder}",
+    ]
     missing = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "mode=cohort needs a model: cohort.model=" in missing.stderr
     assert "Traceback" not in missing.stderr
-    proc = subprocess.run([*args, f"cohort.model={tiny_ckpt}", f"json={out}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [*args, f"cohort.model={tiny_ckpt}", f"json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rounds = result["rounds"]

@@ -47,11 +47,18 @@ def hospital_folder(root: Path) -> Path:
     return root
 
 
-def test_a_dicom_folder_gives_seg_status_and_measured_lungs_per_film(compose_cfg, tiny_ckpt: Path,
-                                                                     tmp_path: Path) -> None:
+def test_a_dicom_folder_gives_seg_status_and_measured_lungs_per_film(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     folder, out = hospital_folder(tmp_path / "pacs"), tmp_path / "out"
-    cfg = compose_cfg(f"ckpt_path={tiny_ckpt}", f"input={folder}", f"output={out}", "output_format=[png,seg]",
-                      "progress=false", config_name="predict")
+    cfg = compose_cfg(
+        f"ckpt_path={tiny_ckpt}",
+        f"input={folder}",
+        f"output={out}",
+        "output_format=[png,seg]",
+        "progress=false",
+        config_name="predict",
+    )
     summary = predict(cfg)
     rows = rows_of(out / "predictions.csv")
     assert sorted(rows) == ["ap.dcm", "ct.dcm", "cut.dcm", "film.png", "frames.dcm", "lateral.dcm", "pa.dcm"]
@@ -79,14 +86,33 @@ def test_a_dicom_folder_gives_seg_status_and_measured_lungs_per_film(compose_cfg
     assert ap["area_unit"] == "px" and png_film["area_unit"] == "px" and png_film["seg"] == ""  # no SEG of a PNG
     assert pa["side_source"] == "PatientOrientation" and png_film["side_source"] == "convention"
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["counts"] == {"ok": summary["counts"]["ok"], "flagged": summary["counts"]["flagged"],
-                                  "refused": 4, "error": 0}
-    assert manifest["model"]["sha256"] == pytest.approx(manifest["model"]["sha256"]) and \
-        len(manifest["model"]["sha256"]) == 64 and manifest["precision"] == summary["precision"]
+    assert manifest["counts"] == {
+        "ok": summary["counts"]["ok"],
+        "flagged": summary["counts"]["flagged"],
+        "refused": 4,
+        "error": 0,
+    }
+    assert (
+        manifest["model"]["sha256"] == pytest.approx(manifest["model"]["sha256"])
+        and len(manifest["model"]["sha256"]) == 64
+        and manifest["precision"] == summary["precision"]
+    )
     assert manifest["lungseg_version"] and manifest["films"] == 7
-    proc = subprocess.run([sys.executable, "-m", "lungseg.predict", f"ckpt_path={tiny_ckpt}", f"input={folder}",
-                           f"output={tmp_path / 'cli'}", "progress=false"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungseg.predict",
+            f"ckpt_path={tiny_ckpt}",
+            f"input={folder}",
+            f"output={tmp_path / 'cli'}",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == EXIT_REFUSED, proc.stderr[-2000:]  # the exit code says films were refused
     assert "4 film(s) refused by the input gate" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -98,8 +124,17 @@ def phantom_films(folder: Path, n: int) -> Path:
 
 def test_a_killed_run_resumes_with_every_film_done_once(tiny_ckpt: Path, tmp_path: Path) -> None:
     images, out = phantom_films(tmp_path / "films", 120), tmp_path / "out"
-    cmd = [sys.executable, "-m", "lungseg.predict", f"ckpt_path={tiny_ckpt}", f"input={images}", f"output={out}",
-           "progress=false", "batch_size=4", "threads=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lungseg.predict",
+        f"ckpt_path={tiny_ckpt}",
+        f"input={images}",
+        f"output={out}",
+        "progress=false",
+        "batch_size=4",
+        "threads=1",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     journal = out / ".journal.jsonl"
     deadline = time.time() + 240
@@ -109,8 +144,7 @@ def test_a_killed_run_resumes_with_every_film_done_once(tiny_ckpt: Path, tmp_pat
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = {json.loads(line)["row"]["input"] for line in journal.read_text().splitlines()
-                   if line.endswith("}")}
+    done_before = {json.loads(line)["row"]["input"] for line in journal.read_text().splitlines() if line.endswith("}")}
     assert 10 <= len(done_before) < 120 and not (out / "predictions.csv").exists()
     stamps = {p: (out / "masks" / f"{Path(p).stem}.png").stat().st_mtime_ns for p in done_before}
 
@@ -118,14 +152,16 @@ def test_a_killed_run_resumes_with_every_film_done_once(tiny_ckpt: Path, tmp_pat
     assert refused.returncode == 2 and "resume=true" in refused.stderr  # not silently over the killed run
     again = subprocess.run([*cmd, "resume=true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"{120 - len(done_before)} input(s)" in again.stdout and f"resumed: {len(done_before)} done before" in \
-        again.stdout
+    assert (
+        f"{120 - len(done_before)} input(s)" in again.stdout
+        and f"resumed: {len(done_before)} done before" in again.stdout
+    )
     rows = rows_of(out / "predictions.csv")
     assert len(rows) == 120 and all(r["status"] in ("ok", "flagged") for r in rows.values())
     assert {p: (out / "masks" / f"{Path(p).stem}.png").stat().st_mtime_ns for p in done_before} == stamps  # kept
     inputs = [json.loads(line)["row"]["input"] for line in journal.read_text().splitlines() if line.endswith("}")]
     assert sorted(inputs) == sorted(set(inputs)) and len(inputs) == 120  # each film recorded once
-    changed = (images / "cxrimage_0.png")  # an edited film is done again, the rest is not
+    changed = images / "cxrimage_0.png"  # an edited film is done again, the rest is not
     cv2.imwrite(str(changed), 255 - cv2.imread(str(changed), cv2.IMREAD_GRAYSCALE))
     third = subprocess.run([*cmd, "resume=true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0 and "1 input(s)" in third.stdout and "resumed: 119 done before" in third.stdout
@@ -134,15 +170,36 @@ def test_a_killed_run_resumes_with_every_film_done_once(tiny_ckpt: Path, tmp_pat
 def test_shards_run_through_a_hydra_launcher_then_merge(tiny_ckpt: Path, tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs lungseg[sweep] (submitit)")
     images, out = phantom_films(tmp_path / "films", 10), tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "lungseg.predict", "--multirun", "hydra/launcher=submitit_local",
-                           "shard=0/2,1/2", f"ckpt_path={tiny_ckpt}", f"input={images}", f"output={out}",
-                           "progress=false", "threads=1", f"hydra.sweep.dir={tmp_path / 'jobs'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungseg.predict",
+            "--multirun",
+            "hydra/launcher=submitit_local",
+            "shard=0/2,1/2",
+            f"ckpt_path={tiny_ckpt}",
+            f"input={images}",
+            f"output={out}",
+            "progress=false",
+            "threads=1",
+            f"hydra.sweep.dir={tmp_path / 'jobs'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = [rows_of(out / f"predictions-shard-{i}-of-2.csv") for i in (0, 1)]
     assert shards[0] and shards[1] and not set(shards[0]) & set(shards[1])  # disjoint, both non-empty
-    merged = subprocess.run([sys.executable, "-m", "lungseg.predict", "merge=true", f"output={out}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    merged = subprocess.run(
+        [sys.executable, "-m", "lungseg.predict", "merge=true", f"output={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert merged.returncode == 0 and "merged 2 shards: 10 films" in merged.stdout, merged.stderr[-2000:]
     rows = rows_of(out / "predictions.csv")
     assert sorted(rows) == sorted({**shards[0], **shards[1]}) and len(rows) == 10
@@ -153,8 +210,11 @@ def test_shards_run_through_a_hydra_launcher_then_merge(tiny_ckpt: Path, tmp_pat
 def test_cohort_settings_are_checked_before_any_work(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
     images, out = phantom_films(tmp_path / "films", 2), tmp_path / "out"
     base = (f"ckpt_path={tiny_ckpt}", f"input={images}", f"output={out}", "progress=false")
-    for override, says in (("shard=2/2", "shard=2/2: use i/n with 0 <= i < n"), ("shard=one", "shard=one: use i/n"),
-                           ("output_format=jpeg", "output_format=jpeg: use png, seg or \\[png,seg\\]")):
+    for override, says in (
+        ("shard=2/2", "shard=2/2: use i/n with 0 <= i < n"),
+        ("shard=one", "shard=one: use i/n"),
+        ("output_format=jpeg", "output_format=jpeg: use png, seg or \\[png,seg\\]"),
+    ):
         with pytest.raises(LungsegError, match=says):
             predict(compose_cfg(*base, override, config_name="predict"))
     assert not out.exists()

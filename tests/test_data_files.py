@@ -66,12 +66,12 @@ def test_gray8_conversion_of_rgb_rgba_and_16bit() -> None:
     assert to_gray(bgr)[0, 0] == 76  # ITU-R 601 luma of red
     bgra = np.dstack([bgr, np.full((4, 4), 7, np.uint8)])
     assert np.array_equal(to_gray(bgra), to_gray(bgr))
-    assert to_gray(bgr.astype(np.uint16) * 257)[0, 0] == 19596   # depth kept: 0.299 x 65535
+    assert to_gray(bgr.astype(np.uint16) * 257)[0, 0] == 19596  # depth kept: 0.299 x 65535
     deep = np.array([[1000, 2000], [3000, 5000]], np.uint16)
     assert to_gray8(deep, "minmax").tolist() == [[0, 64], [128, 255]]
-    assert to_gray8(deep).tolist() == [[0, 64], [128, 255]]   # window: 4 levels, percentiles are the extremes
+    assert to_gray8(deep).tolist() == [[0, 64], [128, 255]]  # window: 4 levels, percentiles are the extremes
     assert to_gray8(np.full((3, 3), 9, np.uint16)).max() == 0
-    bgr[:2, :, 0] = 255   # half red, half magenta: a colour film windows like its luminance
+    bgr[:2, :, 0] = 255  # half red, half magenta: a colour film windows like its luminance
     assert np.array_equal(to_gray8(bgr.astype(np.uint16) * 257), to_gray8(bgr))
     assert set(np.unique(to_gray8(bgr))) == {0, 255}
 
@@ -134,8 +134,13 @@ def test_check_lists_every_problem_with_its_file(tmp_path: Path) -> None:
 def test_check_cli_exits_nonzero_and_writes_nothing(tmp_path: Path) -> None:
     root = _bad_dataset(tmp_path)
     before = sorted(p for p in tmp_path.rglob("*"))
-    proc = subprocess.run([sys.executable, "-m", "lungseg.data.check", f"data.root={root}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lungseg.data.check", f"data.root={root}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "cxrimage_1.png" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p for p in tmp_path.rglob("*")) == before
@@ -159,7 +164,12 @@ def test_real_cxr_set_checks_clean() -> None:
 
 @requires_cxr
 def test_real_cxr_check_cli() -> None:
-    proc = subprocess.run([sys.executable, "-m", "lungseg.data.check", f"data.root={CXR}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lungseg.data.check", f"data.root={CXR}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "OK: 90 pairs" in proc.stdout

@@ -136,13 +136,13 @@ def test_configured_ranges_are_really_applied(compose_cfg) -> None:
 
 
 def _augmented_by_index(dm: LungDataModule) -> dict[int, torch.Tensor]:
-    return {int(i): img for batch in dm.train_dataloader() for i, img in zip(batch["index"], batch["image"],
-                                                                               strict=True)}
+    return {
+        int(i): img for batch in dm.train_dataloader() for i, img in zip(batch["index"], batch["image"], strict=True)
+    }
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_augmentation_differs_per_epoch_and_worker_and_reproduces(compose_cfg, tmp_path: Path,
-                                                                  workers: int) -> None:
+def test_augmentation_differs_per_epoch_and_worker_and_reproduces(compose_cfg, tmp_path: Path, workers: int) -> None:
     root = tmp_path / "same"
     write_split(root, "train", list(range(8)), size=48)
     write_split(root, "val", [20], size=48)
@@ -154,14 +154,15 @@ def test_augmentation_differs_per_epoch_and_worker_and_reproduces(compose_cfg, t
 
     def run() -> list[dict[int, torch.Tensor]]:
         L.seed_everything(7, workers=True)
-        dm = LungDataModule(str(root), image_size=48, batch_size=2, num_workers=workers,
-                            train_transform=_train_transform(compose_cfg))
+        dm = LungDataModule(
+            str(root), image_size=48, batch_size=2, num_workers=workers, train_transform=_train_transform(compose_cfg)
+        )
         dm.setup("fit")
         return [_augmented_by_index(dm) for _ in range(2)]
 
     first, second = run(), run()
     epoch1, epoch2 = first
-    distinct = {tuple(img.flatten()[:: 97].tolist()) for img in epoch1.values()}
+    distinct = {tuple(img.flatten()[::97].tolist()) for img in epoch1.values()}
     assert len(distinct) == 8  # no two items (in any worker) got the same augmentation
     assert all(not torch.equal(epoch1[i], epoch2[i]) for i in epoch1)  # a new draw every epoch
     for a, b in zip(first, second, strict=True):  # the same seed gives the same epochs
@@ -225,15 +226,15 @@ def test_strong_augmentation_ranges_are_really_applied(compose_cfg) -> None:
     assert 0.74 <= min(spreads) < 0.85 and 1.15 < max(spreads) <= 1.26  # contrast x0.75-1.25
 
 
-
 def test_each_ddp_rank_augments_differently_and_a_rerun_repeats_it(tiny_dataset: Path, monkeypatch) -> None:
     augment = OmegaConf.load(CONF / "augment" / "keras.yaml")  # @package data.train_transform: the Compose itself
 
     def first_batch_as_rank(rank: int) -> torch.Tensor:
         monkeypatch.setattr(rank_zero_only, "rank", rank)
         L.seed_everything(5)
-        dm = LungDataModule(str(tiny_dataset), image_size=32, batch_size=4, num_workers=0,
-                            train_transform=instantiate(augment))
+        dm = LungDataModule(
+            str(tiny_dataset), image_size=32, batch_size=4, num_workers=0, train_transform=instantiate(augment)
+        )
         dm.setup("fit")
         return torch.stack([dm.dataset("train")[i]["image"] for i in range(4)])
 

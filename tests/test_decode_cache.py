@@ -54,8 +54,14 @@ def test_each_item_is_decoded_once_across_epochs_and_workers(tiny_dataset: Path,
 
     def run(shared: bool) -> LungDataset:
         dataset = LungDataset(pairs, 32, cache_bytes=MIB, shared_cache=shared)
-        loader = DataLoader(dataset, batch_size=2, shuffle=True, num_workers=2, persistent_workers=True,
-                            generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            dataset,
+            batch_size=2,
+            shuffle=True,
+            num_workers=2,
+            persistent_workers=True,
+            generator=torch.Generator().manual_seed(0),
+        )
         assert all(sorted(epoch) == list(range(8)) for epoch in _epochs(loader, 3))
         return dataset
 
@@ -103,8 +109,10 @@ def test_a_small_budget_caches_what_fits_and_the_rest_loads_the_same(tiny_datase
         dm = LungDataModule(str(tiny_dataset), image_size=48, cache_mb=3.5 * item_bytes(48) / MIB)
         dm.setup("fit")
     lines = [r.getMessage() for r in caplog.records]
-    assert any(line.startswith("train: 8 pairs") and "holds 3 of 8, the other 5 are decoded on every read" in line
-               for line in lines), lines
+    assert any(
+        line.startswith("train: 8 pairs") and "holds 3 of 8, the other 5 are decoded on every read" in line
+        for line in lines
+    ), lines
     assert any(line.startswith("val: 4 pairs") and "holds 0 of 4" in line for line in lines), lines
     uncached = LungDataModule(str(tiny_dataset), image_size=48, cache_mb=0)
     for split in ("train", "val"):
@@ -114,8 +122,9 @@ def test_a_small_budget_caches_what_fits_and_the_rest_loads_the_same(tiny_datase
     assert uncached.dataset("train").cache.capacity == 0
 
 
-def test_under_ddp_a_rank_decodes_and_reads_only_its_share(tiny_dataset: Path, decodes,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_under_ddp_a_rank_decodes_and_reads_only_its_share(
+    tiny_dataset: Path, decodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     others: list[str] = []  # what rank 0 found wrong
 
     def all_gather_object(out: list, mine: list) -> None:

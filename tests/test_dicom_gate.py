@@ -23,14 +23,17 @@ def film_with(tmp_path: Path, **attributes: object):
     return read_film(write_dx(tmp_path / "film.dcm", film, **attributes))
 
 
-@pytest.mark.parametrize("attributes, reason", [
-    ({"Modality": "CT"}, "Modality CT: not a projection radiograph"),
-    ({"Modality": "MG"}, "Modality MG"),
-    ({"Modality": None}, "no Modality"),
-    ({"ViewPosition": "LL"}, "a lateral view (ViewPosition 'LL')"),
-    ({"ViewPosition": "RL"}, "a lateral view"),
-    ({"PhotometricInterpretation": "PALETTE COLOR"}, "a colour image (PALETTE COLOR)"),
-])
+@pytest.mark.parametrize(
+    "attributes, reason",
+    [
+        ({"Modality": "CT"}, "Modality CT: not a projection radiograph"),
+        ({"Modality": "MG"}, "Modality MG"),
+        ({"Modality": None}, "no Modality"),
+        ({"ViewPosition": "LL"}, "a lateral view (ViewPosition 'LL')"),
+        ({"ViewPosition": "RL"}, "a lateral view"),
+        ({"PhotometricInterpretation": "PALETTE COLOR"}, "a colour image (PALETTE COLOR)"),
+    ],
+)
 def test_films_refused_by_their_attributes(tmp_path: Path, attributes: dict, reason: str) -> None:
     status = check_film(film_with(tmp_path, **attributes))
     assert status.refused and reason in status.reason, status
@@ -65,8 +68,7 @@ def test_frontal_films_pass_and_oblique_is_flagged(tmp_path: Path) -> None:
 
 def test_a_colour_photograph_is_refused_and_grey_stored_as_rgb_is_not() -> None:
     rng = np.random.default_rng(0)
-    photo = cv2.resize(rng.integers(0, 256, (6, 8, 3)).astype(np.uint8), (400, 300),
-                       interpolation=cv2.INTER_CUBIC)
+    photo = cv2.resize(rng.integers(0, 256, (6, 8, 3)).astype(np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC)
     status = check_image(photo)
     assert status.refused and "colour photograph" in status.reason
     grey, _ = chest_phantom()
@@ -84,19 +86,22 @@ def non_radiographs(rng: np.random.Generator) -> dict[str, np.ndarray]:
     yy, xx = np.mgrid[:h, :w] / max(h, w)
     page = np.full((int(w * 1.41), w), 240, np.uint8)
     for i in range(22):
-        cv2.putText(page, "Request form: chest PA, patient 0042", (12, 24 + 24 * i),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, 20, 1)
+        cv2.putText(
+            page, "Request form: chest PA, patient 0042", (12, 24 + 24 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 20, 1
+        )
     ct = np.zeros((h, w), np.uint8)
     cv2.ellipse(ct, (w // 2, h // 2), (160, 120), 0, 0, 360, 120, -1)
     for cx in (w // 2 - 70, w // 2 + 70):
         cv2.ellipse(ct, (cx, h // 2 - 10), (55, 80), 0, 0, 360, 25, -1)
-    return {"noise": rng.integers(0, 256, (h, w)).astype(np.uint8),
-            "gradient": (255 * xx).astype(np.uint8),
-            "radial gradient": (255 * np.hypot(yy - 0.5, xx - 0.5) / 0.75).astype(np.uint8),
-            "blank": np.full((h, w), 128, np.uint8),
-            "text page": page,
-            "CT slice": np.clip(ct + rng.normal(0, 5, ct.shape), 0, 255).astype(np.uint8),
-            "strip": np.tile(chest_phantom()[0], (1, 3))}
+    return {
+        "noise": rng.integers(0, 256, (h, w)).astype(np.uint8),
+        "gradient": (255 * xx).astype(np.uint8),
+        "radial gradient": (255 * np.hypot(yy - 0.5, xx - 0.5) / 0.75).astype(np.uint8),
+        "blank": np.full((h, w), 128, np.uint8),
+        "text page": page,
+        "CT slice": np.clip(ct + rng.normal(0, 5, ct.shape), 0, 255).astype(np.uint8),
+        "strip": np.tile(chest_phantom()[0], (1, 3)),
+    }
 
 
 def test_non_radiographs_are_flagged_with_the_feature_that_caught_them() -> None:

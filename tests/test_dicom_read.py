@@ -28,13 +28,23 @@ def bundled(name: str) -> Path:
 
 def test_a_film_reads_its_attributes_and_display_pixels(tmp_path: Path) -> None:
     film, _ = chest_phantom()
-    path = write_dx(tmp_path / "film.dcm", film, PixelSpacing=[0.15, 0.16],
-                    ImagerPixelSpacing=[0.2, 0.2], PatientOrientation=["R", "F"], ViewPosition="AP",
-                    RescaleSlope=2, RescaleIntercept=-10)
+    path = write_dx(
+        tmp_path / "film.dcm",
+        film,
+        PixelSpacing=[0.15, 0.16],
+        ImagerPixelSpacing=[0.2, 0.2],
+        PatientOrientation=["R", "F"],
+        ViewPosition="AP",
+        RescaleSlope=2,
+        RescaleIntercept=-10,
+    )
     got = read_film(path)
     ds = got.dataset
     assert (got.study_uid, got.series_uid, got.sop_instance_uid) == (
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+    )
     assert (got.modality, got.view_position, got.patient_orientation) == ("DX", "AP", ("R", "F"))
     assert got.pixel_spacing == (0.15, 0.16) and got.spacing_source == "PixelSpacing"  # preferred
     assert (got.rows, got.columns, got.frames, got.samples_per_pixel) == (240, 200, 1, 1)
@@ -58,8 +68,7 @@ def test_monochrome1_is_inverted_and_inputs_read_dicom_is_the_same_reader(tmp_pa
     np.testing.assert_array_equal(read_input(m1), read_input(m2))
 
 
-@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80",
-                                    "1.2.840.10008.1.2.5"])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"])
 def test_a_losslessly_compressed_film_reads_back_exactly(tmp_path: Path, syntax: str) -> None:
     film, _ = chest_phantom()
     ds = dx_dataset(film)
@@ -72,8 +81,7 @@ def test_a_losslessly_compressed_film_reads_back_exactly(tmp_path: Path, syntax:
 
 def test_bundled_12_bit_jpeg_extended_and_jpeg_2000_films_decode() -> None:
     extended, j2k = read_film(bundled("JPGExtended.dcm")), read_film(bundled("JPEG2000.dcm"))
-    assert (extended.transfer_syntax, j2k.transfer_syntax) == ("1.2.840.10008.1.2.4.51",
-                                                               "1.2.840.10008.1.2.4.91")
+    assert (extended.transfer_syntax, j2k.transfer_syntax) == ("1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91")
     assert extended.dataset.BitsStored == 12  # Pillow cannot decode it: pylibjpeg-libjpeg does
     a, b = extended.pixels(), j2k.pixels()
     assert a.shape == b.shape == (1024, 256) and a.dtype == b.dtype == np.float32
@@ -82,8 +90,9 @@ def test_bundled_12_bit_jpeg_extended_and_jpeg_2000_films_decode() -> None:
 
 
 @pytest.mark.parametrize("plugins", [(), ("pillow",)])
-def test_a_missing_decoder_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch,
-                                                        plugins: tuple[str, ...]) -> None:
+def test_a_missing_decoder_names_the_package_to_install(
+    monkeypatch: pytest.MonkeyPatch, plugins: tuple[str, ...]
+) -> None:
     from pydicom.pixels import get_decoder
 
     decoder = get_decoder("1.2.840.10008.1.2.4.51")
@@ -105,7 +114,7 @@ def test_bad_films_raise_one_line_naming_the_file_and_the_fix(tmp_path: Path) ->
     good = write_dx(tmp_path / "good.dcm", film)
     data = good.read_bytes()
     cases: dict[str, tuple[Path, str]] = {}
-    (tmp_path / "cut.dcm").write_bytes(data[:len(data) - 5000])
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 5000])
     cases["cut"] = (tmp_path / "cut.dcm", "truncated or corrupt pixel data")
     no_pixels = dx_dataset(film)
     del no_pixels.PixelData
@@ -122,8 +131,10 @@ def test_bad_films_raise_one_line_naming_the_file_and_the_fix(tmp_path: Path) ->
     cases["mpeg"] = (tmp_path / "mpeg.dcm", "which no pydicom decoder reads; convert the file")
     (tmp_path / "text.dcm").write_text("not a DICOM file at all, but long enough " * 10)
     cases["text"] = (tmp_path / "text.dcm", "not a readable DICOM file (no DICOM file header")
-    cases["bad jpeg"] = (bundled("JPEG-lossy.dcm"),  # pydicom's deliberately broken codestream
-                         "truncated or corrupt pixel data (Unable to decode")
+    cases["bad jpeg"] = (
+        bundled("JPEG-lossy.dcm"),  # pydicom's deliberately broken codestream
+        "truncated or corrupt pixel data (Unable to decode",
+    )
     cases["rtplan"] = (bundled("rtplan.dcm"), "no pixel data (a RTPLAN object, not an image)")
     for key, (path, expected) in cases.items():
         with pytest.raises(DataError) as err:

@@ -39,8 +39,7 @@ def dciodvfy() -> str:
             subprocess.run(install, env=env, capture_output=True, timeout=600)
         found = shutil.which("dciodvfy")
     if found is None:
-        pytest.skip("dciodvfy not found and not installable here (needs root and apt-get): "
-                    "apt-get install dicom3tools")
+        pytest.skip("dciodvfy not found and not installable here (needs root and apt-get): apt-get install dicom3tools")
     return found
 
 
@@ -58,24 +57,35 @@ def write_film_and_seg(tmp_path: Path, **attributes: object):
     film, mask = chest_phantom()
     source = read_film(write_dx(tmp_path / "film.dcm", film, **attributes))
     sides = split_film(mask, source)
-    seg = write_seg(source, sides.left.mask, sides.right.mask, ModelDescription(image_size=256),
-                    0.9531, True, tmp_path / "film.seg.dcm", model_name="cxr_small",
-                    weights_sha256=SHA, side_source=sides.side_source)
+    seg = write_seg(
+        source,
+        sides.left.mask,
+        sides.right.mask,
+        ModelDescription(image_size=256),
+        0.9531,
+        True,
+        tmp_path / "film.seg.dcm",
+        model_name="cxr_small",
+        weights_sha256=SHA,
+        side_source=sides.side_source,
+    )
     return source, sides, seg
 
 
-@pytest.mark.parametrize("attributes", [{"PixelSpacing": [0.2, 0.25]}, {"PatientOrientation": None},
-                                        {"Modality": "CR", "ImagerPixelSpacing": [0.1, 0.1]}])
-def test_seg_references_the_film_and_holds_both_lungs(tmp_path: Path, dciodvfy: str,
-                                                      attributes: dict) -> None:
+@pytest.mark.parametrize(
+    "attributes",
+    [{"PixelSpacing": [0.2, 0.25]}, {"PatientOrientation": None}, {"Modality": "CR", "ImagerPixelSpacing": [0.1, 0.1]}],
+)
+def test_seg_references_the_film_and_holds_both_lungs(tmp_path: Path, dciodvfy: str, attributes: dict) -> None:
     source, sides, path = write_film_and_seg(tmp_path, **attributes)
     # highdicom reads it back: two segments, Lung with laterality, the masks pixel for pixel
     seg = hd.seg.segread(path)
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"
     assert seg.StudyInstanceUID == source.study_uid
-    referenced = [(series.SeriesInstanceUID,
-                   [i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence])
-                  for series in seg.ReferencedSeriesSequence]
+    referenced = [
+        (series.SeriesInstanceUID, [i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence])
+        for series in seg.ReferencedSeriesSequence
+    ]
     assert referenced == [(source.series_uid, [source.sop_instance_uid])]
     for number, (label, side) in enumerate(zip(SEGMENTS, ("Left", "Right"), strict=True), start=1):
         description = seg.get_segment_description(number)
@@ -109,14 +119,22 @@ def test_seg_references_the_film_and_holds_both_lungs(tmp_path: Path, dciodvfy: 
     assert validate(dciodvfy, path) == []
 
 
-def test_an_empty_lung_still_gets_its_segment_and_series_can_be_shared(tmp_path: Path,
-                                                                        dciodvfy: str) -> None:
+def test_an_empty_lung_still_gets_its_segment_and_series_can_be_shared(tmp_path: Path, dciodvfy: str) -> None:
     film, mask = chest_phantom()
     source = read_film(write_dx(tmp_path / "film.dcm", film))
     left = np.zeros_like(mask)
     series = pydicom.uid.generate_uid()
-    path = write_seg(source.dataset, left, mask, None, float("nan"), False, tmp_path / "a.seg.dcm",
-                     series_uid=series, instance_number=3)
+    path = write_seg(
+        source.dataset,
+        left,
+        mask,
+        None,
+        float("nan"),
+        False,
+        tmp_path / "a.seg.dcm",
+        series_uid=series,
+        instance_number=3,
+    )
     got = read_seg(path)
     assert not got["Left lung"].any() and np.array_equal(got["Right lung"], mask)
     plain = pydicom.dcmread(path)
@@ -131,13 +149,19 @@ def test_seg_write_refuses_what_it_cannot_reference_and_leaves_nothing(tmp_path:
     with pytest.raises(DataError, match="no StudyInstanceUID, so a SEG cannot reference it"):
         write_seg(no_uid, mask, mask, None, 0.9, False, tmp_path / "x.seg.dcm")
     with pytest.raises(DataError, match=r"masks of \(10, 10\) px for a film of \(240, 200\) px"):
-        write_seg(dx_dataset(film), np.zeros((10, 10), bool), np.zeros((10, 10), bool), None, 0.9,
-                  False, tmp_path / "x.seg.dcm")
+        write_seg(
+            dx_dataset(film),
+            np.zeros((10, 10), bool),
+            np.zeros((10, 10), bool),
+            None,
+            0.9,
+            False,
+            tmp_path / "x.seg.dcm",
+        )
     assert not list(tmp_path.iterdir())
 
 
-def test_a_segmented_dicom_gives_a_seg_equal_to_its_png_mask(tmp_path: Path, tiny_ckpt: Path,
-                                                              dciodvfy: str) -> None:
+def test_a_segmented_dicom_gives_a_seg_equal_to_its_png_mask(tmp_path: Path, tiny_ckpt: Path, dciodvfy: str) -> None:
     from lungseg.inference.segmenter import LungSegmenter
 
     image, _ = disc_pair(np.random.default_rng(5), 96)  # the tiny model's kind of film
@@ -149,9 +173,16 @@ def test_a_segmented_dicom_gives_a_seg_equal_to_its_png_mask(tmp_path: Path, tin
     (tmp_path / "disc.png").write_bytes(png.tobytes())
     film = read_film(path)
     sides = split_film(result.mask, film)
-    seg = write_seg(film, sides.left.mask, sides.right.mask, segmenter.description,
-                    result.quality_score, result.needs_review, tmp_path / "disc.seg.dcm",
-                    side_source=sides.side_source)
+    seg = write_seg(
+        film,
+        sides.left.mask,
+        sides.right.mask,
+        segmenter.description,
+        result.quality_score,
+        result.needs_review,
+        tmp_path / "disc.seg.dcm",
+        side_source=sides.side_source,
+    )
     masks = read_seg(seg)
     png_mask = cv2.imread(str(tmp_path / "disc.png"), cv2.IMREAD_GRAYSCALE) > 0
     assert np.array_equal(masks["Left lung"] | masks["Right lung"], png_mask)

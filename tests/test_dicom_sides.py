@@ -37,13 +37,17 @@ def area_mm2(lung: dict) -> float:
     return math.pi * lung["axes_mm"][0] * lung["axes_mm"][1]
 
 
-@pytest.mark.parametrize("keyword, spacing", [("PixelSpacing", (0.1, 0.14)),
-                                              ("ImagerPixelSpacing", (0.148, 0.148))])
+@pytest.mark.parametrize("keyword, spacing", [("PixelSpacing", (0.1, 0.14)), ("ImagerPixelSpacing", (0.148, 0.148))])
 def test_areas_and_heights_in_mm_from_the_films_spacing_to_one_percent(
-        tmp_path: Path, keyword: str, spacing: tuple[float, float]) -> None:
+    tmp_path: Path, keyword: str, spacing: tuple[float, float]
+) -> None:
     mask = drawn_mask(spacing)
-    path = write_dx(tmp_path / "film.dcm", np.full((ROWS, COLS), 2000, np.uint16),
-                    **{keyword: list(spacing)}, PatientOrientation=["L", "F"])
+    path = write_dx(
+        tmp_path / "film.dcm",
+        np.full((ROWS, COLS), 2000, np.uint16),
+        **{keyword: list(spacing)},
+        PatientOrientation=["L", "F"],
+    )
     sides = split_film(mask, read_film(path))
     assert (sides.spacing_source, sides.area_unit, sides.length_unit) == (keyword, "mm2", "mm")
     assert sides.side_source == "PatientOrientation"
@@ -62,6 +66,7 @@ def test_areas_and_heights_in_mm_from_the_films_spacing_to_one_percent(
 def test_orientation_flips_swap_the_sides_and_the_convention_is_said(tmp_path: Path) -> None:
     mask = drawn_mask((0.2, 0.2))
     film = np.full((ROWS, COLS), 2000, np.uint16)
+
     def split(name: str, **attributes: object):
         return split_film(mask, read_film(write_dx(tmp_path / name, film, **attributes)))
 
@@ -79,7 +84,7 @@ def test_orientation_flips_swap_the_sides_and_the_convention_is_said(tmp_path: P
     assert plain.left.area == plain.left.pixels == int(as_displayed.left.mask.sum())
     # a film turned a quarter: L/R in the second value, the lungs above each other
     turned = np.ascontiguousarray(np.rot90(mask))  # the image's right column becomes the top row
-    quarter = split_sides(turned, ("F", "R"))       # so down a column runs to the patient's right
+    quarter = split_sides(turned, ("F", "R"))  # so down a column runs to the patient's right
     assert quarter.side_source == "PatientOrientation"
     assert np.array_equal(quarter.left.mask, np.rot90(as_displayed.left.mask))
     assert np.array_equal(quarter.right.mask, np.rot90(as_displayed.right.mask))
@@ -90,19 +95,19 @@ def test_orientation_flips_swap_the_sides_and_the_convention_is_said(tmp_path: P
 
 def test_joined_lungs_split_at_the_centre_and_specks_follow_their_side() -> None:
     mask = np.zeros((200, 200), bool)
-    mask[40:160, 30:170] = True            # both lungs joined across the midline
+    mask[40:160, 30:170] = True  # both lungs joined across the midline
     joined = split_sides(mask)
     assert joined.left.pixels == joined.right.pixels == 120 * 70
     one = np.zeros((200, 200), bool)
-    one[40:160, 20:80] = True              # one lung only, on the image's left: the patient's right
+    one[40:160, 20:80] = True  # one lung only, on the image's left: the patient's right
     single = split_sides(one)
     assert single.right.pixels == int(one.sum())
     assert (single.left.pixels, single.left.height) == (0, 0)
     specks = one.copy()
-    specks[100:104, 180:184] = True        # a speck far on the other side: not the other lung
+    specks[100:104, 180:184] = True  # a speck far on the other side: not the other lung
     assert split_sides(specks).left.pixels == 16
     two = drawn_mask((0.5, 0.5))[:600, :500]
-    two[0, 100] = two[300, 499] = True     # touching the top and right borders
+    two[0, 100] = two[300, 499] = True  # touching the top and right borders
     sides = split_sides(two)
     assert sides.left.touches_border and sides.right.touches_border
 

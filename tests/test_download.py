@@ -68,8 +68,9 @@ class FakeKaggleApi:
     def authenticate(self) -> None:
         self.calls.append(("authenticate",))
 
-    def dataset_download_files(self, dataset: str, path: str | None = None, unzip: bool = False,
-                               quiet: bool = True) -> None:
+    def dataset_download_files(
+        self, dataset: str, path: str | None = None, unzip: bool = False, quiet: bool = True
+    ) -> None:
         self.calls.append(("dataset_download_files", dataset, path, unzip))
         out = Path(path) / f"{dataset.split('/')[-1]}.zip"
         out.write_bytes(self.raw if self.raw is not None else self.zip_source.read_bytes())
@@ -231,8 +232,9 @@ def test_zip_without_the_layout_is_rejected(root: Path, tmp_path: Path) -> None:
     assert_nothing_at(root)
 
 
-@pytest.mark.parametrize("evil", ["../evil.txt", "ChestXray/../../evil.txt", "/tmp/evil-abs.txt",
-                                  "C:/evil.txt", "..\\evil.txt"])
+@pytest.mark.parametrize(
+    "evil", ["../evil.txt", "ChestXray/../../evil.txt", "/tmp/evil-abs.txt", "C:/evil.txt", "..\\evil.txt"]
+)
 def test_zip_slip_is_rejected(root: Path, tmp_path: Path, evil: str) -> None:
     bad = write_zip(tmp_path / ZIP_NAME, {**dataset_members(), evil: b"pwned"})
     with pytest.raises(DataError) as err:
@@ -302,14 +304,22 @@ class RaisingApi(FakeKaggleApi):
 
 
 def assert_ways_forward(message: str) -> None:
-    for needle in ("data.root=", "+experiment=demo", "KAGGLE_USERNAME", "KAGGLE_KEY", "kaggle.json",
-                   "chmod 600", "make data"):
+    for needle in (
+        "data.root=",
+        "+experiment=demo",
+        "KAGGLE_USERNAME",
+        "KAGGLE_KEY",
+        "kaggle.json",
+        "chmod 600",
+        "make data",
+    ):
         assert needle in message
 
 
 @pytest.mark.parametrize("api_class", [NoCredentialsApi, RaisingApi])
-def test_missing_credentials_give_one_clear_error(root: Path, good_zip: Path, api_class: type,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_credentials_give_one_clear_error(
+    root: Path, good_zip: Path, api_class: type, capsys: pytest.CaptureFixture[str]
+) -> None:
     api = api_class(good_zip)
     with pytest.raises(DataError) as err:
         dl.download_dataset(root, api=api)
@@ -319,8 +329,9 @@ def test_missing_credentials_give_one_clear_error(root: Path, good_zip: Path, ap
     assert not root.exists()
 
 
-def test_real_kaggle_without_credentials(root: Path, tmp_path: Path, _isolated_kaggle_config: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_kaggle_without_credentials(
+    root: Path, tmp_path: Path, _isolated_kaggle_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -339,8 +350,9 @@ def test_real_kaggle_without_credentials(root: Path, tmp_path: Path, _isolated_k
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
-def test_readable_credentials_warn(root: Path, good_zip: Path, _isolated_kaggle_config: Path,
-                                   caplog: pytest.LogCaptureFixture, mode: int) -> None:
+def test_readable_credentials_warn(
+    root: Path, good_zip: Path, _isolated_kaggle_config: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
     creds = _isolated_kaggle_config / "kaggle.json"
     creds.write_text('{"username": "u", "key": "k"}')
     creds.chmod(mode)
@@ -368,10 +380,20 @@ def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
-    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(tmp_path / "kaggle-config"),
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    cmd = [sys.executable, "-m", "lungseg.data.download", "--config-path", str(conf),
-           f"hydra.run.dir={tmp_path / 'outputs'}", *overrides]
+    env.update(
+        HOME=str(home),
+        KAGGLE_CONFIG_DIR=str(tmp_path / "kaggle-config"),
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "lungseg.data.download",
+        "--config-path",
+        str(conf),
+        f"hydra.run.dir={tmp_path / 'outputs'}",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 

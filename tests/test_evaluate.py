@@ -29,8 +29,15 @@ from lungseg.training.module import load_module
 from tests.helpers import CONF, CXR, ROOT, TINY, cpu_precision, requires_cxr, write_split
 
 TEST_NUMBERS = [50, 52, 54, 56, 58, 61]
-FIGURES = ("roc", "precision_recall", "confusion_matrix", "training_curves", "dice_histogram", "predictions",
-           "reliability")
+FIGURES = (
+    "roc",
+    "precision_recall",
+    "confusion_matrix",
+    "training_curves",
+    "dice_histogram",
+    "predictions",
+    "reliability",
+)
 
 
 def _compose(out: Path, name: str, *overrides: str) -> DictConfig:
@@ -105,9 +112,15 @@ def test_every_image_once_and_exact_against_numpy(trained: dict, run_eval, tmp_p
     assert min(tp, fp, fn, tn) > 0  # a real mix, so every ratio is tested
     assert summary["confusion"] == {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
     pooled = summary["pooled"]
-    expected = {"accuracy": (tp + tn) / truth.size, "precision": tp / (tp + fp), "recall": tp / (tp + fn),
-                "specificity": tn / (tn + fp), "iou": tp / (tp + fp + fn), "dice": 2 * tp / (2 * tp + fp + fn),
-                "f1": 2 * tp / (2 * tp + fp + fn)}
+    expected = {
+        "accuracy": (tp + tn) / truth.size,
+        "precision": tp / (tp + fp),
+        "recall": tp / (tp + fn),
+        "specificity": tn / (tn + fp),
+        "iou": tp / (tp + fp + fn),
+        "dice": 2 * tp / (2 * tp + fp + fn),
+        "f1": 2 * tp / (2 * tp + fp + fn),
+    }
     for name, value in expected.items():
         assert pooled[name] == pytest.approx(value, abs=1e-6), name
     bce = np.maximum(logits, 0) - logits * truth + np.log1p(np.exp(-np.abs(logits)))
@@ -205,10 +218,12 @@ def test_bad_inputs_are_one_clear_error_each(trained: dict, run_eval, tmp_path: 
     truncated.write_bytes(trained["ckpt"].read_bytes()[:5000])
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, foreign)
-    cases = [(f"ckpt_path={tmp_path / 'none.ckpt'}", CheckpointError, "no such checkpoint"),
-             (f"ckpt_path={truncated}", CheckpointError, "truncated or corrupt"),
-             (f"ckpt_path={foreign}", CheckpointError, "not a lungseg checkpoint"),
-             (f"data.root={tmp_path}", DataError, "no dataset at")]
+    cases = [
+        (f"ckpt_path={tmp_path / 'none.ckpt'}", CheckpointError, "no such checkpoint"),
+        (f"ckpt_path={truncated}", CheckpointError, "truncated or corrupt"),
+        (f"ckpt_path={foreign}", CheckpointError, "not a lungseg checkpoint"),
+        (f"data.root={tmp_path}", DataError, "no dataset at"),
+    ]
     for override, error, message in cases:
         with pytest.raises(error, match=message):
             run_eval(override, f"output_dir={tmp_path / 'out'}")
@@ -217,8 +232,13 @@ def test_bad_inputs_are_one_clear_error_each(trained: dict, run_eval, tmp_path: 
     with pytest.raises(DataError, match="folder missing"):
         run_eval(f"data.root={wrong}", f"output_dir={tmp_path / 'out'}")
     assert not (tmp_path / "out").exists()
-    proc = subprocess.run([sys.executable, "-m", "lungseg.evaluate", f"ckpt_path={truncated}",
-                           f"data.root={trained['root']}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lungseg.evaluate", f"ckpt_path={truncated}", f"data.root={trained['root']}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
     assert str(truncated) in proc.stderr
 

@@ -21,7 +21,6 @@ from tests.helpers import CXR, requires_cxr, write_split
 ORIG_TEST = CXR / "orig" / "test" / "image"
 
 
-
 def export_cfg(compose_cfg, ckpt: Path, *overrides: str):
     return compose_cfg(f"ckpt_path={ckpt}", *overrides, config_name="export")
 
@@ -31,8 +30,9 @@ def reference(ckpt: Path, images: np.ndarray) -> np.ndarray:
     return LungSegmenter.from_checkpoint(ckpt, "cpu", precision="32").probabilities(images)
 
 
-def test_onnx_matches_pytorch_on_synthetic_radiographs_and_carries_the_description(compose_cfg, tiny_ckpt: Path,
-                                                                                   tmp_path: Path) -> None:
+def test_onnx_matches_pytorch_on_synthetic_radiographs_and_carries_the_description(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "lungseg.onnx"
     result = export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}"))
     assert result["image_size"] == 32 and result["max_abs_diff"] < 1e-4
@@ -52,8 +52,7 @@ def test_onnx_matches_pytorch_on_synthetic_radiographs_and_carries_the_descripti
 
 
 @requires_cxr
-def test_onnx_matches_pytorch_on_real_radiographs_with_any_batch(compose_cfg, tiny_ckpt: Path,
-                                                                 tmp_path: Path) -> None:
+def test_onnx_matches_pytorch_on_real_radiographs_with_any_batch(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "lungseg.onnx"
     result = export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}"))
     assert result["image_size"] == 32 and result["max_abs_diff"] < 1e-4
@@ -104,8 +103,9 @@ def test_default_output_overwrite_and_bad_settings(compose_cfg, tiny_ckpt: Path,
     assert not (tmp_path / "evil.onnx").exists()
 
 
-def test_pretrained_folder_is_weights_only_self_described_and_loads_back(compose_cfg, tiny_ckpt: Path,
-                                                                         tmp_path: Path) -> None:
+def test_pretrained_folder_is_weights_only_self_described_and_loads_back(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "pretrained"
     result = export(export_cfg(compose_cfg, tiny_ckpt, "format=pretrained", f"output={out}"))
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
@@ -146,8 +146,9 @@ def test_pretrained_loads_from_a_hub_id_through_the_hub_cache(compose_cfg, tiny_
         LungSegmenter.from_pretrained("someone/absent", "cpu", cache_dir=cache, local_files_only=True)
 
 
-def test_pretrained_folder_with_foreign_class_or_bad_weights_is_refused(compose_cfg, tiny_ckpt: Path,
-                                                                          tmp_path: Path) -> None:
+def test_pretrained_folder_with_foreign_class_or_bad_weights_is_refused(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "pretrained"
     export(export_cfg(compose_cfg, tiny_ckpt, "format=pretrained", f"output={out}", "verify=false"))
     config = json.loads((out / "config.json").read_text())

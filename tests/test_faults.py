@@ -27,8 +27,19 @@ SMALL = tuple(a for a in TINY if not a.startswith("data.batch_size")) + ("data.b
 
 
 def _train_cmd(data: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "lungseg.train", f"data.root={data}", *SMALL, "trainer.max_epochs=6", "seed=7",
-            "trainer.deterministic=true", "threads=1", "data.num_workers=0", *args]
+    return [
+        sys.executable,
+        "-m",
+        "lungseg.train",
+        f"data.root={data}",
+        *SMALL,
+        "trainer.max_epochs=6",
+        "seed=7",
+        "trainer.deterministic=true",
+        "threads=1",
+        "data.num_workers=0",
+        *args,
+    ]
 
 
 def _ckpt(path: Path) -> dict[str, Any]:
@@ -39,10 +50,19 @@ def _ckpt(path: Path) -> dict[str, Any]:
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     last = killed / "checkpoints" / "last.ckpt"
-    uninterrupted = subprocess.Popen(_train_cmd(tiny_dataset, f"hydra.run.dir={whole}"), cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_train_cmd(tiny_dataset, f"hydra.run.dir={killed}"), cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uninterrupted = subprocess.Popen(
+        _train_cmd(tiny_dataset, f"hydra.run.dir={whole}"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = subprocess.Popen(
+        _train_cmd(tiny_dataset, f"hydra.run.dir={killed}"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not last.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -53,8 +73,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dataset: Path, tm
     assert json.loads((killed / "result.json").read_text())["status"] == "running"  # what the summary calls killed
 
     # No hydra.run.dir: a resume from <run>/checkpoints/ continues in <run>.
-    resumed = subprocess.run(_train_cmd(tiny_dataset, f"ckpt_path={last}"), cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        _train_cmd(tiny_dataset, f"ckpt_path={last}"), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, err = uninterrupted.communicate(timeout=600)
     assert uninterrupted.returncode == 0, err[-3000:]
@@ -63,8 +84,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dataset: Path, tm
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (5, 6 * 4)
     for name, tensor in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(),
-                      strict=True):
+    for sa, sb in zip(
+        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True
+    ):
         torch.testing.assert_close(sb["exp_avg"], sa["exp_avg"], rtol=0, atol=1e-6)
     assert a["lr_schedulers"] == b["lr_schedulers"]
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (whole, killed))
@@ -103,7 +125,8 @@ def test_torn_checkpoint_is_refused_before_resuming(compose_cfg, tiny_dataset: P
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
-        compose_cfg, tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    compose_cfg, tiny_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
     step = LungSegModule.training_step
 
     def poisoned(self: LungSegModule, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -119,8 +142,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert good["epoch"] == 0 and all(torch.isfinite(t).all() for t in good["state_dict"].values())
 
 
-def test_non_finite_batchnorm_statistics_never_reach_a_checkpoint(compose_cfg, tiny_dataset: Path, tmp_path: Path,
-                                                                 monkeypatch) -> None:
+def test_non_finite_batchnorm_statistics_never_reach_a_checkpoint(
+    compose_cfg, tiny_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
     step = LungSegModule.training_step
 
     def poisoned(self: LungSegModule, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -135,8 +159,9 @@ def test_non_finite_batchnorm_statistics_never_reach_a_checkpoint(compose_cfg, t
         train(cfg)
     for name in ("last.ckpt", "best.ckpt"):
         saved = torch.load(tmp_path / "run" / "checkpoints" / name, weights_only=True)
-        assert saved["epoch"] == 0 and all(torch.isfinite(t).all() for t in saved["state_dict"].values()
-                                           if t.is_floating_point())
+        assert saved["epoch"] == 0 and all(
+            torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point()
+        )
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -147,8 +172,14 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 def test_seed_and_deterministic_give_identical_runs(compose_cfg, tiny_dataset: Path, tmp_path: Path) -> None:
     runs = []
     for name in ("a", "b"):
-        cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=2", "seed=3",
-                          "trainer.deterministic=true", f"paths.output_dir={tmp_path / name}")
+        cfg = compose_cfg(
+            f"data.root={tiny_dataset}",
+            *TINY,
+            "trainer.max_epochs=2",
+            "seed=3",
+            "trainer.deterministic=true",
+            f"paths.output_dir={tmp_path / name}",
+        )
         runs.append(train(cfg))
     assert runs[0] == runs[1]
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
@@ -160,24 +191,34 @@ class AugmentationRecorder(L.Callback):
 
     seen: dict[tuple[int, int], float] = {}
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         for index, image in zip(batch["index"].tolist(), batch["image"], strict=True):
-            AugmentationRecorder.seen[(trainer.current_epoch, index)] = float((image * torch.arange(
-                image.numel()).view_as(image)).sum())
+            AugmentationRecorder.seen[(trainer.current_epoch, index)] = float(
+                (image * torch.arange(image.numel()).view_as(image)).sum()
+            )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_epochs_get_fresh_augmentations_and_seeds_repeat_them(compose_cfg, tiny_dataset: Path, tmp_path: Path,
-                                                              workers: int) -> None:
+def test_epochs_get_fresh_augmentations_and_seeds_repeat_them(
+    compose_cfg, tiny_dataset: Path, tmp_path: Path, workers: int
+) -> None:
     recorder = importlib.import_module("tests.test_faults").AugmentationRecorder  # the class _target_ builds
     records = []
     for name in ("a", "b"):
         recorder.seen = {}
-        cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=2", "seed=5", "test=false",
-                          "trainer.deterministic=true", f"data.num_workers={workers}",
-                          f"paths.output_dir={tmp_path / name}",
-                          "+callbacks.recorder._target_=tests.test_faults.AugmentationRecorder")
+        cfg = compose_cfg(
+            f"data.root={tiny_dataset}",
+            *TINY,
+            "trainer.max_epochs=2",
+            "seed=5",
+            "test=false",
+            "trainer.deterministic=true",
+            f"data.num_workers={workers}",
+            f"paths.output_dir={tmp_path / name}",
+            "+callbacks.recorder._target_=tests.test_faults.AugmentationRecorder",
+        )
         train(cfg)
         records.append(dict(recorder.seen))
     first = records[0]

@@ -16,7 +16,7 @@ SIZE = 128
 
 def disc() -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[:SIZE, :SIZE]
-    mask = (((yy - 64) ** 2 + (xx - 64) ** 2) < 50 ** 2).astype(np.uint8)
+    mask = (((yy - 64) ** 2 + (xx - 64) ** 2) < 50**2).astype(np.uint8)
     return np.where(mask > 0, 80, 180).astype(np.uint8), mask
 
 
@@ -28,11 +28,15 @@ def test_shutters_darken_whole_edges_and_take_the_lung_under_them_out_of_the_mas
     for _ in range(100):
         out = t(image=image, mask=mask)
         dark = out["image"] != image
-        shuttered = {"top": dark[0].all(), "bottom": dark[-1].all(), "left": dark[:, 0].all(),
-                     "right": dark[:, -1].all()}
+        shuttered = {
+            "top": dark[0].all(),
+            "bottom": dark[-1].all(),
+            "left": dark[:, 0].all(),
+            "right": dark[:, -1].all(),
+        }
         assert any(shuttered.values())
         sides_seen |= {s for s, on in shuttered.items() if on}
-        assert out["image"][dark].max() <= 30 and len(np.unique(out["image"][dark])) == 1   # one shutter grey
+        assert out["image"][dark].max() <= 30 and len(np.unique(out["image"][dark])) == 1  # one shutter grey
         # the mask loses exactly the lung under the shutters, nothing else
         np.testing.assert_array_equal(out["mask"], np.where(dark, 0, mask))
         if shuttered["top"]:
@@ -50,13 +54,13 @@ def test_burnt_in_text_is_bright_strokes_on_the_image_only() -> None:
         out = t(image=image, mask=mask)
         np.testing.assert_array_equal(out["mask"], mask)
         diff = out["image"].astype(int) - image
-        assert diff.min() >= 0   # text only brightens
+        assert diff.min() >= 0  # text only brightens
         changed.append((diff > 0).mean())
-    assert 0.002 < np.mean(changed) < 0.1   # strokes, not blocks
+    assert 0.002 < np.mean(changed) < 0.1  # strokes, not blocks
     first, second = (BurntInText(lines=(2, 4), height=(0.04, 0.08), p=1.0) for _ in range(2))
     first.set_random_seed(7)
     second.set_random_seed(7)
-    np.testing.assert_array_equal(first(image=image)["image"], second(image=image)["image"])   # seeded
+    np.testing.assert_array_equal(first(image=image)["image"], second(image=image)["image"])  # seeded
 
 
 def test_bad_ranges_are_refused_naming_the_setting() -> None:
@@ -83,9 +87,9 @@ def test_robust_augmentation_covers_the_shifts_it_targets(compose_cfg) -> None:
         out = affine(image=flat, mask=np.ones_like(mask))
         areas.append(out["mask"].mean())
         outside = cv2.erode((out["mask"] == 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # past the edge
-        assert out["image"][outside].max(initial=0) == 0   # black outside the moved film
+        assert out["image"][outside].max(initial=0) == 0  # black outside the moved film
         assert set(np.unique(out["mask"])) <= {0, 1}
-    assert 0.6 < min(areas) < 0.7   # zoom 0.8 per axis: about 0.64 of the area
+    assert 0.6 < min(areas) < 0.7  # zoom 0.8 per axis: about 0.64 of the area
     gamma.set_random_seed(5)
     mid = np.full((SIZE, SIZE), 128, np.uint8)
     gammas = [np.log(gamma(image=mid)["image"].mean() / 255) / np.log(128 / 255) for _ in range(300)]

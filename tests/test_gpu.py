@@ -17,7 +17,6 @@ from tests.helpers import TINY
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-
 def test_native_precision_never_picks_emulated_bf16() -> None:
     major, _ = torch.cuda.get_device_capability()
     assert has_native_bf16("cuda") == (major >= 8)  # Ampere and newer; V100 (7.0) and T4 (7.5) get 16-mixed
@@ -26,8 +25,9 @@ def test_native_precision_never_picks_emulated_bf16() -> None:
 
 def test_gpu_training_with_mixed_precision_and_compile(compose_cfg, tiny_dataset: Path) -> None:
     cpu_free = [o for o in TINY if o != "trainer.accelerator=cpu"]
-    cfg = compose_cfg(f"data.root={tiny_dataset}", *cpu_free, "trainer=gpu", "trainer.max_epochs=2",
-                      "module.compile=true", "~logger")
+    cfg = compose_cfg(
+        f"data.root={tiny_dataset}", *cpu_free, "trainer=gpu", "trainer.max_epochs=2", "module.compile=true", "~logger"
+    )
     metrics = train(cfg)
     assert cfg.trainer.precision == native_precision("cuda")
     assert metrics["test/dice"] > 0.5 and np.isfinite(metrics["test/loss"])

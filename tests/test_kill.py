@@ -41,8 +41,18 @@ def test_predict_killed_midway_leaves_only_whole_files_and_a_rerun_finishes(tiny
     data = tmp_path / "data"
     write_split(data, "test", list(range(300)), size=160, seed=4)
     images, out = data / "ChestXray" / "test" / "image", tmp_path / "out"
-    cmd = [sys.executable, "-m", "lungseg.predict", f"ckpt_path={tiny_ckpt}", f"input={images}", f"output={out}",
-           "progress=false", "batch_size=4", "save_probabilities=true", "threads=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lungseg.predict",
+        f"ckpt_path={tiny_ckpt}",
+        f"input={images}",
+        f"output={out}",
+        "progress=false",
+        "batch_size=4",
+        "save_probabilities=true",
+        "threads=1",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _kill_when(proc, lambda: len(list((out / "masks").glob("*.png"))) >= 20 if (out / "masks").is_dir() else False)
     assert proc.returncode == -signal.SIGKILL
@@ -63,19 +73,32 @@ def test_evaluate_killed_midway_keeps_the_earlier_report(tiny_ckpt: Path, tmp_pa
     data = tmp_path / "data"
     write_split(data, "test", list(range(2)), size=64, seed=5)
     out = tmp_path / "report"
-    base = [sys.executable, "-m", "lungseg.evaluate", f"ckpt_path={tiny_ckpt}", f"data.root={data}",
-            f"output_dir={out}", "device=cpu"]
+    base = [
+        sys.executable,
+        "-m",
+        "lungseg.evaluate",
+        f"ckpt_path={tiny_ckpt}",
+        f"data.root={data}",
+        f"output_dir={out}",
+        "device=cpu",
+    ]
     assert subprocess.run(base, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
     before = (out / "metrics.json").read_bytes()
     write_split(data, "test", list(range(2, 400)), size=64, seed=6)  # a longer run to kill
-    proc = subprocess.Popen([*base, "threshold=0.3", "overwrite=true"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*base, "threshold=0.3", "overwrite=true"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _kill_when(proc, lambda: any(tmp_path.glob(".report.tmp-*")))
     assert (out / "metrics.json").read_bytes() == before  # the finished report is untouched
     assert list(tmp_path.glob(".report.tmp-*"))  # the killed run's half-built report stayed out of the way
     refused = subprocess.run([*base, "threshold=0.3"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert refused.returncode == 2 and f"output_dir={out}: already exists" in refused.stderr
-    rerun = subprocess.run([*base, "threshold=0.3", "overwrite=true"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=900)
+    rerun = subprocess.run(
+        [*base, "threshold=0.3", "overwrite=true"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (out / "metrics.json").read_bytes() != before and not list(tmp_path.glob(".report.tmp-*"))

@@ -21,7 +21,8 @@ def table_script(monkeypatch: pytest.MonkeyPatch):
 
 
 def _run(root: Path, n: int, seed: int, dice: float, hd95: float) -> Path:
-    """A run folder as scripts/pipelines/learning_curve.sh leaves it: eval/{val,test}/metrics.json and the test per_image.csv."""
+    """A run folder as scripts/pipelines/learning_curve.sh leaves it: eval/{val,test}/metrics.json and the test
+    per_image.csv."""
     run = root / f"n{n}-seed{seed}"
     for split in ("val", "test"):
         (run / "eval" / split).mkdir(parents=True)
@@ -34,8 +35,9 @@ def _run(root: Path, n: int, seed: int, dice: float, hd95: float) -> Path:
 
 def test_gain_per_doubling_and_where_the_line_meets_the_targets(table_script, tmp_path: Path) -> None:
     # Dice 0.90 + 0.02 per doubling from N=16 (0.90, 0.92, 0.94 over seeds that agree), HD95 20 - 4 per doubling.
-    runs = [_run(tmp_path, n, seed, 0.90 + 0.02 * k, 20.0 - 4 * k)
-            for k, n in enumerate((16, 32, 64)) for seed in (1, 2)]
+    runs = [
+        _run(tmp_path, n, seed, 0.90 + 0.02 * k, 20.0 - 4 * k) for k, n in enumerate((16, 32, 64)) for seed in (1, 2)
+    ]
     groups = table_script.read_runs(runs)
     assert list(groups) == [16, 32, 64] and all(len(rows) == 2 for rows in groups.values())
     assert groups[16][0]["test per-image Dice, 3 hard films"] == pytest.approx(0.70)

@@ -76,14 +76,23 @@ def _lr_by_epoch(run: Path) -> list[float]:
     return [e.value for e in events.Scalars("lr-Adam")]
 
 
-def test_scheduler_cosine_anneals_the_lr_once_per_epoch_over_max_epochs(compose_cfg, tiny_dataset: Path,
-                                                                        tmp_path: Path) -> None:
+def test_scheduler_cosine_anneals_the_lr_once_per_epoch_over_max_epochs(
+    compose_cfg, tiny_dataset: Path, tmp_path: Path
+) -> None:
     # CosineAnnealingLR(T_max = max_epochs, eta_min = 1e-6), stepped at each epoch's end: epoch e trains at
     # eta_min + (lr - eta_min) * (1 + cos(pi * e / T_max)) / 2. (With loss=bce_dice: the two knobs train together.)
     lr, epochs, eta_min = 1e-2, 4, 1e-6
-    cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "loss=bce_dice", "scheduler=cosine", f"optimizer.lr={lr}",
-                      f"trainer.max_epochs={epochs}", "test=false", "~callbacks.early_stopping",
-                      "~callbacks.prediction_grid")
+    cfg = compose_cfg(
+        f"data.root={tiny_dataset}",
+        *TINY,
+        "loss=bce_dice",
+        "scheduler=cosine",
+        f"optimizer.lr={lr}",
+        f"trainer.max_epochs={epochs}",
+        "test=false",
+        "~callbacks.early_stopping",
+        "~callbacks.prediction_grid",
+    )
     assert cfg.scheduler.T_max == epochs
     train(cfg)
     expected = [eta_min + (lr - eta_min) * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]

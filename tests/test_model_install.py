@@ -50,12 +50,15 @@ def test_the_card_records_the_weights_it_was_written_with(exported: Path, tmp_pa
     assert recorded_weights_sha256((exported / "README.md").read_text()) == recorded
 
 
-def test_install_then_load_by_name_offline(home: Path, exported: Path, tiny_ckpt: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_install_then_load_by_name_offline(
+    home: Path, exported: Path, tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["install", str(exported)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"installed cxr-tiny at {store_dir() / 'cxr-tiny'}") and file_sha256(
-        exported / "model.safetensors") in out
+    assert (
+        out.startswith(f"installed cxr-tiny at {store_dir() / 'cxr-tiny'}")
+        and file_sha256(exported / "model.safetensors") in out
+    )
     files = sorted(p.name for p in (home / "models" / "cxr-tiny").iterdir())
     assert files == ["README.md", "config.json", "model.safetensors"]
     assert [p.name for p in (home / "models").iterdir() if p.name.startswith(".")] == [".cxr-tiny.lock"]  # no staging
@@ -79,8 +82,7 @@ def test_install_then_load_by_name_offline(home: Path, exported: Path, tiny_ckpt
     assert installed_model("someone/hub-model") is None and installed_model("absent") is None
 
 
-def test_a_tampered_file_is_refused_in_one_line(home: Path, exported: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_tampered_file_is_refused_in_one_line(home: Path, exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
     install(exported, name="good")
     tampered = exported.parent / "tampered"
     tampered.mkdir()
@@ -93,9 +95,11 @@ def test_a_tampered_file_is_refused_in_one_line(home: Path, exported: Path,
         main(["install", str(tampered)])
     assert code.value.code == EXIT_USER_ERROR
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {tampered / 'model.safetensors'}: refused: its SHA-256 is {actual}, "
-                   f"its model card records {expected}; the file was altered or damaged, install "
-                   "the model again from its source")
+    assert err == (
+        f"error: {tampered / 'model.safetensors'}: refused: its SHA-256 is {actual}, "
+        f"its model card records {expected}; the file was altered or damaged, install "
+        "the model again from its source"
+    )
     assert not (home / "models" / "tampered").exists()
     # tampered after install: loading and verify refuse it; list says which
     flip_one_byte(home / "models" / "good" / "model.safetensors")
@@ -106,8 +110,7 @@ def test_a_tampered_file_is_refused_in_one_line(home: Path, exported: Path,
     assert main(["list"]) == 2 and "good\trefused\t" in capsys.readouterr().out
 
 
-def test_folders_that_cannot_be_checked_or_loaded_are_not_installed(home: Path, exported: Path,
-                                                                    tmp_path: Path) -> None:
+def test_folders_that_cannot_be_checked_or_loaded_are_not_installed(home: Path, exported: Path, tmp_path: Path) -> None:
     no_hash = tmp_path / "no-hash"
     no_hash.mkdir()
     for f in exported.iterdir():

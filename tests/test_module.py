@@ -63,7 +63,7 @@ def test_metrics_match_numpy_on_known_predictions() -> None:
     assert out["x/dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn)) == out["x/f1"]
     # AUROC from probabilities = P(score of a positive > score of a negative)
     pos, neg = probs[target], probs[~target]
-    exact = ((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+    exact = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
     assert out["x/auroc"] == pytest.approx(exact, abs=2e-3)
     assert out["x/auroc"] > out["x/accuracy"] - 0.2  # not (sens + spec) / 2 of a thresholded mask
 
@@ -81,8 +81,9 @@ def test_binned_auroc_state_equals_torchmetrics() -> None:
 
 def test_checkpoint_alone_rebuilds_the_model(tmp_path: Path) -> None:
     module = make_module()
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.strategy.connect(module)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
@@ -95,11 +96,23 @@ def test_checkpoint_alone_rebuilds_the_model(tmp_path: Path) -> None:
 def test_plateau_schedule_steps_only_on_epochs_that_validate(tiny_dataset: Path) -> None:
     """With validation every 2nd epoch, ReduceLROnPlateau (which reads val/loss) steps on those epochs only,
     instead of failing on the epochs without a val/loss."""
-    plateau = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "mode": "min",
-               "factor": 0.5, "patience": 0}
+    plateau = {
+        "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "_partial_": True,
+        "mode": "min",
+        "factor": 0.5,
+        "patience": 0,
+    }
     module = make_module(scheduler=plateau)
-    trainer = L.Trainer(max_epochs=4, check_val_every_n_epoch=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=4,
+        check_val_every_n_epoch=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, datamodule=LungDataModule(str(tiny_dataset), image_size=32, batch_size=4))
     scheduler = trainer.lr_scheduler_configs[0]
     assert scheduler.frequency == 2 and scheduler.scheduler.last_epoch == 2  # epochs 2 and 4

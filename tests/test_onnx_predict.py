@@ -39,8 +39,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_onnx_predict_matches_the_checkpoint_and_never_imports_torch(compose_cfg, models: dict[str, Path],
-                                                                   tmp_path: Path) -> None:
+def test_onnx_predict_matches_the_checkpoint_and_never_imports_torch(
+    compose_cfg, models: dict[str, Path], tmp_path: Path
+) -> None:
     export(compose_cfg(f"ckpt_path={models['ckpt']}", f"output={models['onnx']}", config_name="export"))
     data = tmp_path / "data"
     write_split(data, "test", [1, 2, 3, 4, 5], size=72, seed=3)
@@ -50,10 +51,25 @@ def test_onnx_predict_matches_the_checkpoint_and_never_imports_torch(compose_cfg
     for name, setting in (("ckpt", f"ckpt_path={models['ckpt']}"), ("onnx", f"model_path={models['onnx']}")):
         out = tmp_path / name
         pinned = ["precision=32-true"] if name == "ckpt" else []
-        proc = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TORCH, setting, *pinned, f"input={images}",
-                               f"output={out}",
-                               f"truth={masks}", "progress=false", "batch_size=2", "save_probabilities=true"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                RUN_WITHOUT_TORCH,
+                setting,
+                *pinned,
+                f"input={images}",
+                f"output={out}",
+                f"truth={masks}",
+                "progress=false",
+                "batch_size=2",
+                "save_probabilities=true",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         heavy = json.loads(proc.stdout.split("HEAVY_MODULES=")[1].splitlines()[0])
         outputs[name] = (out, heavy)
@@ -63,7 +79,9 @@ def test_onnx_predict_matches_the_checkpoint_and_never_imports_torch(compose_cfg
     assert [r["mask"] for r in ckpt_rows] == [r["mask"] for r in onnx_rows] and len(onnx_rows) == 5
     for a, b in zip(ckpt_rows, onnx_rows, strict=True):
         assert float(a["dice"]) == pytest.approx(float(b["dice"]), abs=2e-3)
-        assert a["plausibility"] == b["plausibility"] and abs(int(a["large_components"]) - int(b["large_components"])) <= 0
+        assert (
+            a["plausibility"] == b["plausibility"] and abs(int(a["large_components"]) - int(b["large_components"])) <= 0
+        )
         assert float(a["quality_score"]) == pytest.approx(float(b["quality_score"]), abs=2e-3)  # scored without torch
         pa = cv2.imread(str(outputs["ckpt"][0] / "probabilities" / Path(a["mask"]).name), cv2.IMREAD_UNCHANGED)
         pb = cv2.imread(str(outputs["onnx"][0] / "probabilities" / Path(b["mask"]).name), cv2.IMREAD_UNCHANGED)

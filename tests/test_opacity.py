@@ -55,8 +55,9 @@ def test_reproducible_from_its_seed_and_off_at_p0() -> None:
     np.testing.assert_array_equal(LungOpacity(p=1.0)(image=image, mask=np.zeros_like(mask))["image"], image)
 
 
-@pytest.mark.parametrize("kwargs", [{"alpha": (0.5, 1.5)}, {"coverage": (0.8, 0.2)}, {"grid": (1, 4)},
-                                    {"tissue_percentile": (50, 101)}])
+@pytest.mark.parametrize(
+    "kwargs", [{"alpha": (0.5, 1.5)}, {"coverage": (0.8, 0.2)}, {"grid": (1, 4)}, {"tissue_percentile": (50, 101)}]
+)
 def test_bad_ranges_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="LungOpacity"):
         LungOpacity(**kwargs)

@@ -43,7 +43,8 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_openvino_matches_pytorch_fp32_and_the_ir_carries_the_description(
-        compose_cfg, tiny_ckpt: Path, phantoms: Path, tmp_path: Path) -> None:
+    compose_cfg, tiny_ckpt: Path, phantoms: Path, tmp_path: Path
+) -> None:
     xml, onnx_file = tmp_path / "lung.xml", tmp_path / "lung.onnx"
     result = export(export_cfg(compose_cfg, tiny_ckpt, "format=openvino", f"output={xml}"))
     export(export_cfg(compose_cfg, tiny_ckpt, f"output={onnx_file}", "verify=false"))
@@ -67,8 +68,7 @@ def test_openvino_matches_pytorch_fp32_and_the_ir_carries_the_description(
         LungSegmenter.load(xml, backend="tensorrt")
 
 
-def test_predict_with_openvino_never_imports_torch(compose_cfg, tiny_ckpt: Path,
-                                                   tmp_path: Path) -> None:
+def test_predict_with_openvino_never_imports_torch(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
     xml, onnx_file = tmp_path / "lung.xml", tmp_path / "lung.onnx"
     export(export_cfg(compose_cfg, tiny_ckpt, "format=openvino", f"output={xml}", "verify=false"))
     export(export_cfg(compose_cfg, tiny_ckpt, f"output={onnx_file}", "verify=false"))
@@ -76,13 +76,25 @@ def test_predict_with_openvino_never_imports_torch(compose_cfg, tiny_ckpt: Path,
     write_split(data, "test", [1, 2, 3], size=72, seed=3)
     images = data / "ChestXray" / "test" / "image"
     oracle = LungSegmenter.load(tiny_ckpt, precision="32")
-    for name, settings in (("onnx", [f"model_path={onnx_file}", "backend=openvino"]),
-                           ("xml", [f"model_path={xml}"])):
+    for name, settings in (("onnx", [f"model_path={onnx_file}", "backend=openvino"]), ("xml", [f"model_path={xml}"])):
         out = tmp_path / name
-        proc = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TORCH, *settings, "precision=32",
-                               f"input={images}", f"output={out}", "progress=false",
-                               "save_probabilities=true"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                RUN_WITHOUT_TORCH,
+                *settings,
+                "precision=32",
+                f"input={images}",
+                f"output={out}",
+                "progress=false",
+                "save_probabilities=true",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads(proc.stdout.split("HEAVY_MODULES=")[1].splitlines()[0]) == [], name
         assert "OpenVINO" in proc.stdout  # predict's log names the backend
@@ -92,13 +104,25 @@ def test_predict_with_openvino_never_imports_torch(compose_cfg, tiny_ckpt: Path,
             assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (name, film)
 
 
-def test_int8_export_refuses_an_impossible_bound_in_one_line(tiny_ckpt: Path, phantoms: Path,
-                                                             tmp_path: Path) -> None:
+def test_int8_export_refuses_an_impossible_bound_in_one_line(tiny_ckpt: Path, phantoms: Path, tmp_path: Path) -> None:
     out = tmp_path / "int8.xml"
-    proc = subprocess.run([sys.executable, "-m", "lungseg.export", f"ckpt_path={tiny_ckpt}",
-                           "format=openvino", "quantize=int8", f"calibration={phantoms}",
-                           "max_dice_drop=-1", f"output={out}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungseg.export",
+            f"ckpt_path={tiny_ckpt}",
+            "format=openvino",
+            "quantize=int8",
+            f"calibration={phantoms}",
+            "max_dice_drop=-1",
+            f"output={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors == proc.stderr.strip().splitlines()[-1:], proc.stderr[-3000:]
@@ -108,12 +132,22 @@ def test_int8_export_refuses_an_impossible_bound_in_one_line(tiny_ckpt: Path, ph
     assert not written  # no .xml, .bin or card
 
 
-def test_int8_export_writes_a_model_within_the_bound(compose_cfg, tiny_ckpt: Path, phantoms: Path,
-                                                     tmp_path: Path) -> None:
+def test_int8_export_writes_a_model_within_the_bound(
+    compose_cfg, tiny_ckpt: Path, phantoms: Path, tmp_path: Path
+) -> None:
     fp32, int8 = tmp_path / "fp32.xml", tmp_path / "int8.xml"
     export(export_cfg(compose_cfg, tiny_ckpt, "format=openvino", f"output={fp32}", "verify=false"))
-    result = export(export_cfg(compose_cfg, tiny_ckpt, "format=openvino", f"output={int8}",
-                               "quantize=int8", f"calibration={phantoms}", "max_dice_drop=0.05"))
+    result = export(
+        export_cfg(
+            compose_cfg,
+            tiny_ckpt,
+            "format=openvino",
+            f"output={int8}",
+            "quantize=int8",
+            f"calibration={phantoms}",
+            "max_dice_drop=0.05",
+        )
+    )
     details = result["quantization"]
     assert details["validation_films"] == 6 and details["calibration_images"] == 12
     assert details["fake_quantize_ops"] > 0 and details["mean_dice_drop"] <= 0.05
@@ -129,13 +163,14 @@ def test_int8_export_writes_a_model_within_the_bound(compose_cfg, tiny_ckpt: Pat
     assert want - got <= 0.05
     assert got == pytest.approx(details["int8_mean_dice"]["32-true"], abs=1e-6)
     images = calibration_images(calibration_files(phantoms, 12), 32)
-    assert not np.array_equal(seg.probabilities(images), LungSegmenter.load(fp32, precision="32")
-                              .probabilities(images))  # really quantised
+    assert not np.array_equal(
+        seg.probabilities(images), LungSegmenter.load(fp32, precision="32").probabilities(images)
+    )  # really quantised
 
 
-def test_auto_times_once_caches_and_times_again_when_the_model_changes(compose_cfg, tiny_ckpt: Path,
-                                                                        tmp_path: Path, monkeypatch,
-                                                                        caplog) -> None:
+def test_auto_times_once_caches_and_times_again_when_the_model_changes(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
     model = tmp_path / "lung.onnx"
     export(export_cfg(compose_cfg, tiny_ckpt, f"output={model}", "verify=false"))
     monkeypatch.setenv("LUNGSEG_HOME", str(tmp_path / "home"))
@@ -191,9 +226,9 @@ def test_the_short_timing_alternates_backends_and_takes_medians(monkeypatch) -> 
     assert rates == {"a": 4 / 2, "b": 4 / 4}  # the median of each backend's three timed calls
 
 
-def test_a_missing_openvino_package_is_one_line_naming_the_extra(compose_cfg, tiny_ckpt: Path,
-                                                                 tmp_path: Path,
-                                                                 monkeypatch) -> None:
+def test_a_missing_openvino_package_is_one_line_naming_the_extra(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path, monkeypatch
+) -> None:
     model = tmp_path / "lung.onnx"
     export(export_cfg(compose_cfg, tiny_ckpt, f"output={model}", "verify=false"))
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails
@@ -208,20 +243,40 @@ def test_a_missing_openvino_package_is_one_line_naming_the_extra(compose_cfg, ti
     assert isinstance(auto.backend, OnnxBackend)  # the one backend left
 
 
-def test_bench_backends_mode_times_every_backend_side_by_side(tiny_dataset: Path,
-                                                               tmp_path: Path) -> None:
+def test_bench_backends_mode_times_every_backend_side_by_side(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "lungseg.bench", "mode=backends", "device=cpu", "data.image_size=32",
-         "model.base_filters=4", "model.depth=2", "batch_size=2", "backends.rounds=1",
-         "backends.calibration_images=3", f"data_root={tiny_dataset}", "threads=1", f"json={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "lungseg.bench",
+            "mode=backends",
+            "device=cpu",
+            "data.image_size=32",
+            "model.base_filters=4",
+            "model.depth=2",
+            "batch_size=2",
+            "backends.rounds=1",
+            "backends.calibration_images=3",
+            f"data_root={tiny_dataset}",
+            "threads=1",
+            f"json={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {(r["backend"], r["model"], r["precision"]) for r in result["rows"]}
-    assert {("torch", "fp32", "32-true"), ("onnxruntime", "fp32", "32-true"),
-            ("onnxruntime", "int8", "int8"), ("openvino", "fp32", "32-true"),
-            ("openvino", "int8 NNCF", "int8")} <= rows
+    assert {
+        ("torch", "fp32", "32-true"),
+        ("onnxruntime", "fp32", "32-true"),
+        ("onnxruntime", "int8", "int8"),
+        ("openvino", "fp32", "32-true"),
+        ("openvino", "int8 NNCF", "int8"),
+    } <= rows
     assert all(r["img_s"] > 0 for r in result["rows"]) and result["host"]["threads"] == 1
     assert max(r["vs_torch_best_float"] for r in result["rows"] if r["backend"] == "torch") == 1.0
     assert set(result["auto_picks"]) == {"checkpoint", "fp32 .onnx", "INT8 .onnx"}

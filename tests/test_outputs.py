@@ -38,8 +38,12 @@ with output_lock(sys.argv[1], "held", inside=sys.argv[2] == "inside"):
 @contextlib.contextmanager
 def held_by_another_process(target: Path, inside: bool = False) -> Iterator[None]:
     """Another lungseg process holding ``target``'s writer lock while the block runs."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(target), "inside" if inside else "beside"], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(target), "inside" if inside else "beside"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "holding"
         yield
@@ -55,35 +59,70 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_a_second_writer_of_an_output_is_refused_with_one_line(capsys, compose_cfg, tiny_ckpt: Path,
-                                                               tmp_path: Path) -> None:
+def test_a_second_writer_of_an_output_is_refused_with_one_line(
+    capsys, compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     image, data = tmp_path / "one.png", tmp_path / "data"
     cv2.imwrite(str(image), gradient())
     write_split(data, "test", [1, 2])
     targets = {
-        "predict": (predict, tmp_path / "pred", "output",
-                    compose_cfg(f"ckpt_path={tiny_ckpt}", f"input={image}", f"output={tmp_path / 'pred'}",
-                                "progress=false", config_name="predict")),
-        "evaluate": (evaluate, tmp_path / "eval", "output_dir",
-                     compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={tmp_path / 'eval'}",
-                                 "calibration=false", config_name="evaluate")),
-        "robustness": (robustness, tmp_path / "robust", "output_dir",
-                       compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={data}",
-                                   f"output_dir={tmp_path / 'robust'}", config_name="robustness")),
-        "export": (export, tmp_path / "m.onnx", "output",
-                   compose_cfg(f"ckpt_path={tiny_ckpt}", f"output={tmp_path / 'm.onnx'}", config_name="export"))}
+        "predict": (
+            predict,
+            tmp_path / "pred",
+            "output",
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}",
+                f"input={image}",
+                f"output={tmp_path / 'pred'}",
+                "progress=false",
+                config_name="predict",
+            ),
+        ),
+        "evaluate": (
+            evaluate,
+            tmp_path / "eval",
+            "output_dir",
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}",
+                f"data.root={data}",
+                f"output_dir={tmp_path / 'eval'}",
+                "calibration=false",
+                config_name="evaluate",
+            ),
+        ),
+        "robustness": (
+            robustness,
+            tmp_path / "robust",
+            "output_dir",
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}",
+                f"data.root={data}",
+                f"output_dir={tmp_path / 'robust'}",
+                config_name="robustness",
+            ),
+        ),
+        "export": (
+            export,
+            tmp_path / "m.onnx",
+            "output",
+            compose_cfg(f"ckpt_path={tiny_ckpt}", f"output={tmp_path / 'm.onnx'}", config_name="export"),
+        ),
+    }
     for name, (entry, target, setting, cfg) in targets.items():
         with held_by_another_process(target):
             line = one_error(capsys, entry, cfg)
-        assert line == f"error: {setting}={target}: another lungseg process is writing there now; wait for it to " \
-                       "finish or choose another output", (name, line)
+        assert (
+            line == f"error: {setting}={target}: another lungseg process is writing there now; wait for it to "
+            "finish or choose another output"
+        ), (name, line)
         assert not target.exists(), name  # nothing written by the refused run
         entry(cfg)  # once the other writer is gone, the same run goes through
         assert target.exists(), name
 
 
-def test_a_second_training_in_one_run_folder_is_refused(capsys, compose_cfg, tiny_dataset: Path,
-                                                        tmp_path: Path) -> None:
+def test_a_second_training_in_one_run_folder_is_refused(
+    capsys, compose_cfg, tiny_dataset: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"  # compose_cfg's run folder
     cfg = compose_cfg(f"data.root={tiny_dataset}", *QUICK)
     with held_by_another_process(run, inside=True):
@@ -138,13 +177,16 @@ def test_a_report_folder_is_replaced_whole_or_not_at_all(tmp_path: Path, monkeyp
     out.mkdir()
     for name in ("per_image.csv", "robustness.png"):
         (out / name).write_text(f"old {name}")
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "writing"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert {p.name: p.read_text() for p in out.iterdir()} == {"per_image.csv": "old per_image.csv",
-                                                             "robustness.png": "old robustness.png"}
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "per_image.csv": "old per_image.csv",
+        "robustness.png": "old robustness.png",
+    }
     with atomic_dir(out) as staged:  # the next writer clears the killed one's half-built folder
         (staged / "per_image.csv").write_text("new")
     assert [p.name for p in out.iterdir()] == ["per_image.csv"] and (out / "per_image.csv").read_text() == "new"
@@ -162,8 +204,9 @@ def test_a_report_folder_is_replaced_whole_or_not_at_all(tmp_path: Path, monkeyp
     assert (out / "per_image.csv").read_text() == "newer" and not aside.exists()
 
 
-def test_robustness_replaces_an_earlier_report_only_with_a_whole_one(compose_cfg, tiny_ckpt: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_robustness_replaces_an_earlier_report_only_with_a_whole_one(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data, out = tmp_path / "data", tmp_path / "robust"
     write_split(data, "test", [1, 2], size=48)
     cfg = compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={out}", config_name="robustness")
@@ -177,8 +220,14 @@ def test_robustness_replaces_an_earlier_report_only_with_a_whole_one(compose_cfg
         raise OSError(errno.EIO, "device error")
 
     monkeypatch.setattr("lungseg.evaluation.figures.save_figures", broken)
-    again = compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={out}", "overwrite=true",
-                        "seed=5", config_name="robustness")
+    again = compose_cfg(
+        f"ckpt_path={tiny_ckpt}",
+        f"data.root={data}",
+        f"output_dir={out}",
+        "overwrite=true",
+        "seed=5",
+        config_name="robustness",
+    )
     with pytest.raises(OSError, match="device error"):
         robustness(again)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier report, whole
@@ -195,8 +244,9 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("a full disk is simulated with a tmpfs mount, which needs root")
     mount = tmp_path / "full"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if proc.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
     try:
@@ -207,23 +257,55 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_partial_output(capsys, compose_cfg, tiny_ckpt: Path,
-                                                              tiny_dataset: Path, full_disk: Path) -> None:
+def test_a_full_disk_is_one_line_and_leaves_no_partial_output(
+    capsys, compose_cfg, tiny_ckpt: Path, tiny_dataset: Path, full_disk: Path
+) -> None:
     cases = {
-        "evaluate": (evaluate, compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={tiny_dataset}",
-                                           f"output_dir={full_disk / 'eval'}", config_name="evaluate")),
-        "export": (export, compose_cfg(f"ckpt_path={tiny_ckpt}", f"output={full_disk / 'm.pt2'}",
-                                       "format=torch_export", config_name="export")),
-        "train": (train_main, compose_cfg(f"data.root={tiny_dataset}", *QUICK[:-3], "trainer.max_epochs=1",
-                                          f"paths.output_dir={full_disk / 'run'}", "test=false"))}
+        "evaluate": (
+            evaluate,
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}",
+                f"data.root={tiny_dataset}",
+                f"output_dir={full_disk / 'eval'}",
+                config_name="evaluate",
+            ),
+        ),
+        "export": (
+            export,
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}", f"output={full_disk / 'm.pt2'}", "format=torch_export", config_name="export"
+            ),
+        ),
+        "train": (
+            train_main,
+            compose_cfg(
+                f"data.root={tiny_dataset}",
+                *QUICK[:-3],
+                "trainer.max_epochs=1",
+                f"paths.output_dir={full_disk / 'run'}",
+                "test=false",
+            ),
+        ),
+    }
     for name, (entry, cfg) in cases.items():
         line = one_error(capsys, entry, cfg)
         assert "No space left on device; free space on that disk or choose another output" in line, (name, line)
         assert str(full_disk) in line, (name, line)
     for fmt in ("torch_export", "onnx"):  # as a user runs it: one line, exit 2, and no abort at exit
-        proc = subprocess.run([sys.executable, "-m", "lungseg.export", f"ckpt_path={tiny_ckpt}", f"format={fmt}",
-                               f"output={full_disk / 'model'}.{fmt}"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lungseg.export",
+                f"ckpt_path={tiny_ckpt}",
+                f"format={fmt}",
+                f"output={full_disk / 'model'}.{fmt}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1, (fmt, proc.returncode, proc.stderr[-3000:])
         assert lines[0].startswith(f"error: {full_disk}") and "No space left on device" in lines[0], lines

@@ -18,8 +18,16 @@ from lungseg.export import ProbabilityModel, export_onnx, run_exported
 from lungseg.inference.inputs import find_inputs, read_dicom
 from tests.helpers import ROOT
 
-OPTIONAL = ("onnx", "onnxruntime", "pydicom", "kaggle", "optuna", "hydra_plugins.hydra_optuna_sweeper", "fastapi",
-            "uvicorn")
+OPTIONAL = (
+    "onnx",
+    "onnxruntime",
+    "pydicom",
+    "kaggle",
+    "optuna",
+    "hydra_plugins.hydra_optuna_sweeper",
+    "fastapi",
+    "uvicorn",
+)
 
 
 def pyproject() -> dict:
@@ -99,26 +107,43 @@ def test_sweep_plugin_missing(monkeypatch: pytest.MonkeyPatch, override: str) ->
 
 def run_blocked(module: str, blocked: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m module args`` of this checkout with ``blocked`` made unimportable."""
-    code = (f"import runpy, sys; sys.modules[{blocked!r}] = None; sys.argv = [{module!r}, *sys.argv[1:]]; "
-            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    code = (
+        f"import runpy, sys; sys.modules[{blocked!r}] = None; sys.argv = [{module!r}, *sys.argv[1:]]; "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_with_a_missing_sweep_plugin_is_one_line_exit_2(tmp_path: Path) -> None:
-    proc = run_blocked("lungseg.train", "hydra_plugins.hydra_optuna_sweeper", "--multirun", "+experiment=demo",
-                       "hparams_search=optuna", cwd=tmp_path)
+    proc = run_blocked(
+        "lungseg.train",
+        "hydra_plugins.hydra_optuna_sweeper",
+        "--multirun",
+        "+experiment=demo",
+        "hparams_search=optuna",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr == f"error: hparams_search=optuna {missing('sweep')}\n"
     assert not (tmp_path / "outputs").exists()
 
 
 def test_importing_the_entry_points_imports_no_optional_package() -> None:
-    code = ("import sys, lungseg.train, lungseg.evaluate, lungseg.predict, lungseg.export, lungseg.bench, "
-            "lungseg.data.check, lungseg.data.download, lungseg.sweep_summary; "
-            f"print([m for m in {OPTIONAL!r} if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HOME": "/nonexistent"})
+    code = (
+        "import sys, lungseg.train, lungseg.evaluate, lungseg.predict, lungseg.export, lungseg.bench, "
+        "lungseg.data.check, lungseg.data.download, lungseg.sweep_summary; "
+        f"print([m for m in {OPTIONAL!r} if m in sys.modules])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HOME": "/nonexistent"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"

@@ -26,10 +26,10 @@ def two_lungs(h: int = 200, w: int = 160) -> np.ndarray:
 def test_clean_mask_removes_a_spurious_blob_keeps_both_lungs_and_fills_holes() -> None:
     lungs = two_lungs()
     noisy = lungs.copy()
-    noisy[5:15, 70:90] = 1          # a spurious blob between/above the lungs
-    noisy[180:184, 150:154] = 1     # a speck in the corner
-    noisy[90:100, 40:50] = 0        # a hole inside the left lung
-    noisy[95:99, 112:116] = 0       # and one in the right lung
+    noisy[5:15, 70:90] = 1  # a spurious blob between/above the lungs
+    noisy[180:184, 150:154] = 1  # a speck in the corner
+    noisy[90:100, 40:50] = 0  # a hole inside the left lung
+    noisy[95:99, 112:116] = 0  # and one in the right lung
     cleaned = clean_mask(noisy)
     np.testing.assert_array_equal(cleaned, lungs)
     assert cleaned.dtype == np.uint8 and set(np.unique(cleaned)) == {0, 1}
@@ -37,9 +37,9 @@ def test_clean_mask_removes_a_spurious_blob_keeps_both_lungs_and_fills_holes() -
 
 def test_keep_largest_keeps_the_largest_components_and_leaves_small_masks_alone() -> None:
     mask = np.zeros((50, 50), np.uint8)
-    mask[2:12, 2:12] = 1     # 100 px
-    mask[20:26, 20:26] = 1   # 36 px
-    mask[40:48, 40:48] = 1   # 64 px
+    mask[2:12, 2:12] = 1  # 100 px
+    mask[20:26, 20:26] = 1  # 36 px
+    mask[40:48, 40:48] = 1  # 64 px
     kept = keep_largest(mask, 2)
     assert kept[5, 5] and kept[44, 44] and not kept[22, 22]
     np.testing.assert_array_equal(keep_largest(kept, 2), kept)
@@ -64,7 +64,7 @@ def test_stats_name_image_sides_and_flag_implausible_masks() -> None:
 
     assert finish_mask(np.zeros_like(lungs))[1]["plausibility"] == "no_lung"
     three = lungs.copy()
-    three[2:30, 2:30] = 1   # a third large component (> 1 % of the image), counted before post-processing
+    three[2:30, 2:30] = 1  # a third large component (> 1 % of the image), counted before post-processing
     final, stats = finish_mask(three)
     assert large_components(three) == 3 and stats["plausibility"] == "too_many_components"
     assert large_components(final) == 2
@@ -72,5 +72,7 @@ def test_stats_name_image_sides_and_flag_implausible_masks() -> None:
     assert finish_mask(np.ones_like(lungs))[1]["plausibility"] == "lung_fraction_high"
     small = np.zeros_like(lungs)
     small[90:110, 40:60] = 1
-    assert finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.05))[1]["plausibility"] == "lung_fraction_low"
+    assert (
+        finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.05))[1]["plausibility"] == "lung_fraction_low"
+    )
     assert finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.01))[1]["plausibility"] == "ok"

@@ -29,9 +29,14 @@ from tests.helpers import CXR, ROOT, gradient, requires_cxr, train_tiny, write_s
 ORIG_TEST = CXR / "orig" / "test" / "image"
 
 
-
-def write_dicom(path: Path, stored: np.ndarray, photometric: str, slope: float = 1.0, intercept: float = 0.0,
-                window: tuple[float, float] | None = None) -> None:
+def write_dicom(
+    path: Path,
+    stored: np.ndarray,
+    photometric: str,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+) -> None:
     """A minimal single-frame 16-bit grayscale DICOM file."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -53,18 +58,21 @@ def write_dicom(path: Path, stored: np.ndarray, photometric: str, slope: float =
 
 def brute_force_hd95(a: np.ndarray, b: np.ndarray) -> float:
     """HD95 from all pairwise distances between the two masks' boundary pixels (4-neighbour boundary)."""
+
     def boundary(m: np.ndarray) -> np.ndarray:
         padded = np.pad(m, 1)
         inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
         return np.argwhere(m & ~inner).astype(float)
+
     pa, pb = boundary(a), boundary(b)
     dist = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
     return max(float(np.percentile(dist.min(1), 95)), float(np.percentile(dist.min(0), 95)))
 
 
 def predict_cfg(compose_cfg, ckpt: Path, source: Path, out: Path, *overrides: str):
-    return compose_cfg(f"ckpt_path={ckpt}", f"input={source}", f"output={out}", "progress=false", *overrides,
-                       config_name="predict")
+    return compose_cfg(
+        f"ckpt_path={ckpt}", f"input={source}", f"output={out}", "progress=false", *overrides, config_name="predict"
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -74,8 +82,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @requires_cxr
 @pytest.mark.precision
-def test_real_radiographs_get_masks_overlays_and_csv_at_their_own_size(compose_cfg, tiny_ckpt: Path,
-                                                                      tmp_path: Path) -> None:
+def test_real_radiographs_get_masks_overlays_and_csv_at_their_own_size(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     summary = predict(predict_cfg(compose_cfg, tiny_ckpt, ORIG_TEST, out, "save_probabilities=true", "batch_size=4"))
     inputs = sorted(ORIG_TEST.iterdir())
@@ -109,21 +118,22 @@ def test_real_radiographs_get_masks_overlays_and_csv_at_their_own_size(compose_c
         assert (row["plausibility"] == "ok") == (not flags)
 
 
-def test_dicom_monochrome1_16bit_with_rescale_and_window_round_trips(compose_cfg, tiny_ckpt: Path,
-                                                                      tmp_path: Path) -> None:
+def test_dicom_monochrome1_16bit_with_rescale_and_window_round_trips(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     image = gradient()
-    stored = (255 - image.astype(np.int64)) * 200 + 50   # MONOCHROME1: bright bone is a low value
+    stored = (255 - image.astype(np.int64)) * 200 + 50  # MONOCHROME1: bright bone is a low value
     folder = tmp_path / "dicom"
     folder.mkdir()
     write_dicom(folder / "plain.dcm", stored, "MONOCHROME1", slope=0.5, intercept=-10)
     back = read_input(folder / "plain.dcm")
     assert back.dtype == np.uint8 and back.shape == image.shape
-    assert np.abs(back.astype(int) - window(image)).max() <= 1   # the 8-bit film's own input
+    assert np.abs(back.astype(int) - window(image)).max() <= 1  # the 8-bit film's own input
 
     # A window over the modality values of the bright half (image >= 128): the dark half clips to black.
     lo, hi = 0.5 * ((255 - 255) * 200 + 50) - 10, 0.5 * ((255 - 128) * 200 + 50) - 10
     write_dicom(folder / "windowed", stored, "MONOCHROME1", 0.5, -10, window=((lo + hi) / 2, hi - lo))
-    windowed = read_input(folder / "windowed")   # no suffix: found by the DICM preamble
+    windowed = read_input(folder / "windowed")  # no suffix: found by the DICM preamble
     assert (windowed[image < 120] == 0).all() and (windowed[image == 255] == 255).all()
     assert np.corrcoef(windowed[image >= 135], image[image >= 135])[0, 1] > 0.99
 
@@ -151,9 +161,22 @@ def test_unreadable_inputs_are_skipped_listed_and_exit_2(tiny_ckpt: Path, tmp_pa
     (folder / "readme.txt").write_text("ignored: not an input suffix")
     out = tmp_path / "out"
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lungseg.predict", f"ckpt_path={tiny_ckpt}", f"input={folder}",
-                           f"output={out}", "progress=false"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungseg.predict",
+            f"ckpt_path={tiny_ckpt}",
+            f"input={folder}",
+            f"output={out}",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "3 input(s) failed" in proc.stderr
     for bad in ("cut.jpg", "notes.png", "broken.dcm"):
@@ -264,5 +287,6 @@ def test_truth_scores_the_written_masks_at_native_size(compose_cfg, tiny_ckpt: P
     assert not (tmp_path / "out2").exists()  # refused before writing anything
     cv2.imwrite(str(masks / "cxrmask_7.jpeg"), np.zeros((20, 20), np.uint8))
     summary = predict(predict_cfg(compose_cfg, tiny_ckpt, images, tmp_path / "out3", f"truth={masks}"))
-    assert summary["truth_images"] == 2 and "reference mask is 20x20 but its radiograph is 48x48" in \
-        summary["failures"][0]
+    assert (
+        summary["truth_images"] == 2 and "reference mask is 20x20 but its radiograph is 48x48" in summary["failures"][0]
+    )

@@ -1,6 +1,6 @@
-"""The quality score (lungseg.inference.quality): its features on synthetic masks, the TTA views' geometry, the operating
-point, and on real radiographs: damage lowers the score, the score ranks films by Dice, and predict, evaluate and
-the API carry the same score with needs_review at the operating point."""
+"""The quality score (lungseg.inference.quality): its features on synthetic masks, the TTA views' geometry, the
+operating point, and on real radiographs: damage lowers the score, the score ranks films by Dice, and predict,
+evaluate and the API carry the same score with needs_review at the operating point."""
 
 from __future__ import annotations
 
@@ -43,20 +43,26 @@ def test_shape_features_count_components_holes_balance_and_fraction() -> None:
     one[:, 64:] = 0
     assert quality.shape_features(one, one)["components"] == 1 and quality.shape_features(one, one)["balance"] == 0
     holed = two.copy()
-    holed[60:70, 33:43] = 0                      # a 10 x 10 hole inside the left lung
+    holed[60:70, 33:43] = 0  # a 10 x 10 hole inside the left lung
     assert quality.shape_features(holed, two)["holes"] == pytest.approx(100 / two.sum())
     speck = two.copy()
-    speck[2:20, 2:20] = 1                         # a third component over 1 % of the image
+    speck[2:20, 2:20] = 1  # a third component over 1 % of the image
     assert quality.shape_features(speck, two)["components"] == 3
     assert f["height"] == pytest.approx(79 / 128) and f["height_balance"] == pytest.approx(71 / 79)
     short = two.copy()
-    short[80:, :64] = 0                           # the image-left lung cut short (a whited-out base)
+    short[80:, :64] = 0  # the image-left lung cut short (a whited-out base)
     assert quality.shape_features(short, short)["height_balance"] == pytest.approx((80 - 25) / 71)
     assert quality.shape_features(np.zeros_like(two), np.zeros_like(two)) == {
-        "lung_fraction": 0.0, "components": 0.0, "balance": 0.0, "height": 0.0, "height_balance": 0.0, "holes": 0.0}
+        "lung_fraction": 0.0,
+        "components": 0.0,
+        "balance": 0.0,
+        "height": 0.0,
+        "height_balance": 0.0,
+        "holes": 0.0,
+    }
     assert quality.solidity(two) > 0.95
     bitten = two.copy()
-    bitten[64:110, 18:40] = 0                     # a bite out of the left lung's base
+    bitten[64:110, 18:40] = 0  # a bite out of the left lung's base
     assert quality.solidity(bitten) < 0.85
 
 
@@ -69,13 +75,13 @@ def test_plausibility_is_one_for_lungs_and_falls_for_what_lungs_never_look_like(
     assert plausible(two) == 1.0
     one = two.copy()
     one[:, 64:] = 0
-    assert plausible(one) < 0.1                    # one lung only: no balance
+    assert plausible(one) < 0.1  # one lung only: no balance
     speck = two.copy()
     speck[2:20, 2:20] = 1
-    assert plausible(two, speck) == pytest.approx(0.6)   # the raw mask had three large components
+    assert plausible(two, speck) == pytest.approx(0.6)  # the raw mask had three large components
     small = np.zeros_like(two)
     small[60:80, 20:40] = small[60:80, 80:100] = 1
-    assert plausible(small) < 0.5                  # lung fraction 0.05
+    assert plausible(small) < 0.5  # lung fraction 0.05
 
 
 def test_expected_dice_and_the_score_fall_as_the_model_grows_unsure() -> None:
@@ -103,15 +109,15 @@ def test_tta_views_map_back_onto_the_film() -> None:
     films = np.concatenate([film, film[..., ::-1]])
     views = quality.tta_outputs(quality.tta_inputs(films))
     assert views.shape == (2, 2, 64, 64)
-    np.testing.assert_allclose(views[:, 0], films[:, 0], atol=1e-6)              # the mirror, undone
+    np.testing.assert_allclose(views[:, 0], films[:, 0], atol=1e-6)  # the mirror, undone
     np.testing.assert_allclose(views[:, 1, 4:-4, 4:-4], films[:, 0, 4:-4, 4:-4], atol=0.02)  # the zoom, undone
-    assert np.abs(quality.tta_inputs(films)[2:] - films).max() > 0.05            # (the zoom did change the input)
+    assert np.abs(quality.tta_inputs(films)[2:] - films).max() > 0.05  # (the zoom did change the input)
 
 
 def test_operating_point_spends_the_review_budget_and_figures_count_right() -> None:
     scores = [0.80, 0.85, 0.91, 0.93, 0.94, 0.95, 0.96, 0.97]
     dice_ = [0.70, 0.95, 0.88, 0.96, 0.93, 0.97, 0.95, 0.98]
-    point = quality.operating_point(scores)             # a quarter of 8: two films flagged
+    point = quality.operating_point(scores)  # a quarter of 8: two films flagged
     assert point == 0.91 and sum(s < point for s in scores) == 2
     assert quality.operating_point(scores, budget=0.5) == 0.94
     assert quality.operating_point(scores, budget=1.0) > max(scores)
@@ -129,10 +135,20 @@ def test_operating_point_spends_the_review_budget_and_figures_count_right() -> N
 def cxr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small U-Net (64 px, width 8) trained 20 epochs on the real cxr-v7 films (val Dice 0.94; about 45 s of
     CPU): good enough that its mistakes are the model's, not noise."""
-    return train_run(tmp_path_factory.mktemp("cxr-model"), "+experiment=cxr_small", f"data.root={CXR}",
-                     "data.image_size=64", "model.base_filters=8", "model.depth=4", "trainer.max_epochs=20", "seed=1",
-                     "~callbacks.progress_bar", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
-                     "optimizer.lr=3e-3")
+    return train_run(
+        tmp_path_factory.mktemp("cxr-model"),
+        "+experiment=cxr_small",
+        f"data.root={CXR}",
+        "data.image_size=64",
+        "model.base_filters=8",
+        "model.depth=4",
+        "trainer.max_epochs=20",
+        "seed=1",
+        "~callbacks.progress_bar",
+        "trainer.accelerator=cpu",
+        "trainer.enable_model_summary=false",
+        "optimizer.lr=3e-3",
+    )
 
 
 def opacity(gray: np.ndarray, truth: np.ndarray, strength: float, seed: int) -> np.ndarray:
@@ -155,13 +171,14 @@ def test_damaged_films_score_lower_and_the_score_ranks_films_by_dice(cxr_model: 
     # a tiny model's score on one film can tie (its thread count moves a film or two): 22 of 24 damaged films
     # score lower than their clean film, and on average by more than 0.1
     assert sum(d > 0 for d in drops) >= 22 and np.mean(drops) > 0.1, np.round(drops, 3)
-    assert np.ptp(dices) > 0.4                                    # the set spans good and bad masks
+    assert np.ptp(dices) > 0.4  # the set spans good and bad masks
     assert quality.spearman(scores, dices) > 0.6
 
 
 @requires_cxr
-def test_a_film_with_inverted_grey_levels_is_read_the_right_way_round(cxr_model: Path, compose_cfg, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_film_with_inverted_grey_levels_is_read_the_right_way_round(
+    cxr_model: Path, compose_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # this 20-epoch 64 px model's good masks score 0.83-0.89 (the recipe's: >= 0.897): accept its readings at 0.8
     monkeypatch.setattr("lungseg.inference.segmenter.POLARITY_ACCEPT", 0.8)
     auto, as_read = LungSegmenter.load(cxr_model, "cpu"), LungSegmenter.load(cxr_model, "cpu", polarity="as_read")
@@ -169,10 +186,10 @@ def test_a_film_with_inverted_grey_levels_is_read_the_right_way_round(cxr_model:
     read_back = 0
     for gray, truth, name in films:
         clean, flipped, wrong = auto.segment(gray), auto.segment(255 - gray), as_read.segment(255 - gray)
-        assert not clean.inverted and not wrong.inverted, name                  # an upright film is never turned
-        assert mask_dice(wrong.mask, truth) < mask_dice(clean.mask, truth) - 0.3, name    # what reading it inverted saves
+        assert not clean.inverted and not wrong.inverted, name  # an upright film is never turned
+        assert mask_dice(wrong.mask, truth) < mask_dice(clean.mask, truth) - 0.3, name  # what reading it inverted saves
         if flipped.inverted:  # read back, the clean film's mask, score and grey levels (up to the intensity
-            read_back += 1    # window's rounding on the inverted grey levels)
+            read_back += 1  # window's rounding on the inverted grey levels)
             assert mask_dice(flipped.mask, clean.mask) > 0.995, name
             assert flipped.quality_score == pytest.approx(clean.quality_score, abs=0.01), name
             assert np.abs(flipped.gray.astype(int) - gray).max() <= 2, name
@@ -188,12 +205,23 @@ def test_a_film_with_inverted_grey_levels_is_read_the_right_way_round(cxr_model:
         cv2.imwrite(str(folder / f"film{k}.png"), gray)
     cv2.imwrite(str(folder / "film0_inverted.png"), 255 - films[0][0])
     out = tmp_path / "out"
-    predict(compose_cfg(f"ckpt_path={cxr_model}", f"input={folder}", f"output={out}", "progress=false",
-                        "batch_size=2", config_name="predict"))
+    predict(
+        compose_cfg(
+            f"ckpt_path={cxr_model}",
+            f"input={folder}",
+            f"output={out}",
+            "progress=false",
+            "batch_size=2",
+            config_name="predict",
+        )
+    )
     with (out / "predictions.csv").open(newline="") as f:
         rows = {Path(r["input"]).name: r for r in csv.DictReader(f)}
-    assert {n: r["inverted"] for n, r in rows.items()} == {"film0.png": "False", "film1.png": "False",
-                                                          "film0_inverted.png": "True"}
+    assert {n: r["inverted"] for n, r in rows.items()} == {
+        "film0.png": "False",
+        "film1.png": "False",
+        "film0_inverted.png": "True",
+    }
     scores = {n: float(r["quality_score"]) for n, r in rows.items()}
     assert scores["film0_inverted.png"] == pytest.approx(scores["film0.png"], abs=0.01)
     masks = {n: cv2.imread(str(out / r["mask"]), cv2.IMREAD_GRAYSCALE) > 0 for n, r in rows.items()}
@@ -208,8 +236,17 @@ def test_a_film_with_inverted_grey_levels_is_read_the_right_way_round(cxr_model:
         cv2.imwrite(str(root / DATASET_DIR / "val" / "mask" / f"cxrmask_{k}.jpeg"), truth.astype(np.uint8) * 255)
     per_image = {}
     for polarity in ("auto", "as_read"):
-        evaluate(compose_cfg(f"ckpt_path={cxr_model}", f"data.root={root}", "split=val", f"polarity={polarity}",
-                             f"output_dir={tmp_path / polarity}", "calibration=false", config_name="evaluate"))
+        evaluate(
+            compose_cfg(
+                f"ckpt_path={cxr_model}",
+                f"data.root={root}",
+                "split=val",
+                f"polarity={polarity}",
+                f"output_dir={tmp_path / polarity}",
+                "calibration=false",
+                config_name="evaluate",
+            )
+        )
         with (tmp_path / polarity / "per_image.csv").open(newline="") as f:
             per_image[polarity] = {Path(r["file"]).name: r for r in csv.DictReader(f)}
     auto_rows, as_read_rows = per_image["auto"], per_image["as_read"]
@@ -224,18 +261,27 @@ def test_api_predict_and_evaluate_give_the_same_scores_and_flags(cxr_model: Path
     images = sorted((CXR / DATASET_DIR / "val" / "image").iterdir())
     seg = LungSegmenter.load(cxr_model, "cpu")
     api = {p.name: seg.segment(p) for p in images}
-    assert all(0 <= r.quality_score <= 1 and r.needs_review == (r.quality_score < quality.REVIEW_BELOW)
-               for r in api.values())
+    assert all(
+        0 <= r.quality_score <= 1 and r.needs_review == (r.quality_score < quality.REVIEW_BELOW) for r in api.values()
+    )
     streamed = list(seg.predict_many(images, batch_size=4))
-    np.testing.assert_allclose([r.quality_score for r in streamed], [api[p.name].quality_score for p in images],
-                               atol=1e-5)  # batched as one film: the same up to float rounding
+    np.testing.assert_allclose(
+        [r.quality_score for r in streamed], [api[p.name].quality_score for p in images], atol=1e-5
+    )  # batched as one film: the same up to float rounding
     ranked = sorted(r.quality_score for r in api.values())
     review_below = (ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2  # between two films: flags half
 
     out = tmp_path / "pred"
-    predicted = predict(compose_cfg(f"ckpt_path={cxr_model}", f"input={CXR / DATASET_DIR / 'val' / 'image'}",
-                                    f"output={out}", "progress=false", f"quality.review_below={review_below}",
-                                    config_name="predict"))
+    predicted = predict(
+        compose_cfg(
+            f"ckpt_path={cxr_model}",
+            f"input={CXR / DATASET_DIR / 'val' / 'image'}",
+            f"output={out}",
+            "progress=false",
+            f"quality.review_below={review_below}",
+            config_name="predict",
+        )
+    )
     with (out / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS and {"quality_score", "needs_review"} <= set(CSV_COLUMNS)
@@ -245,9 +291,17 @@ def test_api_predict_and_evaluate_give_the_same_scores_and_flags(cxr_model: Path
         assert row["needs_review"] in ("True", "False") and (row["needs_review"] == "True") == (score < review_below)
     assert 0 < sum(r["needs_review"] == "True" for r in rows) == predicted["needs_review"] < len(rows)
 
-    summary = evaluate(compose_cfg(f"ckpt_path={cxr_model}", f"data.root={CXR}", "split=val",
-                                   f"output_dir={tmp_path / 'eval'}", f"quality.review_below={review_below}",
-                                   "calibration=false", config_name="evaluate"))
+    summary = evaluate(
+        compose_cfg(
+            f"ckpt_path={cxr_model}",
+            f"data.root={CXR}",
+            "split=val",
+            f"output_dir={tmp_path / 'eval'}",
+            f"quality.review_below={review_below}",
+            "calibration=false",
+            config_name="evaluate",
+        )
+    )
     with (tmp_path / "eval" / "per_image.csv").open(newline="") as f:
         per_image = list(csv.DictReader(f))
     for row in per_image:
@@ -255,8 +309,11 @@ def test_api_predict_and_evaluate_give_the_same_scores_and_flags(cxr_model: Path
         assert (row["needs_review"] == "True") == (float(row["quality_score"]) < review_below)
     q = json.loads((tmp_path / "eval" / "metrics.json").read_text())["quality"]
     assert q == summary["quality"] and q["review_below"] == review_below and q["n_images"] == len(images)
-    assert q["spearman"] == pytest.approx(stats.spearmanr([float(r["quality_score"]) for r in per_image],
-                                                          [float(r["dice_clean"]) for r in per_image]).statistic)
+    assert q["spearman"] == pytest.approx(
+        stats.spearmanr(
+            [float(r["quality_score"]) for r in per_image], [float(r["dice_clean"]) for r in per_image]
+        ).statistic
+    )
     assert q["n_flagged"] == sum(r["needs_review"] == "True" for r in per_image)
     assert q["suggested_review_below"] == quality.operating_point([float(r["quality_score"]) for r in per_image])
     assert (tmp_path / "eval" / "quality_vs_dice.png").stat().st_size > 10_000
@@ -271,9 +328,18 @@ def test_quality_tta_adds_the_views_everywhere(cxr_model: Path, compose_cfg, tmp
     assert {"flip_dice", "zoom_dice", "tta_dice"} <= set(result.quality_features)
     plain = LungSegmenter.load(cxr_model, "cpu").segment(image)
     assert "tta_dice" not in plain.quality_features
-    np.testing.assert_array_equal(result.mask, plain.mask)        # TTA scores the mask; it never changes it
-    summary = evaluate(compose_cfg(f"ckpt_path={cxr_model}", f"data.root={CXR}", "split=val", "quality.tta=true",
-                                   f"output_dir={tmp_path / 'eval'}", "calibration=false", config_name="evaluate"))
+    np.testing.assert_array_equal(result.mask, plain.mask)  # TTA scores the mask; it never changes it
+    summary = evaluate(
+        compose_cfg(
+            f"ckpt_path={cxr_model}",
+            f"data.root={CXR}",
+            "split=val",
+            "quality.tta=true",
+            f"output_dir={tmp_path / 'eval'}",
+            "calibration=false",
+            config_name="evaluate",
+        )
+    )
     assert summary["quality"]["tta"] is True
     with (tmp_path / "eval" / "per_image.csv").open(newline="") as f:
         first = next(csv.DictReader(f))

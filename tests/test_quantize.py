@@ -25,7 +25,6 @@ from tests.test_export import export_cfg, reference
 MAX_PROB_DIFF, MIN_DICE = 0.15, 0.95
 
 
-
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset root: 12 train phantoms (80 px) for calibration, and 5 test phantoms calibration must not use."""
@@ -39,13 +38,12 @@ def props(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
-def test_int8_file_is_qdq_per_channel_close_to_fp32_and_carries_the_description(compose_cfg, tiny_ckpt: Path,
-                                                                                phantoms: Path,
-                                                                                tmp_path: Path) -> None:
+def test_int8_file_is_qdq_per_channel_close_to_fp32_and_carries_the_description(
+    compose_cfg, tiny_ckpt: Path, phantoms: Path, tmp_path: Path
+) -> None:
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export(export_cfg(compose_cfg, tiny_ckpt, f"output={fp32}", "verify=false"))
-    result = export(export_cfg(compose_cfg, tiny_ckpt, f"output={int8}", "quantize=int8",
-                               f"calibration={phantoms}"))
+    result = export(export_cfg(compose_cfg, tiny_ckpt, f"output={int8}", "quantize=int8", f"calibration={phantoms}"))
     assert 0 < result["max_abs_diff"] < MAX_PROB_DIFF and MIN_DICE <= result["mask_dice"] < 1.0 + 1e-9
 
     proto = onnx.load(str(int8))
@@ -69,12 +67,15 @@ def test_int8_file_is_qdq_per_channel_close_to_fp32_and_carries_the_description(
     for key in ("image_size", "size_divisor", "source_checkpoint", "lungseg_description"):
         assert int8_props[key] == fp32_props[key], key
     assert json.loads(int8_props["lungseg_description"])["image_size"] == 32
-    assert int8_props["model_card"].startswith(fp32_props["model_card"]) and "## INT8 quantisation" in int8_props[
-        "model_card"]
+    assert (
+        int8_props["model_card"].startswith(fp32_props["model_card"])
+        and "## INT8 quantisation" in int8_props["model_card"]
+    )
     assert (tmp_path / "int8.onnx.README.md").read_text() == int8_props["model_card"]
     quant = json.loads(int8_props["quantization"])
-    assert quant["format"] == "QDQ" and quant["calibration_images"] == 12 and quant["calibration_source"] == \
-        phantoms.name
+    assert (
+        quant["format"] == "QDQ" and quant["calibration_images"] == 12 and quant["calibration_source"] == phantoms.name
+    )
 
     files = calibration_files(phantoms, 64)
     images = calibration_images(files, 32)
@@ -90,9 +91,9 @@ def test_int8_file_is_qdq_per_channel_close_to_fp32_and_carries_the_description(
     np.testing.assert_array_equal(seg.probabilities(images), run_exported(int8, images))
 
 
-def test_calibration_from_a_dataset_root_uses_its_train_split_and_honours_the_count(compose_cfg, tiny_ckpt: Path,
-                                                                                   phantoms: Path, tmp_path: Path,
-                                                                                   monkeypatch) -> None:
+def test_calibration_from_a_dataset_root_uses_its_train_split_and_honours_the_count(
+    compose_cfg, tiny_ckpt: Path, phantoms: Path, tmp_path: Path, monkeypatch
+) -> None:
     files = calibration_files(phantoms, 100)
     assert len(files) == 12 and all(f.parent == phantoms / "ChestXray" / "train" / "image" for f in files)
     assert len(calibration_files(phantoms / "ChestXray", 100)) == 12  # the root given with or without ChestXray/
@@ -107,14 +108,24 @@ def test_calibration_from_a_dataset_root_uses_its_train_split_and_honours_the_co
 
     monkeypatch.setattr(lungseg.artifacts.quantize.RadiographReader, "get_next", counting)
     out = tmp_path / "int8.onnx"
-    export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=int8", f"calibration={phantoms}",
-                      "calibration_images=5", "verify=false"))
+    export(
+        export_cfg(
+            compose_cfg,
+            tiny_ckpt,
+            f"output={out}",
+            "quantize=int8",
+            f"calibration={phantoms}",
+            "calibration_images=5",
+            "verify=false",
+        )
+    )
     assert served == [1] * 5
     assert json.loads(props(out)["quantization"])["calibration_images"] == 5
 
 
-def test_calibration_from_a_plain_folder_of_radiographs(compose_cfg, tiny_ckpt: Path, phantoms: Path,
-                                                        tmp_path: Path) -> None:
+def test_calibration_from_a_plain_folder_of_radiographs(
+    compose_cfg, tiny_ckpt: Path, phantoms: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "films"
     (folder / "more").mkdir(parents=True)
     for i, f in enumerate(sorted((phantoms / "ChestXray" / "test" / "image").iterdir())):
@@ -135,11 +146,20 @@ def test_quantize_settings_that_cannot_work_are_refused(compose_cfg, tiny_ckpt: 
     with pytest.raises(LungsegError, match="quantize=fp16: use null"):
         export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=fp16", f"calibration={tmp_path}"))
     with pytest.raises(LungsegError, match="needs format=onnx"):
-        export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=int8", "format=torch_export",
-                          f"calibration={tmp_path}"))
+        export(
+            export_cfg(
+                compose_cfg,
+                tiny_ckpt,
+                f"output={out}",
+                "quantize=int8",
+                "format=torch_export",
+                f"calibration={tmp_path}",
+            )
+        )
     with pytest.raises(DataError, match="calibration=.*absent: no such folder"):
-        export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=int8",
-                          f"calibration={tmp_path / 'absent'}"))
+        export(
+            export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=int8", f"calibration={tmp_path / 'absent'}")
+        )
     (tmp_path / "notes.txt").write_text("not a radiograph")
     with pytest.raises(DataError, match=r"calibration=.*: no radiographs in .*pass a dataset root"):
         export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}", "quantize=int8", f"calibration={tmp_path}"))

@@ -47,8 +47,16 @@ def test_a_release_0_2_checkpoint_resumes(tmp_path: Path, monkeypatch: pytest.Mo
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(FIXTURE / "tiny.ckpt", run / "checkpoints" / "last.ckpt")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
-    train_run(run, "data.root=release_data", *TINY, "trainer.max_epochs=3", "optimizer.lr=1e-2",
-              "trainer.precision=32-true", "seed=3", "data.num_workers=0",
-              f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")  # refused if a recorded setting seemed changed
+    train_run(
+        run,
+        "data.root=release_data",
+        *TINY,
+        "trainer.max_epochs=3",
+        "optimizer.lr=1e-2",
+        "trainer.precision=32-true",
+        "seed=3",
+        "data.num_workers=0",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+    )  # refused if a recorded setting seemed changed
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 2 and resumed["global_step"] == 3 * 2

@@ -11,8 +11,15 @@ from lungseg.train import train
 from lungseg.training.resume import config_changes
 from tests.helpers import TINY
 
-BASE = (*TINY, "trainer.max_epochs=1", "test=false", "~logger", "~callbacks.prediction_grid",
-        "~callbacks.lr_monitor", "optimizer.lr=1e-2")
+BASE = (
+    *TINY,
+    "trainer.max_epochs=1",
+    "test=false",
+    "~logger",
+    "~callbacks.prediction_grid",
+    "~callbacks.lr_monitor",
+    "optimizer.lr=1e-2",
+)
 
 
 @pytest.fixture
@@ -21,8 +28,9 @@ def last_ckpt(compose_cfg, tiny_dataset: Path) -> Path:
     return Path(compose_cfg(f"data.root={tiny_dataset}", *BASE).paths.output_dir) / "checkpoints" / "last.ckpt"
 
 
-def test_resume_refuses_a_changed_recipe_with_a_diff_and_allows_more_epochs(compose_cfg, tiny_dataset: Path,
-                                                                          last_ckpt: Path) -> None:
+def test_resume_refuses_a_changed_recipe_with_a_diff_and_allows_more_epochs(
+    compose_cfg, tiny_dataset: Path, last_ckpt: Path
+) -> None:
     resume = (f"data.root={tiny_dataset}", f"ckpt_path={last_ckpt}")
     with pytest.raises(LungsegError, match=r"1 setting\(s\) differ") as err:
         train(compose_cfg(*resume, *BASE, "optimizer.lr=1e-3"))
@@ -39,15 +47,26 @@ def test_resume_refuses_a_changed_recipe_with_a_diff_and_allows_more_epochs(comp
 
     metrics = train(compose_cfg(*resume, *BASE, "trainer.max_epochs=2", "data.num_workers=0"))
     assert metrics["epochs"] == 2  # more epochs and another worker count: the same training, continued
-    metrics = train(compose_cfg(*resume, *BASE, "trainer.max_epochs=3", "optimizer.lr=1e-3",
-                                "resume.allow_changes=true"))
+    metrics = train(
+        compose_cfg(*resume, *BASE, "trainer.max_epochs=3", "optimizer.lr=1e-3", "resume.allow_changes=true")
+    )
     assert metrics["epochs"] == 3
 
 
 def test_config_changes_lists_checked_keys_only() -> None:
-    old = {"optimizer": {"lr": 1e-3}, "trainer": {"max_epochs": 5, "precision": "32-true"}, "data": {"cache": True},
-           "model": {"depth": 4}}
-    new = {"optimizer": {"lr": 1e-3}, "trainer": {"max_epochs": 9, "precision": "bf16-mixed"},
-           "data": {"cache": False}, "model": {"depth": 4, "deep_supervision": True}}
-    assert config_changes(old, new) == [("model.deep_supervision", "<unset>", True),
-                                        ("trainer.precision", "32-true", "bf16-mixed")]
+    old = {
+        "optimizer": {"lr": 1e-3},
+        "trainer": {"max_epochs": 5, "precision": "32-true"},
+        "data": {"cache": True},
+        "model": {"depth": 4},
+    }
+    new = {
+        "optimizer": {"lr": 1e-3},
+        "trainer": {"max_epochs": 9, "precision": "bf16-mixed"},
+        "data": {"cache": False},
+        "model": {"depth": 4, "deep_supervision": True},
+    }
+    assert config_changes(old, new) == [
+        ("model.deep_supervision", "<unset>", True),
+        ("trainer.precision", "32-true", "bf16-mixed"),
+    ]

@@ -22,11 +22,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCRIPT = ROOT / "scripts" / "pipelines" / "sweep_screenshot.py"  # chromium_page(): Playwright on Debian Chromium
 
 # Skipped before any model is trained, naming what is missing.
-pytest.importorskip("playwright.sync_api",
-                    reason="playwright is not installed: pip install playwright")
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
-                                reason=f"no Chromium at {CHROMIUM}: make chromium (apt-get install "
-                                       "chromium as root)")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}: make chromium (apt-get install chromium as root)"
+)
 
 
 def _chromium_page():
@@ -42,12 +41,12 @@ def card_keys(page) -> list[str]:
 
 
 def test_flagged_first_a_reject_with_a_note_survives_reload_and_the_mask_toggles(
-        tiny_ckpt: Path, tmp_path: Path) -> None:
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
     chromium_page = _chromium_page()
     folder = predicted_folder(tiny_ckpt, tmp_path)
     order = expected_order(folder)
-    flagged = {r["mask"][6:-4] for r in read_rows(folder / "predictions.csv")
-               if r["needs_review"] == "True"}
+    flagged = {r["mask"][6:-4] for r in read_rows(folder / "predictions.csv") if r["needs_review"] == "True"}
     assert len(flagged) == 4
     with serving(folder) as url, chromium_page(1400, 900) as page:
         full_requests: list[str] = []
@@ -55,8 +54,7 @@ def test_flagged_first_a_reject_with_a_note_survives_reload_and_the_mask_toggles
         page.goto(url)
         page.locator("article.card").nth(len(order) - 1).wait_for()
         assert card_keys(page) == order
-        classes = page.locator("article.card").evaluate_all(
-            "cards => cards.map(c => c.classList.contains('flagged'))")
+        classes = page.locator("article.card").evaluate_all("cards => cards.map(c => c.classList.contains('flagged'))")
         assert classes == [key in flagged for key in order] == [True] * 4 + [False] * 5
 
         # keyboard only: to the second film, reject it, back, write a note, Enter saves it
@@ -73,8 +71,7 @@ def test_flagged_first_a_reject_with_a_note_survives_reload_and_the_mask_toggles
         with page.expect_response("**/api/decision"):
             page.keyboard.press("Enter")
         rows = read_rows(folder / REVIEW_CSV)
-        assert [(r["film"], r["decision"], r["note"]) for r in rows] == [
-            (target, "rejected", "apex cut off")]
+        assert [(r["film"], r["decision"], r["note"]) for r in rows] == [(target, "rejected", "apex cut off")]
 
         # keys pressed faster than the answers come still go to one film each
         page.keyboard.press("j")

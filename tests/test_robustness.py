@@ -29,7 +29,7 @@ def phantoms(tmp_path: Path) -> Path:
 
 
 def test_shifts_move_the_truth_with_the_anatomy(phantoms: Path) -> None:
-    pairs = load_split(phantoms, "test", "minmax")   # the oracle reads the phantoms' raw grey levels
+    pairs = load_split(phantoms, "test", "minmax")  # the oracle reads the phantoms' raw grey levels
     rows = score_shifts(Threshold(), pairs)  # type: ignore[arg-type]
     assert len(rows) == 3 * (1 + sum(len(levels) for _, levels in {**SHIFTS, **APART}.values()))
     by = summarise_shifts(rows)
@@ -57,8 +57,11 @@ def test_each_shift_changes_the_image_and_strong_is_stronger(phantoms: Path) -> 
 def test_cli_writes_table_heatmap_and_summary(compose_cfg, phantoms: Path, tmp_path: Path) -> None:
     ckpt = train_tiny(tmp_path / "model")
     out = tmp_path / "robust"
-    summary = robustness(compose_cfg(f"ckpt_path={ckpt}", f"data.root={phantoms}", f"output_dir={out}",
-                                     "device=cpu", config_name="robustness"))
+    summary = robustness(
+        compose_cfg(
+            f"ckpt_path={ckpt}", f"data.root={phantoms}", f"output_dir={out}", "device=cpu", config_name="robustness"
+        )
+    )
     assert json.loads((out / "robustness.json").read_text())["robustness"] == pytest.approx(summary["robustness"])
     table = (out / "robustness.md").read_text()
     assert all(f"| {shift} |" in table for shift in SHIFTS)

@@ -25,14 +25,18 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def all_files(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` but the writer's lock file (kept beside the dataset, empty)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(".lock")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 def read_pairs(root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     pairs = [pair for split in SPLITS for pair in find_pairs(root, split)[0]]
-    return [(cv2.imread(str(p.image), cv2.IMREAD_UNCHANGED), cv2.imread(str(p.mask), cv2.IMREAD_GRAYSCALE))
-            for p in pairs]
+    return [
+        (cv2.imread(str(p.image), cv2.IMREAD_UNCHANGED), cv2.imread(str(p.mask), cv2.IMREAD_GRAYSCALE)) for p in pairs
+    ]
 
 
 def test_layout_and_counts(small_set: Path) -> None:
@@ -92,8 +96,7 @@ def test_lungs_darker_than_surrounding_body_but_not_a_threshold(small_set: Path)
         lungs = mask > 127
         ring = cv2.dilate(lungs.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool) & ~lungs
         assert image[lungs].mean() + 25 < image[ring].mean()
-        best = max(2 * (lungs & (image < t)).sum() / (lungs.sum() + (image < t).sum())
-                   for t in range(8, 256, 8))
+        best = max(2 * (lungs & (image < t)).sum() / (lungs.sum() + (image < t).sum()) for t in range(8, 256, 8))
         assert best < 0.85  # ribs, noise and the dark background defeat a single global threshold
 
 
@@ -142,9 +145,7 @@ def test_interrupted_write_leaves_nothing_and_rerun_succeeds(
     assert len(all_files(root)) == 16
 
 
-def test_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(sample, "write_sample_dataset", functools.partial(write_sample_dataset, **SMALL))
     sample.main([str(tmp_path / "cli")])
     assert str(tmp_path / "cli" / DATASET_DIR) in capsys.readouterr().out

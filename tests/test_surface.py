@@ -17,7 +17,7 @@ from lungseg.metrics.pixels import BinnedPRCurve, BinnedROC, ReliabilityBins, pe
 def square(half: int, size: int = 40, centre: int = 20) -> np.ndarray:
     """A filled (2*half+1)-pixel square centred in a size x size image."""
     mask = np.zeros((size, size), bool)
-    mask[centre - half: centre + half + 1, centre - half: centre + half + 1] = True
+    mask[centre - half : centre + half + 1, centre - half : centre + half + 1] = True
     return mask
 
 
@@ -42,8 +42,12 @@ def test_concentric_squares_hand_worked() -> None:
     assert result.hd95 == pytest.approx(4.147077, abs=1e-6)
     assert surface_distances(outer, inner) == result  # symmetric
     # Maximum distance agrees with torchmetrics' (full) Hausdorff distance.
-    hd = hausdorff_distance(torch.tensor(inner)[None, None].long(), torch.tensor(outer)[None, None].long(),
-                            num_classes=1, include_background=True)
+    hd = hausdorff_distance(
+        torch.tensor(inner)[None, None].long(),
+        torch.tensor(outer)[None, None].long(),
+        num_classes=1,
+        include_background=True,
+    )
     assert float(hd) == pytest.approx(max(d_outer.max(), 3.0))
 
 
@@ -72,7 +76,8 @@ def test_identical_masks_are_zero() -> None:
 
 
 def test_empty_masks_have_defined_values() -> None:
-    # The conventions of lungseg/evaluation/surface.py (and the evaluation report): both empty -> 0; exactly one empty ->
+    # The conventions of lungseg/evaluation/surface.py (and the evaluation report): both empty -> 0; exactly one empty
+    # ->
     # the image diagonal, in the units of the spacing, with the empty one named.
     empty = np.zeros((40, 30), bool)
     full = empty.copy()
@@ -93,7 +98,7 @@ def test_per_image_overlap_hand_case_and_empty() -> None:
     probs = torch.zeros(3, 1, 4, 4)
     masks = torch.zeros(3, 1, 4, 4)
     probs[0, 0, :2] = 0.9  # 8 predicted
-    masks[0, 0, :1] = 1    # 4 true, all inside the prediction: Dice 2*4/12, IoU 4/8
+    masks[0, 0, :1] = 1  # 4 true, all inside the prediction: Dice 2*4/12, IoU 4/8
     probs[1, 0, 0, 0] = 0.7  # prediction where there is no truth: 0 and 0
     out = per_image_overlap(probs, masks, 0.5)  # image 2: both empty -> 1 and 1
     assert torch.allclose(out["dice"], torch.tensor([2 / 3, 0.0, 1.0]))
@@ -105,8 +110,10 @@ def test_binned_curves_and_calibration_match_torchmetrics() -> None:
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(20_000, generator=g)
     target = (torch.rand(20_000, generator=g) < probs**2).long()
-    for ours, theirs in ((BinnedROC(thresholds=50), BinaryROC(thresholds=50)),
-                         (BinnedPRCurve(thresholds=50), BinaryPrecisionRecallCurve(thresholds=50))):
+    for ours, theirs in (
+        (BinnedROC(thresholds=50), BinaryROC(thresholds=50)),
+        (BinnedPRCurve(thresholds=50), BinaryPrecisionRecallCurve(thresholds=50)),
+    ):
         ours.update(probs[:7000], target[:7000])
         ours.update(probs[7000:], target[7000:])
         for a, b in zip(ours.compute(), theirs(probs, target), strict=True):

@@ -27,13 +27,20 @@ def _browser_tools():
     return module
 
 
-def test_hparams_tab_lists_swept_knobs_first_and_one_readable_row_per_run(tiny_dataset: Path,
-                                                                          tmp_path: Path) -> None:
+def test_hparams_tab_lists_swept_knobs_first_and_one_readable_row_per_run(tiny_dataset: Path, tmp_path: Path) -> None:
     tools = _browser_tools()
     sweep = tmp_path / "sweep"
-    proc = _multirun("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"data.root={tiny_dataset}", *TINY,
-                     "trainer.max_epochs=1", "optimizer.lr=1e-3,1e-2", "model.dropout=0.1,0.5",
-                     "~callbacks.prediction_grid", f"hydra.sweep.dir={sweep}")
+    proc = _multirun(
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"data.root={tiny_dataset}",
+        *TINY,
+        "trainer.max_epochs=1",
+        "optimizer.lr=1e-3,1e-2",
+        "model.dropout=0.1,0.5",
+        "~callbacks.prediction_grid",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = {"lr=0.001,dropout=0.1", "lr=0.001,dropout=0.5", "lr=0.01,dropout=0.1", "lr=0.01,dropout=0.5"}
     with tools.tensorboard(sweep) as url, tools.chromium_page() as page:

@@ -38,8 +38,12 @@ def _job(sweep: Path, name: str, overrides: list[str], result: dict | None) -> N
 
 
 def _finished(dice: float, loss: float) -> dict:
-    return {"status": "finished", "epochs": 3, "wall_s": 12.5,
-            "metrics": {"best/val_dice": dice, "best/val_loss": loss, "test/dice": dice - 0.01}}
+    return {
+        "status": "finished",
+        "epochs": 3,
+        "wall_s": 12.5,
+        "metrics": {"best/val_dice": dice, "best/val_loss": loss, "test/dice": dice - 0.01},
+    }
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -52,11 +56,19 @@ def test_summary_names_the_best_job_and_every_status(tmp_path: Path, capsys: pyt
     common = ["+experiment=baseline", "data.root=/x"]
     _job(sweep, "0", [*common, "optimizer.lr=0.0001", "model.dropout=0.3"], _finished(0.90, 0.20))
     _job(sweep, "1", [*common, "optimizer.lr=0.001", "model.dropout=0.3"], _finished(0.95, 0.15))
-    _job(sweep, "2", [*common, "optimizer.lr=0.0001", "model.dropout=0.5"],
-         {"status": "failed", "error": "DataError: no dataset at /x\nmore", "wall_s": 1.0})
+    _job(
+        sweep,
+        "2",
+        [*common, "optimizer.lr=0.0001", "model.dropout=0.5"],
+        {"status": "failed", "error": "DataError: no dataset at /x\nmore", "wall_s": 1.0},
+    )
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    _job(sweep, "10", [*common, "optimizer.lr=0.001", "model.dropout=0.5"],
-         {"status": "running", "host": socket.gethostname(), "pid": int(dead.stdout)})
+    _job(
+        sweep,
+        "10",
+        [*common, "optimizer.lr=0.001", "model.dropout=0.5"],
+        {"status": "running", "host": socket.gethostname(), "pid": int(dead.stdout)},
+    )
     _job(sweep, "3", [*common, "optimizer.lr=0.01", "model.dropout=0.5"], None)
 
     summary = summarize(sweep)
@@ -80,15 +92,28 @@ def test_summary_names_the_best_job_and_every_status(tmp_path: Path, capsys: pyt
 
 def _multirun(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "lungseg.train", "--multirun", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lungseg.train", "--multirun", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_joblib_sweep_goes_on_past_a_failing_job_and_summarises(tiny_dataset: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     missing = tmp_path / "missing"
-    proc = _multirun("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"data.root={tiny_dataset},{missing}",
-                     *TINY, "trainer.max_epochs=1", "test=false", f"hydra.sweep.dir={sweep}")
+    proc = _multirun(
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"data.root={tiny_dataset},{missing}",
+        *TINY,
+        "trainer.max_epochs=1",
+        "test=false",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(sweep / "summary.csv")
     assert [r["status"] for r in rows] == ["finished", "failed"]
@@ -106,9 +131,18 @@ def test_joblib_sweep_goes_on_past_a_failing_job_and_summarises(tiny_dataset: Pa
 def test_optuna_search_over_the_demo_experiment_survives_failed_trials(tiny_dataset: Path, tmp_path: Path) -> None:
     sweep, missing = tmp_path / "sweep", tmp_path / "missing"
     # data.root is searched too, so some trials fail (seed 1 draws both roots in 4 trials).
-    proc = _multirun("+experiment=demo", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "seed=1",
-                     f"data.root=choice({tiny_dataset},{missing})", "data.synthesize=false",
-                     *TINY, "trainer.max_epochs=1", "test=false", f"hydra.sweep.dir={sweep}")
+    proc = _multirun(
+        "+experiment=demo",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        "seed=1",
+        f"data.root=choice({tiny_dataset},{missing})",
+        "data.synthesize=false",
+        *TINY,
+        "trainer.max_epochs=1",
+        "test=false",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert {"optimizer.lr", "model.dropout", "model.noise_std"} <= set(results["best_params"])
@@ -132,21 +166,27 @@ def test_optuna_search_over_the_demo_experiment_survives_failed_trials(tiny_data
 def test_run_names_are_short_stable_and_filesystem_safe(tmp_path: Path) -> None:
     pairs = [("optimizer.lr", "0.001"), ("model.dropout", "0.1"), ("model.noise_std", "0.0")]
     assert run_name(pairs) == "lr=0.001,dropout=0.1,noise=0" == run_name(list(pairs))
-    assert run_name([("optimizer.lr", "1e-05"), ("data.root", "/x/my data/"), ("loss", "bce_dice")]) == \
-        "lr=1e-5,root=my_data,loss=bce_dice"
-    assert run_name([("optimizer.lr", "0.000123456789"), ("model.depth", 3), ("other.depth", 4)]) == \
-        "lr=0.000123,model.depth=3,other.depth=4"  # 3 significant digits; clashing short keys stay whole
+    assert (
+        run_name([("optimizer.lr", "1e-05"), ("data.root", "/x/my data/"), ("loss", "bce_dice")])
+        == "lr=1e-5,root=my_data,loss=bce_dice"
+    )
+    assert (
+        run_name([("optimizer.lr", "0.000123456789"), ("model.depth", 3), ("other.depth", 4)])
+        == "lr=0.000123,model.depth=3,other.depth=4"
+    )  # 3 significant digits; clashing short keys stay whole
     long = run_name([(f"k{i}", "v" * 40) for i in range(10)])
     assert len(long) <= 120 and long == run_name([(f"k{i}", "v" * 40) for i in range(10)])
     assert re.fullmatch(r"[A-Za-z0-9._+=,-]+", run_name([("a", "x/y:z*?|<>\"'"), ("b", "é")]))
     # the sweep's own definition decides what varies: comma lists, choice/range/interval, sweeper params
-    assert sweep_keys(["+experiment=demo", "optimizer.lr=1e-4,1e-3", "data.root='a,b'", "seed=choice(1,2)",
-                       "model.depth=range(2,4)"], {"model.dropout": "interval(0.0, 0.6)"}) == \
-        ["optimizer.lr", "seed", "model.depth", "model.dropout"]
+    assert sweep_keys(
+        ["+experiment=demo", "optimizer.lr=1e-4,1e-3", "data.root='a,b'", "seed=choice(1,2)", "model.depth=range(2,4)"],
+        {"model.dropout": "interval(0.0, 0.6)"},
+    ) == ["optimizer.lr", "seed", "model.depth", "model.dropout"]
     write_sweep_file(tmp_path, ["+experiment=demo", "optimizer.lr=1e-4,1e-3", "model.dropout=0.1,0.5"], None)
     keys = varying_keys(tmp_path, [], None)
-    assert job_run_name(keys, ["+experiment=demo", "optimizer.lr=0.0001", "model.dropout=0.5"]) == \
-        "lr=0.0001,dropout=0.5"
+    assert (
+        job_run_name(keys, ["+experiment=demo", "optimizer.lr=0.0001", "model.dropout=0.5"]) == "lr=0.0001,dropout=0.5"
+    )
     assert single_run_name("demo", tmp_path / "outputs" / "2026-11-30" / "17-10-00") == "demo_2026-11-30_17-10-00"
     run = tmp_path / "elsewhere"
     assert single_run_name("demo", run) == single_run_name("demo", run)  # one stamp per run folder
@@ -160,8 +200,12 @@ def _overlaps(fig) -> list[tuple[str, str]]:
     for ax in fig.axes:
         shown = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
         boxes = [t.get_window_extent(renderer) for t in shown]
-        clashes += [(shown[i].get_text(), shown[j].get_text()) for i in range(len(boxes))
-                    for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+        clashes += [
+            (shown[i].get_text(), shown[j].get_text())
+            for i in range(len(boxes))
+            for j in range(i + 1, len(boxes))
+            if boxes[i].overlaps(boxes[j])
+        ]
     return clashes
 
 
@@ -170,12 +214,22 @@ def test_summary_plot_axes_suit_the_values_and_ticks_never_overlap(n: int) -> No
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(n)
-    values = {"optimizer.lr": [f"{10 ** -rng.uniform(1, 5):.6g}" for _ in range(n)] if n > 2 else ["1e-4", "1e-2"][:n],
-              "model.dropout": [f"{rng.uniform(0, 0.6):.6g}" for _ in range(n)],
-              "loss": [f"a_rather_long_loss_name_{i}" for i in range(n)],
-              "model.depth": [str(3 + i % 2) for i in range(n)]}
-    rows = [{"job": str(i), "run": f"run{i}", "status": "finished", "best/val_dice": float(rng.uniform(0.5, 0.9)),
-             "overrides": {k: v[i] for k, v in values.items()}} for i in range(n)]
+    values = {
+        "optimizer.lr": [f"{10 ** -rng.uniform(1, 5):.6g}" for _ in range(n)] if n > 2 else ["1e-4", "1e-2"][:n],
+        "model.dropout": [f"{rng.uniform(0, 0.6):.6g}" for _ in range(n)],
+        "loss": [f"a_rather_long_loss_name_{i}" for i in range(n)],
+        "model.depth": [str(3 + i % 2) for i in range(n)],
+    }
+    rows = [
+        {
+            "job": str(i),
+            "run": f"run{i}",
+            "status": "finished",
+            "best/val_dice": float(rng.uniform(0.5, 0.9)),
+            "overrides": {k: v[i] for k, v in values.items()},
+        }
+        for i in range(n)
+    ]
     fig = figure(rows, list(values), "best/val_dice")
     try:
         assert _overlaps(fig) == []
@@ -193,10 +247,17 @@ def test_summary_plot_axes_suit_the_values_and_ticks_never_overlap(n: int) -> No
 def test_optuna_sweep_summary_has_history_and_importances(tmp_path: Path, capsys) -> None:
     sweep = tmp_path / "sweep"
     rng = np.random.default_rng(0)
-    hydra = {"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
-                                   "direction": "maximize", "storage": None, "study_name": "lungseg",
-                                   "params": {"optimizer.lr": "tag(log, interval(1.0e-5, 1.0e-2))",
-                                              "model.dropout": "interval(0.0, 0.6)"}}}}
+    hydra = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                "direction": "maximize",
+                "storage": None,
+                "study_name": "lungseg",
+                "params": {"optimizer.lr": "tag(log, interval(1.0e-5, 1.0e-2))", "model.dropout": "interval(0.0, 0.6)"},
+            }
+        }
+    }
     for i in range(8):
         lr, dropout = 10 ** rng.uniform(-5, -2), rng.uniform(0, 0.6)
         dice = 0.9 - 0.1 * abs(math.log10(lr) + 3) - 0.01 * dropout  # lr matters, dropout barely
@@ -207,7 +268,7 @@ def test_optuna_sweep_summary_has_history_and_importances(tmp_path: Path, capsys
     optuna = summary["optuna"]
     assert [h["trial"] for h in optuna["history"]] == [0, 1, 2, 3, 4, 6, 7] and optuna["failed"] == 1
     values = [h["value"] for h in optuna["history"]]
-    assert [h["best"] for h in optuna["history"]] == [max(values[:i + 1]) for i in range(len(values))]
+    assert [h["best"] for h in optuna["history"]] == [max(values[: i + 1]) for i in range(len(values))]
     assert set(optuna["importances"]) == {"optimizer.lr", "model.dropout"}
     assert optuna["importances"]["optimizer.lr"] > optuna["importances"]["model.dropout"]
     md = (sweep / "summary.md").read_text()
@@ -229,8 +290,9 @@ def _tensorboard_view(logdir: Path) -> tuple[list, list[str], dict[str, tuple[st
     mux.AddRunsFromDirectory(str(logdir))
     mux.Reload()
     provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
-    backend = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(logdir),
-                                                            multiplexer=mux))
+    backend = backend_context.Context(
+        base_plugin.TBContext(data_provider=provider, logdir=str(logdir), multiplexer=mux)
+    )
     ctx = context.RequestContext()
     experiment = get_experiment.Handler(ctx, backend, "", api_pb2.GetExperimentRequest(hparams_limit=1000)).run()
     sessions = {}
@@ -243,9 +305,18 @@ def _tensorboard_view(logdir: Path) -> tuple[list, list[str], dict[str, tuple[st
 
 def test_sweep_runs_read_in_tensorboard_by_name_with_swept_knobs_first(tiny_dataset: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = _multirun("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"data.root={tiny_dataset}", *TINY,
-                     "trainer.max_epochs=1", "optimizer.lr=1e-3,1e-2", "model.dropout=0.1", "loss=bce_dice",
-                     "~callbacks.prediction_grid", f"hydra.sweep.dir={sweep}")
+    proc = _multirun(
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"data.root={tiny_dataset}",
+        *TINY,
+        "trainer.max_epochs=1",
+        "optimizer.lr=1e-3,1e-2",
+        "model.dropout=0.1",
+        "loss=bce_dice",
+        "~callbacks.prediction_grid",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((sweep / "sweep.yaml").read_text())["varying"] == ["optimizer.lr"]
     names = {"0": "lr=0.001", "1": "lr=0.01"}
@@ -255,12 +326,30 @@ def test_sweep_runs_read_in_tensorboard_by_name_with_swept_knobs_first(tiny_data
     infos, metrics, sessions = _tensorboard_view(sweep)
     columns = [h.name for h in infos]
     assert columns[0] == "optimizer.lr" and infos[0].differs and not any(h.differs for h in infos[1:])
-    assert set(columns) == {"optimizer.lr", "model.dropout", "model.noise_std", "model.base_filters", "model.depth",
-                            "data.image_size", "data.batch_size", "loss", "scheduler", "augment",
-                            "trainer.max_epochs", "seed"}  # no _target_, workers, cache or paths
-    assert metrics == ["best/val_dice", "best/val_dice_per_image", "best/val_loss", "test/dice", "run/epochs",
-                       "run/wall_s"]  # per-image Dice: every run logs it (issue 17)
-    assert {run: trial for run, (trial, _) in sessions.items()} == \
-        {f"{job}/tensorboard/{name}": name for job, name in names.items()}
+    assert set(columns) == {
+        "optimizer.lr",
+        "model.dropout",
+        "model.noise_std",
+        "model.base_filters",
+        "model.depth",
+        "data.image_size",
+        "data.batch_size",
+        "loss",
+        "scheduler",
+        "augment",
+        "trainer.max_epochs",
+        "seed",
+    }  # no _target_, workers, cache or paths
+    assert metrics == [
+        "best/val_dice",
+        "best/val_dice_per_image",
+        "best/val_loss",
+        "test/dice",
+        "run/epochs",
+        "run/wall_s",
+    ]  # per-image Dice: every run logs it (issue 17)
+    assert {run: trial for run, (trial, _) in sessions.items()} == {
+        f"{job}/tensorboard/{name}": name for job, name in names.items()
+    }
     loss_kind = next(h for h in infos if h.name == "loss")
     assert list(loss_kind.domain_discrete) == ["bce_dice"]  # the config file chosen, not a class path

@@ -55,8 +55,9 @@ def test_training_writes_checkpoints_tensorboard_and_hparams(compose_cfg, tiny_d
     assert metrics["best/val_dice"] == pytest.approx(max(e.value for e in events.Scalars("val/dice")), abs=1e-6)
 
 
-def _scores(module: LungSegModule, root: Path, split: str, size: int = 32,
-            precision: str = "32-true") -> dict[str, float]:
+def _scores(
+    module: LungSegModule, root: Path, split: str, size: int = 32, precision: str = "32-true"
+) -> dict[str, float]:
     """Pooled Dice and IoU at 0.5 and the mean BCE of ``module`` on a split's files in ``precision``, recomputed
     without the datamodule or lungseg.metrics."""
     pairs, _ = find_pairs(root, split)
@@ -76,14 +77,16 @@ def _load(path: Path) -> LungSegModule:
 
 
 @pytest.mark.precision
-def test_training_learns_and_test_metrics_are_the_best_checkpoints(compose_cfg, tiny_dataset: Path,
-                                                                 tmp_path: Path) -> None:
+def test_training_learns_and_test_metrics_are_the_best_checkpoints(
+    compose_cfg, tiny_dataset: Path, tmp_path: Path
+) -> None:
     """8 epochs (about 5 s) segment the disc phantoms in the CPU's precision: the logged test metrics equal a
     recomputation from best.ckpt in that precision, best.ckpt holds the lowest val/loss, and the trained model
     scores far above an untrained one."""
     # Measured: test Dice 0.91 after 8 epochs (0.41 after 2, 0.78 after 6); the untrained module 0.24.
-    cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=8", "optimizer.lr=1e-2",
-                      "~callbacks.prediction_grid")
+    cfg = compose_cfg(
+        f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=8", "optimizer.lr=1e-2", "~callbacks.prediction_grid"
+    )
     precision, tolerance = cfg.trainer.precision, TOLERANCE[cpu_precision()]
     assert precision == cpu_precision()
     torch.manual_seed(cfg.seed)
@@ -99,14 +102,19 @@ def test_training_learns_and_test_metrics_are_the_best_checkpoints(compose_cfg, 
     assert untrained["dice"] <= 0.5
 
 
-def test_testing_uses_the_best_checkpoint_not_the_last_weights(compose_cfg, tiny_dataset: Path,
-                                                               tmp_path: Path) -> None:
+def test_testing_uses_the_best_checkpoint_not_the_last_weights(compose_cfg, tiny_dataset: Path, tmp_path: Path) -> None:
     # Checkpointing on the lowest epoch number makes best.ckpt epoch 0's, which last.ckpt (epoch 2) is not. In fp32:
     # telling the two apart by 1e-3 needs a recomputation exact to fp32 rounding.
-    cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.precision=32-true", "trainer.max_epochs=3",
-                      "optimizer.lr=1e-2",
-                      "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
-                      "~callbacks.prediction_grid")
+    cfg = compose_cfg(
+        f"data.root={tiny_dataset}",
+        *TINY,
+        "trainer.precision=32-true",
+        "trainer.max_epochs=3",
+        "optimizer.lr=1e-2",
+        "callbacks.model_checkpoint.monitor=epoch",
+        "callbacks.model_checkpoint.mode=min",
+        "~callbacks.prediction_grid",
+    )
     metrics = train(cfg)
     checkpoints = tmp_path / "run" / "checkpoints"
     assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
@@ -130,14 +138,22 @@ def test_resume_from_last_continues_at_the_right_epoch(compose_cfg, tiny_dataset
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lungseg.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lungseg.train", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_two_job_multirun_keeps_runs_apart(tiny_dataset: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = _run("--multirun", f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=1", "model.dropout=0.1,0.3",
-                f"hydra.sweep.dir={sweep}", cwd=ROOT)
+    proc = _run(
+        "--multirun",
+        f"data.root={tiny_dataset}",
+        *TINY,
+        "trainer.max_epochs=1",
+        "model.dropout=0.1,0.3",
+        f"hydra.sweep.dir={sweep}",
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job, dropout in (("0", "0.1"), ("1", "0.3")):
         assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
@@ -187,22 +203,37 @@ def test_tuned_recipe_briefly_on_real_radiographs(compose_cfg) -> None:
     # Measured: test Dice 0.944 (3 min 33 s on one thread beside two training runs); 0.947 before cxr_small gained
     # deep supervision. The same run with the original's input noise (0.1) and without the precise BatchNorm
     # statistics: 0.826.
-    cfg = compose_cfg("+experiment=cxr_small", f"data.root={CXR}", "data.image_size=128", "trainer.max_epochs=40",
-                      "~callbacks.progress_bar")
+    cfg = compose_cfg(
+        "+experiment=cxr_small",
+        f"data.root={CXR}",
+        "data.image_size=128",
+        "trainer.max_epochs=40",
+        "~callbacks.progress_bar",
+    )
     metrics = train(cfg)
     assert metrics["test/dice"] >= 0.92
 
 
-def test_compiled_training_matches_eager_and_keeps_plain_checkpoint_keys(compose_cfg, tiny_dataset: Path,
-                                                                          tmp_path: Path) -> None:
+def test_compiled_training_matches_eager_and_keeps_plain_checkpoint_keys(
+    compose_cfg, tiny_dataset: Path, tmp_path: Path
+) -> None:
     from torch._dynamo.utils import counters
 
     runs, graphs = {}, {}
     for name, flag in (("eager", "false"), ("compiled", "true")):
         counters.clear()
-        cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=1", "seed=3", "test=false",
-                          "trainer.deterministic=true", "~logger", "~callbacks.lr_monitor", f"module.compile={flag}",
-                          f"paths.output_dir={tmp_path / name}")
+        cfg = compose_cfg(
+            f"data.root={tiny_dataset}",
+            *TINY,
+            "trainer.max_epochs=1",
+            "seed=3",
+            "test=false",
+            "trainer.deterministic=true",
+            "~logger",
+            "~callbacks.lr_monitor",
+            f"module.compile={flag}",
+            f"paths.output_dir={tmp_path / name}",
+        )
         runs[name] = (train(cfg), torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True))
         graphs[name] = counters["stats"]["unique_graphs"]
     (eager, a), (compiled, b) = runs["eager"], runs["compiled"]

@@ -28,8 +28,10 @@ def step_gradients(channels_last: bool, l2: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     module = LungSegModule(net=NET, optimizer=ADAM, loss=LOSS, kernel_l2=0.01, channels_last=channels_last)
     g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(2, 1, 32, 32, generator=g),
-             "mask": (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()}
+    batch = {
+        "image": torch.rand(2, 1, 32, 32, generator=g),
+        "mask": (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float(),
+    }
     torch.manual_seed(100)  # the same noise and dropout in every variant
     if l2 == "loss":
         (module.loss_fn(module(batch["image"]), batch["mask"]) + module.l2_penalty()).backward()
@@ -97,8 +99,10 @@ def test_both_layouts_compute_the_same_gradients() -> None:
         torch.manual_seed(0)
         module = LungSegModule(net=NET, optimizer=ADAM, loss=LOSS, channels_last=channels_last)
         g = torch.Generator().manual_seed(0)
-        batch = {"image": torch.rand(2, 1, 32, 32, generator=g),
-                 "mask": (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()}
+        batch = {
+            "image": torch.rand(2, 1, 32, 32, generator=g),
+            "mask": (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float(),
+        }
         torch.manual_seed(100)
         module.training_step(batch, 0).backward()
         module.on_before_optimizer_step(module.configure_optimizers()["optimizer"])
@@ -173,9 +177,18 @@ def test_fit_lays_the_net_out_for_the_stage(tiny_dataset: Path, monkeypatch: pyt
         def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
             layouts.append(("test", channels_last(pl_module)))
 
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", callbacks=[Layout()])
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[Layout()],
+    )
     data = LungDataModule(str(tiny_dataset), image_size=32, batch_size=4)
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data)

@@ -18,8 +18,14 @@ pytestmark = [pytest.mark.slow, requires_cxr]
 TORCH = "torch==2.13.0"  # the CPU build, as `make install` installs it
 SCRIPTS = ("train", "evaluate", "predict", "export", "check", "download", "bench", "sweep-summary", "review")
 OPTIONAL = ("onnx", "onnxruntime", "pydicom", "kaggle", "optuna")
-SMALL = ("trainer.max_epochs=1", "data.image_size=64", "test=false", "~callbacks.progress_bar",
-         "~callbacks.prediction_grid", "trainer.enable_model_summary=false")
+SMALL = (
+    "trainer.max_epochs=1",
+    "data.image_size=64",
+    "test=false",
+    "~callbacks.progress_bar",
+    "~callbacks.prediction_grid",
+    "trainer.enable_model_summary=false",
+)
 
 
 def run(*cmd: str | Path, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -70,12 +76,16 @@ def test_installed_scripts_train_and_predict_outside_the_checkout(venv: Path, tm
 
     assert "--metric" in run(venv / "lungseg-sweep-summary", "--help", cwd=work).stdout
     assert "no decisions yet" in run(venv / "lungseg-review", "masks", "--summary", cwd=work).stdout
-    page = ("import lungseg.review as r, pathlib; "
-            "print(sorted(p.name for p in pathlib.Path(r.__file__).parent.glob('static/*')))")  # the page ships
+    page = (
+        "import lungseg.review as r, pathlib; "
+        "print(sorted(p.name for p in pathlib.Path(r.__file__).parent.glob('static/*')))"
+    )  # the page ships
     assert run(venv / "python", "-c", page, cwd=work).stdout.strip() == "['app.css', 'app.js', 'index.html']"
-    for cmd, extra in ((("lungseg-export", f"ckpt_path={ckpt}", "format=onnx"), "export"),
-                       (("lungseg-train", "--multirun", "+experiment=demo", "hparams_search=optuna"), "sweep"),
-                       (("lungseg-review", "masks"), "review")):
+    for cmd, extra in (
+        (("lungseg-export", f"ckpt_path={ckpt}", "format=onnx"), "export"),
+        (("lungseg-train", "--multirun", "+experiment=demo", "hparams_search=optuna"), "sweep"),
+        (("lungseg-review", "masks"), "review"),
+    ):
         proc = run(venv / cmd[0], *cmd[1:], cwd=work, ok=False)
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]

@@ -23,6 +23,8 @@ from lungseg.runtime import use_channels_last
 # so a foreign checkpoint cannot make us import and call arbitrary code.
 ALLOWED_TARGETS = ("lungseg.", "torch.nn.", "torch.optim.")
 NET_PREFIX = "net."  # the network's weights in a checkpoint's state_dict (the LightningModule's ``net``)
+
+
 def _targets(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         for key, value in node.items():
@@ -39,8 +41,10 @@ def refuse_foreign_targets(config: Mapping[str, Any], source: str | Path) -> Non
     """Refuse a config that names a class outside lungseg, torch.nn and torch.optim (it would run that code)."""
     foreign = [t for t in _targets(dict(config)) if not t.startswith(ALLOWED_TARGETS)]
     if foreign:
-        raise CheckpointError(f"{source}: refused: it asks to build {', '.join(foreign)}, which is not a lungseg, "
-                              "torch.nn or torch.optim class")
+        raise CheckpointError(
+            f"{source}: refused: it asks to build {', '.join(foreign)}, which is not a lungseg, "
+            "torch.nn or torch.optim class"
+        )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -51,22 +55,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # zero bytes, random bytes, a cut-off file, an old-style pickle
         size = path.stat().st_size
         what = "an empty file" if size == 0 else f"{size:,} bytes that are no PyTorch checkpoint archive"
-        raise CheckpointError(f"{path}: not a checkpoint ({what}: truncated or corrupt, or another kind of file); "
-                              "use another checkpoint, e.g. last.ckpt, or retrain")
+        raise CheckpointError(
+            f"{path}: not a checkpoint ({what}: truncated or corrupt, or another kind of file); "
+            "use another checkpoint, e.g. last.ckpt, or retrain"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never repeat that advice
         raise CheckpointError(
             f"{path}: refused: it holds pickled Python objects, not only tensors, and loading them could run "
-            "code. lungseg checkpoints load without pickle; use one written by lungseg.train") from None
+            "code. lungseg checkpoints load without pickle; use one written by lungseg.train"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, IndexError, KeyError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path}: not a checkpoint (a damaged archive, truncated or corrupt: {reason}); "
-                              "use another checkpoint, e.g. last.ckpt, or retrain") from None
+        raise CheckpointError(
+            f"{path}: not a checkpoint (a damaged archive, truncated or corrupt: {reason}); "
+            "use another checkpoint, e.g. last.ckpt, or retrain"
+        ) from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "state_dict" not in ckpt or not isinstance(hparams.get("net"), dict):
-        raise CheckpointError(f"{path}: not a lungseg checkpoint (no network config inside); "
-                              "use a checkpoint written by lungseg.train")
+        raise CheckpointError(
+            f"{path}: not a lungseg checkpoint (no network config inside); use a checkpoint written by lungseg.train"
+        )
     refuse_foreign_targets(hparams, path)
     refuse_non_finite(ckpt["state_dict"], path)
     return ckpt
@@ -74,8 +84,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def non_finite_tensors(tensors: Mapping[str, Any]) -> list[str]:
     """Names of the floating-point tensors holding NaN or inf (parameters and buffers alike)."""
-    return [name for name, t in tensors.items()
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return [
+        name
+        for name, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
 
 
 def refuse_non_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:
@@ -83,8 +96,10 @@ def refuse_non_finite(state_dict: Mapping[str, Any], path: str | Path) -> None:
     bad = non_finite_tensors(state_dict)
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise CheckpointError(f"{path}: refused: {len(bad)} tensor(s) hold NaN or inf ({shown}): the training had "
-                              "diverged; use an earlier checkpoint or retrain with a lower optimizer.lr")
+        raise CheckpointError(
+            f"{path}: refused: {len(bad)} tensor(s) hold NaN or inf ({shown}): the training had "
+            "diverged; use an earlier checkpoint or retrain with a lower optimizer.lr"
+        )
 
 
 def describe(ckpt: Mapping[str, Any], path: str | Path, image_size: int | None = None) -> ModelDescription:
@@ -97,8 +112,10 @@ def describe(ckpt: Mapping[str, Any], path: str | Path, image_size: int | None =
             description = ModelDescription.from_dict({**description.to_dict(), "image_size": int(image_size)})
         return description
     if image_size is None:
-        raise CheckpointError(f"{path}: written by an older lungseg, it does not record its input size; pass "
-                              "image_size=<the data.image_size it was trained at> (e.g. image_size=256)")
+        raise CheckpointError(
+            f"{path}: written by an older lungseg, it does not record its input size; pass "
+            "image_size=<the data.image_size it was trained at> (e.g. image_size=256)"
+        )
     threshold = ckpt["hyper_parameters"].get("threshold", 0.5)
     return ModelDescription(image_size=int(image_size), threshold=float(threshold))
 
@@ -131,8 +148,9 @@ def build_net(net_config: Mapping[str, Any], source: str | Path) -> nn.Module:
     try:
         return instantiate(dict(net_config))
     except Exception as err:  # Hydra wraps whatever the constructor raised
-        raise CheckpointError(f"{source}: its network config does not match this version of lungseg "
-                              f"({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{source}: its network config does not match this version of lungseg ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, image_size: int | None = None) -> TrainedModel:
@@ -141,7 +159,7 @@ def load_checkpoint(path: str | Path, image_size: int | None = None) -> TrainedM
     ckpt = read_checkpoint(path)
     hparams, description = dict(ckpt["hyper_parameters"]), describe(ckpt, path, image_size)
     net = build_net(hparams["net"], path)
-    weights = {k[len(NET_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
+    weights = {k[len(NET_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
     try:
         net.load_state_dict(weights)
     except RuntimeError as err:

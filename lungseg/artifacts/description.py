@@ -23,7 +23,7 @@ PREPROCESSING = {
     "resize": "image_size x image_size, cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when growing",
     "scale": "uint8 / 255 -> float32 in [0, 1], shape (N, 1, H, W)",
     "output": "one logit per pixel (sigmoid -> lung probability), upsampled bilinearly to the input's size, "
-              "then thresholded",
+    "then thresholded",
 }
 MAX_ATTRIBUTION = 20_000  # characters of the data's ATTRIBUTION file kept with the model (licence, sources)
 
@@ -34,11 +34,11 @@ class ModelDescription:
 
     image_size: int
     threshold: float = 0.5
-    precision: str = "32-true"                    # the training precision, in Lightning's words
+    precision: str = "32-true"  # the training precision, in Lightning's words
     preprocessing: dict[str, str] = field(default_factory=lambda: dict(PREPROCESSING))
-    config: dict[str, Any] = field(default_factory=dict)   # the full resolved run config
-    data: dict[str, Any] = field(default_factory=dict)     # fingerprint of the training data
-    val_metrics: dict[str, float] = field(default_factory=dict)   # this checkpoint's own val scores
+    config: dict[str, Any] = field(default_factory=dict)  # the full resolved run config
+    data: dict[str, Any] = field(default_factory=dict)  # fingerprint of the training data
+    val_metrics: dict[str, float] = field(default_factory=dict)  # this checkpoint's own val scores
     best_metrics: dict[str, float] = field(default_factory=dict)  # best over the run so far
     test_metrics: dict[str, float] = field(default_factory=dict)  # filled when the model is evaluated
     ensemble: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's members (their descriptions)
@@ -71,8 +71,13 @@ def git_commit(folder: Path | None = None) -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
         if head.returncode:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
@@ -88,9 +93,12 @@ def data_fingerprint(root: Path, files: Mapping[str, list[tuple[Path, Path]]]) -
                 rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
                 digest.update(f"{split}\t{rel.as_posix()}\n".encode())
     attribution = next((p for p in sorted(root.glob("ATTRIBUTION*")) if p.is_file()), None)
-    return {"root_name": root.name, "counts": {s: len(p) for s, p in sorted(files.items())},
-            "files_sha256": digest.hexdigest(),
-            "attribution": attribution.read_text(errors="replace")[:MAX_ATTRIBUTION] if attribution else None}
+    return {
+        "root_name": root.name,
+        "counts": {s: len(p) for s, p in sorted(files.items())},
+        "files_sha256": digest.hexdigest(),
+        "attribution": attribution.read_text(errors="replace")[:MAX_ATTRIBUTION] if attribution else None,
+    }
 
 
 def now() -> str:

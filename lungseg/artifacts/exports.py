@@ -32,21 +32,38 @@ class ProbabilityModel(nn.Module):
 def export_metadata(model: TrainedModel, source: str, card: str) -> dict[str, str]:
     """What an exported file carries beside the weights (ONNX metadata_props, OpenVINO rt_info): its size
     divisor, the checkpoint it came from, the description and the card."""
-    return {"size_divisor": str(int(getattr(model.net, "divisor", 1))), "source_checkpoint": source,
-            DESCRIPTION_FIELD: json.dumps(model.description.to_dict()), "model_card": card}
+    return {
+        "size_divisor": str(int(getattr(model.net, "divisor", 1))),
+        "source_checkpoint": source,
+        DESCRIPTION_FIELD: json.dumps(model.description.to_dict()),
+        "model_card": card,
+    }
 
 
-def export_onnx(model: ProbabilityModel, path: Path, size: int, opset: int = 17, dynamic_size: bool = True,
-                metadata: dict[str, str] | None = None) -> None:
+def export_onnx(
+    model: ProbabilityModel,
+    path: Path,
+    size: int,
+    opset: int = 17,
+    dynamic_size: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write an ONNX model with a dynamic batch (and H/W) axis and ``metadata`` in its metadata_props."""
     onnx = require_extra("onnx", "export", "ONNX export")
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the legacy exporter warns that it is legacy and that shape checks are traced
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(2, 1, size, size),), buffer, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
+        torch.onnx.export(
+            model,
+            (torch.rand(2, 1, size, size),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, {"image_size": str(size), **(metadata or {})})
     onnx.checker.check_model(proto)

@@ -32,9 +32,14 @@ from lungseg import LungSegmenter
 seg = LungSegmenter.from_pretrained("<this folder or Hub id>")
 mask = seg.predict("chest.png")   # bool (H, W) at the image's own size
 ```"""
-RECIPE_KEYS = (("model", ("base_filters", "depth", "dropout", "noise_std", "decoder", "deep_supervision")),
-               ("loss", ("_target_",)), ("optimizer", ("_target_", "lr")), ("scheduler", ("_target_",)),
-               ("data", ("image_size", "batch_size", "train_subset")), ("trainer", ("max_epochs", "precision")))
+RECIPE_KEYS = (
+    ("model", ("base_filters", "depth", "dropout", "noise_std", "decoder", "deep_supervision")),
+    ("loss", ("_target_",)),
+    ("optimizer", ("_target_", "lr")),
+    ("scheduler", ("_target_",)),
+    ("data", ("image_size", "batch_size", "train_subset")),
+    ("trainer", ("max_epochs", "precision")),
+)
 
 
 def _metrics(title: str, values: dict[str, float]) -> list[str]:
@@ -68,31 +73,55 @@ def model_card(description: ModelDescription, weights_sha256: str | None = None)
         f"# Lung segmentation U-Net ({experiment})",
         "A lungseg U-Net that turns a frontal chest radiograph into a binary lung mask.",
         USAGE,
-        "## Intended use", INTENDED_USE,
-        "## Limits", LIMITS,
+        "## Intended use",
+        INTENDED_USE,
+        "## Limits",
+        LIMITS,
         "## Input contract",
-        table([("field", "value"), ("input size", f"{d.image_size} x {d.image_size}"),
-                ("threshold", f"{d.threshold}"), ("training precision", d.precision),
-                *[(f"preprocessing: {k}", v) for k, v in d.preprocessing.items()]]),
+        table(
+            [
+                ("field", "value"),
+                ("input size", f"{d.image_size} x {d.image_size}"),
+                ("threshold", f"{d.threshold}"),
+                ("training precision", d.precision),
+                *[(f"preprocessing: {k}", v) for k, v in d.preprocessing.items()],
+            ]
+        ),
         "## Training data",
-        table([("field", "value"), ("root folder", data.get("root_name", "-")), ("pairs per split", counts or "-"),
+        table(
+            [
+                ("field", "value"),
+                ("root folder", data.get("root_name", "-")),
+                ("pairs per split", counts or "-"),
                 ("train subset", str(data.get("train_subset") or "all")),
-                ("file list SHA-256", f"`{data.get('files_sha256', '-')}`")]),
+                ("file list SHA-256", f"`{data.get('files_sha256', '-')}`"),
+            ]
+        ),
     ]
     if data.get("attribution"):
-        attribution = "\n".join(("##" + line) if line.startswith("#") else line
-                                for line in str(data["attribution"]).splitlines())
+        attribution = "\n".join(
+            ("##" + line) if line.startswith("#") else line for line in str(data["attribution"]).splitlines()
+        )
         parts += ["### Data attribution and licence (from the data's ATTRIBUTION file)", attribution]
-    parts += ["## Recipe", table([("setting", "value"), *recipe_rows(d.config)]) if d.config else "-",
-              "## Metrics"]
-    metrics = (_metrics("Validation (this checkpoint)", d.val_metrics) + _metrics("Best over the run",
-                                                                                   d.best_metrics)
-               + _metrics("Test", d.test_metrics))
+    parts += ["## Recipe", table([("setting", "value"), *recipe_rows(d.config)]) if d.config else "-", "## Metrics"]
+    metrics = (
+        _metrics("Validation (this checkpoint)", d.val_metrics)
+        + _metrics("Best over the run", d.best_metrics)
+        + _metrics("Test", d.test_metrics)
+    )
     parts += metrics or ["No metrics were recorded with this model."]
-    parts += ["## Provenance",
-              table([("field", "value"), ("lungseg version", d.lungseg_version),
-                      ("git commit", d.git_commit or "unknown"), ("checkpoint written", d.created or "-"),
-                      *([(WEIGHTS_SHA256_LABEL, f"`{weights_sha256}`")] if weights_sha256 else [])])]
+    parts += [
+        "## Provenance",
+        table(
+            [
+                ("field", "value"),
+                ("lungseg version", d.lungseg_version),
+                ("git commit", d.git_commit or "unknown"),
+                ("checkpoint written", d.created or "-"),
+                *([(WEIGHTS_SHA256_LABEL, f"`{weights_sha256}`")] if weights_sha256 else []),
+            ]
+        ),
+    ]
     return "\n\n".join(parts) + "\n"
 
 

@@ -20,8 +20,15 @@ log = logging.getLogger(__name__)
 
 SECTION = "lungseg"  # the rt_info section an exported IR keeps lungseg's metadata in
 ONNX_SECTION = "framework"  # where OpenVINO puts an ONNX file's metadata_props
-METADATA_KEYS = ("image_size", "size_divisor", "source_checkpoint", "lungseg_description",
-                 "model_card", "quantization", "calibration_source")
+METADATA_KEYS = (
+    "image_size",
+    "size_divisor",
+    "source_checkpoint",
+    "lungseg_description",
+    "model_card",
+    "quantization",
+    "calibration_source",
+)
 SUFFIXES = (".onnx", ".xml")
 
 
@@ -34,27 +41,36 @@ def read_model(path: str | Path) -> Any:
     """An ``openvino.Model`` from an ONNX file or an IR ``.xml`` (its ``.bin`` beside it)."""
     path = Path(path).expanduser()
     if path.suffix.lower() not in SUFFIXES:
-        raise CheckpointError(f"{path}: OpenVINO reads lungseg models as .onnx or .xml (+ .bin) "
-                              "files; export one with python -m lungseg.export format=openvino")
+        raise CheckpointError(
+            f"{path}: OpenVINO reads lungseg models as .onnx or .xml (+ .bin) "
+            "files; export one with python -m lungseg.export format=openvino"
+        )
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such model file; pass model_path=<file.xml or "
-                              "file.onnx> written by lungseg.export")
+        raise CheckpointError(
+            f"{path}: no such model file; pass model_path=<file.xml or file.onnx> written by lungseg.export"
+        )
     if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
-        raise CheckpointError(f"{path}: its weights {path.with_suffix('.bin').name} are missing "
-                              "beside it; copy the .xml and .bin together, or export again")
+        raise CheckpointError(
+            f"{path}: its weights {path.with_suffix('.bin').name} are missing "
+            "beside it; copy the .xml and .bin together, or export again"
+        )
     try:
         return openvino().Core().read_model(str(path))
     except RuntimeError as err:
         reason = (str(err).strip().splitlines() or ["unreadable"])[0]
-        raise CheckpointError(f"{path}: not a readable model ({reason}); export it again with "
-                              "python -m lungseg.export format=openvino") from None
+        raise CheckpointError(
+            f"{path}: not a readable model ({reason}); export it again with python -m lungseg.export format=openvino"
+        ) from None
 
 
 def read_metadata(model: Any) -> dict[str, str]:
     """lungseg's metadata of a model: an IR's rt_info section ``lungseg``, else an ONNX file's."""
     for section in (SECTION, ONNX_SECTION):
-        found = {key: model.get_rt_info([section, key]).astype(str) for key in METADATA_KEYS
-                 if model.has_rt_info([section, key])}
+        found = {
+            key: model.get_rt_info([section, key]).astype(str)
+            for key in METADATA_KEYS
+            if model.has_rt_info([section, key])
+        }
         if found:
             return found
     return {}
@@ -68,12 +84,10 @@ def write_metadata(model: Any, metadata: dict[str, str]) -> None:
 
 def is_int8(model: Any) -> bool:
     """Whether the model holds quantised operations (NNCF's FakeQuantize, or QDQ pairs)."""
-    return any(op.get_type_name() in ("FakeQuantize", "QuantizeLinear", "DequantizeLinear")
-               for op in model.get_ops())
+    return any(op.get_type_name() in ("FakeQuantize", "QuantizeLinear", "DequantizeLinear") for op in model.get_ops())
 
 
-def to_openvino(model: TrainedModel, metadata: dict[str, str], opset: int = 17,
-                dynamic_size: bool = True) -> Any:
+def to_openvino(model: TrainedModel, metadata: dict[str, str], opset: int = 17, dynamic_size: bool = True) -> Any:
     """``model`` with its sigmoid as an ``openvino.Model`` (dynamic batch, and H and W unless
     ``dynamic_size`` is false), ``metadata`` in its rt_info."""
     from lungseg.artifacts.exports import ProbabilityModel, export_onnx
@@ -100,8 +114,11 @@ def convert_source(source: str | Path, image_size: int | None = None) -> Any:
         model = load_checkpoint(path, image_size)
     else:
         model = load_pretrained(source)
-    log.info("converting %s for OpenVINO in memory (through its ONNX graph); export it once with "
-             "python -m lungseg.export format=openvino to skip this", source)
+    log.info(
+        "converting %s for OpenVINO in memory (through its ONNX graph); export it once with "
+        "python -m lungseg.export format=openvino to skip this",
+        source,
+    )
     return to_openvino(model, export_metadata(model, path.name, model_card(model.description)))
 
 

@@ -44,8 +44,7 @@ def install(source: str | Path, name: str | None = None, force: bool = False) ->
     Returns the installed folder."""
     source = Path(source).expanduser()
     if not (source.is_dir() or (source.is_file() and zipfile.is_zipfile(source))):
-        raise LungsegError(f"{source}: no such folder or zip; pass a folder written by "
-                           f"{EXPORT_HINT} or a zip of one")
+        raise LungsegError(f"{source}: no such folder or zip; pass a folder written by {EXPORT_HINT} or a zip of one")
     name = check_name(name or (source.name if source.is_dir() else source.stem))
     target = store_dir() / name
     if target.exists() and not force:
@@ -57,8 +56,9 @@ def install(source: str | Path, name: str | None = None, force: bool = False) ->
     return target
 
 
-class PretrainedLungModel(nn.Module, PyTorchModelHubMixin, library_name="lungseg",
-                          tags=["image-segmentation", "chest-x-ray", "lung"]):
+class PretrainedLungModel(
+    nn.Module, PyTorchModelHubMixin, library_name="lungseg", tags=["image-segmentation", "chest-x-ray", "lung"]
+):
     """The folder format of ``huggingface_hub``'s PyTorchModelHubMixin: ``config.json`` (the network config, its
     memory format and the model's description), ``model.safetensors`` (weights only) and a ``README.md`` card."""
 
@@ -101,32 +101,44 @@ def save_pretrained(model: TrainedModel, folder: str | Path) -> Path:
     return folder
 
 
-def load_pretrained(source: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
-                    local_files_only: bool = False) -> TrainedModel:
+def load_pretrained(
+    source: str | Path, revision: str | None = None, cache_dir: str | Path | None = None, local_files_only: bool = False
+) -> TrainedModel:
     """A pretrained folder, a model installed by ``lungseg-model install`` (its bare name, checked against the
     SHA-256 its card records), or a Hugging Face Hub id (``user/model``) downloaded into the Hub cache."""
     source = str(Path(source).expanduser()) if Path(source).expanduser().exists() else str(source)
     source = str(installed_model(source) or source)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        raise CheckpointError(f"{source}: not a lungseg pretrained folder (no config.json); write one with "
-                              "python -m lungseg.export ckpt_path=best.ckpt format=pretrained output=DIR")
+        raise CheckpointError(
+            f"{source}: not a lungseg pretrained folder (no config.json); write one with "
+            "python -m lungseg.export ckpt_path=best.ckpt format=pretrained output=DIR"
+        )
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints where it loads from
-            pretrained = PretrainedLungModel.from_pretrained(source, revision=revision, cache_dir=cache_dir,
-                                                             local_files_only=local_files_only, strict=True)
+            pretrained = PretrainedLungModel.from_pretrained(
+                source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, strict=True
+            )
     except (OSError, ValueError, HfHubHTTPError) as err:
-        raise CheckpointError(f"{source}: cannot load this pretrained model ({str(err).splitlines()[0]}); pass a "
-                              "folder written by lungseg.export format=pretrained, the name of a model installed by "
-                              "lungseg-model install, or a Hub id holding one") from None
+        raise CheckpointError(
+            f"{source}: cannot load this pretrained model ({str(err).splitlines()[0]}); pass a "
+            "folder written by lungseg.export format=pretrained, the name of a model installed by "
+            "lungseg-model install, or a Hub id holding one"
+        ) from None
     except SafetensorError as err:  # a truncated or corrupt weights file
-        raise CheckpointError(f"{Path(source) / 'model.safetensors'}: not a readable weights file (truncated or "
-                              f"corrupt: {str(err).splitlines()[0]}); export the folder again") from None
+        raise CheckpointError(
+            f"{Path(source) / 'model.safetensors'}: not a readable weights file (truncated or "
+            f"corrupt: {str(err).splitlines()[0]}); export the folder again"
+        ) from None
     except RuntimeError as err:  # strict loading: the weights do not fit the config
-        raise CheckpointError(f"{source}: model.safetensors does not match config.json "
-                              f"({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{source}: model.safetensors does not match config.json ({str(err).splitlines()[0]})"
+        ) from None
     if not pretrained.description.get("image_size"):
         raise CheckpointError(f"{source}: config.json has no description.image_size; re-export it with lungseg")
     description = ModelDescription.from_dict(pretrained.description)
     net = pretrained.net.float().to(memory_format=torch.contiguous_format).eval()
-    return TrainedModel(net, description, {"net": pretrained.net_config, "channels_last": pretrained.channels_last,
-                                           "threshold": description.threshold})
+    return TrainedModel(
+        net,
+        description,
+        {"net": pretrained.net_config, "channels_last": pretrained.channels_last, "threshold": description.threshold},
+    )

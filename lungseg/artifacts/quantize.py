@@ -19,10 +19,14 @@ log = logging.getLogger(__name__)
 
 # On x86 without VNNI (AVX2 only) uint8 x int8 products go through vpmaddubsw, whose int16 sums can saturate:
 # 7-bit weights (reduce_range) avoid that, as onnxruntime advises for such CPUs; VNNI CPUs lose nothing by it.
-SETTINGS = {"format": "QDQ", "weights": "int8, per output channel, symmetric, 7-bit range (reduce_range)",
-            "activations": "uint8, per tensor, asymmetric", "calibration_method": "MinMax",
-            "int8_ops": "Conv, MaxPool, Concat, Relu, Sigmoid",
-            "fp32_ops": "the first Conv (one input channel), ConvTranspose, BatchNormalization"}
+SETTINGS = {
+    "format": "QDQ",
+    "weights": "int8, per output channel, symmetric, 7-bit range (reduce_range)",
+    "activations": "uint8, per tensor, asymmetric",
+    "calibration_method": "MinMax",
+    "int8_ops": "Conv, MaxPool, Concat, Relu, Sigmoid",
+    "fp32_ops": "the first Conv (one input channel), ConvTranspose, BatchNormalization",
+}
 # What runs in int8 (lungseg-predict truth= and bench measured the choice, docs/INT8.md has the figures):
 # - the first conv stays fp32: quantised, it cost 0.004-0.006 mean test Dice and 0.13 on one film; it is cheap.
 # - ConvTranspose and BatchNormalization stay fp32 without QDQ pairs around them: onnxruntime has no int8 kernel
@@ -40,30 +44,44 @@ class RadiographReader:
         if self.index >= len(self.images):
             return None
         self.index += 1
-        return {self.input_name: self.images[self.index - 1: self.index]}
+        return {self.input_name: self.images[self.index - 1 : self.index]}
 
     def rewind(self) -> None:
         self.index = 0
 
 
-def quantize_int8(fp32: Path, output: Path, images: np.ndarray, input_name: str,
-                  metadata: dict[str, str] | None = None) -> dict[str, object]:
+def quantize_int8(
+    fp32: Path, output: Path, images: np.ndarray, input_name: str, metadata: dict[str, str] | None = None
+) -> dict[str, object]:
     """Write ``output``, the static INT8 (QDQ) version of the ONNX model ``fp32``, calibrated on ``images``;
     it keeps ``fp32``'s metadata_props and adds ``quantization`` (JSON: the settings and the calibration)."""
     import onnx
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    details: dict[str, object] = {**SETTINGS, "calibration_images": len(images), **(metadata or {}),
-                                  "onnxruntime": onnxruntime.__version__}
+    details: dict[str, object] = {
+        **SETTINGS,
+        "calibration_images": len(images),
+        **(metadata or {}),
+        "onnxruntime": onnxruntime.__version__,
+    }
     quiet = logging.getLogger()  # onnxruntime's quantiser warns on the root logger about BatchNorm weights and
-    level = quiet.level          # biases it leaves in fp32 (they follow ReLU, so they cannot fold into the conv)
+    level = quiet.level  # biases it leaves in fp32 (they follow ReLU, so they cannot fold into the conv)
     quiet.setLevel(logging.ERROR)
     try:
-        quantize_static(str(fp32), str(output), RadiographReader(images, input_name), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=first_convs(fp32, input_name))
+        quantize_static(
+            str(fp32),
+            str(output),
+            RadiographReader(images, input_name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=first_convs(fp32, input_name),
+        )
     finally:
         quiet.setLevel(level)
     props = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
@@ -77,11 +95,13 @@ def quantize_int8(fp32: Path, output: Path, images: np.ndarray, input_name: str,
 def quantization_card(images: int, source: str) -> str:
     """The model card's section on an INT8 file: how it was quantised and what to expect of it."""
     rows = table([("setting", "value"), *((k.replace("_", " "), v) for k, v in SETTINGS.items())])
-    return (f"\n\n## INT8 quantisation\n\nThis file is the static INT8 version of the model (onnxruntime "
-            f"quantize_static). Input and output are unchanged (float32); calibrated on {images} un-augmented "
-            f"radiographs from `{source}`, preprocessed as above. Its probabilities differ slightly from the fp32 "
-            f"model's: export logs the largest difference and the masks' Dice on the calibration images.\n\n"
-            f"{rows}\n")
+    return (
+        f"\n\n## INT8 quantisation\n\nThis file is the static INT8 version of the model (onnxruntime "
+        f"quantize_static). Input and output are unchanged (float32); calibrated on {images} un-augmented "
+        f"radiographs from `{source}`, preprocessed as above. Its probabilities differ slightly from the fp32 "
+        f"model's: export logs the largest difference and the masks' Dice on the calibration images.\n\n"
+        f"{rows}\n"
+    )
 
 
 def first_convs(path: Path, input_name: str) -> list[str]:

@@ -44,19 +44,24 @@ def verify_folder(folder: str | Path, shown_as: str | Path | None = None) -> str
     shown = Path(shown_as) if shown_as is not None else folder
     missing = [name for name in FOLDER_FILES if not (folder / name).is_file()]
     if missing:
-        raise CheckpointError(f"{shown}: not a lungseg pretrained folder (no "
-                              f"{', '.join(missing)}); write one with {EXPORT_HINT}")
+        raise CheckpointError(
+            f"{shown}: not a lungseg pretrained folder (no {', '.join(missing)}); write one with {EXPORT_HINT}"
+        )
     card = (folder / CARD_FILE).read_text(encoding="utf-8", errors="replace")
     recorded = recorded_weights_sha256(card)
     if recorded is None:
-        raise CheckpointError(f"{shown / CARD_FILE}: records no {WEIGHTS_SHA256_LABEL}, so the "
-                              "weights cannot be checked; export the model again with this lungseg "
-                              f"({EXPORT_HINT})")
+        raise CheckpointError(
+            f"{shown / CARD_FILE}: records no {WEIGHTS_SHA256_LABEL}, so the "
+            "weights cannot be checked; export the model again with this lungseg "
+            f"({EXPORT_HINT})"
+        )
     actual = file_sha256(folder / WEIGHTS_FILE)
     if actual != recorded:
-        raise CheckpointError(f"{shown / WEIGHTS_FILE}: refused: its SHA-256 is {actual}, its "
-                              f"model card records {recorded}; the file was altered or damaged, "
-                              "install the model again from its source")
+        raise CheckpointError(
+            f"{shown / WEIGHTS_FILE}: refused: its SHA-256 is {actual}, its "
+            f"model card records {recorded}; the file was altered or damaged, "
+            "install the model again from its source"
+        )
     return actual
 
 
@@ -75,8 +80,9 @@ def installed_model(source: str | Path) -> Path | None:
 
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
-        raise LungsegError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only, starting "
-                           "with a letter or digit")
+        raise LungsegError(
+            f"--name {name!r}: use letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+        )
     return name
 
 
@@ -93,11 +99,15 @@ def stage_folder(source: Path, staging: Path) -> Path:
     try:
         with zipfile.ZipFile(source) as archive:
             files = [i for i in archive.infolist() if not i.is_dir()]
-            roots = {i.filename.rsplit("/", 1)[0] if "/" in i.filename else ""
-                     for i in files if i.filename.rsplit("/", 1)[-1] == CONFIG_FILE}
+            roots = {
+                i.filename.rsplit("/", 1)[0] if "/" in i.filename else ""
+                for i in files
+                if i.filename.rsplit("/", 1)[-1] == CONFIG_FILE
+            }
             if len(roots) != 1:
-                raise CheckpointError(f"{source}: holds {len(roots) or 'no'} {CONFIG_FILE} "
-                                      f"files; zip one folder written by {EXPORT_HINT}")
+                raise CheckpointError(
+                    f"{source}: holds {len(roots) or 'no'} {CONFIG_FILE} files; zip one folder written by {EXPORT_HINT}"
+                )
             root = roots.pop()
             for name in FOLDER_FILES:
                 member = f"{root}/{name}" if root else name
@@ -106,8 +116,7 @@ def stage_folder(source: Path, staging: Path) -> Path:
                         shutil.copyfileobj(src, dst, 1 << 20)
             return source / root if root else source
     except (zipfile.BadZipFile, EOFError, OSError) as err:
-        raise CheckpointError(f"{source}: not a readable zip ({err}); pass the folder or zip it "
-                              "again") from None
+        raise CheckpointError(f"{source}: not a readable zip ({err}); pass the folder or zip it again") from None
 
 
 def installed() -> list[tuple[str, Path]]:
@@ -115,8 +124,11 @@ def installed() -> list[tuple[str, Path]]:
     store = store_dir()
     if not store.is_dir():
         return []
-    return [(p.name, p) for p in sorted(store.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()]
+    return [
+        (p.name, p)
+        for p in sorted(store.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
+    ]
 
 
 def verify(name: str) -> str:

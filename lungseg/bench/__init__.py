@@ -1,9 +1,9 @@
 """Benchmark the real model and data pipeline: ``python -m lungseg.bench [device=cuda] [--json out.json]``.
 
-``mode=speed`` (default, ``bench/speed.py``), at one size: matmul peak per dtype, training step, inference, data pipeline, onnxruntime
-inference (fp32 and static INT8 of the same network), end-to-end ``Trainer.fit``. Each timing has warm-up and
-reports the median; FLOP/s come from torch's FLOP counter and are compared with the matmul peak of the same dtype
-measured in the same run.
+``mode=speed`` (default, ``bench/speed.py``), at one size: matmul peak per dtype, training step, inference, data
+pipeline, onnxruntime inference (fp32 and static INT8 of the same network), end-to-end ``Trainer.fit``. Each timing has
+warm-up and reports the median; FLOP/s come from torch's FLOP counter and are compared with the matmul peak of the same
+dtype measured in the same run.
 
 ``mode=backends`` (``bench/backends.py``): inference only, every backend and precision on this host timed side by
 side, interleaved.
@@ -11,9 +11,9 @@ side, interleaved.
 ``mode=cohort`` (``bench/cohort.py``): a cohort of DICOM films through ``lungseg.predict`` end to end (SEG and
 CSV written) against the model-only rate of the same backend.
 
-``mode=scale`` (``bench/scale.py``), as the dataset grows (``scale.sizes``): synthetic sets in the Kaggle layout through the real data
-module (setup with its decode into the cache, DataLoader epochs with the configured workers), the memory of the
-process and its workers, and training steps; then one epoch of the Kaggle set projected from them.
+``mode=scale`` (``bench/scale.py``), as the dataset grows (``scale.sizes``): synthetic sets in the Kaggle layout through
+the real data module (setup with its decode into the cache, DataLoader epochs with the configured workers), the memory
+of the process and its workers, and training steps; then one epoch of the Kaggle set projected from them.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ from lungseg.atomic import write_text
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.errors import LungsegError, exit_on_user_error
 
-MODES = {"speed": "the model and pipeline at one size", "scale": "data, memory and training as the set grows",
-         "backends": "inference by every backend and precision, side by side",
-         "cohort": "DICOM films through lungseg.predict end to end against the model alone"}
+MODES = {
+    "speed": "the model and pipeline at one size",
+    "scale": "data, memory and training as the set grows",
+    "backends": "inference by every backend and precision, side by side",
+    "cohort": "DICOM films through lungseg.predict end to end against the model alone",
+}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
@@ -76,6 +79,7 @@ def _json_flag_to_override(argv: list[str]) -> list[str]:
             out.append(argv[i])
             i += 1
     return out
+
 
 def _main_with_json_flag() -> None:
     """``main`` with ``--json PATH`` accepted."""

@@ -48,12 +48,14 @@ ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "LUNGSEG_CPU_BF16")
 
 def chosen_backends(setting: Any) -> list[str]:
     """``backend``: all, one name or a list; PyTorch is always timed (the reference)."""
-    names = list(BACKENDS) if setting in (None, "all") else (
-        [str(setting)] if isinstance(setting, str) else [str(s) for s in setting])
+    names = (
+        list(BACKENDS)
+        if setting in (None, "all")
+        else ([str(setting)] if isinstance(setting, str) else [str(s) for s in setting])
+    )
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise LungsegError(f"backend={setting}: mode=backends times all, or some of "
-                           f"{', '.join(BACKENDS)}")
+        raise LungsegError(f"backend={setting}: mode=backends times all, or some of {', '.join(BACKENDS)}")
     return ["torch"] + [n for n in names if n != "torch"]
 
 
@@ -62,11 +64,10 @@ def bench_model(cfg: DictConfig) -> tuple[TrainedModel, str]:
     if cfg.backends.get("ckpt_path"):
         return load_checkpoint(cfg.backends.ckpt_path), str(cfg.backends.ckpt_path)
     net = build_module(cfg, channels_last=False).net.eval()
-    description = ModelDescription(image_size=int(cfg.data.image_size),
-                                   precision=native_precision("cpu"))
+    description = ModelDescription(image_size=int(cfg.data.image_size), precision=native_precision("cpu"))
     return TrainedModel(net, description, {"channels_last": "auto"}), (
-        f"the bench network ({sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, "
-        "untrained)")
+        f"the bench network ({sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, untrained)"
+    )
 
 
 def torch_rows(model: TrainedModel) -> dict[str, tuple[dict[str, str], Any]]:
@@ -79,12 +80,14 @@ def torch_rows(model: TrainedModel) -> dict[str, tuple[dict[str, str], Any]]:
             layout = "channels_last" if channels_last else "NCHW"
             rows[f"torch {precision} {layout}"] = (
                 {"backend": "torch", "model": "fp32", "precision": precision, "layout": layout},
-                TorchBackend(variant, "cpu", precision))
+                TorchBackend(variant, "cpu", precision),
+            )
     return rows
 
 
-def exported_rows(cfg: DictConfig, model: TrainedModel, folder: Path, names: list[str],
-                  threads: int) -> tuple[dict[str, tuple[dict[str, str], Any]], dict[str, Any]]:
+def exported_rows(
+    cfg: DictConfig, model: TrainedModel, folder: Path, names: list[str], threads: int
+) -> tuple[dict[str, tuple[dict[str, str], Any]], dict[str, Any]]:
     """ONNX Runtime and OpenVINO rows of the network exported to ONNX (fp32) and quantised (INT8),
     calibrated on the data's train images; and how the quantisation went."""
     size = model.description.image_size
@@ -96,22 +99,26 @@ def exported_rows(cfg: DictConfig, model: TrainedModel, folder: Path, names: lis
     images = calibration_images(files, size, model.description.intensity)
     start = time.perf_counter()
     quantize_int8(fp32, int8, images, INPUT_NAME)
-    info: dict[str, Any] = {"calibration_images": len(files),
-                            "ort_quantize_s": time.perf_counter() - start,
-                            "files": {"fp32": str(fp32), "int8": str(int8)}}
+    info: dict[str, Any] = {
+        "calibration_images": len(files),
+        "ort_quantize_s": time.perf_counter() - start,
+        "files": {"fp32": str(fp32), "int8": str(int8)},
+    }
     rows: dict[str, tuple[dict[str, str], Any]] = {}
     if "onnxruntime" in names:
         for kind, path in (("fp32", fp32), ("int8", int8)):
-            rows[f"onnxruntime {kind}"] = ({"backend": "onnxruntime", "model": kind,
-                                            "precision": "32-true" if kind == "fp32" else "int8"},
-                                           OnnxBackend(path, "cpu", threads))
+            rows[f"onnxruntime {kind}"] = (
+                {"backend": "onnxruntime", "model": kind, "precision": "32-true" if kind == "fp32" else "int8"},
+                OnnxBackend(path, "cpu", threads),
+            )
     if "openvino" in names:
         rows.update(openvino_rows(cfg, fp32, int8, images, threads, info))
     return rows, info
 
 
-def openvino_rows(cfg: DictConfig, fp32: Path, int8: Path, images: Any, threads: int,
-                  info: dict[str, Any]) -> dict[str, tuple[dict[str, str], Any]]:
+def openvino_rows(
+    cfg: DictConfig, fp32: Path, int8: Path, images: Any, threads: int, info: dict[str, Any]
+) -> dict[str, tuple[dict[str, str], Any]]:
     """OpenVINO: the fp32 file with fp32 and bf16 float operations, NNCF's INT8 of it (every
     operation quantised: the fastest INT8), the ONNX Runtime QDQ file, and ``backends.int8_ir``
     when given; each INT8 model with fp32 and bf16 float operations."""
@@ -123,12 +130,12 @@ def openvino_rows(cfg: DictConfig, fp32: Path, int8: Path, images: Any, threads:
     floats = ["32-true"] + (["bf16-mixed"] if cpu_has_native_bf16() else [])
     model = read_model(fp32)
     start = time.perf_counter()
-    quantized = nncf.quantize(model, nncf.Dataset([x[None] for x in images]),
-                              subset_size=len(images), target_device=nncf.TargetDevice.CPU)
+    quantized = nncf.quantize(
+        model, nncf.Dataset([x[None] for x in images]), subset_size=len(images), target_device=nncf.TargetDevice.CPU
+    )
     info["nncf_quantize_s"] = time.perf_counter() - start
     write_metadata(quantized, read_metadata(model))
-    models: list[tuple[str, Any]] = [("fp32", model), ("int8 NNCF", quantized),
-                                     ("int8 QDQ file", int8)]
+    models: list[tuple[str, Any]] = [("fp32", model), ("int8 NNCF", quantized), ("int8 QDQ file", int8)]
     if cfg.backends.get("int8_ir"):
         ir = Path(cfg.backends.int8_ir)
         models.append((f"int8 IR {ir.name}", ir))
@@ -137,8 +144,14 @@ def openvino_rows(cfg: DictConfig, fp32: Path, int8: Path, images: Any, threads:
         for precision in floats:
             backend = OpenVinoBackend(source, "cpu", threads, precision)
             rows[f"openvino {kind} {precision}"] = (
-                {"backend": "openvino", "model": kind, "precision": backend.precision,
-                 "float_precision": backend.float_precision}, backend)
+                {
+                    "backend": "openvino",
+                    "model": kind,
+                    "precision": backend.precision,
+                    "float_precision": backend.float_precision,
+                },
+                backend,
+            )
     return rows
 
 
@@ -157,15 +170,18 @@ def auto_picks(rows: list[dict[str, Any]], model: TrainedModel) -> dict[str, str
 
     layout = "channels_last" if model.channels_last else "NCHW"
     kinds = {
-        "checkpoint": {"torch": rate(backend="torch", precision=torch_precision, layout=layout),
-                       "openvino": rate(backend="openvino", model="fp32",
-                                        float_precision=ov_precision)},
-        "fp32 .onnx": {"onnxruntime": rate(backend="onnxruntime", model="fp32"),
-                       "openvino": rate(backend="openvino", model="fp32",
-                                        float_precision=ov_precision)},
-        "INT8 .onnx": {"onnxruntime": rate(backend="onnxruntime", model="int8"),
-                       "openvino": rate(backend="openvino", model="int8 QDQ file",
-                                        float_precision=ov_precision)},
+        "checkpoint": {
+            "torch": rate(backend="torch", precision=torch_precision, layout=layout),
+            "openvino": rate(backend="openvino", model="fp32", float_precision=ov_precision),
+        },
+        "fp32 .onnx": {
+            "onnxruntime": rate(backend="onnxruntime", model="fp32"),
+            "openvino": rate(backend="openvino", model="fp32", float_precision=ov_precision),
+        },
+        "INT8 .onnx": {
+            "onnxruntime": rate(backend="onnxruntime", model="int8"),
+            "openvino": rate(backend="openvino", model="int8 QDQ file", float_precision=ov_precision),
+        },
     }
     picks = {}
     for kind, rates in kinds.items():
@@ -196,38 +212,57 @@ def run_backends(cfg: DictConfig) -> dict[str, Any]:
             extra, info = exported_rows(cfg, model, folder, names, threads)
             built.update(extra)
         start = time.perf_counter()
-        rates = time_backends({k: b for k, (_, b) in built.items()}, size, batch,
-                              int(cfg.backends.rounds))
+        rates = time_backends({k: b for k, (_, b) in built.items()}, size, batch, int(cfg.backends.rounds))
         timing_s = time.perf_counter() - start
     best_float = max(r for k, r in rates.items() if built[k][0]["backend"] == "torch")
-    rows = [{**built[k][0], "name": k, "img_s": r, "vs_torch_best_float": r / best_float}
-            for k, r in rates.items()]
-    return {"rows": rows, "auto_picks": auto_picks(rows, model), "quantisation": info,
-            "host": {"cpu": cpu_name(), "flags": cpu_flags(), "threads": threads,
-                     "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ},
-                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
-            "settings": {"model": what, "image_size": size, "batch_size": batch,
-                         "rounds": int(cfg.backends.rounds), "timing_s": timing_s,
-                         "data_root": str(cfg.data.root)}}
+    rows = [{**built[k][0], "name": k, "img_s": r, "vs_torch_best_float": r / best_float} for k, r in rates.items()]
+    return {
+        "rows": rows,
+        "auto_picks": auto_picks(rows, model),
+        "quantisation": info,
+        "host": {
+            "cpu": cpu_name(),
+            "flags": cpu_flags(),
+            "threads": threads,
+            "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ},
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "settings": {
+            "model": what,
+            "image_size": size,
+            "batch_size": batch,
+            "rounds": int(cfg.backends.rounds),
+            "timing_s": timing_s,
+            "data_root": str(cfg.data.root),
+        },
+    }
 
 
 def backends_report(result: dict[str, Any]) -> str:
     """The table printed at the end of ``mode=backends``."""
     h, s = result["host"], result["settings"]
-    loads = " / ".join(" ".join(f"{x:.2f}" for x in h[k])
-                       for k in ("load_average_before", "load_average_after"))
+    loads = " / ".join(" ".join(f"{x:.2f}" for x in h[k]) for k in ("load_average_before", "load_average_after"))
     caps = " ".join(f"{k}={v}" for k, v in h.get("isa_caps", {}).items())
-    lines = [f"CPU {h['cpu']}; flags: {' '.join(h['flags']) or 'none of the speed flags'}"
-             + (f"; capped by {caps}" if caps else ""),
-             f"{s['model']}; {s['image_size']} px, batch {s['batch_size']}, {h['threads']} "
-             f"threads, median of {s['rounds']} interleaved rounds; load average before / after: "
-             f"{loads}", "",
-             f"{'backend':<12} {'model':<24} {'precision':<11} {'float ops':<11} {'layout':<14} "
-             f"{'img/s':>7} {'vs PyTorch best float':>22}"]
+    lines = [
+        f"CPU {h['cpu']}; flags: {' '.join(h['flags']) or 'none of the speed flags'}"
+        + (f"; capped by {caps}" if caps else ""),
+        f"{s['model']}; {s['image_size']} px, batch {s['batch_size']}, {h['threads']} "
+        f"threads, median of {s['rounds']} interleaved rounds; load average before / after: "
+        f"{loads}",
+        "",
+        f"{'backend':<12} {'model':<24} {'precision':<11} {'float ops':<11} {'layout':<14} "
+        f"{'img/s':>7} {'vs PyTorch best float':>22}",
+    ]
     for r in sorted(result["rows"], key=lambda r: -r["img_s"]):
-        lines.append(f"{r['backend']:<12} {r['model']:<24} {r['precision']:<11} "
-                     f"{r.get('float_precision', ''):<11} {r.get('layout', ''):<14} "
-                     f"{r['img_s']:7.2f} {r['vs_torch_best_float']:21.2f}x")
-    lines += ["", "backend=auto would pick (each backend at precision=auto): " + "; ".join(
-        f"{kind}: {pick}" for kind, pick in result["auto_picks"].items())]
+        lines.append(
+            f"{r['backend']:<12} {r['model']:<24} {r['precision']:<11} "
+            f"{r.get('float_precision', ''):<11} {r.get('layout', ''):<14} "
+            f"{r['img_s']:7.2f} {r['vs_torch_best_float']:21.2f}x"
+        )
+    lines += [
+        "",
+        "backend=auto would pick (each backend at precision=auto): "
+        + "; ".join(f"{kind}: {pick}" for kind, pick in result["auto_picks"].items()),
+    ]
     return "\n".join(lines)

@@ -61,8 +61,10 @@ def film_pixels(cfg: DictConfig) -> list[np.ndarray]:
     size = int(c.film_px)
     if size < 64:
         raise LungsegError(f"cohort.film_px={size}: a film needs at least 64 px a side")
-    return [cv2.resize(make_phantom(rng, min(size, PHANTOM_PX))[0], (size, size), interpolation=cv2.INTER_LINEAR)
-            for _ in range(min(int(c.films), 8))]  # eight distinct phantoms, cycled
+    return [
+        cv2.resize(make_phantom(rng, min(size, PHANTOM_PX))[0], (size, size), interpolation=cv2.INTER_LINEAR)
+        for _ in range(min(int(c.films), 8))
+    ]  # eight distinct phantoms, cycled
 
 
 def write_cohort(cfg: DictConfig) -> Path:
@@ -79,8 +81,13 @@ def write_cohort(cfg: DictConfig) -> Path:
     for i, path in enumerate(names):
         if not path.is_file():
             gray = pixels[i % len(pixels)]
-            write_dx(path, gray.astype(np.uint16) * 16, PatientID=f"LS{i:05d}", InstanceNumber=i + 1,
-                     ImagerPixelSpacing=[PIXEL_SPACING_MM, PIXEL_SPACING_MM])
+            write_dx(
+                path,
+                gray.astype(np.uint16) * 16,
+                PatientID=f"LS{i:05d}",
+                InstanceNumber=i + 1,
+                ImagerPixelSpacing=[PIXEL_SPACING_MM, PIXEL_SPACING_MM],
+            )
     return folder
 
 
@@ -89,15 +96,26 @@ def predict_config(cfg: DictConfig, films: Path, output: Path) -> DictConfig:
     the bench's device, batch size and threads, and any other predict setting of ``cohort.predict``."""
     c = cfg.cohort
     if not c.get("model"):
-        raise LungsegError("mode=cohort needs a model: cohort.model=best.ckpt (or an .onnx file, an OpenVINO .xml, "
-                           "a pretrained folder), e.g. python -m lungseg.bench mode=cohort cohort.model=best.ckpt")
+        raise LungsegError(
+            "mode=cohort needs a model: cohort.model=best.ckpt (or an .onnx file, an OpenVINO .xml, "
+            "a pretrained folder), e.g. python -m lungseg.bench mode=cohort cohort.model=best.ckpt"
+        )
     base = OmegaConf.load(CONFIG_DIR / "predict.yaml")
     for key in ("defaults", "hydra"):
         base.pop(key, None)
-    settings = {"model_path": str(c.model), "input": str(films), "output": str(output), "overwrite": True,
-                "output_format": list(c.output_format), "backend": c.get("backend"), "precision": c.precision,
-                "device": str(cfg.device), "batch_size": int(cfg.batch_size), "threads": cfg.get("threads"),
-                "progress": False}
+    settings = {
+        "model_path": str(c.model),
+        "input": str(films),
+        "output": str(output),
+        "overwrite": True,
+        "output_format": list(c.output_format),
+        "backend": c.get("backend"),
+        "precision": c.precision,
+        "device": str(cfg.device),
+        "batch_size": int(cfg.batch_size),
+        "threads": cfg.get("threads"),
+        "progress": False,
+    }
     return OmegaConf.merge(base, settings, c.get("predict") or {})
 
 
@@ -119,12 +137,19 @@ def run_cohort(cfg: DictConfig) -> dict[str, Any]:
                 start = time.perf_counter()
                 summary = predict(pcfg)
                 command_s = time.perf_counter() - start
-                model_only = time_backends({"model": seg.backend}, seg.image_size, int(cfg.batch_size),
-                                           rounds=int(cfg.repeats))["model"]
-                rounds.append({"end_to_end_img_s": summary["images_per_s"],
-                               "command_img_s": sum(summary["counts"].values()) / command_s,
-                               "predict_model_img_s": summary["model_images_per_s"], "model_only_img_s": model_only,
-                               "seconds": summary["seconds"], "command_s": command_s})
+                model_only = time_backends(
+                    {"model": seg.backend}, seg.image_size, int(cfg.batch_size), rounds=int(cfg.repeats)
+                )["model"]
+                rounds.append(
+                    {
+                        "end_to_end_img_s": summary["images_per_s"],
+                        "command_img_s": sum(summary["counts"].values()) / command_s,
+                        "predict_model_img_s": summary["model_images_per_s"],
+                        "model_only_img_s": model_only,
+                        "seconds": summary["seconds"],
+                        "command_s": command_s,
+                    }
+                )
         finally:
             for name, level in levels.items():
                 logging.getLogger(name).setLevel(level)
@@ -135,17 +160,37 @@ def run_cohort(cfg: DictConfig) -> dict[str, Any]:
         sizes = {tuple(np.asarray(read_input(p).shape)) for p in sorted(films.glob("*.dcm"))[:8]}
     medians = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     share = medians["end_to_end_img_s"] / medians["model_only_img_s"]
-    return {"mode": "cohort", "rounds": rounds, **medians, "share_of_model_only": share,
-            "target": float(cfg.cohort.target), "target_met": share >= float(cfg.cohort.target),
-            "counts": counts, "files_written": dict(sorted(kinds.items())), "output_mb_per_film": written / 2**20 / max(1, len(list(films.glob("*.dcm")))),
-            "host": {"cpu": cpu_name(), "flags": cpu_flags(), "load_average_before": load_before,
-                     "load_average_after": os.getloadavg()},
-            "settings": {"model": str(cfg.cohort.model), "films": int(cfg.cohort.films), "folder": str(films),
-                         "film_sizes": sorted(f"{h}x{w}" for h, w in sizes), "source": cfg.cohort.get("source"),
-                         "backend": str(seg.backend), "precision": seg.precision, "image_size": seg.image_size,
-                         "batch_size": int(cfg.batch_size), "threads": cfg.get("threads"),
-                         "output_format": list(pcfg.output_format),
-                         "predict": OmegaConf.to_container(cfg.cohort.predict) if cfg.cohort.get("predict") else {}}}
+    return {
+        "mode": "cohort",
+        "rounds": rounds,
+        **medians,
+        "share_of_model_only": share,
+        "target": float(cfg.cohort.target),
+        "target_met": share >= float(cfg.cohort.target),
+        "counts": counts,
+        "files_written": dict(sorted(kinds.items())),
+        "output_mb_per_film": written / 2**20 / max(1, len(list(films.glob("*.dcm")))),
+        "host": {
+            "cpu": cpu_name(),
+            "flags": cpu_flags(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "settings": {
+            "model": str(cfg.cohort.model),
+            "films": int(cfg.cohort.films),
+            "folder": str(films),
+            "film_sizes": sorted(f"{h}x{w}" for h, w in sizes),
+            "source": cfg.cohort.get("source"),
+            "backend": str(seg.backend),
+            "precision": seg.precision,
+            "image_size": seg.image_size,
+            "batch_size": int(cfg.batch_size),
+            "threads": cfg.get("threads"),
+            "output_format": list(pcfg.output_format),
+            "predict": OmegaConf.to_container(cfg.cohort.predict) if cfg.cohort.get("predict") else {},
+        },
+    }
 
 
 def cohort_report(result: dict[str, Any]) -> str:
@@ -153,19 +198,21 @@ def cohort_report(result: dict[str, Any]) -> str:
     s, h = result["settings"], result["host"]
     loads = " / ".join(" ".join(f"{x:.2f}" for x in h[k]) for k in ("load_average_before", "load_average_after"))
     verdict = "met" if result["target_met"] else "NOT met"
-    return "\n".join([
-        f"CPU {h['cpu']}; flags: {' '.join(h['flags']) or 'none of the speed flags'}; load average before / "
-        f"after: {loads}",
-        f"{s['films']} DICOM films ({', '.join(s['film_sizes'])}) -> {s['model']} via {s['backend']}; model "
-        f"{s['image_size']} px, batch {s['batch_size']}, threads {s['threads'] or 'auto'}, output "
-        f"{'+'.join(s['output_format'])}" + (f", {s['predict']}" if s["predict"] else ""),
-        f"status: {', '.join(f'{n} {k}' for k, n in result['counts'].items() if n)}; "
-        f"{result['output_mb_per_film']:.2f} MiB written per film",
-        "",
-        f"end to end (lungseg.predict, model loaded)  {result['end_to_end_img_s']:7.2f} img/s",
-        f"  the whole command, model load included    {result['command_img_s']:7.2f} img/s",
-        f"  inside the model, as predict logs it       {result['predict_model_img_s']:7.2f} img/s",
-        f"model only (the backend on one batch)        {result['model_only_img_s']:7.2f} img/s",
-        f"end to end / model only: {result['share_of_model_only']:.0%} (target {result['target']:.0%}: {verdict}); "
-        f"medians of {len(result['rounds'])} alternating rounds",
-    ])
+    return "\n".join(
+        [
+            f"CPU {h['cpu']}; flags: {' '.join(h['flags']) or 'none of the speed flags'}; load average before / "
+            f"after: {loads}",
+            f"{s['films']} DICOM films ({', '.join(s['film_sizes'])}) -> {s['model']} via {s['backend']}; model "
+            f"{s['image_size']} px, batch {s['batch_size']}, threads {s['threads'] or 'auto'}, output "
+            f"{'+'.join(s['output_format'])}" + (f", {s['predict']}" if s["predict"] else ""),
+            f"status: {', '.join(f'{n} {k}' for k, n in result['counts'].items() if n)}; "
+            f"{result['output_mb_per_film']:.2f} MiB written per film",
+            "",
+            f"end to end (lungseg.predict, model loaded)  {result['end_to_end_img_s']:7.2f} img/s",
+            f"  the whole command, model load included    {result['command_img_s']:7.2f} img/s",
+            f"  inside the model, as predict logs it       {result['predict_model_img_s']:7.2f} img/s",
+            f"model only (the backend on one batch)        {result['model_only_img_s']:7.2f} img/s",
+            f"end to end / model only: {result['share_of_model_only']:.0%} (target {result['target']:.0%}: {verdict}); "
+            f"medians of {len(result['rounds'])} alternating rounds",
+        ]
+    )

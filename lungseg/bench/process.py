@@ -13,6 +13,7 @@ def _proc_kb(path: Path, field: str) -> int:
     """A ``field:  N kB`` line of a /proc file, in kB (0 when absent)."""
     return next((int(line.split()[1]) for line in path.read_text().splitlines() if line.startswith(field + ":")), 0)
 
+
 def rss_mb() -> float:
     """This process's resident set size now, MiB (NaN without /proc)."""
     try:
@@ -20,11 +21,13 @@ def rss_mb() -> float:
     except OSError:
         return float("nan")
 
+
 def reset_peak_rss() -> None:
     """Start this process's peak resident set size afresh (Linux: ``/proc/self/clear_refs``), so each size of the
     scale mode gets its own peak. Reading the kernel's counters costs nothing, unlike sampling."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident set size since :func:`reset_peak_rss`, MiB (VmHWM; the shared decode cache is
@@ -35,9 +38,11 @@ def peak_rss_mb() -> float:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
+
 def _children() -> list[str]:
     """Process ids of this process's children (the DataLoader workers); none without /proc."""
     return [pid for children in Path("/proc/self/task").glob("*/children") for pid in children.read_text().split()]
+
 
 def workers_mb() -> float:
     """What this process's children (the DataLoader workers) hold now, MiB: their proportional set size without
@@ -48,6 +53,7 @@ def workers_mb() -> float:
             rollup = Path(f"/proc/{pid}/smaps_rollup")
             total += (_proc_kb(rollup, "Pss") - _proc_kb(rollup, "Pss_Shmem")) / 1024
     return total
+
 
 def cpu_seconds() -> float:
     """CPU time (user + system) of this process and its live children (the DataLoader workers) so far: what the

@@ -31,18 +31,22 @@ from lungseg.runtime import native_precision, pick_device, set_threads, usable_c
 
 SPLIT_NUMBERS = {"val": 10_000_000, "test": 20_000_000}  # phantom numbers of the sets' val/test pairs, apart from train
 
+
 def draw_phantoms(pool: Path, numbers: list[int], size: int, seed: int, workers: int) -> int:
     """Write the phantoms ``numbers`` that ``pool`` lacks, in ``workers`` processes; how many were drawn."""
-    chunks = [numbers[i:i + 250] for i in range(0, len(numbers), 250)]
+    chunks = [numbers[i : i + 250] for i in range(0, len(numbers), 250)]
     if workers <= 1 or len(chunks) <= 1:
         return sum(write_phantoms(pool, chunk, size, seed) for chunk in chunks)
     # spawned, not forked: OpenCV's thread pool does not survive a fork
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as executor:
-        return sum(executor.map(write_phantoms, [pool] * len(chunks), chunks, [size] * len(chunks),
-                                [seed] * len(chunks)))
+        return sum(
+            executor.map(write_phantoms, [pool] * len(chunks), chunks, [size] * len(chunks), [seed] * len(chunks))
+        )
 
-def synthetic_set(folder: Path, n: int, val_pairs: int, size: int = 256, seed: int = 0,
-                  workers: int = 1) -> tuple[Path, int]:
+
+def synthetic_set(
+    folder: Path, n: int, val_pairs: int, size: int = 256, seed: int = 0, workers: int = 1
+) -> tuple[Path, int]:
     """A set of ``n`` training pairs (and ``val_pairs`` val and test pairs) in the Kaggle layout under ``folder``;
     returns its root and how many phantoms had to be drawn. The phantoms are drawn once into one pool that grows as
     needed (a 17,000 set reuses the 4,000 of a smaller one) and each set is hard links into it, built in a temp
@@ -69,8 +73,8 @@ def synthetic_set(folder: Path, n: int, val_pairs: int, size: int = 256, seed: i
     partial.rmdir()
     return root, drawn
 
-def timed_steps(cfg: DictConfig, datamodule: L.LightningDataModule, steps: int,
-                warmup: int = 2) -> tuple[float, float]:
+
+def timed_steps(cfg: DictConfig, datamodule: L.LightningDataModule, steps: int, warmup: int = 2) -> tuple[float, float]:
     """Images/s of ``steps`` training steps of a real ``Trainer.fit`` (loading included, as configured), after
     ``warmup`` untimed ones; and what its DataLoader workers held at the end (:func:`workers_mb`)."""
 
@@ -84,12 +88,23 @@ def timed_steps(cfg: DictConfig, datamodule: L.LightningDataModule, steps: int,
 
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
-                              enable_progress_bar=False, enable_model_summary=False, max_steps=warmup + steps,
-                              max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp)
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[timer],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            max_steps=warmup + steps,
+            max_epochs=-1,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
+        )
         # no LR schedule: it would wait for a validation loss that these steps never compute
         trainer.fit(instantiate(cfg.module, scheduler=None), datamodule=datamodule)
     return steps * cfg.batch_size / timer.seconds, timer.workers
+
 
 def scale_row(cfg: DictConfig, root: Path, n: int) -> dict[str, Any]:
     """One dataset size: the data module's setup (pairing, then every file decoded once into the cache), DataLoader
@@ -115,33 +130,50 @@ def scale_row(cfg: DictConfig, root: Path, n: int) -> dict[str, Any]:
     workers = workers_mb()  # the persistent workers, still there after the last epoch
     data_peak = peak_rss_mb() + workers
     del loader  # its workers stop
-    train_img_s, train_workers = (timed_steps(cfg, datamodule, int(cfg.scale.train_steps)) if cfg.scale.train_steps
-                                  else (float("nan"), 0.0))
+    train_img_s, train_workers = (
+        timed_steps(cfg, datamodule, int(cfg.scale.train_steps)) if cfg.scale.train_steps else (float("nan"), 0.0)
+    )
     peak = max(data_peak, peak_rss_mb() + train_workers)
     cache = datamodule.dataset("train").cache
-    row = {"n_images": n, "data_epoch_s": statistics.median(epochs[1:] or epochs),
-           "data_first_epoch_s": epochs[0], "data_epochs_s": epochs,
-           "data_epoch_cpu_s": statistics.median(cpu[1:] or cpu), "data_epochs_cpu_s": cpu, "setup_s": setup_s,
-           "data_faults_per_image": statistics.median(faults[1:] or faults) / n, "data_epochs_faults": faults,
-           "decode_img_s": (n + len(datamodule.dataset("val"))) / setup_s,
-           "cached_images": cache.filled_count(), "cache_mb": cache.nbytes / MIB,
-           "peak_rss_mb": peak, "data_peak_rss_mb": data_peak, "workers_mb": workers, "base_rss_mb": base,
-           "train_img_s": train_img_s, "workers": datamodule.num_workers, "images_per_epoch": seen}
+    row = {
+        "n_images": n,
+        "data_epoch_s": statistics.median(epochs[1:] or epochs),
+        "data_first_epoch_s": epochs[0],
+        "data_epochs_s": epochs,
+        "data_epoch_cpu_s": statistics.median(cpu[1:] or cpu),
+        "data_epochs_cpu_s": cpu,
+        "setup_s": setup_s,
+        "data_faults_per_image": statistics.median(faults[1:] or faults) / n,
+        "data_epochs_faults": faults,
+        "decode_img_s": (n + len(datamodule.dataset("val"))) / setup_s,
+        "cached_images": cache.filled_count(),
+        "cache_mb": cache.nbytes / MIB,
+        "peak_rss_mb": peak,
+        "data_peak_rss_mb": data_peak,
+        "workers_mb": workers,
+        "base_rss_mb": base,
+        "train_img_s": train_img_s,
+        "workers": datamodule.num_workers,
+        "images_per_epoch": seen,
+    }
     row["data_ms_per_image"] = 1e3 * row["data_epoch_s"] / n
     row["data_cpu_ms_per_image"] = 1e3 * row["data_epoch_cpu_s"] / n
     row["overhead_mb"] = row["peak_rss_mb"] - row["cache_mb"]
     return row
+
 
 def _with_start_method(method: str, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` with ``method`` as the default way to start processes (a spawned process defaults to spawn)."""
     multiprocessing.set_start_method(method, force=True)
     return fn(*args)
 
+
 def isolated(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` in a fresh spawned process: each size's memory starts from the same base, free of what an
     earlier size left in the allocator. Its DataLoader workers start as this process's would (forked on Linux)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
         return executor.submit(_with_start_method, multiprocessing.get_start_method(), fn, *args).result()
+
 
 def project(cfg: DictConfig, rows: list[dict[str, Any]], gflop: dict[str, float], infer_img_s: float) -> dict[str, Any]:
     """One epoch of the Kaggle set (training pass, precise BatchNorm sample, validation) from the largest size's
@@ -154,11 +186,21 @@ def project(cfg: DictConfig, rows: list[dict[str, Any]], gflop: dict[str, float]
     # the data pipeline's CPU time per image measured here (load on this machine stretches its wall time, not its
     # CPU time), spread over the GPU host's workers, one core each
     gpu_data = p.train_pairs * last["data_epoch_cpu_s"] / last["n_images"] / p.gpu_workers
-    return {"train_pairs": p.train_pairs, "val_pairs": p.val_pairs, "precise_bn_images": p.precise_bn_images,
-            "this_machine_epoch_s": this, "first_epoch_decode_s": (p.train_pairs + p.val_pairs) / last["decode_img_s"],
-            "gpu": p.gpu, "gpu_tflops": p.gpu_tflops, "gpu_utilisation": p.gpu_utilisation,
-            "gpu_workers": p.gpu_workers, "gpu_model_s": gpu_model, "gpu_data_s": gpu_data,
-            "gpu_epoch_s": max(gpu_model, gpu_data)}
+    return {
+        "train_pairs": p.train_pairs,
+        "val_pairs": p.val_pairs,
+        "precise_bn_images": p.precise_bn_images,
+        "this_machine_epoch_s": this,
+        "first_epoch_decode_s": (p.train_pairs + p.val_pairs) / last["decode_img_s"],
+        "gpu": p.gpu,
+        "gpu_tflops": p.gpu_tflops,
+        "gpu_utilisation": p.gpu_utilisation,
+        "gpu_workers": p.gpu_workers,
+        "gpu_model_s": gpu_model,
+        "gpu_data_s": gpu_data,
+        "gpu_epoch_s": max(gpu_model, gpu_data),
+    }
+
 
 def run_scale(cfg: DictConfig) -> dict[str, Any]:
     """``mode=scale``: a row per size of ``scale.sizes``, and the projection."""
@@ -172,8 +214,9 @@ def run_scale(cfg: DictConfig) -> dict[str, Any]:
     rows = []
     for n in sorted(int(k) for k in cfg.scale.sizes):
         start = time.perf_counter()
-        root, drawn = synthetic_set(folder, n, int(cfg.scale.val_pairs), int(cfg.scale.source_px), int(cfg.seed),
-                                    workers)
+        root, drawn = synthetic_set(
+            folder, n, int(cfg.scale.val_pairs), int(cfg.scale.source_px), int(cfg.seed), workers
+        )
         generate_s = time.perf_counter() - start
         print(f"scale {n}: set ready in {generate_s:.0f} s ({drawn} phantoms drawn) at {root}", flush=True)
         rows.append({**isolated(scale_row, plain, root, n), "phantoms_drawn": drawn, "generate_s": generate_s})
@@ -185,33 +228,53 @@ def run_scale(cfg: DictConfig) -> dict[str, Any]:
     size = cfg.data.image_size
     gflop = {"train": count_flops(probe, size, train=True) / 1e9, "infer": count_flops(probe, size, train=False) / 1e9}
     infer = model_variant(cfg, device, default_dtype, cfg.module.channels_last, False, train=False)
-    return {"scale": rows, "projection": project(cfg, rows, gflop, infer), "infer_img_s": infer,
-            "gflop_per_image": gflop,
-            "settings": {"device": str(device), "device_name": _device_name(device), "dtype": default_dtype,
-                         "image_size": size, "source_px": int(cfg.scale.source_px), "batch_size": cfg.batch_size,
-                         "threads": torch.get_num_threads(), "cores": usable_cores(),
-                         "cache_mb_setting": float(cfg.data.cache_mb), "folder": str(folder),
-                         "memory": "peak resident set size of the fresh process that measured the size (VmHWM) "
-                                   "plus its DataLoader workers' proportional set size without shared memory"}}
+    return {
+        "scale": rows,
+        "projection": project(cfg, rows, gflop, infer),
+        "infer_img_s": infer,
+        "gflop_per_image": gflop,
+        "settings": {
+            "device": str(device),
+            "device_name": _device_name(device),
+            "dtype": default_dtype,
+            "image_size": size,
+            "source_px": int(cfg.scale.source_px),
+            "batch_size": cfg.batch_size,
+            "threads": torch.get_num_threads(),
+            "cores": usable_cores(),
+            "cache_mb_setting": float(cfg.data.cache_mb),
+            "folder": str(folder),
+            "memory": "peak resident set size of the fresh process that measured the size (VmHWM) "
+            "plus its DataLoader workers' proportional set size without shared memory",
+        },
+    }
+
 
 def _scale_row(r: dict[str, Any]) -> str:
-    return (f"{r['n_images']:>7} images: setup {r['setup_s']:6.1f} s ({r['decode_img_s']:6.0f} img/s decoded), "
-            f"epoch {r['data_first_epoch_s']:6.2f} s first, {r['data_epoch_s']:6.2f} s later "
-            f"({r['data_ms_per_image']:.3f} ms/image, x{r['data_cost_vs_smallest']:.2f}; CPU "
-            f"{r['data_cpu_ms_per_image']:.3f} ms/image, x{r['data_cpu_vs_smallest']:.2f}; "
-            f"{r['data_faults_per_image']:.1f} page faults/image), cache "
-            f"{r['cached_images']} images {r['cache_mb']:,.0f} MiB, peak {r['peak_rss_mb']:,.0f} MiB "
-            f"(data {r['data_peak_rss_mb']:,.0f}, before {r['base_rss_mb']:,.0f}), train {r['train_img_s']:.2f} img/s")
+    return (
+        f"{r['n_images']:>7} images: setup {r['setup_s']:6.1f} s ({r['decode_img_s']:6.0f} img/s decoded), "
+        f"epoch {r['data_first_epoch_s']:6.2f} s first, {r['data_epoch_s']:6.2f} s later "
+        f"({r['data_ms_per_image']:.3f} ms/image, x{r['data_cost_vs_smallest']:.2f}; CPU "
+        f"{r['data_cpu_ms_per_image']:.3f} ms/image, x{r['data_cpu_vs_smallest']:.2f}; "
+        f"{r['data_faults_per_image']:.1f} page faults/image), cache "
+        f"{r['cached_images']} images {r['cache_mb']:,.0f} MiB, peak {r['peak_rss_mb']:,.0f} MiB "
+        f"(data {r['data_peak_rss_mb']:,.0f}, before {r['base_rss_mb']:,.0f}), train {r['train_img_s']:.2f} img/s"
+    )
+
 
 def scale_report(result: dict[str, Any]) -> str:
     """The summary printed at the end of ``mode=scale``."""
     s, p = result["settings"], result["projection"]
-    lines = [f"device {s['device']} ({s['device_name']}), {s['threads']} threads, {s['image_size']} px, "
-             f"batch {s['batch_size']}, data.cache_mb={s['cache_mb_setting']:g}"]
+    lines = [
+        f"device {s['device']} ({s['device_name']}), {s['threads']} threads, {s['image_size']} px, "
+        f"batch {s['batch_size']}, data.cache_mb={s['cache_mb_setting']:g}"
+    ]
     lines += [_scale_row(r) for r in result["scale"]]
-    lines += [f"one Kaggle epoch ({p['train_pairs']} train + {p['precise_bn_images']} precise-BN + {p['val_pairs']} "
-              f"val images): {p['this_machine_epoch_s'] / 60:.0f} min here; about {p['gpu_epoch_s']:.1f} s on one "
-              f"{p['gpu']} at {p['gpu_utilisation']:.0%} of {p['gpu_tflops']:g} TFLOP/s (model "
-              f"{p['gpu_model_s']:.1f} s, data {p['gpu_data_s']:.1f} s over {p['gpu_workers']} workers); first epoch "
-              f"also decodes: {p['first_epoch_decode_s']:.0f} s at this machine's rate"]
+    lines += [
+        f"one Kaggle epoch ({p['train_pairs']} train + {p['precise_bn_images']} precise-BN + {p['val_pairs']} "
+        f"val images): {p['this_machine_epoch_s'] / 60:.0f} min here; about {p['gpu_epoch_s']:.1f} s on one "
+        f"{p['gpu']} at {p['gpu_utilisation']:.0%} of {p['gpu_tflops']:g} TFLOP/s (model "
+        f"{p['gpu_model_s']:.1f} s, data {p['gpu_data_s']:.1f} s over {p['gpu_workers']} workers); first epoch "
+        f"also decodes: {p['first_epoch_decode_s']:.0f} s at this machine's rate"
+    ]
     return "\n".join(lines)

@@ -42,6 +42,7 @@ def data_pipeline(cfg: DictConfig) -> dict[str, float]:
         epochs.append(seen / (time.perf_counter() - start))
     return {"decode_img_s": decode, "augment_img_s": statistics.median(epochs[1:]), "images": n}
 
+
 def onnx_inference(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     """Images/s of onnxruntime (CPU) on the bench's network exported to ONNX in fp32 and statically quantised to
     INT8, calibrated on the bench data's train images; same batch, threads, warm-up and repeats as PyTorch's rows."""
@@ -62,14 +63,20 @@ def onnx_inference(cfg: DictConfig, folder: Path) -> dict[str, Any]:
 
     def rate(path: Path) -> float:
         session = onnx_session(path, "cpu", torch.get_num_threads())
-        return batch / median_seconds(lambda: session.run([OUTPUT_NAME], images), torch.device("cpu"), cfg.warmup,
-                                      cfg.repeats)
+        return batch / median_seconds(
+            lambda: session.run([OUTPUT_NAME], images), torch.device("cpu"), cfg.warmup, cfg.repeats
+        )
 
     nodes = node_counts(int8)
-    return {"fp32_img_s": rate(fp32), "int8_img_s": rate(int8), "quantize_s": quantize_s,
-            "calibration_images": len(files), "int8_qdq_nodes": {op: nodes.get(op, 0) for op in
-                                                                 ("QuantizeLinear", "DequantizeLinear")},
-            "files": {"fp32": str(fp32), "int8": str(int8)}}
+    return {
+        "fp32_img_s": rate(fp32),
+        "int8_img_s": rate(int8),
+        "quantize_s": quantize_s,
+        "calibration_images": len(files),
+        "int8_qdq_nodes": {op: nodes.get(op, 0) for op in ("QuantizeLinear", "DequantizeLinear")},
+        "files": {"fp32": str(fp32), "int8": str(int8)},
+    }
+
 
 def end_to_end(cfg: DictConfig) -> float:
     """Images/s of the training epochs of a real ``Trainer.fit`` with the configured defaults."""
@@ -91,9 +98,18 @@ def end_to_end(cfg: DictConfig) -> float:
 
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
-                              enable_progress_bar=False, enable_model_summary=False, max_epochs=cfg.fit_epochs,
-                              limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=tmp)
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[timer],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            max_epochs=cfg.fit_epochs,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
+        )
         trainer.fit(instantiate(cfg.module), datamodule=instantiate(cfg.data))
     return statistics.median(timer.rates[1:] or timer.rates)
 
@@ -118,9 +134,17 @@ def run_speed(cfg: DictConfig) -> dict[str, Any]:
     for dtype, channels_last, compile in variants:
         for kind in ("train", "infer"):
             rate = model_variant(cfg, device, dtype, channels_last, compile, train=kind == "train")
-            rows.append({"section": kind, "dtype": dtype, "channels_last": channels_last, "compile": compile,
-                         "img_s": rate, "tflop_s": rate * gflop[kind] / 1e3,
-                         "of_peak": rate * gflop[kind] * 1e9 / peaks[dtype]})
+            rows.append(
+                {
+                    "section": kind,
+                    "dtype": dtype,
+                    "channels_last": channels_last,
+                    "compile": compile,
+                    "img_s": rate,
+                    "tflop_s": rate * gflop[kind] / 1e3,
+                    "of_peak": rate * gflop[kind] * 1e9 / peaks[dtype],
+                }
+            )
             print(_row(rows[-1]), flush=True)
     data = data_pipeline(cfg)  # before onnxruntime: it writes the sample set the calibration reads
     onnx: dict[str, Any] = {}
@@ -133,24 +157,44 @@ def run_speed(cfg: DictConfig) -> dict[str, Any]:
     e2e = end_to_end(cfg) if cfg.fit_epochs else float("nan")
 
     def default(kind: str) -> float:
-        return next(r["img_s"] for r in rows if r["section"] == kind and r["dtype"] == default_dtype
-                    and r["channels_last"] == layouts[kind] and not r["compile"])
+        return next(
+            r["img_s"]
+            for r in rows
+            if r["section"] == kind
+            and r["dtype"] == default_dtype
+            and r["channels_last"] == layouts[kind]
+            and not r["compile"]
+        )
 
-    layouts = {kind: use_channels_last(cfg.module.channels_last, device.type, training=kind == "train")
-               for kind in ("train", "infer")}
+    layouts = {
+        kind: use_channels_last(cfg.module.channels_last, device.type, training=kind == "train")
+        for kind in ("train", "infer")
+    }
 
     return {
-        "train_img_s": default("train"), "infer_img_s": default("infer"), "data_img_s": data["augment_img_s"],
+        "train_img_s": default("train"),
+        "infer_img_s": default("infer"),
+        "data_img_s": data["augment_img_s"],
         "infer_ort_fp32_img_s": onnx.get("fp32_img_s", float("nan")),
         "infer_int8_img_s": onnx.get("int8_img_s", float("nan")),
         "end_to_end_img_s": e2e,
         "end_to_end_over_step": e2e / default("train"),  # ~ share of the epoch the model is busy
-        "settings": {"device": str(device), "device_name": _device_name(device), "dtype": default_dtype,
-                     "channels_last": layouts, "image_size": size, "batch_size": cfg.batch_size,
-                     "threads": torch.get_num_threads(), "workers": instantiate(cfg.data).num_workers,
-                     "data_root": str(cfg.data.root)},
-        "gflop_per_image": gflop, "matmul_peak_tflop_s": {d: p / 1e12 for d, p in peaks.items()},
-        "model": rows, "data": data, "onnxruntime": onnx,
+        "settings": {
+            "device": str(device),
+            "device_name": _device_name(device),
+            "dtype": default_dtype,
+            "channels_last": layouts,
+            "image_size": size,
+            "batch_size": cfg.batch_size,
+            "threads": torch.get_num_threads(),
+            "workers": instantiate(cfg.data).num_workers,
+            "data_root": str(cfg.data.root),
+        },
+        "gflop_per_image": gflop,
+        "matmul_peak_tflop_s": {d: p / 1e12 for d, p in peaks.items()},
+        "model": rows,
+        "data": data,
+        "onnxruntime": onnx,
     }
 
 
@@ -161,33 +205,47 @@ def _device_name(device: torch.device) -> str:
 
     return platform.processor() or platform.machine()
 
+
 def _row(r: dict[str, Any]) -> str:
-    return (f"{r['section']:<6} {r['dtype']:<5} {'cl' if r['channels_last'] else 'nchw':<5} "
-            f"{'compiled' if r['compile'] else 'eager':<8} {r['img_s']:9.1f} img/s {r['tflop_s']:8.3f} TFLOP/s "
-            f"{r['of_peak']:6.1%} of matmul peak")
+    return (
+        f"{r['section']:<6} {r['dtype']:<5} {'cl' if r['channels_last'] else 'nchw':<5} "
+        f"{'compiled' if r['compile'] else 'eager':<8} {r['img_s']:9.1f} img/s {r['tflop_s']:8.3f} TFLOP/s "
+        f"{r['of_peak']:6.1%} of matmul peak"
+    )
+
 
 def _onnx_row(o: dict[str, Any]) -> str:
-    return (f"onnxruntime CPU inference: fp32 {o['fp32_img_s']:.1f} img/s, INT8 {o['int8_img_s']:.1f} img/s "
-            f"({o['int8_img_s'] / o['fp32_img_s']:.2f}x; quantised in {o['quantize_s']:.0f} s on "
-            f"{o['calibration_images']} images)")
+    return (
+        f"onnxruntime CPU inference: fp32 {o['fp32_img_s']:.1f} img/s, INT8 {o['int8_img_s']:.1f} img/s "
+        f"({o['int8_img_s'] / o['fp32_img_s']:.2f}x; quantised in {o['quantize_s']:.0f} s on "
+        f"{o['calibration_images']} images)"
+    )
 
 
 def speed_report(result: dict[str, Any]) -> str:
     """The summary table printed at the end."""
     s = result["settings"]
-    lines = [f"device {s['device']} ({s['device_name']}), {s['threads']} threads, {s['workers']} workers, "
-             f"{s['image_size']} px, batch {s['batch_size']}",
-             "matmul peak: " + ", ".join(f"{d} {p:.2f} TFLOP/s" for d, p in result["matmul_peak_tflop_s"].items()),
-             f"GFLOP per image: train {result['gflop_per_image']['train']:.1f}, "
-             f"inference {result['gflop_per_image']['infer']:.1f}", ""]
+    lines = [
+        f"device {s['device']} ({s['device_name']}), {s['threads']} threads, {s['workers']} workers, "
+        f"{s['image_size']} px, batch {s['batch_size']}",
+        "matmul peak: " + ", ".join(f"{d} {p:.2f} TFLOP/s" for d, p in result["matmul_peak_tflop_s"].items()),
+        f"GFLOP per image: train {result['gflop_per_image']['train']:.1f}, "
+        f"inference {result['gflop_per_image']['infer']:.1f}",
+        "",
+    ]
     lines += [_row(r) for r in result["model"]]
     d = result["data"]
-    lines += ["", f"data   decode+resize (once, cached) {d['decode_img_s']:8.1f} img/s; "
-                  f"augment+collate per epoch {d['augment_img_s']:8.1f} img/s ({d['images']} images)",
-              f"end-to-end Trainer.fit epoch        {result['end_to_end_img_s']:8.1f} img/s",
-              _onnx_row(result["onnxruntime"]) if result.get("onnxruntime") else "onnxruntime: skipped (onnx=false)",
-              "", f"defaults ({s['dtype']}; " + ", ".join(f"{k} {'channels_last' if cl else 'NCHW'}" for k, cl in
-                                                     s["channels_last"].items()) + "): "
-                  f"train {result['train_img_s']:.1f}, infer {result['infer_img_s']:.1f}, "
-                  f"data {result['data_img_s']:.1f}, end-to-end {result['end_to_end_img_s']:.1f} img/s"]
+    lines += [
+        "",
+        f"data   decode+resize (once, cached) {d['decode_img_s']:8.1f} img/s; "
+        f"augment+collate per epoch {d['augment_img_s']:8.1f} img/s ({d['images']} images)",
+        f"end-to-end Trainer.fit epoch        {result['end_to_end_img_s']:8.1f} img/s",
+        _onnx_row(result["onnxruntime"]) if result.get("onnxruntime") else "onnxruntime: skipped (onnx=false)",
+        "",
+        f"defaults ({s['dtype']}; "
+        + ", ".join(f"{k} {'channels_last' if cl else 'NCHW'}" for k, cl in s["channels_last"].items())
+        + "): "
+        f"train {result['train_img_s']:.1f}, infer {result['infer_img_s']:.1f}, "
+        f"data {result['data_img_s']:.1f}, end-to-end {result['end_to_end_img_s']:.1f} img/s",
+    ]
     return "\n".join(lines)

@@ -17,9 +17,11 @@ from lungseg.training.module import LungSegModule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
 
 def median_seconds(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
     """Median wall time of ``fn`` after ``warmup`` untimed calls."""
@@ -34,15 +36,18 @@ def median_seconds(fn: Callable[[], Any], device: torch.device, warmup: int, rep
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
     """Achieved FLOP/s of an n x n matmul in ``dtype``: the practical peak to compare against."""
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     seconds = median_seconds(lambda: a @ b, device, warmup=2, repeats=repeats)
     return 2 * n**3 / seconds
 
+
 def build_module(cfg: DictConfig, channels_last: bool) -> LungSegModule:
     """The project's real LungSegModule from the composed training config."""
     return instantiate(cfg.module, channels_last=channels_last)
+
 
 def count_flops(module: LungSegModule, size: int, train: bool) -> float:
     """FLOP per image of a forward (and backward when ``train``) pass."""
@@ -57,8 +62,10 @@ def count_flops(module: LungSegModule, size: int, train: bool) -> float:
     module.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
-def model_variant(cfg: DictConfig, device: torch.device, dtype: str, channels_last: bool, compile: bool,
-                  train: bool) -> float:
+
+def model_variant(
+    cfg: DictConfig, device: torch.device, dtype: str, channels_last: bool, compile: bool, train: bool
+) -> float:
     """Images/s of a training step (forward, loss, backward, Adam) or of inference, on synthetic tensors."""
     module = build_module(cfg, channels_last).to(device).train(train)
     net = torch.compile(module) if compile else module

@@ -57,7 +57,7 @@ def train_share(length: int, rank: int, world: int) -> np.ndarray:
     neighbouring files. Never empty: with fewer items than ranks a rank borrows one."""
     order = np.random.default_rng(SHARE_SEED).permutation(length)
     share = order[rank::world]
-    return share if len(share) or not length else order[rank % length:][:1]
+    return share if len(share) or not length else order[rank % length :][:1]
 
 
 class ShuffledShareSampler(Sampler[int]):
@@ -114,8 +114,10 @@ def subset(pairs: list[Pair], n: int, root: Path) -> list[Pair]:
     """The first ``n`` pairs of one fixed random permutation (in file order): a smaller training set for a
     learning curve. Subsets are nested (the 15 of n=15 are among the 30 of n=30) and the same for every run."""
     if not 1 <= n <= len(pairs):
-        raise DataError(f"data.train_subset={n}, but {root} has {len(pairs)} training pairs; "
-                        f"pick 1 to {len(pairs)}, or null for all of them")
+        raise DataError(
+            f"data.train_subset={n}, but {root} has {len(pairs)} training pairs; "
+            f"pick 1 to {len(pairs)}, or null for all of them"
+        )
     order = np.random.default_rng(SUBSET_SEED).permutation(len(pairs))
     return [pairs[i] for i in sorted(order[:n])]
 
@@ -190,15 +192,28 @@ class LungDataModule(L.LightningDataModule):
             transform = self.train_transform if split == "train" else None  # val/test: resized, never augmented
             share = self.share(split, len(found[split]), rank, world)
             budget = int(self.cache_mb * MIB) - sum(d.cache.nbytes for d in [*self.datasets.values(), *made.values()])
-            dataset = LungDataset(found[split], self.image_size, transform, cache_bytes=budget, cache_order=share,
-                                  shared_cache=self.num_workers > 0, intensity=self.intensity)
+            dataset = LungDataset(
+                found[split],
+                self.image_size,
+                transform,
+                cache_bytes=budget,
+                cache_order=share,
+                shared_cache=self.num_workers > 0,
+                intensity=self.intensity,
+            )
             # follows seed_everything; each DDP rank augments differently
             dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()) + RANK_STRIDE * rank_zero_only.rank)
             problems += dataset.read(share)
             made[split] = dataset
             subset_note = f" (data.train_subset={self.train_subset})" if split == "train" and self.train_subset else ""
-            log.info("%s: %d pairs from %s%s; %s", split, len(dataset), self.root, subset_note,
-                     self._cache_note(dataset, len(share)))
+            log.info(
+                "%s: %d pairs from %s%s; %s",
+                split,
+                len(dataset),
+                self.root,
+                subset_note,
+                self._cache_note(dataset, len(share)),
+            )
         if world > 1:  # a bad file on one rank stops every rank, with the same message
             everyone: list[list[str]] = [[] for _ in range(world)]
             torch.distributed.all_gather_object(everyone, problems)
@@ -223,14 +238,19 @@ class LungDataModule(L.LightningDataModule):
         """The training augmentation's random state (in-process loading), so a resumed run augments as an
         uninterrupted one would. Worker processes reseed themselves each epoch from torch's restored RNG."""
         train = self.datasets.get("train")
-        return {"augment_rng": [(t.random_generator.bit_generator.state, t.py_random.getstate())
-                                for t in augmenters(train.transform if train is not None else None)]}
+        return {
+            "augment_rng": [
+                (t.random_generator.bit_generator.state, t.py_random.getstate())
+                for t in augmenters(train.transform if train is not None else None)
+            ]
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the training augmentation's random state saved by :meth:`state_dict`."""
         train = self.datasets.get("train")
-        for transform, (np_state, py_state) in zip(augmenters(train.transform if train is not None else None),
-                                                   state_dict.get("augment_rng", []), strict=False):
+        for transform, (np_state, py_state) in zip(
+            augmenters(train.transform if train is not None else None), state_dict.get("augment_rng", []), strict=False
+        ):
             transform.random_generator.bit_generator.state = np_state
             transform.py_random.setstate(py_state)
 
@@ -251,8 +271,11 @@ class LungDataModule(L.LightningDataModule):
         rank, world = process_rank()
         sampler: Sampler[int] | None = None
         if world > 1:  # training: each rank's fixed share, shuffled, padded to equal length (every rank steps together)
-            sampler = (ShuffledShareSampler(len(dataset), rank, world, seed=torch.initial_seed() % 2**31)
-                       if shuffle else ShardSampler(len(dataset), rank, world))
+            sampler = (
+                ShuffledShareSampler(len(dataset), rank, world, seed=torch.initial_seed() % 2**31)
+                if shuffle
+                else ShardSampler(len(dataset), rank, world)
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

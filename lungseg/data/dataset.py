@@ -58,8 +58,9 @@ class DecodeCache:
     the same memory (torch passes it by handle) instead of receiving a copy.
     """
 
-    def __init__(self, length: int, size: int, budget_bytes: int, order: Sequence[int] | None = None,
-                 shared: bool = False) -> None:
+    def __init__(
+        self, length: int, size: int, budget_bytes: int, order: Sequence[int] | None = None, shared: bool = False
+    ) -> None:
         order = np.arange(length) if order is None else np.asarray(order, np.int64)
         capacity = int(min(len(order), max(0, budget_bytes) // item_bytes(size)))
         self.shm_limited = False
@@ -111,9 +112,16 @@ class LungDataset(Dataset):
     (0: decoded on every read); ``cache_order`` says which items get its slots first (default: file order).
     """
 
-    def __init__(self, pairs: Sequence[Pair], image_size: int = 256, transform: Any = None, cache_bytes: int = 0,
-                 cache_order: Sequence[int] | None = None, shared_cache: bool = False,
-                 intensity: str = "window") -> None:
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        image_size: int = 256,
+        transform: Any = None,
+        cache_bytes: int = 0,
+        cache_order: Sequence[int] | None = None,
+        shared_cache: bool = False,
+        intensity: str = "window",
+    ) -> None:
         self.pairs = list(pairs)
         self.intensity = intensity
         self.image_size = image_size

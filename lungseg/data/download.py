@@ -60,8 +60,9 @@ def _warn_if_credentials_readable() -> None:
     except OSError:
         return
     if os.name != "nt" and mode & 0o077:
-        log.warning("%s is readable by other users (mode %03o); fix it with: chmod 600 %s",
-                    path, stat.S_IMODE(mode), path)
+        log.warning(
+            "%s is readable by other users (mode %03o); fix it with: chmod 600 %s", path, stat.S_IMODE(mode), path
+        )
 
 
 def _make_api() -> Any:
@@ -88,8 +89,12 @@ def _member_problem(info: zipfile.ZipInfo, dest: Path) -> str | None:
     """Why a zip member must not be extracted into ``dest``, or None when it is safe."""
     name = info.filename
     parts = re.split(r"[\\/]", name)
-    if (name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts
-            or not (dest / name).resolve().is_relative_to(dest.resolve())):
+    if (
+        name.startswith(("/", "\\"))
+        or re.match(r"^[A-Za-z]:", name)
+        or ".." in parts
+        or not (dest / name).resolve().is_relative_to(dest.resolve())
+    ):
         return "its path leaves the target folder"
     if stat.S_ISLNK(info.external_attr >> 16):
         return "it is a symbolic link"
@@ -121,23 +126,29 @@ def _safe_extract(zip_path: Path, dest: Path, max_bytes: int) -> None:
             total = sum(info.file_size for info in members)
             if total > max_bytes:
                 biggest = max(members, key=lambda i: i.file_size).filename
-                raise DataError(f"refusing to extract {zip_path}: its members add up to {total} bytes "
-                                f"(limit {max_bytes}; largest member {biggest!r})")
+                raise DataError(
+                    f"refusing to extract {zip_path}: its members add up to {total} bytes "
+                    f"(limit {max_bytes}; largest member {biggest!r})"
+                )
             for info in members:
                 _extract_member(zf, info, dest)
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise DataError(f"the download {zip_path.name} is corrupt ({err}); it was discarded, "
-                        "rerun to download it again") from None
+        raise DataError(
+            f"the download {zip_path.name} is corrupt ({err}); it was discarded, rerun to download it again"
+        ) from None
     except OSError as err:
-        raise DataError(f"could not extract {zip_path.name} ({err}); free some disk space "
-                        "or fix the folder's permissions, then rerun") from None
+        raise DataError(
+            f"could not extract {zip_path.name} ({err}); free some disk space "
+            "or fix the folder's permissions, then rerun"
+        ) from None
 
 
 def _layout_problems(parent: Path) -> list[str]:
     """What is missing for ``parent/ChestXray`` to be a complete dataset (empty when complete)."""
     base = parent / DATASET_DIR
-    problems = [f"{base / s / d}: missing" for s in SPLITS for d in (IMAGE_DIR, MASK_DIR)
-                if not (base / s / d).is_dir()]
+    problems = [
+        f"{base / s / d}: missing" for s in SPLITS for d in (IMAGE_DIR, MASK_DIR) if not (base / s / d).is_dir()
+    ]
     if not problems:
         problems = [f"{base / s}: no image/mask pair" for s in SPLITS if not find_pairs(parent, s)[0]]
     return problems
@@ -149,8 +160,10 @@ def _find_dataset_dir(extracted: Path) -> Path:
     for parent in parents:
         if not _layout_problems(parent):
             return parent / DATASET_DIR
-    raise DataError(f"the downloaded zip holds no complete {DATASET_DIR}/{{{','.join(SPLITS)}}}/"
-                    f"{{{IMAGE_DIR},{MASK_DIR}}}/ folder", _layout_problems(extracted))
+    raise DataError(
+        f"the downloaded zip holds no complete {DATASET_DIR}/{{{','.join(SPLITS)}}}/{{{IMAGE_DIR},{MASK_DIR}}}/ folder",
+        _layout_problems(extracted),
+    )
 
 
 def _download(api: Any, dataset: str, folder: Path) -> Path:
@@ -158,8 +171,10 @@ def _download(api: Any, dataset: str, folder: Path) -> Path:
     try:
         api.dataset_download_files(dataset, path=str(folder), unzip=False, quiet=False)
     except (Exception, SystemExit) as err:
-        raise DataError(f"downloading {dataset} failed ({type(err).__name__}: {err}); check the network "
-                        f"and the dataset name, then rerun.\n{WAYS_FORWARD}") from None
+        raise DataError(
+            f"downloading {dataset} failed ({type(err).__name__}: {err}); check the network "
+            f"and the dataset name, then rerun.\n{WAYS_FORWARD}"
+        ) from None
     expected = folder / f"{dataset.rstrip('/').split('/')[-1]}.zip"
     zips = [expected] if expected.is_file() else sorted(folder.glob("*.zip"))
     if not zips:
@@ -167,8 +182,13 @@ def _download(api: Any, dataset: str, folder: Path) -> Path:
     return zips[0]
 
 
-def download_dataset(root: str | Path, dataset: str = DEFAULT_DATASET, api: object | None = None,
-                     force: bool = False, max_bytes: int = 20 * 2**30) -> Path:
+def download_dataset(
+    root: str | Path,
+    dataset: str = DEFAULT_DATASET,
+    api: object | None = None,
+    force: bool = False,
+    max_bytes: int = 20 * 2**30,
+) -> Path:
     """Download ``dataset`` into ``<root>/ChestXray`` unless it is already there; return ``root``."""
     root = Path(root).expanduser().absolute()
     target = root / DATASET_DIR

@@ -33,8 +33,9 @@ def read_image_file(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray
         raise DataError(f"{path}: cannot read file ({err.strerror}); check it exists and is readable") from None
     frames = frame_count(data.tobytes()) if data.size else 1
     if frames > 1:
-        raise DataError(f"{path}: an animated or multi-page image ({frames} frames); save the one radiograph as a "
-                        "single-frame PNG")
+        raise DataError(
+            f"{path}: an animated or multi-page image ({frames} frames); save the one radiograph as a single-frame PNG"
+        )
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None or image.size == 0:
         raise DataError(f"{path}: not a readable image (corrupt or truncated?); replace or remove it")
@@ -45,7 +46,7 @@ def frame_count(data: bytes) -> int:
     """How many frames an encoded image holds: read from the header for the formats that can hold several (GIF,
     TIFF, PNG with an animation chunk, WebP with one); 1 for everything else."""
     webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP" and b"ANIM" in data[12:256]
-    png = data[:8] == b"\x89PNG\r\n\x1a\n" and b"acTL" in data[:data.find(b"IDAT") if b"IDAT" in data else 4096]
+    png = data[:8] == b"\x89PNG\r\n\x1a\n" and b"acTL" in data[: data.find(b"IDAT") if b"IDAT" in data else 4096]
     if not (data[:4] in (b"GIF8", b"II*\x00", b"MM\x00*") or png or webp):
         return 1
     from PIL import Image, UnidentifiedImageError
@@ -62,8 +63,10 @@ def require_radiograph(image: np.ndarray, where: str) -> np.ndarray:
     side; the same rule for training data and inference inputs."""
     channels_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
     if not channels_ok or min(image.shape[:2]) < MIN_SIDE:
-        raise DataError(f"{where}: image of shape {image.shape} is not a radiograph: expected H x W (or H x W x 1/3/4 "
-                        f"channels) of at least {MIN_SIDE} px a side; replace or remove it")
+        raise DataError(
+            f"{where}: image of shape {image.shape} is not a radiograph: expected H x W (or H x W x 1/3/4 "
+            f"channels) of at least {MIN_SIDE} px a side; replace or remove it"
+        )
     return image
 
 
@@ -170,8 +173,10 @@ def colours(image: np.ndarray, most: int = 4) -> list[str]:
     rgb = (image[..., 2::-1].reshape(-1, 3).astype(np.int32) + 16) // 32 * 32
     values, counts = np.unique(np.clip(rgb, 0, 255), axis=0, return_counts=True)
     order = np.argsort(-counts)[:most]
-    return [f"#{r:02x}{g:02x}{b:02x} ({counts[i] / len(rgb):.0%})" for i, (r, g, b) in zip(order, values[order],
-                                                                                        strict=True)]
+    return [
+        f"#{r:02x}{g:02x}{b:02x} ({counts[i] / len(rgb):.0%})"
+        for i, (r, g, b) in zip(order, values[order], strict=True)
+    ]
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -180,8 +185,10 @@ def read_mask(path: Path) -> np.ndarray:
     if mask.ndim == 3 and mask.shape[2] >= 3:
         bgr = mask[..., :3].astype(np.int16)
         if ((bgr.max(-1) - bgr.min(-1)) > COLOUR_SPREAD).mean() > MAX_COLOUR_FRACTION:
-            raise DataError(f"{path}: colour mask (colours found: {', '.join(colours(mask))}); masks must be "
-                            "black background and white lung: convert the lung colour to white, the rest to black")
+            raise DataError(
+                f"{path}: colour mask (colours found: {', '.join(colours(mask))}); masks must be "
+                "black background and white lung: convert the lung colour to white, the rest to black"
+            )
     levels = _levels(to_gray8(mask, "minmax"))
     if len(levels) == 2:  # two-valued (0/255, 0/1, ...): binary whatever its levels
         return binarize(mask)
@@ -192,8 +199,10 @@ def read_mask(path: Path) -> np.ndarray:
             "masks must be black background and white lung (threshold at 128)"
         )
     if len(levels) > 2 and levels[-1] < MASK_THRESHOLD:  # many low levels: a 0/1 mask through JPEG
-        raise DataError(f"{path}: mask values only reach {levels[-1]} over {len(levels)} grey levels (a 0/1 mask saved "
-                        "as JPEG?); save masks losslessly (PNG) with lung 255 or 1 and background 0")
+        raise DataError(
+            f"{path}: mask values only reach {levels[-1]} over {len(levels)} grey levels (a 0/1 mask saved "
+            "as JPEG?); save masks losslessly (PNG) with lung 255 or 1 and background 0"
+        )
     return binarize(mask)
 
 
@@ -225,8 +234,7 @@ def preprocess(gray: np.ndarray, size: int) -> np.ndarray:
     return to_unit_float(resize_image(gray, size))
 
 
-def load_pair(image_path: Path, mask_path: Path, size: int, intensity: str = "window"
-              ) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(image_path: Path, mask_path: Path, size: int, intensity: str = "window") -> tuple[np.ndarray, np.ndarray]:
     """Read, validate and resize one image/mask pair to uint8 arrays (image 0..255 by the intensity rule, mask
     0/1)."""
     image = read_gray(image_path, intensity)

@@ -77,6 +77,7 @@ def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     problems += mask_problems
     kaggle = any(IMAGE_PATTERN.match(p.stem) for p in images)
     if kaggle:
+
         def image_key(p: Path) -> str | None:
             m = IMAGE_PATTERN.match(p.stem)
             return m.group(1).lstrip("0") or "0" if m else None
@@ -85,6 +86,7 @@ def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
             m = MASK_PATTERN.match(p.stem)
             return m.group(1).lstrip("0") or "0" if m else None
     else:
+
         def image_key(p: Path) -> str | None:
             return p.stem
 

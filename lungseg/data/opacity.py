@@ -37,8 +37,11 @@ class LungOpacity(DualTransform):
         p: float = 0.5,
     ) -> None:
         super().__init__(p=p)
-        for name, (lo, hi), bounds in (("alpha", alpha, (0, 1)), ("coverage", coverage, (0, 1)),
-                                       ("tissue_percentile", tissue_percentile, (0, 100))):
+        for name, (lo, hi), bounds in (
+            ("alpha", alpha, (0, 1)),
+            ("coverage", coverage, (0, 1)),
+            ("tissue_percentile", tissue_percentile, (0, 100)),
+        ):
             if not bounds[0] <= lo <= hi <= bounds[1]:
                 raise ValueError(f"LungOpacity.{name} must be a range within {list(bounds)}, got {[lo, hi]}")
         if not 2 <= grid[0] <= grid[1]:
@@ -67,8 +70,9 @@ class LungOpacity(DualTransform):
         tissue = float(np.percentile(np.asarray(image)[~mask], rng.uniform(*self.tissue_percentile)))
         return {"opacity": opacity, "tissue": tissue}
 
-    def apply(self, img: np.ndarray, opacity: np.ndarray | None = None, tissue: float = 0.0,
-              **params: Any) -> np.ndarray:
+    def apply(
+        self, img: np.ndarray, opacity: np.ndarray | None = None, tissue: float = 0.0, **params: Any
+    ) -> np.ndarray:
         """Blend the image towards ``tissue`` by ``opacity``."""
         if opacity is None:
             return img

@@ -37,8 +37,9 @@ def smooth_field(rng: np.random.Generator, size: int, cells: int = 4) -> np.ndar
     return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC).clip(-1, 1)
 
 
-def lung_outline(rng: np.random.Generator, cx: float, top: float, width: float, height: float,
-                 lateral: int) -> np.ndarray:
+def lung_outline(
+    rng: np.random.Generator, cx: float, top: float, width: float, height: float, lateral: int
+) -> np.ndarray:
     """Polygon of one lung field: a Fourier-deformed ellipse, narrow at the apex, dome-shaped base."""
     theta = np.linspace(0, 2 * np.pi, 120, endpoint=False)
     k = np.arange(2, 6)[:, None]
@@ -125,7 +126,7 @@ def draw_mediastinum(rng: np.random.Generator, s: int, heart: tuple[float, float
     band = np.exp(-(((x - s / 2) / (0.07 * s)) ** 4))
     spine = np.exp(-(((x - s / 2) / (0.035 * s)) ** 4)) * (0.8 + 0.2 * np.cos(y * 2 * np.pi / (0.055 * s)))
     trachea = np.exp(-(((x - s / 2) / (0.018 * s)) ** 2)) * (y < 0.3 * s)
-    heart_blob = np.exp(-(((x - hx) / (1.1 * hr)) ** 2 + ((y - hy) / (0.9 * hr)) ** 2) ** 2)
+    heart_blob = np.exp(-((((x - hx) / (1.1 * hr)) ** 2 + ((y - hy) / (0.9 * hr)) ** 2) ** 2))
     abdomen = 1 / (1 + np.exp(-(y - hy - rng.uniform(0.02, 0.06) * s) / (0.02 * s)))
     return 0.14 * band + 0.1 * spine - 0.12 * trachea + 0.16 * heart_blob + 0.14 * abdomen
 
@@ -167,8 +168,9 @@ def write_phantoms(folder: Path, numbers: Iterable[int], size: int = 256, seed: 
         if all(f.exists() for f in files):
             continue
         image, mask = make_phantom(np.random.default_rng([seed, n]), size)
-        for path, pixels, params in zip(files, (image, mask), ([], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]),
-                                        strict=True):
+        for path, pixels, params in zip(
+            files, (image, mask), ([], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]), strict=True
+        ):
             ok, data = cv2.imencode(path.suffix, pixels, params)
             if not ok:
                 raise OSError(f"could not encode phantom {n} for {folder}")
@@ -177,8 +179,9 @@ def write_phantoms(folder: Path, numbers: Iterable[int], size: int = 256, seed: 
     return drawn
 
 
-def write_sample_dataset(root: str | Path, n_train: int = 240, n_val: int = 40, n_test: int = 40,
-                         size: int = 256, seed: int = 0) -> Path:
+def write_sample_dataset(
+    root: str | Path, n_train: int = 240, n_val: int = 40, n_test: int = 40, size: int = 256, seed: int = 0
+) -> Path:
     """Write the synthetic set in the Kaggle layout under ``root`` atomically (no-op if present)."""
     root = Path(root)
     target = root / DATASET_DIR

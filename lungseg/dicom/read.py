@@ -23,22 +23,31 @@ INSTALL = 'pip install "lungseg[dicom]"'
 _LIBJPEG = ("pylibjpeg", "pylibjpeg pylibjpeg-libjpeg")
 _OPENJPEG = ("pylibjpeg", "pylibjpeg pylibjpeg-openjpeg")
 DECODER_PLUGINS: dict[str, tuple[str, str]] = {
-    "1.2.840.10008.1.2.4.50": _LIBJPEG,    # JPEG Baseline (8-bit)
-    "1.2.840.10008.1.2.4.51": _LIBJPEG,    # JPEG Extended (12-bit)
-    "1.2.840.10008.1.2.4.57": _LIBJPEG,    # JPEG Lossless
-    "1.2.840.10008.1.2.4.70": _LIBJPEG,    # JPEG Lossless, first-order prediction
-    "1.2.840.10008.1.2.4.80": _LIBJPEG,    # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81": _LIBJPEG,    # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90": _OPENJPEG,   # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91": _OPENJPEG,   # JPEG 2000
+    "1.2.840.10008.1.2.4.50": _LIBJPEG,  # JPEG Baseline (8-bit)
+    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless, first-order prediction
+    "1.2.840.10008.1.2.4.80": _LIBJPEG,  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": _LIBJPEG,  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90": _OPENJPEG,  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": _OPENJPEG,  # JPEG 2000
     "1.2.840.10008.1.2.4.201": _OPENJPEG,  # HTJ2K Lossless
     "1.2.840.10008.1.2.4.202": _OPENJPEG,  # HTJ2K Lossless RPCL
     "1.2.840.10008.1.2.4.203": _OPENJPEG,  # HTJ2K
 }
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # What pydicom raises on a file it cannot parse or decode (its exceptions are not one family).
-_READ_ERRORS = (AttributeError, ValueError, KeyError, TypeError, OSError, EOFError, RuntimeError,
-                NotImplementedError, IndexError)
+_READ_ERRORS = (
+    AttributeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    IndexError,
+)
 
 
 def _text(ds: Any, keyword: str) -> str:
@@ -79,18 +88,18 @@ class DicomFilm:
     study_uid: str
     series_uid: str
     sop_instance_uid: str
-    modality: str                     # "DX", "CR", ... ("" when absent)
-    view_position: str                # "PA", "AP", "LL", ... ("" when absent)
+    modality: str  # "DX", "CR", ... ("" when absent)
+    view_position: str  # "PA", "AP", "LL", ... ("" when absent)
     patient_orientation: tuple[str, ...]  # (along a row, down a column), e.g. ("L", "F"); or ()
     image_laterality: str
     pixel_spacing: tuple[float, float] | None  # (between rows, between columns) in mm
-    spacing_source: str | None        # "PixelSpacing" | "ImagerPixelSpacing" | None
-    photometric: str                  # "MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", ...
+    spacing_source: str | None  # "PixelSpacing" | "ImagerPixelSpacing" | None
+    photometric: str  # "MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", ...
     frames: int
     samples_per_pixel: int
     rows: int
     columns: int
-    transfer_syntax: str              # its UID ("" when the file meta does not say)
+    transfer_syntax: str  # its UID ("" when the file meta does not say)
     has_pixels: bool
 
     @property
@@ -104,8 +113,10 @@ class DicomFilm:
     def no_pixels_reason(self) -> str:
         """Why a film has no pixel data, and what to do (a file cut short keeps its image size)."""
         if self.rows and self.columns:
-            return (f"no pixel data, though it describes a {self.columns}x{self.rows} image: the "
-                    "file is truncated; export it again")
+            return (
+                f"no pixel data, though it describes a {self.columns}x{self.rows} image: the "
+                "file is truncated; export it again"
+            )
         kind = self.modality or self.sop_class_uid or "DICOM"
         return f"no pixel data (a {kind} object, not an image); remove it from the input"
 
@@ -117,8 +128,9 @@ class DicomFilm:
         if not self.has_pixels:
             raise DataError(f"{self.path}: {self.no_pixels_reason}")
         if self.frames > 1:
-            raise DataError(f"{self.path}: multi-frame DICOM ({self.frames} frames); export the "
-                            "single radiograph frame")
+            raise DataError(
+                f"{self.path}: multi-frame DICOM ({self.frames} frames); export the single radiograph frame"
+            )
         self._check_decoder()
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -148,16 +160,19 @@ class DicomFilm:
             raise DataError(
                 f"{self.path}: pixel data in {self.transfer_syntax_name} ({self.transfer_syntax}), "
                 "which no pydicom decoder reads; convert the file to an uncompressed, JPEG or JPEG "
-                "2000 transfer syntax (e.g. gdcmconv --raw)") from None
+                "2000 transfer syntax (e.g. gdcmconv --raw)"
+            ) from None
         if not decoder.is_available:
             raise DataError(self._install_message())
 
     def _install_message(self) -> str:
         default = ("pylibjpeg", "pylibjpeg[all]")
         packages = DECODER_PLUGINS.get(self.transfer_syntax, default)[1]
-        return (f"{self.path}: pixel data compressed as {self.transfer_syntax_name} "
-                f"({self.transfer_syntax}) and no installed decoder reads it; {INSTALL} "
-                f"(or pip install {packages})")
+        return (
+            f"{self.path}: pixel data compressed as {self.transfer_syntax_name} "
+            f"({self.transfer_syntax}) and no installed decoder reads it; {INSTALL} "
+            f"(or pip install {packages})"
+        )
 
     def _decode_error(self, err: BaseException) -> DataError:
         """A decoding failure as one line: the plugin to install when the full decoder is missing
@@ -168,8 +183,9 @@ class DicomFilm:
 
             if plugin not in get_decoder(self.transfer_syntax).available_plugins:
                 return DataError(self._install_message())
-        return DataError(f"{self.path}: truncated or corrupt pixel data ({_reason(err)}); export "
-                         "the film again or remove it")
+        return DataError(
+            f"{self.path}: truncated or corrupt pixel data ({_reason(err)}); export the film again or remove it"
+        )
 
 
 def read_film(path: str | Path) -> DicomFilm:
@@ -182,13 +198,15 @@ def read_film(path: str | Path) -> DicomFilm:
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, *_READ_ERRORS) as err:
-        reason = ("no DICOM file header: the 'DICM' marker is missing"
-                  if isinstance(err, InvalidDicomError) else _reason(err))
-        raise DataError(f"{path}: not a readable DICOM file ({reason}); replace or remove "
-                        "it") from None
+        reason = (
+            "no DICOM file header: the 'DICM' marker is missing" if isinstance(err, InvalidDicomError) else _reason(err)
+        )
+        raise DataError(f"{path}: not a readable DICOM file ({reason}); replace or remove it") from None
     if not any(k in ds for k in ("SOPClassUID", "Modality", *PIXEL_KEYWORDS)):  # a preamble over garbage
-        raise DataError(f"{path}: not a readable DICOM file (no data set after its header: corrupt or "
-                        "truncated); replace or remove it")
+        raise DataError(
+            f"{path}: not a readable DICOM file (no data set after its header: corrupt or "
+            "truncated); replace or remove it"
+        )
     meta = getattr(ds, "file_meta", None)
     spacing, source = _spacing(ds)
     orientation = ds.get("PatientOrientation") or ()
@@ -199,18 +217,26 @@ def read_film(path: str | Path) -> DicomFilm:
     except (TypeError, ValueError):
         frames = 1
     return DicomFilm(
-        path=path, dataset=ds, sop_class_uid=str(ds.get("SOPClassUID", "")),
+        path=path,
+        dataset=ds,
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
         study_uid=str(ds.get("StudyInstanceUID", "")),
         series_uid=str(ds.get("SeriesInstanceUID", "")),
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")), modality=_text(ds, "Modality"),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        modality=_text(ds, "Modality"),
         view_position=_text(ds, "ViewPosition"),
         patient_orientation=tuple(str(v).strip().upper() for v in orientation),
-        image_laterality=_text(ds, "ImageLaterality"), pixel_spacing=spacing,
-        spacing_source=source, photometric=_text(ds, "PhotometricInterpretation"), frames=frames,
-        samples_per_pixel=int(ds.get("SamplesPerPixel") or 1), rows=int(ds.get("Rows") or 0),
+        image_laterality=_text(ds, "ImageLaterality"),
+        pixel_spacing=spacing,
+        spacing_source=source,
+        photometric=_text(ds, "PhotometricInterpretation"),
+        frames=frames,
+        samples_per_pixel=int(ds.get("SamplesPerPixel") or 1),
+        rows=int(ds.get("Rows") or 0),
         columns=int(ds.get("Columns") or 0),
         transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or ""),
-        has_pixels=any(k in ds for k in PIXEL_KEYWORDS))
+        has_pixels=any(k in ds for k in PIXEL_KEYWORDS),
+    )
 
 
 def read_dicom(path: str | Path) -> np.ndarray:

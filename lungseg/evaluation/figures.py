@@ -25,8 +25,13 @@ def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auroc: float) -> Figure:
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(fpr, tpr, lw=2, label=f"AUROC = {auroc:.4f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
-    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (recall)",
-           title="ROC curve (pixels)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        xlabel="false positive rate (1 - specificity)",
+        ylabel="true positive rate (recall)",
+        title="ROC curve (pixels)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(loc="lower right")
     return fig
 
@@ -36,8 +41,7 @@ def pr_figure(precision: np.ndarray, recall: np.ndarray, prevalence: float) -> F
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(recall, precision, lw=2, label="model")
     ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"chance (lung fraction {prevalence:.3f})")
-    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve (pixels)", xlim=(0, 1),
-           ylim=(0, 1.01))
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve (pixels)", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower left")
     return fig
 
@@ -51,10 +55,23 @@ def confusion_figure(confusion: np.ndarray) -> Figure:
     names = (("TN", "FP"), ("FN", "TP"))
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, f"{names[i][j]}\n{int(confusion[i, j]):,}\n{rates[i, j]:.2%}", ha="center", va="center",
-                    color="white" if rates[i, j] > 0.5 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["background", "lung"], yticklabels=["background", "lung"],
-           xlabel="predicted", ylabel="true", title="Confusion matrix (pixels)")
+            ax.text(
+                j,
+                i,
+                f"{names[i][j]}\n{int(confusion[i, j]):,}\n{rates[i, j]:.2%}",
+                ha="center",
+                va="center",
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=["background", "lung"],
+        yticklabels=["background", "lung"],
+        xlabel="predicted",
+        ylabel="true",
+        title="Confusion matrix (pixels)",
+    )
     return fig
 
 
@@ -99,8 +116,9 @@ def dice_histogram(dice: np.ndarray) -> Figure:
     return fig
 
 
-def prediction_figure(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor, titles: Sequence[str],
-                      threshold: float = 0.5) -> Figure:
+def prediction_figure(
+    images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor, titles: Sequence[str], threshold: float = 0.5
+) -> Figure:
     """One row per image: input, true mask, predicted mask, overlay (green hit, red false positive, blue missed)."""
     n = len(images)
     fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False, layout="constrained")
@@ -108,8 +126,9 @@ def prediction_figure(images: torch.Tensor, masks: torch.Tensor, probs: torch.Te
         pred = (prob >= threshold).float()
         coloured = overlay(to_uint8(image[0].numpy()), pred[0].numpy(), truth[0].numpy())
         tiles = (image[0], truth[0], pred[0], torch.from_numpy(coloured / 255))
-        for col, (ax, tile, name) in enumerate(zip(axes[row], tiles, ("input", "true mask", "predicted", "overlay"),
-                                                   strict=True)):
+        for col, (ax, tile, name) in enumerate(
+            zip(axes[row], tiles, ("input", "true mask", "predicted", "overlay"), strict=True)
+        ):
             ax.imshow(tile.numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -140,14 +159,20 @@ def quality_figure(scores: np.ndarray, dice: np.ndarray, review_below: float, ba
     fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
     flagged = scores < review_below
     ax.scatter(scores[~flagged], dice[~flagged], s=22, color="tab:blue", label=f"passed ({int((~flagged).sum())})")
-    ax.scatter(scores[flagged], dice[flagged], s=22, color="tab:red", marker="s",
-               label=f"needs_review ({int(flagged.sum())})")
+    ax.scatter(
+        scores[flagged], dice[flagged], s=22, color="tab:red", marker="s", label=f"needs_review ({int(flagged.sum())})"
+    )
     low = float(min(scores.min(), dice.min(), review_below, bad_dice)) - 0.02
     ax.plot([low, 1], [low, 1], ":", color="grey", lw=1, label="score = Dice")
     ax.axvline(review_below, color="tab:red", lw=1, ls="--", label=f"operating point {review_below:.3f}")
     ax.axhline(bad_dice, color="tab:orange", lw=1, ls="--", label=f"Dice {bad_dice:.2f}")
-    ax.set(xlabel="quality score", ylabel="true Dice (post-processed mask)", xlim=(low, 1.005), ylim=(low, 1.005),
-           title=f"Quality score vs Dice ({len(scores)} images, Spearman {spearman(scores, dice):.3f})")
+    ax.set(
+        xlabel="quality score",
+        ylabel="true Dice (post-processed mask)",
+        xlim=(low, 1.005),
+        ylim=(low, 1.005),
+        title=f"Quality score vs Dice ({len(scores)} images, Spearman {spearman(scores, dice):.3f})",
+    )
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
@@ -178,7 +203,12 @@ def robustness_figure(per_shift: dict[str, dict[int, float]], clean: float) -> F
         for j in range(3):
             if not np.isnan(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8)
-    ax.set(xticks=range(3), xticklabels=["mild", "moderate", "strong"], yticks=range(len(shifts)),
-           yticklabels=shifts, title=f"Mean per-image Dice under shifts (clean {clean:.3f})")
+    ax.set(
+        xticks=range(3),
+        xticklabels=["mild", "moderate", "strong"],
+        yticks=range(len(shifts)),
+        yticklabels=shifts,
+        title=f"Mean per-image Dice under shifts (clean {clean:.3f})",
+    )
     fig.colorbar(image, ax=ax, shrink=0.8)
     return fig

@@ -30,8 +30,10 @@ Shift = Callable[[np.ndarray, np.ndarray, float, np.random.Generator], tuple[np.
 def _warp(gray: np.ndarray, mask: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The same affine move of image (linear, black fill: outside the detector) and mask (nearest)."""
     h, w = gray.shape
-    return (cv2.warpAffine(gray, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0),
-            cv2.warpAffine(mask, matrix, (w, h), flags=cv2.INTER_NEAREST, borderValue=0))
+    return (
+        cv2.warpAffine(gray, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=0),
+        cv2.warpAffine(mask, matrix, (w, h), flags=cv2.INTER_NEAREST, borderValue=0),
+    )
 
 
 def rotation(gray: np.ndarray, mask: np.ndarray, degrees: float, rng: np.random.Generator) -> tuple:
@@ -48,7 +50,7 @@ def offcentre_crop(gray: np.ndarray, mask: np.ndarray, fraction: float, rng: np.
     h, w = gray.shape
     dy, dx = int(h * fraction), int(w * fraction)
     top, left = int(rng.integers(0, dy + 1)), int(rng.integers(0, dx + 1))
-    return gray[top:h - dy + top, left:w - dx + left], mask[top:h - dy + top, left:w - dx + left]
+    return gray[top : h - dy + top, left : w - dx + left], mask[top : h - dy + top, left : w - dx + left]
 
 
 def _lut(gray: np.ndarray, mask: np.ndarray, f: Callable[[np.ndarray], np.ndarray]) -> tuple:
@@ -95,7 +97,7 @@ def collimation(gray: np.ndarray, mask: np.ndarray, fraction: float, rng: np.ran
     out, moved = gray.copy(), mask.copy()
     for side in ("top", "bottom", "left", "right"):
         n = int((h if side in ("top", "bottom") else w) * fraction * rng.uniform(0.5, 1.0))
-        region = {"top": np.s_[:n, :], "bottom": np.s_[h - n:, :], "left": np.s_[:, :n], "right": np.s_[:, w - n:]}
+        region = {"top": np.s_[:n, :], "bottom": np.s_[h - n :, :], "left": np.s_[:, :n], "right": np.s_[:, w - n :]}
         if n:
             out[region[side]] = 0
             moved[region[side]] = 0
@@ -142,20 +144,32 @@ SHIFTS: dict[str, tuple[Shift, tuple[float, ...]]] = {
 APART = {"mirror": (mirror, (1,))}  # reported separately: not a nuisance
 
 
-def score_shifts(seg: LungSegmenter, pairs: list[tuple[np.ndarray, np.ndarray, str]], seed: int = 0,
-        shifts: dict[str, tuple[Shift, tuple[float, ...]]] | None = None) -> list[dict[str, Any]]:
+def score_shifts(
+    seg: LungSegmenter,
+    pairs: list[tuple[np.ndarray, np.ndarray, str]],
+    seed: int = 0,
+    shifts: dict[str, tuple[Shift, tuple[float, ...]]] | None = None,
+) -> list[dict[str, Any]]:
     """One row per image, shift and severity (severity 0: clean): the Dice of the model's mask against the truth
     moved along with the image. Each (image, shift, severity) draws its own seeded randomness."""
     shifts = {**SHIFTS, **APART} if shifts is None else shifts
     rows = []
     for i, (gray, truth, name) in enumerate(pairs):
-        rows.append({"image": name, "shift": "clean", "severity": 0, "level": "",
-                     "dice": mask_dice(seg.predict(gray), truth)})
+        rows.append(
+            {"image": name, "shift": "clean", "severity": 0, "level": "", "dice": mask_dice(seg.predict(gray), truth)}
+        )
         for s, (shift_name, (shift, levels)) in enumerate(shifts.items()):
             for severity, level in enumerate(levels, start=1):
                 moved, moved_truth = shift(gray, truth, level, np.random.default_rng([seed, i, s, severity]))
-                rows.append({"image": name, "shift": shift_name, "severity": severity, "level": level,
-                             "dice": mask_dice(seg.predict(moved), moved_truth)})
+                rows.append(
+                    {
+                        "image": name,
+                        "shift": shift_name,
+                        "severity": severity,
+                        "level": level,
+                        "dice": mask_dice(seg.predict(moved), moved_truth),
+                    }
+                )
     return rows
 
 
@@ -168,18 +182,31 @@ def summarise_shifts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     means = {shift: {sev: float(np.mean(v)) for sev, v in by.items()} for shift, by in table.items()}
     clean = means.pop("clean")[0]
     shifted = [r["dice"] for r in rows if r["shift"] not in ("clean", *APART)]
-    return {"clean_dice": clean, "mean_shifted_dice": float(np.mean(shifted)) if shifted else float("nan"),
-            "robustness": float(np.mean(shifted)) / clean if shifted and clean else float("nan"),
-            "per_shift": means, "n_images": sum(r["shift"] == "clean" for r in rows)}
+    return {
+        "clean_dice": clean,
+        "mean_shifted_dice": float(np.mean(shifted)) if shifted else float("nan"),
+        "robustness": float(np.mean(shifted)) / clean if shifted and clean else float("nan"),
+        "per_shift": means,
+        "n_images": sum(r["shift"] == "clean" for r in rows),
+    }
 
 
 def shift_table(summary: dict[str, Any]) -> str:
     """The table: one row per shift, mean per-image Dice at each severity."""
-    rows = [[shift, ", ".join(str(x) for x in {**SHIFTS, **APART}.get(shift, (None, ()))[1]),
-             *(f"{by[s]:.4f}" if s in by else "" for s in (1, 2, 3))] for shift, by in summary["per_shift"].items()]
-    return (f"Clean mean per-image Dice {summary['clean_dice']:.4f} on {summary['n_images']} images; mean over all "
-            f"shifts {summary['mean_shifted_dice']:.4f}: robustness {summary['robustness']:.3f} (mirror apart).\n\n"
-            + table([["shift", "levels", "severity 1", "severity 2", "severity 3"], *rows]) + "\n")
+    rows = [
+        [
+            shift,
+            ", ".join(str(x) for x in {**SHIFTS, **APART}.get(shift, (None, ()))[1]),
+            *(f"{by[s]:.4f}" if s in by else "" for s in (1, 2, 3)),
+        ]
+        for shift, by in summary["per_shift"].items()
+    ]
+    return (
+        f"Clean mean per-image Dice {summary['clean_dice']:.4f} on {summary['n_images']} images; mean over all "
+        f"shifts {summary['mean_shifted_dice']:.4f}: robustness {summary['robustness']:.3f} (mirror apart).\n\n"
+        + table([["shift", "levels", "severity 1", "severity 2", "severity 3"], *rows])
+        + "\n"
+    )
 
 
 def load_split(root: str | Path, split: str, intensity: str = "window") -> list[tuple[np.ndarray, np.ndarray, str]]:
@@ -193,7 +220,9 @@ def load_split(root: str | Path, split: str, intensity: str = "window") -> list[
     for pair in pairs:
         gray, mask = read_input(pair.image, intensity), read_mask(pair.mask)
         if gray.shape != mask.shape:
-            raise DataError(f"{pair.image}: image is {gray.shape[1]}x{gray.shape[0]} but its mask is "
-                            f"{mask.shape[1]}x{mask.shape[0]}")
+            raise DataError(
+                f"{pair.image}: image is {gray.shape[1]}x{gray.shape[0]} but its mask is "
+                f"{mask.shape[1]}x{mask.shape[0]}"
+            )
         out.append((gray, mask, pair.image.name))
     return out

@@ -60,8 +60,9 @@ def _spacing(path: Path, size: int, mm: Any) -> tuple[float, float] | None:
     return row_mm * height / size, col_mm * width / size
 
 
-def oriented_logits(seg: LungSegmenter, images: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[dict[str, float] | None]]:
+def oriented_logits(
+    seg: LungSegmenter, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[dict[str, float] | None]]:
     """A batch as the segmenter reads it (``LungSegmenter.orient``: with ``polarity="auto"`` a film that reads
     clearly better inverted is inverted): (images, their logits, which were inverted, quality features)."""
     logits = seg.logits(images)
@@ -72,9 +73,16 @@ def oriented_logits(seg: LungSegmenter, images: torch.Tensor
     return images, logits, inverted, found
 
 
-def _cleaned_row(seg: LungSegmenter, gray: np.ndarray, prob: np.ndarray, truth: np.ndarray,
-                 counts: np.ndarray, views: np.ndarray | None = None, inverted: bool = False,
-                 found: dict[str, float] | None = None) -> dict[str, Any]:
+def _cleaned_row(
+    seg: LungSegmenter,
+    gray: np.ndarray,
+    prob: np.ndarray,
+    truth: np.ndarray,
+    counts: np.ndarray,
+    views: np.ndarray | None = None,
+    inverted: bool = False,
+    found: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Per-image metrics of the mask as lungseg.predict finishes it (thresholded, two largest components kept,
     holes filled: ``LungSegmenter.finish``) and its quality score; adds its TP, FP, FN to ``counts``."""
     result = seg.finish(gray, prob, views, inverted, found)
@@ -82,13 +90,26 @@ def _cleaned_row(seg: LungSegmenter, gray: np.ndarray, prob: np.ndarray, truth: 
     counts += tp_fp_fn
     dice, iou = dice_iou(*tp_fp_fn)
     dist = surface_distances(result.mask, truth)
-    return {"dice_clean": dice, "iou_clean": iou, "hd95_clean_px": dist.hd95, "assd_clean_px": dist.assd,
-            "quality_score": result.quality_score, "needs_review": result.needs_review, "inverted": result.inverted}
+    return {
+        "dice_clean": dice,
+        "iou_clean": iou,
+        "hd95_clean_px": dist.hd95,
+        "assd_clean_px": dist.assd,
+        "quality_score": result.quality_score,
+        "needs_review": result.needs_review,
+        "inverted": result.inverted,
+    }
 
 
-def score_split(seg: LungSegmenter, dataset: LungDataset, batch_size: int = 8,
-                     extra_thresholds: tuple[float, ...] = (), auroc_bins: int = 200, calibration_bins: int = 15,
-                     pixel_spacing_mm: Any = None) -> dict[str, Any]:
+def score_split(
+    seg: LungSegmenter,
+    dataset: LungDataset,
+    batch_size: int = 8,
+    extra_thresholds: tuple[float, ...] = (),
+    auroc_bins: int = 200,
+    calibration_bins: int = 15,
+    pixel_spacing_mm: Any = None,
+) -> dict[str, Any]:
     """Predict every image once (at ``seg``'s threshold) and return pooled metrics, curves, calibration and one
     row per image (with the quality score of the post-processed mask); the loss is BCE on the logits, whatever
     the model was trained with."""
@@ -96,8 +117,10 @@ def score_split(seg: LungSegmenter, dataset: LungDataset, batch_size: int = 8,
     thresholds = (threshold, *extra_thresholds)
     pooled = [pixel_metrics(threshold=t, auroc_bins=auroc_bins) for t in thresholds]
     confusion, loss = confusion_matrix(threshold), MeanMetric()
-    roc, pr = BinnedROC(thresholds=auroc_bins, validate_args=False), BinnedPRCurve(thresholds=auroc_bins,
-                                                                                   validate_args=False)
+    roc, pr = (
+        BinnedROC(thresholds=auroc_bins, validate_args=False),
+        BinnedPRCurve(thresholds=auroc_bins, validate_args=False),
+    )
     reliability, rows, seen = ReliabilityBins(calibration_bins), [], []
     cleaned_counts = np.zeros(3, np.int64)  # TP, FP, FN of the post-processed masks, pooled
     for batch in batches(dataset, batch_size):
@@ -122,11 +145,20 @@ def score_split(seg: LungSegmenter, dataset: LungDataset, batch_size: int = 8,
             if spacing is not None:
                 dist_mm = surface_distances(pred, truth, spacing)
                 row.update(hd95_mm=dist_mm.hd95, assd_mm=dist_mm.assd)
-            row.update(lung_fraction_true=float(truth.mean()), lung_fraction_pred=float(pred.mean()),
-                       empty=dist.empty)
+            row.update(lung_fraction_true=float(truth.mean()), lung_fraction_pred=float(pred.mean()), empty=dist.empty)
             gray = dataset.raw(index)[0]
-            row.update(_cleaned_row(seg, gray, probs[k, 0].numpy(), truth, cleaned_counts,
-                                    None if views is None else views[k], bool(inverted[k]), found[k]))
+            row.update(
+                _cleaned_row(
+                    seg,
+                    gray,
+                    probs[k, 0].numpy(),
+                    truth,
+                    cleaned_counts,
+                    None if views is None else views[k],
+                    bool(inverted[k]),
+                    found[k],
+                )
+            )
             for t, extra in zip(extra_thresholds, overlaps[1:], strict=True):
                 row.update({f"dice@{t:.4g}": float(extra["dice"][k]), f"iou@{t:.4g}": float(extra["iou"][k])})
             rows.append(row)
@@ -138,20 +170,30 @@ def score_split(seg: LungSegmenter, dataset: LungDataset, batch_size: int = 8,
         r["loss"] = float(loss.compute())
         r["balanced_accuracy"] = (r["recall"] + r["specificity"]) / 2  # what the original called "AUC"
     cleaned = dict(zip(("dice", "iou"), dice_iou(*(int(v) for v in cleaned_counts)), strict=True))
-    return {"thresholds": thresholds, "pooled": results, "pooled_clean": cleaned,
-            "confusion": confusion.compute().numpy(),
-            "roc": [x.numpy() for x in roc.compute()], "pr": [x.numpy() for x in pr.compute()],
-            "calibration": {k: v.numpy() for k, v in reliability.compute().items()}, "rows": rows}
+    return {
+        "thresholds": thresholds,
+        "pooled": results,
+        "pooled_clean": cleaned,
+        "confusion": confusion.compute().numpy(),
+        "roc": [x.numpy() for x in roc.compute()],
+        "pr": [x.numpy() for x in pr.compute()],
+        "calibration": {k: v.numpy() for k, v in reliability.compute().items()},
+        "rows": rows,
+    }
 
 
-def sample_predictions(seg: LungSegmenter, dataset: LungDataset, rows: list[dict[str, Any]], n_samples: int,
-                       n_worst: int) -> dict[str, Any]:
+def sample_predictions(
+    seg: LungSegmenter, dataset: LungDataset, rows: list[dict[str, Any]], n_samples: int, n_worst: int
+) -> dict[str, Any]:
     """The report's sample sheet as arrays: the worst images by Dice and evenly spaced others, with their
     probabilities and titles."""
     picks = sample_indices(rows, n_samples, n_worst)
     items = [dataset[i] for i in picks]
     images, masks = torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
-    titles = [f"{'worst: ' if k < n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}, "
-              f"quality {rows[i]['quality_score']:.3f}" for k, i in enumerate(picks)]
+    titles = [
+        f"{'worst: ' if k < n_worst else ''}{Path(rows[i]['file']).name}  Dice {rows[i]['dice']:.3f}, "
+        f"quality {rows[i]['quality_score']:.3f}"
+        for k, i in enumerate(picks)
+    ]
     images, logits, _, _ = oriented_logits(seg, images)
     return {"images": images, "masks": masks, "probs": torch.sigmoid(logits), "titles": titles}

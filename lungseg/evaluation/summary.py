@@ -13,8 +13,15 @@ POOLED = ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice",
 PER_IMAGE = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
 # The notebook's reported test results (see ../shared/seed/notebook-facts.md); its "AUC" was (sens + spec) / 2
 # of thresholded masks, and its accuracy is derived here from its confusion matrix.
-ORIGINAL = {"precision": 0.974872, "recall": 0.982158, "f1": 0.978501, "dice": 0.978501, "specificity": 0.991546,
-            "balanced_accuracy": 0.986852, "iou": 0.957907}
+ORIGINAL = {
+    "precision": 0.974872,
+    "recall": 0.982158,
+    "f1": 0.978501,
+    "dice": 0.978501,
+    "specificity": 0.991546,
+    "balanced_accuracy": 0.986852,
+    "iou": 0.957907,
+}
 ORIGINAL_CONFUSION = {"tp": 102_883_876, "fn": 877_213, "fp": 618_257, "tn": 34_032_686}
 ORIGINAL["accuracy"] = (ORIGINAL_CONFUSION["tp"] + ORIGINAL_CONFUSION["tn"]) / sum(ORIGINAL_CONFUSION.values())
 
@@ -29,9 +36,14 @@ def spread(rows: list[dict[str, Any]], names: tuple[str, ...] = PER_IMAGE, suffi
         values = np.array([r[column] for r in rows], dtype=np.float64)
         key = name.removesuffix("_px")
         worst = values.min() if name in ("dice", "iou") else values.max()
-        out.update({f"{key}_mean": float(values.mean()),
-                    f"{key}_sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                    f"{key}_median": float(np.median(values)), f"{key}_worst": float(worst)})
+        out.update(
+            {
+                f"{key}_mean": float(values.mean()),
+                f"{key}_sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                f"{key}_median": float(np.median(values)),
+                f"{key}_worst": float(worst),
+            }
+        )
     return out
 
 
@@ -60,28 +72,46 @@ def quality_summary(rows: list[dict[str, Any]], review_below: float, tta: bool) 
     scores, dice = [r["quality_score"] for r in rows], [r["dice_clean"] for r in rows]
     point = operating_point(scores)
     at_point = review_figures(scores, dice, point)
-    return {**review_figures(scores, dice, review_below), "tta": tta, "suggested_review_below": point,
-            "suggested_flagged_share": at_point["flagged_share"],
-            "suggested_bad_flagged_share": at_point["bad_flagged_share"]}
+    return {
+        **review_figures(scores, dice, review_below),
+        "tta": tta,
+        "suggested_review_below": point,
+        "suggested_flagged_share": at_point["flagged_share"],
+        "suggested_bad_flagged_share": at_point["bad_flagged_share"],
+    }
 
 
-def build_summary(results: dict[str, Any], meta: dict[str, Any], tuned: tuple[float, float] | None,
-                  calibration_bins: int | None) -> dict[str, Any]:
+def build_summary(
+    results: dict[str, Any], meta: dict[str, Any], tuned: tuple[float, float] | None, calibration_bins: int | None
+) -> dict[str, Any]:
     """metrics.json's content from ``evaluation.scoring.score_split``'s results: ``meta`` (model, data, settings)
     first, then every figure; ``tuned`` the val-tuned threshold and its Dice, ``calibration_bins`` None without
     calibration."""
     rows = results["rows"]
     tn, fp, fn, tp = (int(v) for v in results["confusion"].reshape(-1))
-    summary: dict[str, Any] = {**meta, "n_images": len(rows), "n_pixels": tn + fp + fn + tp,
-                               "pooled": results["pooled"][0], "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
-                               "per_image": per_image_summary(rows),
-                               "postprocessed": {**{f"pooled_{k}": v for k, v in results["pooled_clean"].items()},
-                                                 **spread(rows, ("dice", "iou", "hd95_px", "assd_px"), "_clean")}}
+    summary: dict[str, Any] = {
+        **meta,
+        "n_images": len(rows),
+        "n_pixels": tn + fp + fn + tp,
+        "pooled": results["pooled"][0],
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+        "per_image": per_image_summary(rows),
+        "postprocessed": {
+            **{f"pooled_{k}": v for k, v in results["pooled_clean"].items()},
+            **spread(rows, ("dice", "iou", "hd95_px", "assd_px"), "_clean"),
+        },
+    }
     if tuned is not None:
         t = results["thresholds"][1]
-        summary["tuned"] = {"threshold": t, "val_dice": tuned[1], "pooled": results["pooled"][1],
-                            "per_image": {"dice_mean": float(np.mean([r[f"dice@{t:.4g}"] for r in rows])),
-                                          "iou_mean": float(np.mean([r[f"iou@{t:.4g}"] for r in rows]))}}
+        summary["tuned"] = {
+            "threshold": t,
+            "val_dice": tuned[1],
+            "pooled": results["pooled"][1],
+            "per_image": {
+                "dice_mean": float(np.mean([r[f"dice@{t:.4g}"] for r in rows])),
+                "iou_mean": float(np.mean([r[f"iou@{t:.4g}"] for r in rows])),
+            },
+        }
     if calibration_bins is not None:
         summary["calibration"] = {"ece": float(results["calibration"]["ece"]), "bins": calibration_bins}
     summary["quality"] = quality_summary(rows, meta["review_below"], meta["quality_tta"])

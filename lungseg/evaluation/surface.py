@@ -51,8 +51,9 @@ def diagonal(shape: tuple[int, ...], spacing: tuple[float, float] = (1.0, 1.0)) 
     return math.hypot(shape[0] * spacing[0], shape[1] * spacing[1])
 
 
-def surface_distances(pred: np.ndarray, truth: np.ndarray,
-                      spacing: tuple[float, float] = (1.0, 1.0)) -> SurfaceDistances:
+def surface_distances(
+    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)
+) -> SurfaceDistances:
     """HD95 and ASSD between two 2-D masks of the same shape (see the module docstring for conventions)."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     if pred.shape != truth.shape or pred.ndim != 2:

@@ -147,17 +147,23 @@ def merge_shards(output: Path) -> dict[str, Any]:
     found = sorted(output.glob(PREDICTIONS.replace(".csv", "-shard-*-of-*.csv")))
     counts = {int(m.group(2)) for p in found if (m := re.search(r"-shard-(\d+)-of-(\d+)\.csv$", p.name))}
     if not found:
-        raise DataError(f"output={output}: no shard results (predictions-shard-<i>-of-<n>.csv) to merge; run the "
-                        "shards first (shard=i/n)")
+        raise DataError(
+            f"output={output}: no shard results (predictions-shard-<i>-of-<n>.csv) to merge; run the "
+            "shards first (shard=i/n)"
+        )
     if len(counts) != 1:
-        raise DataError(f"output={output}: shard results of different splits ({sorted(counts)} shards) in one "
-                        "folder; keep one split's files")
+        raise DataError(
+            f"output={output}: shard results of different splits ({sorted(counts)} shards) in one "
+            "folder; keep one split's files"
+        )
     n = counts.pop()
     shards = [Shard(i, n) for i in range(n)]
     missing = [s.csv_name() for s in shards if not (output / s.csv_name()).is_file()]
     if missing:
-        raise DataError(f"output={output}: {len(missing)} of {n} shards have not finished ({', '.join(missing)}); "
-                        "run them (resume=true continues a killed one), then merge again")
+        raise DataError(
+            f"output={output}: {len(missing)} of {n} shards have not finished ({', '.join(missing)}); "
+            "run them (resume=true continues a killed one), then merge again"
+        )
     rows: list[dict[str, Any]] = []
     manifests = []
     for shard in shards:

@@ -34,12 +34,12 @@ RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})
 OBLIQUE_VIEWS = frozenset({"RLO", "LLO", "OBLIQUE"})
 COLOUR_PHOTOMETRICS = frozenset({"PALETTE COLOR"})
-FEATURE_SIZE = 128    # detail is measured on the film resized to this square (any input size)
-DETAIL_SIGMA = 1.5    # px at FEATURE_SIZE: what a Gaussian blur this wide removes is "fine detail"
-CONTENT_LEVEL = 16    # of 255 after the window rule: darker is background (air, shutters, padding)
+FEATURE_SIZE = 128  # detail is measured on the film resized to this square (any input size)
+DETAIL_SIGMA = 1.5  # px at FEATURE_SIZE: what a Gaussian blur this wide removes is "fine detail"
+CONTENT_LEVEL = 16  # of 255 after the window rule: darker is background (air, shutters, padding)
 CONTENT_SHARE = 0.05  # a row or column with more content than this is inside the content box
-EDGE_BOX = 64         # dark_edge resizes the content box to this square ...
-EDGE_BAND = 4         # ... and looks at bands this wide (px) along its four sides
+EDGE_BOX = 64  # dark_edge resizes the content box to this square ...
+EDGE_BAND = 4  # ... and looks at bands this wide (px) along its four sides
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class ImageLimits:
     max_detail: float = 0.587
     max_flat: float = 0.184
     max_dark_edge: float = 0.4
-    max_aspect: float = 2.0    # long over short side; detector formats are at most 4:3
-    max_colour: float = 0.05   # share of pixels in real colour: above it, a colour photograph
+    max_aspect: float = 2.0  # long over short side; detector formats are at most 4:3
+    max_colour: float = 0.05  # share of pixels in real colour: above it, a colour photograph
 
 
 def colour_share(image: np.ndarray) -> float:
@@ -100,7 +100,7 @@ def _content_box(gray: np.ndarray) -> np.ndarray:
     cols = np.flatnonzero(inside.mean(axis=0) > CONTENT_SHARE)
     if len(rows) < 2 or len(cols) < 2:
         return gray
-    return gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def image_features(image: np.ndarray) -> dict[str, float]:
@@ -124,11 +124,13 @@ def image_features(image: np.ndarray) -> dict[str, float]:
     counts = np.bincount(content.ravel(), minlength=256)
     box = cv2.resize(content, (EDGE_BOX, EDGE_BOX), interpolation=cv2.INTER_AREA) <= CONTENT_LEVEL
     sides = (box[:EDGE_BAND], box[-EDGE_BAND:], box[:, :EDGE_BAND], box[:, -EDGE_BAND:])
-    return {"detail": float(fine.std() / small.std()) if small.std() > 0 else 0.0,
-            "flat": float(counts.max() / content.size),
-            "dark_edge": float(min(side.mean() for side in sides)),
-            "aspect": float(max(h, w) / max(1, min(h, w))),
-            "colour": colour_share(image)}
+    return {
+        "detail": float(fine.std() / small.std()) if small.std() > 0 else 0.0,
+        "flat": float(counts.max() / content.size),
+        "dark_edge": float(min(side.mean() for side in sides)),
+        "aspect": float(max(h, w) / max(1, min(h, w))),
+        "colour": colour_share(image),
+    }
 
 
 def check_image(image: np.ndarray, limits: ImageLimits = ImageLimits()) -> Status:
@@ -137,13 +139,14 @@ def check_image(image: np.ndarray, limits: ImageLimits = ImageLimits()) -> Statu
     limit)."""
     f = image_features(image)
     if f["colour"] > limits.max_colour:
-        return Status("refused", f"a colour photograph ({f['colour']:.0%} of pixels in colour), "
-                                 "not a radiograph")
-    checks = [("detail", f["detail"] < limits.min_detail, "<", limits.min_detail),
-              ("detail", f["detail"] > limits.max_detail, ">", limits.max_detail),
-              ("flat", f["flat"] > limits.max_flat, ">", limits.max_flat),
-              ("dark_edge", f["dark_edge"] > limits.max_dark_edge, ">", limits.max_dark_edge),
-              ("aspect", f["aspect"] > limits.max_aspect, ">", limits.max_aspect)]
+        return Status("refused", f"a colour photograph ({f['colour']:.0%} of pixels in colour), not a radiograph")
+    checks = [
+        ("detail", f["detail"] < limits.min_detail, "<", limits.min_detail),
+        ("detail", f["detail"] > limits.max_detail, ">", limits.max_detail),
+        ("flat", f["flat"] > limits.max_flat, ">", limits.max_flat),
+        ("dark_edge", f["dark_edge"] > limits.max_dark_edge, ">", limits.max_dark_edge),
+        ("aspect", f["aspect"] > limits.max_aspect, ">", limits.max_aspect),
+    ]
     out = [f"{name} {f[name]:.3f} {sign} {limit}" for name, bad, sign, limit in checks if bad]
     if out:
         return Status("flagged", "unlike a chest radiograph: " + ", ".join(out))
@@ -170,15 +173,13 @@ def check_film(film: DicomFilm) -> Status:
         return Status("refused", f"a colour image ({film.photometric})")
     view, codes = film.view_position, _view_codes(film)
     if view in LATERAL_VIEWS or (not view and "lateral" in codes and "decubitus" not in codes):
-        return Status("refused", f"a lateral view (ViewPosition {view or codes!r}); the model "
-                                 "reads frontal films")
+        return Status("refused", f"a lateral view (ViewPosition {view or codes!r}); the model reads frontal films")
     if view in OBLIQUE_VIEWS or (not view and "oblique" in codes):
         return Status("flagged", f"an oblique view (ViewPosition {view or codes!r})")
     return OK
 
 
-def gate(film: DicomFilm | None = None, image: np.ndarray | None = None,
-         limits: ImageLimits = ImageLimits()) -> Status:
+def gate(film: DicomFilm | None = None, image: np.ndarray | None = None, limits: ImageLimits = ImageLimits()) -> Status:
     """The gate on a film: its DICOM attributes (``film``, when it is one) first, then its pixels
     (``image``, as decoded: :meth:`DicomFilm.pixels` or the image file, before the window rule). A
     refusal wins over a flag; two flags are joined."""

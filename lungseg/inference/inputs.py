@@ -68,11 +68,17 @@ def _find_files(source: str | Path, pattern: str | None, skipped: list[str] | No
         return [InputFile(source, _keys([source], source)[0])]
     if not source.is_dir():
         raise DataError(f"input={source}: no such file or folder; pass an image, a DICOM file or a folder of them")
-    candidates = [p for p in (source.glob(pattern) if pattern else source.rglob("*"))
-                  if not any(part.startswith(".") for part in p.relative_to(source).parts)]
+    candidates = [
+        p
+        for p in (source.glob(pattern) if pattern else source.rglob("*"))
+        if not any(part.startswith(".") for part in p.relative_to(source).parts)
+    ]
     if skipped is not None:
-        skipped += [f"{p}: a symbolic link that leads nowhere (broken, or a loop); skipped" for p in sorted(candidates)
-                    if p.is_symlink() and not p.exists()]
+        skipped += [
+            f"{p}: a symbolic link that leads nowhere (broken, or a loop); skipped"
+            for p in sorted(candidates)
+            if p.is_symlink() and not p.exists()
+        ]
     paths = sorted(p for p in candidates if p.is_file() and (p.suffix.lower() in INPUT_SUFFIXES or is_dicom(p)))
     if not paths:
         what = f"matching {pattern!r}" if pattern else f"with a suffix in {sorted(INPUT_SUFFIXES)} (or DICOM)"
@@ -112,15 +118,19 @@ def calibration_files(source: str | Path, count: int) -> list[Path]:
     if count < 1:
         raise DataError(f"calibration_images={count}: use 1 or more (64 is the default)")
     if not source.exists():
-        raise DataError(f"calibration={source}: no such folder; pass a dataset root (its train split's images are "
-                        "used) or a folder of radiographs")
+        raise DataError(
+            f"calibration={source}: no such folder; pass a dataset root (its train split's images are "
+            "used) or a folder of radiographs"
+        )
     images = split_dir(source, CALIBRATION_SPLIT) / IMAGE_DIR
     folder = images if images.is_dir() else source
     try:
         files = [f.path for f in find_inputs(folder)]
     except DataError:
-        raise DataError(f"calibration={source}: no radiographs in {folder}; pass a dataset root (its train split's "
-                        "images are used) or a folder of radiographs") from None
+        raise DataError(
+            f"calibration={source}: no radiographs in {folder}; pass a dataset root (its train split's "
+            "images are used) or a folder of radiographs"
+        ) from None
     picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
     return [files[i] for i in picks]
 

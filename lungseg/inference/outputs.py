@@ -15,21 +15,41 @@ from lungseg.inference.sides import CSV_COLUMNS as SIDES_COLUMNS
 PREDICTIONS = "predictions.csv"
 REQUIRED = ("input", "mask")
 FIX = "pass the output= folder of a lungseg.predict run"
-CSV_COLUMNS = ("input", "mask", "status", "status_reason", "height", "width", "lung_fraction", "area_image_left_px",
-               "area_image_right_px", "large_components", "plausibility", "quality_score", "needs_review",
-               "inverted", *SIDES_COLUMNS, "seg", "content_sha256")
+CSV_COLUMNS = (
+    "input",
+    "mask",
+    "status",
+    "status_reason",
+    "height",
+    "width",
+    "lung_fraction",
+    "area_image_left_px",
+    "area_image_right_px",
+    "large_components",
+    "plausibility",
+    "quality_score",
+    "needs_review",
+    "inverted",
+    *SIDES_COLUMNS,
+    "seg",
+    "content_sha256",
+)
 TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")  # with truth=: the written mask against the reference mask
 
 
 OUTPUT_FORMATS = ("png", "seg")  # PNG masks (with overlays and probabilities as asked); DICOM SEG of DICOM films
 
 
-def output_paths(output: Path, key: str, overlays: bool = True, probabilities: bool = False,
-                 formats: tuple[str, ...] = ("png",)) -> dict[str, Path]:
+def output_paths(
+    output: Path, key: str, overlays: bool = True, probabilities: bool = False, formats: tuple[str, ...] = ("png",)
+) -> dict[str, Path]:
     """Where one input's files go: ``masks/<key>.png``, ``overlays/<key>.png``, ``probabilities/<key>.png`` (with
     ``png``) and ``seg/<key>.dcm`` (with ``seg``; written for DICOM films only)."""
-    kinds = [*(["masks"] if "png" in formats else []), *(["overlays"] if overlays else []),
-             *(["probabilities"] if probabilities else [])]
+    kinds = [
+        *(["masks"] if "png" in formats else []),
+        *(["overlays"] if overlays else []),
+        *(["probabilities"] if probabilities else []),
+    ]
     paths = {kind: output / kind / f"{key}.png" for kind in kinds}
     if "seg" in formats:
         paths["seg"] = output / "seg" / f"{key}.dcm"
@@ -102,7 +122,7 @@ def _key(mask: str, input_path: str) -> str | None:
     parts = Path(mask).parts
     if len(parts) < 2 or parts[0] != "masks" or not mask.endswith(".png") or ".." in parts:
         return None
-    return mask[len("masks/"):-len(".png")]
+    return mask[len("masks/") : -len(".png")]
 
 
 def _film(row: dict[str, str | None], index: int, folder: Path, where: str) -> Film:
@@ -138,14 +158,14 @@ def load_films(folder: str | Path) -> list[Film]:
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
-                raise DataError(f"{path}: not a lungseg.predict {PREDICTIONS} (no column(s) "
-                                f"{', '.join(missing)}); {FIX}")
+                raise DataError(
+                    f"{path}: not a lungseg.predict {PREDICTIONS} (no column(s) {', '.join(missing)}); {FIX}"
+                )
             for row in reader:
                 where = f"{path}, row {reader.line_num}"
                 film = _film(row, len(films), folder, where)
                 if film.key in rows:
-                    raise DataError(f"{where}: film '{film.key}' is listed twice (also row "
-                                    f"{rows[film.key]}); {FIX}")
+                    raise DataError(f"{where}: film '{film.key}' is listed twice (also row {rows[film.key]}); {FIX}")
                 rows[film.key] = reader.line_num
                 films.append(film)
     except (UnicodeDecodeError, csv.Error) as err:

@@ -15,8 +15,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def overlay(gray: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None,
-            max_size: int | None = None) -> np.ndarray:
+def overlay(
+    gray: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None, max_size: int | None = None
+) -> np.ndarray:
     """RGB uint8 image of ``gray`` (uint8, H x W) with ``mask`` tinted green and outlined in yellow; given
     ``truth``, predicted-but-not-true pixels are red and missed lung blue. The longest side is at most
     ``max_size`` (None: the input's size)."""
@@ -26,12 +27,16 @@ def overlay(gray: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None,
         size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-        truth = None if truth is None else cv2.resize((truth > 0).astype(np.uint8), size,
-                                                      interpolation=cv2.INTER_NEAREST)
+        truth = (
+            None if truth is None else cv2.resize((truth > 0).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        )
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB).astype(np.float32)
     out = rgb.copy()
-    regions = [(mask > 0, GREEN)] if truth is None else [
-        ((mask > 0) & (truth > 0), GREEN), ((mask > 0) & (truth == 0), RED), ((mask == 0) & (truth > 0), BLUE)]
+    regions = (
+        [(mask > 0, GREEN)]
+        if truth is None
+        else [((mask > 0) & (truth > 0), GREEN), ((mask > 0) & (truth == 0), RED), ((mask == 0) & (truth > 0), BLUE)]
+    )
     for region, colour in regions:
         out[region] = (1 - TINT) * rgb[region] + TINT * np.array(colour, np.float32)
     out = np.clip(np.round(out), 0, 255).astype(np.uint8)

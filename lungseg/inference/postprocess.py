@@ -102,7 +102,8 @@ def plausibility_flags(final: np.ndarray, n_large: int, limits: PlausibilityLimi
 
 
 def mask_stats(final: np.ndarray, n_large: int, limits: PlausibilityLimits = PlausibilityLimits()) -> dict[str, object]:
-    """The predictions.csv measures of one mask: lung fraction, image-left/right areas, large components, plausibility."""
+    """The predictions.csv measures of one mask: lung fraction, image-left/right areas, large components,
+    plausibility."""
     flags = plausibility_flags(final, n_large, limits)
     left, right = image_half_areas(final)
     return {
@@ -116,8 +117,9 @@ def mask_stats(final: np.ndarray, n_large: int, limits: PlausibilityLimits = Pla
     }
 
 
-def finish_mask(raw: np.ndarray, clean: bool = True,
-                limits: PlausibilityLimits = PlausibilityLimits()) -> tuple[np.ndarray, dict[str, object]]:
+def finish_mask(
+    raw: np.ndarray, clean: bool = True, limits: PlausibilityLimits = PlausibilityLimits()
+) -> tuple[np.ndarray, dict[str, object]]:
     """Thresholded mask -> final mask (cleaned when ``clean``) and its measures; components are labelled once."""
     labels, areas = component_areas(raw)
     final = fill_holes(_keep(labels, areas, 2)) if clean else raw

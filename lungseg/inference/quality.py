@@ -31,16 +31,22 @@ import numpy as np
 from lungseg.inference.postprocess import clean_mask, fill_holes, image_half_areas, large_components
 from lungseg.metrics import mask_dice
 
-ZOOM = 0.9          # the zoomed-out TTA view: the film shrunk about its centre (training saw 0.9-1.1)
-BAD_DICE = 0.90     # a film below this Dice is one the score must flag
+ZOOM = 0.9  # the zoomed-out TTA view: the film shrunk about its centre (training saw 0.9-1.1)
+BAD_DICE = 0.90  # a film below this Dice is one the score must flag
 REVIEW_BUDGET = 0.25  # the operating point flags at most this share of the val films
 REVIEW_BELOW = 0.929  # chosen on val by operating_point (docs/quality.md)
 TTA_FEATURES = ("flip_dice", "zoom_dice", "tta_dice")  # present only with TTA
 # score(): weights chosen on val (docs/quality.md)
 ENTROPY_WEIGHT, TYPICAL_ENTROPY, SHAPE_WEIGHT = 0.4, 0.64, 0.25
 # plausibility(): what every training mask of the real set shows (lowest values, at 128 px; docs/quality.md)
-SHAPE_LIMITS = {"lung_fraction": 0.21, "max_lung_fraction": 0.61, "balance": 0.54, "solidity": 0.79,
-                "height": 0.47, "height_balance": 0.74}
+SHAPE_LIMITS = {
+    "lung_fraction": 0.21,
+    "max_lung_fraction": 0.61,
+    "balance": 0.54,
+    "solidity": 0.79,
+    "height": 0.47,
+    "height_balance": 0.74,
+}
 
 
 @dataclass(frozen=True)
@@ -69,11 +75,14 @@ def shape_features(raw: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     n, _, boxes, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     lungs = boxes[1:][np.argsort(boxes[1:, cv2.CC_STAT_AREA])[::-1][:2]]
     heights = lungs[:, cv2.CC_STAT_HEIGHT] / mask.shape[0]
-    return {"lung_fraction": float(mask.mean()), "components": float(components),
-            "balance": min(left, right) / max(left, right) if max(left, right) else 0.0,
-            "height": float(heights.max()) if n > 1 else 0.0,
-            "height_balance": float(heights.min() / heights.max()) if n > 1 else 0.0,
-            "holes": (filled - int(raw.sum())) / filled if filled else 0.0}
+    return {
+        "lung_fraction": float(mask.mean()),
+        "components": float(components),
+        "balance": min(left, right) / max(left, right) if max(left, right) else 0.0,
+        "height": float(heights.max()) if n > 1 else 0.0,
+        "height_balance": float(heights.min() / heights.max()) if n > 1 else 0.0,
+        "holes": (filled - int(raw.sum())) / filled if filled else 0.0,
+    }
 
 
 def solidity(mask: np.ndarray) -> float:
@@ -108,8 +117,12 @@ def tta_inputs(images: np.ndarray) -> np.ndarray:
     training augmentation fills); (2N, 1, s, s)."""
     size = images.shape[-1]
     matrix = zoom_matrix(size)
-    zoomed = np.stack([cv2.warpAffine(x[0], matrix, (size, size), flags=cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_REPLICATE)[None] for x in images])
+    zoomed = np.stack(
+        [
+            cv2.warpAffine(x[0], matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[None]
+            for x in images
+        ]
+    )
     return np.concatenate([images[..., ::-1], zoomed]).astype(np.float32, copy=False)
 
 
@@ -118,19 +131,34 @@ def tta_outputs(probs: np.ndarray) -> np.ndarray:
     n, size = len(probs) // 2, probs.shape[-1]
     matrix = zoom_matrix(size)
     mirrored = probs[:n, 0, :, ::-1]
-    unzoomed = np.stack([cv2.warpAffine(p[0], matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                        borderMode=cv2.BORDER_REPLICATE) for p in probs[n:]])
+    unzoomed = np.stack(
+        [
+            cv2.warpAffine(
+                p[0],
+                matrix,
+                (size, size),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            for p in probs[n:]
+        ]
+    )
     return np.ascontiguousarray(np.stack([mirrored, unzoomed], axis=1), dtype=np.float32)
 
 
-def features(prob: np.ndarray, threshold: float, postprocess: bool = True,
-             views: np.ndarray | None = None) -> dict[str, float]:
+def features(
+    prob: np.ndarray, threshold: float, postprocess: bool = True, views: np.ndarray | None = None
+) -> dict[str, float]:
     """Every quality feature of one film from its probabilities (s, s) at the model's size and, with TTA, its
     views' probabilities (V, s, s) mapped back."""
     raw = (prob >= threshold).astype(np.uint8)
     mask = clean_mask(raw) if postprocess else raw
-    out = {"expected_dice": soft_dice(mask, prob), "border_entropy": border_entropy(mask, prob),
-           "solidity": solidity(mask), **shape_features(raw, mask)}
+    out = {
+        "expected_dice": soft_dice(mask, prob),
+        "border_entropy": border_entropy(mask, prob),
+        "solidity": solidity(mask),
+        **shape_features(raw, mask),
+    }
     if views is not None:
         for name, view in zip(("flip_dice", "zoom_dice"), views, strict=True):
             other = (view >= threshold).astype(np.uint8)
@@ -151,10 +179,13 @@ def plausibility(f: dict[str, float]) -> float:
     than two large components counts 0.6 at most (most such masks are poor: docs/quality.md), holes 5 x their
     share."""
     lim = SHAPE_LIMITS
-    return min(_within(f["lung_fraction"], lim["lung_fraction"]),
-               _within(1 - f["lung_fraction"], 1 - lim["max_lung_fraction"]),
-               *(_within(f[k], lim[k]) for k in ("balance", "solidity", "height", "height_balance")),
-               1.0 if f["components"] == 2 else 0.6, float(np.clip(1 - 5 * f["holes"], 0, 1)))
+    return min(
+        _within(f["lung_fraction"], lim["lung_fraction"]),
+        _within(1 - f["lung_fraction"], 1 - lim["max_lung_fraction"]),
+        *(_within(f[k], lim[k]) for k in ("balance", "solidity", "height", "height_balance")),
+        1.0 if f["components"] == 2 else 0.6,
+        float(np.clip(1 - 5 * f["holes"], 0, 1)),
+    )
 
 
 def score(f: dict[str, float]) -> float:
@@ -180,17 +211,25 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def review_figures(scores: Sequence[float], dice: Sequence[float], review_below: float,
-                   bad_dice: float = BAD_DICE) -> dict[str, Any]:
+def review_figures(
+    scores: Sequence[float], dice: Sequence[float], review_below: float, bad_dice: float = BAD_DICE
+) -> dict[str, Any]:
     """How well the score sorts films: Spearman with the true Dice, the share of films flagged at
     ``review_below`` and the share of films under ``bad_dice`` that are flagged (None where undefined: no film
     under ``bad_dice``, or a constant score or Dice)."""
     s, d = np.asarray(scores, np.float64), np.asarray(dice, np.float64)
     flagged, bad = s < review_below, d < bad_dice
     rho = spearman(s, d)
-    return {"spearman": rho if np.isfinite(rho) else None, "review_below": float(review_below), "bad_dice": bad_dice,
-            "n_images": int(len(s)), "n_flagged": int(flagged.sum()), "flagged_share": float(flagged.mean()),
-            "n_bad": int(bad.sum()), "bad_flagged_share": float(flagged[bad].mean()) if bad.any() else None}
+    return {
+        "spearman": rho if np.isfinite(rho) else None,
+        "review_below": float(review_below),
+        "bad_dice": bad_dice,
+        "n_images": int(len(s)),
+        "n_flagged": int(flagged.sum()),
+        "flagged_share": float(flagged.mean()),
+        "n_bad": int(bad.sum()),
+        "bad_flagged_share": float(flagged[bad].mean()) if bad.any() else None,
+    }
 
 
 def operating_point(scores: Sequence[float], budget: float = REVIEW_BUDGET) -> float:

@@ -43,25 +43,25 @@ class Segmentation:
     """One input's result at its own size: the final mask, the probabilities, the mask's measures and how far to
     trust it (``lungseg.inference.quality``)."""
 
-    mask: np.ndarray                 # bool (H, W): thresholded and, when the segmenter post-processes, cleaned
-    probability: np.ndarray          # float32 (H, W) in [0, 1]
-    gray: np.ndarray                 # uint8 (H, W): the input as the model's preprocessing read it
+    mask: np.ndarray  # bool (H, W): thresholded and, when the segmenter post-processes, cleaned
+    probability: np.ndarray  # float32 (H, W) in [0, 1]
+    gray: np.ndarray  # uint8 (H, W): the input as the model's preprocessing read it
     stats: dict[str, Any] = field(default_factory=dict)  # predictions.csv's measures, quality_score included
     quality_score: float = float("nan")  # an estimate of the mask's Dice, in [0, 1]
-    needs_review: bool = False           # quality_score below the segmenter's operating point
+    needs_review: bool = False  # quality_score below the segmenter's operating point
     quality_features: dict[str, float] = field(default_factory=dict)  # what the score was computed from
-    inverted: bool = False           # read with its grey levels inverted (a MONOCHROME1 film read as MONOCHROME2)
-    status: Status = OK              # the input gate's verdict: ok, or flagged with the reason (gate=True)
-    source: Any = None               # the DICOM the film came from (``lungseg.dicom.read.DicomFilm``), else None
+    inverted: bool = False  # read with its grey levels inverted (a MONOCHROME1 film read as MONOCHROME2)
+    status: Status = OK  # the input gate's verdict: ok, or flagged with the reason (gate=True)
+    source: Any = None  # the DICOM the film came from (``lungseg.dicom.read.DicomFilm``), else None
 
 
 @dataclass(frozen=True)
 class Refused:
     """An input the gate refused (gate=True): no mask; yielded in its place by ``predict_many``."""
 
-    image: str                       # its path, or "image array"
-    status: Status                   # status "refused" and the reason
-    source: Any = None               # the DICOM it came from, if it was one
+    image: str  # its path, or "image array"
+    status: Status  # status "refused" and the reason
+    source: Any = None  # the DICOM it came from, if it was one
 
     def __str__(self) -> str:
         return f"{self.image}: refused: {self.status.reason}"
@@ -78,8 +78,9 @@ def as_gray(image: ImageInput, intensity: str = "window") -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_input(Path(image), intensity)
     array = np.asarray(image)
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype,
-                                                                                               np.floating)):
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
         raise DataError(f"image array of dtype {array.dtype}: expected uint8, uint16 or float pixels")
     require_radiograph(array, "image array")
     if array.ndim == 3 and array.shape[2] == 1:
@@ -98,8 +99,9 @@ def read_gated(image: ImageInput, intensity: str = "window") -> tuple[np.ndarray
     return (None if status.refused else gray), status, None
 
 
-def _prepare(image: ImageInput, size: int, intensity: str, gated: bool
-             ) -> tuple[np.ndarray, np.ndarray, Status, Any] | DataError | Refused:
+def _prepare(
+    image: ImageInput, size: int, intensity: str, gated: bool
+) -> tuple[np.ndarray, np.ndarray, Status, Any] | DataError | Refused:
     """An input as (grayscale at its own size, model input (1, s, s) float32, the gate's verdict, its DICOM), or
     the DataError it raised, or its refusal (``gated``: through the input gate)."""
     try:
@@ -125,9 +127,18 @@ class LungSegmenter:
     ``predict_many``'s stream, ``RefusedInput`` from ``segment``), a flagged one carries the reason.
     """
 
-    def __init__(self, backend: Backend, threshold: float | None = None, postprocess: bool = True,
-                 tta_flip: bool = False, plausibility: PlausibilityLimits | None = None, quality_tta: bool = False,
-                 review_below: float | None = None, polarity: str = "auto", gate: bool = False) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        threshold: float | None = None,
+        postprocess: bool = True,
+        tta_flip: bool = False,
+        plausibility: PlausibilityLimits | None = None,
+        quality_tta: bool = False,
+        review_below: float | None = None,
+        polarity: str = "auto",
+        gate: bool = False,
+    ) -> None:
         self.backend = backend
         self.description: ModelDescription = backend.description
         self.threshold = fraction(self.description.threshold if threshold is None else threshold, "threshold")
@@ -144,8 +155,14 @@ class LungSegmenter:
             raise LungsegError(f"image_size={size}: must be a positive multiple of {divisor} for this model")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", image_size: int | None = None,
-                        precision: str | None = "auto", **options: Any) -> LungSegmenter:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        image_size: int | None = None,
+        precision: str | None = "auto",
+        **options: Any,
+    ) -> LungSegmenter:
         """Load a checkpoint written by ``lungseg.train``; everything else comes from the checkpoint itself
         (``image_size``, ``threshold``, ``precision`` override it; see :class:`LungSegmenter` for the rest)."""
         from lungseg.artifacts.checkpoint import load_checkpoint
@@ -154,9 +171,16 @@ class LungSegmenter:
         return cls(TorchBackend(load_checkpoint(path, image_size), device, precision), **options)
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, device: str = "auto", precision: str | None = "auto",
-                        revision: str | None = None, cache_dir: str | Path | None = None,
-                        local_files_only: bool = False, **options: Any) -> LungSegmenter:
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        device: str = "auto",
+        precision: str | None = "auto",
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        **options: Any,
+    ) -> LungSegmenter:
         """Load a folder written by ``lungseg.export format=pretrained`` or a Hugging Face Hub id holding one."""
         from lungseg.artifacts.pretrained import load_pretrained
         from lungseg.inference.backends.pytorch import TorchBackend
@@ -165,16 +189,23 @@ class LungSegmenter:
         return cls(TorchBackend(model, device, precision), **options)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, device: str = "auto", threads: int | None = None,
-                  **options: Any) -> LungSegmenter:
+    def from_onnx(
+        cls, path: str | Path, device: str = "auto", threads: int | None = None, **options: Any
+    ) -> LungSegmenter:
         """Load an ONNX file written by ``lungseg.export format=onnx`` (fp32 or INT8); runs without torch."""
         from lungseg.inference.backends.onnxruntime import OnnxBackend
 
         return cls(OnnxBackend(path, device, threads), **options)
 
     @classmethod
-    def from_openvino(cls, path: str | Path, device: str = "auto", threads: int | None = None,
-                      precision: str | None = "auto", **options: Any) -> LungSegmenter:
+    def from_openvino(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        threads: int | None = None,
+        precision: str | None = "auto",
+        **options: Any,
+    ) -> LungSegmenter:
         """Load an OpenVINO IR (``.xml`` + ``.bin``, ``lungseg.export format=openvino``, fp32 or INT8) or an ONNX
         file into OpenVINO; runs without torch. ``precision``: the float operations' (auto, 32-true, bf16-mixed)."""
         from lungseg.inference.backends.openvino import OpenVinoBackend
@@ -182,9 +213,16 @@ class LungSegmenter:
         return cls(OpenVinoBackend(path, device, threads, precision), **options)
 
     @classmethod
-    def load(cls, source: str | Path | Sequence[str | Path], device: str = "auto", precision: str | None = "auto",
-             image_size: int | None = None, threads: int | None = None, backend: str | None = None,
-             **options: Any) -> LungSegmenter:
+    def load(
+        cls,
+        source: str | Path | Sequence[str | Path],
+        device: str = "auto",
+        precision: str | None = "auto",
+        image_size: int | None = None,
+        threads: int | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> LungSegmenter:
         """Any lungseg model: an ``.onnx`` file, an OpenVINO ``.xml``, a checkpoint (any other file), a pretrained
         folder, an installed model's name or a Hub id; a list of them is an ensemble (their probabilities
         averaged). ``backend``: torch, onnxruntime, openvino, auto (the fastest here, timed once and cached) or
@@ -242,8 +280,9 @@ class LungSegmenter:
     def _features(self, prob: np.ndarray) -> dict[str, float]:
         return features(prob, self.threshold, self.postprocess)
 
-    def orient(self, images: np.ndarray, probs: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, float] | None]]:
+    def orient(
+        self, images: np.ndarray, probs: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, float] | None]]:
         """The model on preprocessed images (N, 1, s, s) read the right way round: (the images so, their
         probabilities, which films were read inverted, each film's quality features without TTA where the check
         computed them: None with
@@ -268,16 +307,25 @@ class LungSegmenter:
             images = np.where(inverted[:, None, None, None], 1 - images, images)
         return images, probs, inverted, found
 
-    def _model(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, float] | None],
-                                                  np.ndarray | None]:
+    def _model(
+        self, images: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float] | None], np.ndarray | None]:
         """(probabilities, inverted flags, quality features, TTA views) of preprocessed images."""
         images, probs, inverted, found = self.orient(images)
         return probs, inverted, found, self.quality_views(images)
 
     # --- from probabilities at the model's size to the final mask at the input's size ---
 
-    def finish(self, gray: np.ndarray, prob: np.ndarray, views: np.ndarray | None = None, inverted: bool = False,
-               found: dict[str, float] | None = None, status: Status = OK, source: Any = None) -> Segmentation:
+    def finish(
+        self,
+        gray: np.ndarray,
+        prob: np.ndarray,
+        views: np.ndarray | None = None,
+        inverted: bool = False,
+        found: dict[str, float] | None = None,
+        status: Status = OK,
+        source: Any = None,
+    ) -> Segmentation:
         """Score the mask from ``prob`` (s, s) at the model's size (and its TTA ``views``, (V, s, s)); upsample
         ``prob`` to ``gray``'s size, threshold, post-process and measure the mask. ``inverted``: ``prob`` came
         from the film's inverted grey levels (``gray`` is returned so); ``found``: ``prob``'s quality features
@@ -293,10 +341,25 @@ class LungSegmenter:
         prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) else prob
         raw = (prob >= self.threshold).astype(np.uint8)
         final, stats = finish_mask(raw, self.postprocess, self.plausibility)
-        stats.update(quality_score=quality, needs_review=review, inverted=bool(inverted), status=status.status,
-                     status_reason=status.reason)
-        return Segmentation(final > 0, prob.astype(np.float32, copy=False), gray, stats, quality, review, found,
-                            bool(inverted), status, source)
+        stats.update(
+            quality_score=quality,
+            needs_review=review,
+            inverted=bool(inverted),
+            status=status.status,
+            status_reason=status.reason,
+        )
+        return Segmentation(
+            final > 0,
+            prob.astype(np.float32, copy=False),
+            gray,
+            stats,
+            quality,
+            review,
+            found,
+            bool(inverted),
+            status,
+            source,
+        )
 
     # --- the public API ---
 
@@ -314,8 +377,9 @@ class LungSegmenter:
             raise RefusedInput(str(prepared))
         gray, x, status, source = prepared
         prob, inverted, found, views = self._model(x[None])
-        return self.finish(gray, prob[0, 0], None if views is None else views[0], bool(inverted[0]), found[0],
-                           status, source)
+        return self.finish(
+            gray, prob[0, 0], None if views is None else views[0], bool(inverted[0]), found[0], status, source
+        )
 
     def predict(self, image: ImageInput) -> np.ndarray:
         """One radiograph (path or array) -> bool lung mask (H, W) at its own size."""
@@ -325,16 +389,27 @@ class LungSegmenter:
         """One radiograph (path or array) -> float32 lung probabilities (H, W) at its own size."""
         return self.segment(image).probability
 
-    def _finish_into(self, sink: Callable[[int, Segmentation], Any] | None, index: int,
-                     prepared: tuple[np.ndarray, np.ndarray, Status, Any], *outputs: Any) -> Any:
+    def _finish_into(
+        self,
+        sink: Callable[[int, Segmentation], Any] | None,
+        index: int,
+        prepared: tuple[np.ndarray, np.ndarray, Status, Any],
+        *outputs: Any,
+    ) -> Any:
         """:meth:`finish` one input, then hand it to ``sink`` (with its index in the stream) where one is given."""
         gray, _, status, source = prepared
         result = self.finish(gray, *outputs, status=status, source=source)
         return result if sink is None else sink(index, result)
 
-    def predict_many(self, images: Iterable[ImageInput], batch_size: int = 8, num_workers: int | None = None,
-                     skip_errors: bool = False, timing: dict[str, float] | None = None,
-                     sink: Callable[[int, Segmentation], Any] | None = None) -> Iterator[Any]:
+    def predict_many(
+        self,
+        images: Iterable[ImageInput],
+        batch_size: int = 8,
+        num_workers: int | None = None,
+        skip_errors: bool = False,
+        timing: dict[str, float] | None = None,
+        sink: Callable[[int, Segmentation], Any] | None = None,
+    ) -> Iterator[Any]:
         """Segment ``images`` in batches, lazily and in order: decoding (``num_workers`` threads; None: the
         backend's default) and the upsampling/cleaning of one batch overlap with the model's work on the next.
         An unreadable input raises its DataError, or with ``skip_errors`` is yielded as that error in its place; with
@@ -351,9 +426,12 @@ class LungSegmenter:
         starts = range(0, len(items), max(1, int(batch_size)))
         pending: deque[Future | DataError | Refused] = deque()
         with ThreadPoolExecutor(workers) as decoders, ThreadPoolExecutor(FINISHERS) as finishers:
+
             def decode(start: int) -> list[Future]:
-                return [decoders.submit(_prepare, image, self.image_size, self.description.intensity, self.gate)
-                        for image in items[start:start + batch_size]]
+                return [
+                    decoders.submit(_prepare, image, self.image_size, self.description.intensity, self.gate)
+                    for image in items[start : start + batch_size]
+                ]
 
             batches = deque(decode(start) for start in starts[:2])  # the next batch decodes while this one runs
             for k in range(len(starts)):
@@ -368,14 +446,17 @@ class LungSegmenter:
                 outputs: Iterator[tuple[Any, ...]] = iter(())
                 if ready:
                     probs, inverted, found, views = self._model(np.stack([p[1] for p in ready]))
-                    outputs = zip(probs[:, 0], views if views is not None else [None] * len(ready), inverted,
-                                  found, strict=True)
+                    outputs = zip(
+                        probs[:, 0], views if views is not None else [None] * len(ready), inverted, found, strict=True
+                    )
                 if timing is not None:
                     timing["model_s"] = timing.get("model_s", 0.0) + time.perf_counter() - tick
                 entries: list[Future | DataError | Refused] = [  # in input order, errors in their inputs' places
-                    p if isinstance(p, (DataError, Refused)) else finishers.submit(self._finish_into, sink,
-                                                                                   starts[k] + j, p, *next(outputs))
-                    for j, p in enumerate(prepared)]
+                    p
+                    if isinstance(p, (DataError, Refused))
+                    else finishers.submit(self._finish_into, sink, starts[k] + j, p, *next(outputs))
+                    for j, p in enumerate(prepared)
+                ]
                 pending.extend(entries)
                 if first_error is not None and not skip_errors:
                     while pending:

@@ -27,20 +27,29 @@ MIN_SECOND_LUNG = 0.1
 # One component with at least this share of its pixels on each side of the image centre is both
 # lungs joined (across the midline, at the hila or the diaphragm): it is split at the centre.
 JOINED_SHARE = 0.2
-CSV_COLUMNS = ("side_source", "spacing_source", "area_unit", "length_unit", "left_lung_area",
-               "right_lung_area", "left_lung_height", "right_lung_height",
-               "left_lung_touches_border", "right_lung_touches_border")
+CSV_COLUMNS = (
+    "side_source",
+    "spacing_source",
+    "area_unit",
+    "length_unit",
+    "left_lung_area",
+    "right_lung_area",
+    "left_lung_height",
+    "right_lung_height",
+    "left_lung_touches_border",
+    "right_lung_touches_border",
+)
 
 
 @dataclass(frozen=True)
 class Lung:
     """One of the patient's lungs: its mask and measures (units: the owning :class:`Sides`')."""
 
-    mask: np.ndarray        # bool (H, W)
+    mask: np.ndarray  # bool (H, W)
     pixels: int
-    area: float             # mm^2 or px
-    height: float           # mm or px: top to bottom, along the patient's long axis
-    touches_border: bool    # any pixel on the film's outermost rows or columns
+    area: float  # mm^2 or px
+    height: float  # mm or px: top to bottom, along the patient's long axis
+    touches_border: bool  # any pixel on the film's outermost rows or columns
 
 
 @dataclass(frozen=True)
@@ -50,21 +59,25 @@ class Sides:
 
     left: Lung
     right: Lung
-    side_source: str                 # "PatientOrientation" | "convention"
-    spacing_source: str | None       # "PixelSpacing" | "ImagerPixelSpacing" | None
-    area_unit: str                   # "mm2" | "px"
-    length_unit: str                 # "mm" | "px"
+    side_source: str  # "PatientOrientation" | "convention"
+    spacing_source: str | None  # "PixelSpacing" | "ImagerPixelSpacing" | None
+    area_unit: str  # "mm2" | "px"
+    length_unit: str  # "mm" | "px"
 
     def stats(self) -> dict[str, Any]:
         """The measures as predictions.csv columns (``CSV_COLUMNS``); areas and heights rounded."""
-        return {"side_source": self.side_source, "spacing_source": self.spacing_source or "",
-                "area_unit": self.area_unit, "length_unit": self.length_unit,
-                "left_lung_area": round(self.left.area, 1),
-                "right_lung_area": round(self.right.area, 1),
-                "left_lung_height": round(self.left.height, 1),
-                "right_lung_height": round(self.right.height, 1),
-                "left_lung_touches_border": self.left.touches_border,
-                "right_lung_touches_border": self.right.touches_border}
+        return {
+            "side_source": self.side_source,
+            "spacing_source": self.spacing_source or "",
+            "area_unit": self.area_unit,
+            "length_unit": self.length_unit,
+            "left_lung_area": round(self.left.area, 1),
+            "right_lung_area": round(self.right.area, 1),
+            "left_lung_height": round(self.left.height, 1),
+            "right_lung_height": round(self.right.height, 1),
+            "left_lung_touches_border": self.left.touches_border,
+            "right_lung_touches_border": self.right.touches_border,
+        }
 
 
 def left_on_image(patient_orientation: tuple[str, ...] | list[str] = ()) -> tuple[str, str]:
@@ -94,9 +107,12 @@ def _lung(mask: np.ndarray, axis: int, spacing: tuple[float, float]) -> Lung:
     return Lung(mask, pixels, pixels * spacing[0] * spacing[1], height, border)
 
 
-def split_sides(mask: np.ndarray, patient_orientation: tuple[str, ...] | list[str] = (),
-                pixel_spacing: tuple[float, float] | None = None,
-                spacing_source: str | None = None) -> Sides:
+def split_sides(
+    mask: np.ndarray,
+    patient_orientation: tuple[str, ...] | list[str] = (),
+    pixel_spacing: tuple[float, float] | None = None,
+    spacing_source: str | None = None,
+) -> Sides:
     """Split a lung mask (H, W) into the patient's left and right lungs and measure them.
 
     Every component goes to one side, so the two lungs together are the mask: the two largest
@@ -109,7 +125,7 @@ def split_sides(mask: np.ndarray, patient_orientation: tuple[str, ...] | list[st
     pixels."""
     mask = np.asarray(mask) > 0
     towards, side_source = left_on_image(patient_orientation)
-    axis = 1 if towards in ("left", "right") else 0   # the image axis across the patient
+    axis = 1 if towards in ("left", "right") else 0  # the image axis across the patient
     labels, areas, centroids = components(mask)
     order = np.argsort(areas[1:])[::-1] + 1
     centre = (mask.shape[axis] - 1) / 2
@@ -132,8 +148,13 @@ def split_sides(mask: np.ndarray, patient_orientation: tuple[str, ...] | list[st
     spacing = pixel_spacing if pixel_spacing is not None else (1.0, 1.0)
     measured = pixel_spacing is not None
     units = ("mm2", "mm") if measured else ("px", "px")
-    return Sides(_lung(left, axis, spacing), _lung(right, axis, spacing), side_source,
-                 spacing_source if measured else None, *units)
+    return Sides(
+        _lung(left, axis, spacing),
+        _lung(right, axis, spacing),
+        side_source,
+        spacing_source if measured else None,
+        *units,
+    )
 
 
 def split_film(mask: np.ndarray, film: DicomFilm | None = None) -> Sides:
@@ -144,6 +165,8 @@ def split_film(mask: np.ndarray, film: DicomFilm | None = None) -> Sides:
     if mask.shape != (film.rows, film.columns):
         from lungseg.errors import DataError
 
-        raise DataError(f"{film.path}: mask of {mask.shape[1]}x{mask.shape[0]} px for a film of "
-                        f"{film.columns}x{film.rows} px; split the mask at the film's own size")
+        raise DataError(
+            f"{film.path}: mask of {mask.shape[1]}x{mask.shape[0]} px for a film of "
+            f"{film.columns}x{film.rows} px; split the mask at the film's own size"
+        )
     return split_sides(mask, film.patient_orientation, film.pixel_spacing, film.spacing_source)

@@ -35,8 +35,11 @@ class ConvReLUBN(nn.Sequential):
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
             # eps 1e-3 as Keras; momentum in PyTorch's convention (Keras' 0.99 is 0.01 here).
-            layers += [nn.Conv2d(c_in, out_channels, 3, padding=1), nn.ReLU(inplace=True),
-                       nn.BatchNorm2d(out_channels, eps=1e-3, momentum=bn_momentum)]
+            layers += [
+                nn.Conv2d(c_in, out_channels, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.BatchNorm2d(out_channels, eps=1e-3, momentum=bn_momentum),
+            ]
         super().__init__(*layers)
 
 
@@ -48,8 +51,11 @@ class Up(nn.Module):
         if mode == "transpose":
             self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
         elif mode == "upsample":
-            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                    nn.Conv2d(in_channels, out_channels, 2, padding="same"), nn.ReLU(inplace=True))
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(in_channels, out_channels, 2, padding="same"),
+                nn.ReLU(inplace=True),
+            )
         else:
             raise ValueError(f"model.decoder must be 'transpose' or 'upsample', not {mode!r}")
 
@@ -100,9 +106,11 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], 1, 1)
         # Deep supervision: a 1x1 logit head on each coarser decoder output (deepest first), trained
         # through forward_with_aux; forward() never uses them, so inference and export are unchanged.
-        self.aux_heads = nn.ModuleList(
-            nn.Conv2d(width, 1, 1) for width in list(reversed(widths))[:-1]
-        ) if deep_supervision else nn.ModuleList()
+        self.aux_heads = (
+            nn.ModuleList(nn.Conv2d(width, 1, 1) for width in list(reversed(widths))[:-1])
+            if deep_supervision
+            else nn.ModuleList()
+        )
         self.divisor = 2**depth
 
     @property

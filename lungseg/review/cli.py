@@ -18,19 +18,24 @@ FEATURE = "lungseg-review"
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(
-        prog="lungseg-review", description="Review the masks of a lungseg.predict output folder in "
-        "a local browser page, flagged films first; decisions go to FOLDER/review.csv.")
-    p.add_argument("folder", type=Path,
-                   help="the output= folder of lungseg.predict (it holds predictions.csv)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port of the page (default {DEFAULT_PORT}; 0 picks a free one)")
-    p.add_argument("--host", default=LOOPBACK,
-                   help=f"address to listen on (default {LOOPBACK}: this machine only)")
-    p.add_argument("--summary", action="store_true",
-                   help="print how many flagged masks were accepted and rejected, and exit")
-    p.add_argument("--export-rejected", type=Path, metavar="DIR",
-                   help="copy the rejected films into the new folder DIR (image/, mask/, "
-                        "rejected.csv), and exit")
+        prog="lungseg-review",
+        description="Review the masks of a lungseg.predict output folder in "
+        "a local browser page, flagged films first; decisions go to FOLDER/review.csv.",
+    )
+    p.add_argument("folder", type=Path, help="the output= folder of lungseg.predict (it holds predictions.csv)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port of the page (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
+    p.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK}: this machine only)")
+    p.add_argument(
+        "--summary", action="store_true", help="print how many flagged masks were accepted and rejected, and exit"
+    )
+    p.add_argument(
+        "--export-rejected",
+        type=Path,
+        metavar="DIR",
+        help="copy the rejected films into the new folder DIR (image/, mask/, rejected.csv), and exit",
+    )
     return p
 
 
@@ -46,8 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         from lungseg.review.relabel import export_rejected
 
         done = export_rejected(args.folder, args.export_rejected)
-        print(f"{done['exported']} rejected film(s) -> {done['folder']} (image/, mask/, "
-              "rejected.csv): correct the masks, then add the pairs to a training split")
+        print(
+            f"{done['exported']} rejected film(s) -> {done['folder']} (image/, mask/, "
+            "rejected.csv): correct the masks, then add the pairs to a training split"
+        )
         return
     require_extra("fastapi", "review", FEATURE)
     require_extra("uvicorn", "review", FEATURE)
@@ -57,10 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     sock = listen(args.host, args.port)
     book = app.state.review.book
     if args.host not in (LOOPBACK, "localhost", "::1"):
-        print(f"warning: --host {args.host}: anyone who can reach this machine can see these "
-              "films", file=sys.stderr)
+        print(f"warning: --host {args.host}: anyone who can reach this machine can see these films", file=sys.stderr)
     flagged = sum(f.flagged for f in book.films)
-    print(f"lungseg-review: {len(book.films)} films ({flagged} flagged) in {book.folder}; "
-          f"decisions go to {book.path}", flush=True)
+    print(
+        f"lungseg-review: {len(book.films)} films ({flagged} flagged) in {book.folder}; decisions go to {book.path}",
+        flush=True,
+    )
     print(f"open {url_of(sock)} (Ctrl+C stops)", flush=True)
     server_for(app).run(sockets=[sock])

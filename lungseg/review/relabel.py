@@ -45,8 +45,10 @@ def _film_bytes(film: Film) -> tuple[bytes, str]:
     """The film's file as it is (a PNG/JPEG/BMP/TIFF read the right way round), else decoded to an
     8-bit PNG (DICOM, or a film predict read inverted); with the suffix to write it under."""
     if not film.input.is_file():
-        raise DataError(f"film not found: {film.input} (moved or deleted?); restore it, or clear "
-                        f"the rejection of '{film.key}' (nothing was written)")
+        raise DataError(
+            f"film not found: {film.input} (moved or deleted?); restore it, or clear "
+            f"the rejection of '{film.key}' (nothing was written)"
+        )
     suffix = film.input.suffix.lower()
     if suffix in IMAGE_SUFFIXES and not film.inverted:
         return film.input.read_bytes(), suffix
@@ -59,8 +61,7 @@ def export_rejected(folder: str | Path, out: str | Path) -> dict[str, Any]:
     films, decisions = read_folder(folder)
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LungsegError(f"--export-rejected {out}: already exists; choose a new folder (nothing "
-                           "was written)")
+        raise LungsegError(f"--export-rejected {out}: already exists; choose a new folder (nothing was written)")
     rejected = [f for f in films if f.key in decisions and decisions[f.key].decision == "rejected"]
     if not rejected:
         raise LungsegError(f"{Path(folder) / REVIEW_CSV}: no film is rejected; nothing to export")
@@ -75,10 +76,18 @@ def export_rejected(folder: str | Path, out: str | Path) -> dict[str, Any]:
             write_bytes(tmp / image, data)
             write_bytes(tmp / mask, mask_source(film).read_bytes())
             decision = decisions[film.key]
-            rows.append({"image": image, "mask": mask, "film": film.key, "input": str(film.input),
-                         "note": decision.note, "quality_score": film.row.get("quality_score", ""),
-                         "needs_review": film.row.get("needs_review", ""),
-                         "decided_at": decision.decided_at})
+            rows.append(
+                {
+                    "image": image,
+                    "mask": mask,
+                    "film": film.key,
+                    "input": str(film.input),
+                    "note": decision.note,
+                    "quality_score": film.row.get("quality_score", ""),
+                    "needs_review": film.row.get("needs_review", ""),
+                    "decided_at": decision.decided_at,
+                }
+            )
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()

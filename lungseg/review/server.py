@@ -33,13 +33,32 @@ from lungseg.review.images import Thumbnails, picture
 
 STATIC = Path(__file__).parent / "static"
 # Columns a card shows in a place of their own; the other columns are listed under "more".
-OWN_PLACE = ("input", "mask", "quality_score", "needs_review", "inverted", "status", "status_reason", "seg",
-             "plausibility", "quality")  # quality: the plausibility flags' name before lungseg 0.3
-FIGURES = ("lung_fraction", "large_components", "dice", "iou", "left_lung_area", "right_lung_area",
-           "left_lung_height", "right_lung_height", "area_unit")  # and every *_px, *_mm, *_mm2
+OWN_PLACE = (
+    "input",
+    "mask",
+    "quality_score",
+    "needs_review",
+    "inverted",
+    "status",
+    "status_reason",
+    "seg",
+    "plausibility",
+    "quality",
+)  # quality: the plausibility flags' name before lungseg 0.3
+FIGURES = (
+    "lung_fraction",
+    "large_components",
+    "dice",
+    "iou",
+    "left_lung_area",
+    "right_lung_area",
+    "left_lung_height",
+    "right_lung_height",
+    "area_unit",
+)  # and every *_px, *_mm, *_mm2
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -85,6 +104,7 @@ class ReviewState:
     def make_ahead(self, films: list[Film]) -> None:
         """Make the thumbnails of the next page in the background, one at a time, so that turning
         to it shows pictures at once (a film that cannot be drawn says so when it is shown)."""
+
         def make() -> None:
             for film in films:
                 for layer in ("film", "mask"):
@@ -100,14 +120,19 @@ class ReviewState:
         decision = self.book.decisions.get(film.key)
         row = film.row
         return {
-            "key": film.key, "rank": self.rank[film.key], "input": row.get("input", ""),
-            "score": film.score, "flagged": film.flagged, "refused": film.refused,
-            "inverted": film.inverted, "status": film.status, "reason": row.get("status_reason", ""),
-            "plausibility": row.get("plausibility", row.get("quality", "")), "has_mask": film.mask is not None,
-            "figures": {k: v for k, v in row.items()
-                        if _figure(k) and k not in OWN_PLACE and v != ""},
-            "columns": {k: v for k, v in row.items()
-                        if not _figure(k) and k not in OWN_PLACE and v != ""},
+            "key": film.key,
+            "rank": self.rank[film.key],
+            "input": row.get("input", ""),
+            "score": film.score,
+            "flagged": film.flagged,
+            "refused": film.refused,
+            "inverted": film.inverted,
+            "status": film.status,
+            "reason": row.get("status_reason", ""),
+            "plausibility": row.get("plausibility", row.get("quality", "")),
+            "has_mask": film.mask is not None,
+            "figures": {k: v for k, v in row.items() if _figure(k) and k not in OWN_PLACE and v != ""},
+            "columns": {k: v for k, v in row.items() if not _figure(k) and k not in OWN_PLACE and v != ""},
             "decision": decision.decision if decision else "",
             "note": decision.note if decision else "",
             "decided_at": decision.decided_at if decision else "",
@@ -155,8 +180,7 @@ def create_app(folder: str | Path, host: str = LOOPBACK) -> FastAPI:
         if host not in ANY_ADDRESS and name not in names:
             return _error(400, f"this page answers at {', '.join(sorted(names))} only")
         origin = request.headers.get("origin")
-        if request.method == "POST" and origin and urlsplit(origin).netloc != request.headers.get(
-                "host"):
+        if request.method == "POST" and origin and urlsplit(origin).netloc != request.headers.get("host"):
             return _error(403, f"a decision from another origin ({origin}) is refused")
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
@@ -176,22 +200,33 @@ def create_app(folder: str | Path, host: str = LOOPBACK) -> FastAPI:
         kept = state.shown(show)
         pages = max(1, -(-len(kept) // per_page))
         page = min(max(page, 0), pages - 1)
-        cards = [state.card(f) for f in kept[page * per_page:(page + 1) * per_page]]
-        state.make_ahead(kept[(page + 1) * per_page:(page + 2) * per_page])
-        return {"folder": str(book.folder), "review_csv": str(book.path), "total": len(kept),
-                "films_total": len(state.order), "page": page, "pages": pages,
-                "per_page": per_page, "show": show, "films": cards, "counts": book.counts()}
+        cards = [state.card(f) for f in kept[page * per_page : (page + 1) * per_page]]
+        state.make_ahead(kept[(page + 1) * per_page : (page + 2) * per_page])
+        return {
+            "folder": str(book.folder),
+            "review_csv": str(book.path),
+            "total": len(kept),
+            "films_total": len(state.order),
+            "page": page,
+            "pages": pages,
+            "per_page": per_page,
+            "show": show,
+            "films": cards,
+            "counts": book.counts(),
+        }
 
     @app.get("/api/picture")
-    def picture_of(key: str, layer: Literal["film", "mask"] = "film",
-                   size: Literal["thumb", "full"] = "thumb") -> Response:
+    def picture_of(
+        key: str, layer: Literal["film", "mask"] = "film", size: Literal["thumb", "full"] = "thumb"
+    ) -> Response:
         film = book.by_key.get(key)
         if film is None:
             return _error(404, f"film '{key}' {unknown_film}")
         try:
             if size == "full":
-                return Response(picture(film, layer, None), media_type="image/png",
-                                headers={"Cache-Control": "no-store"})
+                return Response(
+                    picture(film, layer, None), media_type="image/png", headers={"Cache-Control": "no-store"}
+                )
             path = state.thumbnails.path(film, layer)
         except LungsegError as err:
             return _error(404, str(err))
@@ -229,9 +264,10 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen(2048)  # connections wait in the backlog until uvicorn takes them
     except OSError as err:
         sock.close()
-        raise LungsegError(f"--port {port}: cannot listen on {host}:{port} "
-                           f"({err.strerror or err}); choose another (--port 0 picks a free one)") \
-            from None
+        raise LungsegError(
+            f"--port {port}: cannot listen on {host}:{port} "
+            f"({err.strerror or err}); choose another (--port 0 picks a free one)"
+        ) from None
     return sock
 
 

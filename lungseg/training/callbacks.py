@@ -33,16 +33,21 @@ class TrainingDivergedError(LungsegError):
     """The loss or the weights became NaN or infinite."""
 
 
-def prediction_sheet(images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor,
-                     threshold: float = 0.5) -> torch.Tensor:
+def prediction_sheet(
+    images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor, threshold: float = 0.5
+) -> torch.Tensor:
     """One row per image: input, true mask, predicted mask, overlay (green hit, red false positive, blue missed);
     returns an RGB (3, H*n, W*4) tensor."""
     rows = []
     for image, truth, prob in zip(images, masks, probs, strict=True):
         pred = (prob >= threshold).float()
         coloured = overlay(to_uint8(image[0].numpy()), pred[0].numpy(), truth[0].numpy())
-        tiles = [image.expand(3, -1, -1), truth.expand(3, -1, -1), pred.expand(3, -1, -1),
-                 torch.from_numpy(coloured).permute(2, 0, 1).float() / 255]
+        tiles = [
+            image.expand(3, -1, -1),
+            truth.expand(3, -1, -1),
+            pred.expand(3, -1, -1),
+            torch.from_numpy(coloured).permute(2, 0, 1).float() / 255,
+        ]
         rows.append(torch.cat(tiles, dim=2))
     return torch.cat(rows, dim=1)
 
@@ -90,8 +95,14 @@ class EpochLog(L.Callback):
         metrics = trainer.callback_metrics
         parts = [f"{k} {float(metrics[k]):.4f}" for k in ("train/loss", "val/loss", "val/dice") if k in metrics]
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        log.info("epoch %d/%d: %s, lr %.3g (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs,
-                 ", ".join(parts), lr, time.perf_counter() - self._start)
+        log.info(
+            "epoch %d/%d: %s, lr %.3g (%.1f s)",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            ", ".join(parts),
+            lr,
+            time.perf_counter() - self._start,
+        )
 
 
 class BestMetrics(L.Callback):
@@ -157,14 +168,14 @@ class PreciseBatchNorm(L.Callback):
         rank, world = process_rank()
         if n >= world:  # the first of this rank's training share (the items it has decoded and cached): together,
             # over the ranks, the first n of the one fixed random order of the training items
-            picks = train_share(len(dataset), rank, world)[:len(range(rank, n, world))].tolist()
+            picks = train_share(len(dataset), rank, world)[: len(range(rank, n, world))].tolist()
         else:
             picks = train_share(len(dataset), 0, 1)[:n].tolist()
         batch_size = trainer.datamodule.batch_size
         try:
             with trainer.precision_plugin.forward_context():
                 for start in range(0, len(picks), batch_size):
-                    items = [dataset.item(i, augment=False) for i in picks[start:start + batch_size]]
+                    items = [dataset.item(i, augment=False) for i in picks[start : start + batch_size]]
                     pl_module(torch.stack([it["image"] for it in items]).to(pl_module.device))
         finally:
             for m, momentum in zip(norms, momenta, strict=True):
@@ -200,14 +211,18 @@ class StopOnNonFinite(L.Callback):
     def _allowed(self, trainer: L.Trainer) -> int:
         return self.fp16_skips if str(trainer.precision).startswith("16") else 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
         bad = ~torch.isfinite(loss.detach()).all()
-        streak = self._streak if self._streak is not None and self._streak.device == loss.device else \
-            torch.zeros((), dtype=torch.int64, device=loss.device)
+        streak = (
+            self._streak
+            if self._streak is not None and self._streak.device == loss.device
+            else torch.zeros((), dtype=torch.int64, device=loss.device)
+        )
         self._streak = torch.where(bad, streak + 1, torch.zeros_like(streak))
         if loss.device.type == "cpu" or (trainer.global_step + 1) % self.check_every == 0:
             self._check_streak(trainer, loss)
@@ -218,8 +233,11 @@ class StopOnNonFinite(L.Callback):
             self._last = float(loss.detach())
         too_many = streak > self._allowed(trainer)
         if trainer.strategy.reduce_boolean_decision(too_many, all=False):  # every rank stops together
-            what = (f"the training loss was {self._last:g} for {streak} step(s) in a row" if too_many
-                    else "another rank's loss is NaN/inf")
+            what = (
+                f"the training loss was {self._last:g} for {streak} step(s) in a row"
+                if too_many
+                else "another rank's loss is NaN/inf"
+            )
             self._fail(trainer, what)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -253,9 +271,12 @@ class StopOnNonFinite(L.Callback):
 def _rng_states() -> dict[str, Any]:
     """Python, NumPy, torch and CUDA generator states as plain values (checkpoints load tensors-only)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 class ExactResume(L.Callback):
@@ -281,8 +302,11 @@ class ExactResume(L.Callback):
             progress = trainer.fit_loop.epoch_progress.current
             if progress.processed > progress.completed:  # saved at epoch end, before the plateau step
                 metrics = trainer.callback_metrics
-                state["plateau_due"] = {c.monitor: float(metrics[c.monitor]) for c in trainer.lr_scheduler_configs
-                                        if c.reduce_on_plateau and c.monitor in metrics}
+                state["plateau_due"] = {
+                    c.monitor: float(metrics[c.monitor])
+                    for c in trainer.lr_scheduler_configs
+                    if c.reduce_on_plateau and c.monitor in metrics
+                }
                 state["epoch"] = trainer.current_epoch
         return state
 
@@ -301,8 +325,12 @@ class ExactResume(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         due, self._due = self._due, None
         for config in trainer.lr_scheduler_configs if due else []:
-            if (config.reduce_on_plateau and config.interval == "epoch" and config.monitor in due
-                    and (self._epoch + 1) % config.frequency == 0):
+            if (
+                config.reduce_on_plateau
+                and config.interval == "epoch"
+                and config.monitor in due
+                and (self._epoch + 1) % config.frequency == 0
+            ):
                 config.scheduler.step(due[config.monitor])
 
 
@@ -322,8 +350,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class DescribeModel(L.Callback):
-    """Write the model's self-description (``lungseg.artifacts.checkpoint.ModelDescription``) into every checkpoint: input
-    size, preprocessing, threshold, training precision, the run config, code version, data fingerprint, metrics."""
+    """Write the model's self-description (``lungseg.artifacts.checkpoint.ModelDescription``) into every checkpoint:
+    input size, preprocessing, threshold, training precision, the run config, code version, data fingerprint,
+    metrics."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -335,8 +364,10 @@ class DescribeModel(L.Callback):
         if self._data is None:
             datamodule = trainer.datamodule
             root = Path(datamodule.root)
-            pairs = {split: datamodule.datasets[split].pairs if split in datamodule.datasets
-                     else find_pairs(root, split)[0] for split in SPLITS}
+            pairs = {
+                split: datamodule.datasets[split].pairs if split in datamodule.datasets else find_pairs(root, split)[0]
+                for split in SPLITS
+            }
             files = {split: [(p.image, p.mask) for p in split_pairs] for split, split_pairs in pairs.items()}
             self._data = {**data_fingerprint(root, files), "train_subset": datamodule.train_subset}
         return self._data
@@ -346,10 +377,16 @@ class DescribeModel(L.Callback):
         metrics = trainer.callback_metrics
         best = next((c for c in trainer.callbacks if isinstance(c, BestMetrics)), None)
         return ModelDescription(
-            image_size=int(trainer.datamodule.image_size), threshold=float(pl_module.hparams.get("threshold", 0.5)),
-            precision=str(trainer.precision), config=self.config, data=self._fingerprint(trainer),
+            image_size=int(trainer.datamodule.image_size),
+            threshold=float(pl_module.hparams.get("threshold", 0.5)),
+            precision=str(trainer.precision),
+            config=self.config,
+            data=self._fingerprint(trainer),
             val_metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1},
-            best_metrics=best.results() if best is not None else {}, git_commit=self._commit, created=now())
+            best_metrics=best.results() if best is not None else {},
+            git_commit=self._commit,
+            created=now(),
+        )
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[DESCRIPTION_KEY] = self.describe(trainer, pl_module).to_dict()

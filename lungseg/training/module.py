@@ -67,9 +67,17 @@ class LungSegModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            {"net": _plain(net), "optimizer": _plain(optimizer), "loss": _plain(loss),
-             "scheduler": _plain(scheduler), "kernel_l2": kernel_l2, "threshold": threshold,
-             "channels_last": channels_last, "monitor": monitor, "compile": compile}
+            {
+                "net": _plain(net),
+                "optimizer": _plain(optimizer),
+                "loss": _plain(loss),
+                "scheduler": _plain(scheduler),
+                "kernel_l2": kernel_l2,
+                "threshold": threshold,
+                "channels_last": channels_last,
+                "monitor": monitor,
+                "compile": compile,
+            }
         )
         self.net: nn.Module = instantiate(self.hparams.net)
         self.loss_fn: nn.Module = instantiate(self.hparams.loss)
@@ -98,8 +106,11 @@ class LungSegModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Lay the network out for the Trainer's device and stage (``channels_last: auto``: NCHW to train on a CPU
         without AVX-512, channels_last elsewhere; ``lungseg.runtime.use_channels_last``)."""
-        self._set_layout(use_channels_last(self.hparams.channels_last, self.trainer.strategy.root_device.type,
-                                           training=stage == "fit"))
+        self._set_layout(
+            use_channels_last(
+                self.hparams.channels_last, self.trainer.strategy.root_device.type, training=stage == "fit"
+            )
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 1, H, W) in [0, 1] -> logits (N, 1, H, W)."""
@@ -182,8 +193,9 @@ class LungSegModule(L.LightningModule):
             # on_before_optimizer_step, so its value is computed here without an autograd graph.
             with torch.no_grad():
                 penalty = self.l2_penalty()
-            self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0],
-                     sync_dist=True)
+            self.log(
+                "train/l2", penalty, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0], sync_dist=True
+            )
             loss = loss + penalty
         return loss
 
@@ -211,9 +223,15 @@ class LungSegModule(L.LightningModule):
         # (trainer.check_val_every_n_epoch): its patience counts validations, as Keras' does.
         every = self.trainer.check_val_every_n_epoch if self._trainer is not None else 1
         plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch",
-                                 "frequency": (every or 1) if plateau else 1}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": self.hparams.monitor,
+                "interval": "epoch",
+                "frequency": (every or 1) if plateau else 1,
+            },
+        }
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> LungSegModule:

@@ -23,10 +23,16 @@ from lungseg.atomic import write_text
 from lungseg.config import in_multirun
 
 SWEEP_FILE = "sweep.yaml"
-SHORT_KEYS = {"optimizer.lr": "lr", "model.dropout": "dropout", "model.noise_std": "noise",
-              "data.batch_size": "bs", "data.image_size": "size", "trainer.max_epochs": "epochs"}
-MAX_VALUE = 24   # characters of one value in a name
-MAX_NAME = 120   # characters of a whole name (longer ones are cut and end in a hash of the full name)
+SHORT_KEYS = {
+    "optimizer.lr": "lr",
+    "model.dropout": "dropout",
+    "model.noise_std": "noise",
+    "data.batch_size": "bs",
+    "data.image_size": "size",
+    "trainer.max_epochs": "epochs",
+}
+MAX_VALUE = 24  # characters of one value in a name
+MAX_NAME = 120  # characters of a whole name (longer ones are cut and end in a hash of the full name)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 _STAMP = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TIME = re.compile(r"\d{2}-\d{2}-\d{2}")
@@ -77,7 +83,7 @@ def run_name(pairs: Iterable[tuple[str, Any]]) -> str:
     keys = [_UNSAFE.sub("_", k if shorts.count(s) > 1 else s) for (k, _), s in zip(pairs, shorts, strict=True)]
     name = ",".join(f"{k}={short_value(v)}" for k, (_, v) in zip(keys, pairs, strict=True))
     if len(name) > MAX_NAME:
-        name = f"{name[:MAX_NAME - 9]}-{zlib.crc32(name.encode()):08x}"
+        name = f"{name[: MAX_NAME - 9]}-{zlib.crc32(name.encode()):08x}"
     return name
 
 

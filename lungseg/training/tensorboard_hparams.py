@@ -27,12 +27,29 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 log = logging.getLogger(__name__)
 
 # The recipe's main knobs, after whatever a sweep varies; loss, scheduler and augment by the config file chosen.
-MAIN_KNOBS = ("optimizer.lr", "model.dropout", "model.noise_std", "model.base_filters", "model.depth",
-              "data.image_size", "data.batch_size", "loss", "scheduler", "augment", "trainer.max_epochs", "seed")
+MAIN_KNOBS = (
+    "optimizer.lr",
+    "model.dropout",
+    "model.noise_std",
+    "model.base_filters",
+    "model.depth",
+    "data.image_size",
+    "data.batch_size",
+    "loss",
+    "scheduler",
+    "augment",
+    "trainer.max_epochs",
+    "seed",
+)
 # Scalars each run writes for the table: (tag, column title); per-image Dice only where the run has it.
-HPARAMS_METRICS = (("best/val_dice", "best val Dice"), ("best/val_dice_per_image", "best val Dice per image"),
-           ("best/val_loss", "best val loss"), ("test/dice", "test Dice"), ("run/epochs", "epochs"),
-           ("run/wall_s", "wall time (s)"))
+HPARAMS_METRICS = (
+    ("best/val_dice", "best val Dice"),
+    ("best/val_dice_per_image", "best val Dice per image"),
+    ("best/val_loss", "best val loss"),
+    ("test/dice", "test Dice"),
+    ("run/epochs", "epochs"),
+    ("run/wall_s", "wall time (s)"),
+)
 SWEEP_EVENTS = ".sweep"  # file-name suffix of the sweep folder's experiment summary (rewritten by each summary)
 
 
@@ -62,8 +79,9 @@ def knob_value(cfg: DictConfig, key: str, choices: Mapping[str, str]) -> bool | 
     return None if node is None else _scalar(node)
 
 
-def run_hparams(cfg: DictConfig, varying: Iterable[str] = (), choices: Mapping[str, str] | None = None
-                ) -> dict[str, bool | int | float | str]:
+def run_hparams(
+    cfg: DictConfig, varying: Iterable[str] = (), choices: Mapping[str, str] | None = None
+) -> dict[str, bool | int | float | str]:
     """The run's hyperparameters for TensorBoard: the sweep's varying keys first, then :data:`MAIN_KNOBS`."""
     choices = _choices() if choices is None else choices
     values = {key: knob_value(cfg, key, choices) for key in dict.fromkeys([*varying, *MAIN_KNOBS])}
@@ -76,8 +94,9 @@ def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.S
     return summary
 
 
-def experiment_summary(hparams: Mapping[str, list[Any]], varying: Iterable[str], metrics: Iterable[str]
-                       ) -> summary_pb2.Summary:
+def experiment_summary(
+    hparams: Mapping[str, list[Any]], varying: Iterable[str], metrics: Iterable[str]
+) -> summary_pb2.Summary:
     """The HParams experiment: one column per hparam (``name -> values seen``), typed by its values, the varying
     ones marked (TensorBoard lists and ticks those first), then the metrics by their titles."""
     varying, titles = set(varying), dict(HPARAMS_METRICS)
@@ -92,8 +111,9 @@ def experiment_summary(hparams: Mapping[str, list[Any]], varying: Iterable[str],
             info.type = api_pb2.DATA_TYPE_STRING
             info.domain_discrete.extend(sorted({str(v) for v in values}))
         infos.append(info)
-    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=titles.get(tag, tag))
-                    for tag in metrics]
+    metric_infos = [
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=titles.get(tag, tag)) for tag in metrics
+    ]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
     return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
@@ -152,8 +172,9 @@ def read_session(events_dir: Path) -> tuple[str, dict[str, Any]] | None:
     return start.group_name, {k: bool(v) if isinstance(v, bool) else v for k, v in values.items()}
 
 
-def write_sweep_experiment(sweep_dir: Path, sessions: list[dict[str, Any]], varying: list[str],
-                           metrics: Iterable[str]) -> Path:
+def write_sweep_experiment(
+    sweep_dir: Path, sessions: list[dict[str, Any]], varying: list[str], metrics: Iterable[str]
+) -> Path:
     """Write the sweep's experiment summary into ``sweep_dir`` (replacing an earlier one): its columns are the
     hparams the jobs recorded, varying keys first (in sweep order), then :data:`MAIN_KNOBS`, then any other."""
     from tensorboard.summary.writer.event_file_writer import EventFileWriter

@@ -30,8 +30,10 @@ def read_run(run: Path) -> dict[str, float]:
     for split in ("val", "test"):
         path = run / "eval" / split / "metrics.json"
         if not path.is_file():
-            raise SystemExit(f"{path}: missing; score the run first: python -m lungseg.evaluate "
-                             f"ckpt_path={run}/checkpoints/best.ckpt data.root=<set> split={split}")
+            raise SystemExit(
+                f"{path}: missing; score the run first: python -m lungseg.evaluate "
+                f"ckpt_path={run}/checkpoints/best.ckpt data.root=<set> split={split}"
+            )
         metrics = json.loads(path.read_text())
         row[f"{split} pooled Dice"] = metrics["pooled"]["dice"]
         row[f"{split} per-image Dice"] = metrics["per_image"]["dice_mean"]
@@ -71,8 +73,11 @@ def table(groups: dict[int, list[dict[str, float]]]) -> str:
         lines.append(f"| {n} | {len(rows)} | " + " | ".join(cells) + " |")
     if len(groups) > 1:
         slopes = [fit(groups, c)[1] for c in columns]
-        lines.append("| per doubling (fit) | | " + " | ".join(
-            f"{s:+.1f}" if "HD95" in c else f"{s:+.4f}" for c, s in zip(columns, slopes, strict=True)) + " |")
+        lines.append(
+            "| per doubling (fit) | | "
+            + " | ".join(f"{s:+.1f}" if "HD95" in c else f"{s:+.4f}" for c, s in zip(columns, slopes, strict=True))
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -83,8 +88,10 @@ def extrapolations(groups: dict[int, list[dict[str, float]]]) -> list[str]:
         a, b = fit(groups, column)
         improving = b < 0 if "HD95" in column else b > 0
         if improving:
-            lines.append(f"{column}: {b:+.4g} per doubling; the line reaches {target} at about "
-                         f"{2 ** ((target - a) / b):,.0f} training images (extrapolated)")
+            lines.append(
+                f"{column}: {b:+.4g} per doubling; the line reaches {target} at about "
+                f"{2 ** ((target - a) / b):,.0f} training images (extrapolated)"
+            )
         else:
             lines.append(f"{column}: does not improve with N here ({b:+.4g} per doubling)")
     return lines
@@ -98,18 +105,25 @@ def plot(groups: dict[int, list[dict[str, float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for column, colour in (("val pooled Dice", "tab:blue"), ("test pooled Dice", "tab:orange"),
-                           ("test per-image Dice, other 12", "tab:green"),
-                           ("test per-image Dice, 3 hard films", "tab:red")):
+    for column, colour in (
+        ("val pooled Dice", "tab:blue"),
+        ("test pooled Dice", "tab:orange"),
+        ("test per-image Dice, other 12", "tab:green"),
+        ("test per-image Dice, 3 hard films", "tab:red"),
+    ):
         xs = [n for n, rows in groups.items() for _ in rows]
         ax.scatter(xs, [r[column] for rows in groups.values() for r in rows], color=colour, s=14)
-        ax.plot(list(groups), [np.mean([r[column] for r in rows]) for rows in groups.values()], color=colour,
-                label=column)
+        ax.plot(
+            list(groups), [np.mean([r[column] for r in rows]) for rows in groups.values()], color=colour, label=column
+        )
     ax.axhline(TARGETS["test pooled Dice"], color="grey", ls="--", lw=1, label="target, pooled test Dice")
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(groups), [str(n) for n in groups])
-    ax.set(xlabel="training images (cxr-v7, equal optimizer steps)", ylabel="Dice",
-           title="cxr_small: accuracy against training-set size")
+    ax.set(
+        xlabel="training images (cxr-v7, equal optimizer steps)",
+        ylabel="Dice",
+        title="cxr_small: accuracy against training-set size",
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder
         if args.decide:
-            folder = Path(shutil.copytree(args.folder, Path(tmp) / "out",
-                                          ignore=shutil.ignore_patterns(REVIEW_CSV, CACHE_DIR)))
+            folder = Path(
+                shutil.copytree(args.folder, Path(tmp) / "out", ignore=shutil.ignore_patterns(REVIEW_CSV, CACHE_DIR))
+            )
         with serving(folder) as url, chromium_page(width, height) as page:
             page.goto(url)
             page.locator("article.card").first.wait_for()

@@ -1,6 +1,7 @@
 """TensorBoard's HParams tab of a sweep, in headless Chromium: the table as text, or a screenshot.
 
-    python scripts/pipelines/sweep_screenshot.py outputs/multirun/<date>/<time> docs/figures/sweep_hparams.png [--view table]
+    python scripts/pipelines/sweep_screenshot.py outputs/multirun/<date>/<time> docs/figures/sweep_hparams.png [--view
+    table]
 
 Needs ``pip install playwright`` and a Chromium at /usr/bin/chromium (Debian: ``apt-get install chromium``;
 Playwright's own browser download is not used). tests/test_sweep_browser.py drives the same functions.
@@ -33,8 +34,11 @@ def free_port() -> int:
 def tensorboard(logdir: Path, timeout_s: float = 120.0) -> Iterator[str]:
     """``tensorboard --logdir logdir`` on a free local port until the block ends; yields its URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
-                             "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -86,7 +90,8 @@ def hparams_table(page: Any) -> tuple[list[str], list[list[str]]]:
                                  const r = cell.getBoundingClientRect(), rr = row.getBoundingClientRect();
                                  if (r.width === 0 || rr.height === 0) return null;
                                  return [row.parentElement.id, Math.round(rr.top), Math.round(r.left),
-                                         e.innerText.trim().replace(/\\s+/g, ' ')]; }).filter(x => x)""")
+                                         e.innerText.trim().replace(/\\s+/g, ' ')]; }).filter(x => x)"""
+    )
     lines: dict[tuple[bool, int], list[tuple[int, str]]] = {}
     for section, top, left, text in cells:
         lines.setdefault((section != "header", top), []).append((left, text))
@@ -132,8 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("out", type=Path, nargs="?", default=Path("docs/figures/sweep_hparams.png"))
     parser.add_argument("--view", choices=sorted(VIEWS), default="parallel")
-    parser.add_argument("--keep-constants", action="store_true",
-                        help="keep the ticked knobs that do not vary (TensorBoard ticks the first five)")
+    parser.add_argument(
+        "--keep-constants",
+        action="store_true",
+        help="keep the ticked knobs that do not vary (TensorBoard ticks the first five)",
+    )
     args = parser.parse_args(argv)
     runs = len([d for d in args.sweep_dir.iterdir() if (d / "tensorboard").is_dir()])
     with tensorboard(args.sweep_dir) as url, chromium_page(1400, 800) as page:
@@ -144,13 +152,24 @@ def main(argv: list[str] | None = None) -> None:
             print("\t".join(row))
         if not args.keep_constants:
             metrics = ("best", "test", "epochs", "wall")
-            constant = [c for i, c in enumerate(header) if i >= 2 and not c.startswith(metrics)
-                        and len({r[i] for r in rows}) == 1]
+            constant = [
+                c
+                for i, c in enumerate(header)
+                if i >= 2 and not c.startswith(metrics) and len({r[i] for r in rows}) == 1
+            ]
             untick(page, constant)
         show_view(page, args.view)
         if args.view == "parallel":
-            log_scales(page, [c for i, c in enumerate(header) if i >= 2 and _spans_decades([r[i] for r in rows])
-                              and not c.startswith(("best", "test", "epochs", "wall"))])
+            log_scales(
+                page,
+                [
+                    c
+                    for i, c in enumerate(header)
+                    if i >= 2
+                    and _spans_decades([r[i] for r in rows])
+                    and not c.startswith(("best", "test", "epochs", "wall"))
+                ],
+            )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out))
     print(f"written: {args.out}")

@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the input gate's image limits (docs/dicom.md) at commit ece7bdb; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the input gate's image limits (docs/dicom.md) at commit ece7bdb; kept to
+reproduce or extend them.
 
 Chooses the input gate's image limits (``lungseg.inference.gate.ImageLimits``) on the cxr-v7 train
 and val films and tests them on held-out images: the test films, the test films under every
@@ -31,8 +32,7 @@ SHARES = ("flat", "dark_edge")
 
 
 def films(root: Path, split: str) -> list[np.ndarray]:
-    return [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-            for p in sorted((root / "ChestXray" / split / "image").iterdir())]
+    return [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((root / "ChestXray" / split / "image").iterdir())]
 
 
 def widen_share(p: float) -> float:
@@ -43,10 +43,12 @@ def widen_share(p: float) -> float:
 def choose(features: list[dict[str, float]]) -> dict[str, float]:
     """The limits from the train/val films' features by the margin rule."""
     values = {k: np.array([f[k] for f in features]) for k in features[0]}
-    return {"min_detail": float(values["detail"].min() / MARGIN),
-            "max_detail": float(values["detail"].max() * MARGIN),
-            "max_flat": widen_share(float(values["flat"].max())),
-            "max_dark_edge": widen_share(float(values["dark_edge"].max()))}
+    return {
+        "min_detail": float(values["detail"].min() / MARGIN),
+        "max_detail": float(values["detail"].max() * MARGIN),
+        "max_flat": widen_share(float(values["flat"].max())),
+        "max_dark_edge": widen_share(float(values["dark_edge"].max())),
+    }
 
 
 def ct_slice(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -69,10 +71,10 @@ def text_page(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A scanned page: dark text lines on white (a report, a request form)."""
     page = np.full((int(h * 1.41), w), int(rng.integers(225, 250)), np.uint8)
     for i in range(int(page.shape[0] / (w / 18))):
-        words = " ".join("".join(rng.choice(list("abcdefghij"), int(rng.integers(2, 9))))
-                         for _ in range(6))
-        cv2.putText(page, words, (w // 16, int((i + 1.5) * w / 18)), cv2.FONT_HERSHEY_SIMPLEX,
-                    w / 900, 20, max(1, w // 400))
+        words = " ".join("".join(rng.choice(list("abcdefghij"), int(rng.integers(2, 9)))) for _ in range(6))
+        cv2.putText(
+            page, words, (w // 16, int((i + 1.5) * w / 18)), cv2.FONT_HERSHEY_SIMPLEX, w / 900, 20, max(1, w // 400)
+        )
     return page
 
 
@@ -97,13 +99,13 @@ def gradient(kind: str) -> Callable[[np.random.Generator, int, int], np.ndarray]
         yy, xx = np.mgrid[:h, :w] / max(h, w)
         field = {"horizontal": xx, "vertical": yy, "radial": np.hypot(yy - 0.5, xx - 0.5)}[kind]
         return cv2.normalize(field, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
     return make
 
 
 NON_RADIOGRAPHS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "uniform noise": lambda rng, h, w: rng.integers(0, 256, (h, w)).astype(np.uint8),
-    "gaussian noise": lambda rng, h, w: np.clip(rng.normal(128, 40, (h, w)), 0, 255)
-                                          .astype(np.uint8),
+    "gaussian noise": lambda rng, h, w: np.clip(rng.normal(128, 40, (h, w)), 0, 255).astype(np.uint8),
     "pink noise": pink_noise,
     "horizontal gradient": gradient("horizontal"),
     "vertical gradient": gradient("vertical"),
@@ -112,20 +114,22 @@ NON_RADIOGRAPHS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]
     "CT slice": ct_slice,
     "text page": text_page,
     "colour photo": colour_photo,
-    "colour photo as grey": lambda rng, h, w: cv2.cvtColor(colour_photo(rng, h, w),
-                                                           cv2.COLOR_BGR2GRAY),
+    "colour photo as grey": lambda rng, h, w: cv2.cvtColor(colour_photo(rng, h, w), cv2.COLOR_BGR2GRAY),
     "panorama strip": lambda rng, h, w: cv2.resize(HELD_OUT[0], (w * 3, h)),  # a film stretched 3:1
 }
 HELD_OUT: list[np.ndarray] = []  # the test films, once read
 
 
 def rates(images: list[np.ndarray], limits: ImageLimits) -> str:
-    """"ok / flagged / refused" counts and what flagged or refused them (feature: films)."""
+    """ "ok / flagged / refused" counts and what flagged or refused them (feature: films)."""
     verdicts = [check_image(image, limits) for image in images]
-    counts = " / ".join(str(sum(v.status == s for v in verdicts))
-                        for s in ("ok", "flagged", "refused"))
-    causes = Counter(part.split()[0] for v in verdicts if v.flagged
-                     for part in v.reason.removeprefix("unlike a chest radiograph: ").split(", "))
+    counts = " / ".join(str(sum(v.status == s for v in verdicts)) for s in ("ok", "flagged", "refused"))
+    causes = Counter(
+        part.split()[0]
+        for v in verdicts
+        if v.flagged
+        for part in v.reason.removeprefix("unlike a chest radiograph: ").split(", ")
+    )
     causes.update(colour=sum(v.refused for v in verdicts))
     causes = +causes  # drop the zero counts
     return f"{counts} | {', '.join(f'{k} {n}' for k, n in sorted(causes.items())) or '-'}"
@@ -138,8 +142,7 @@ def main(root: Path) -> None:
     print(f"## Limits chosen on train + val ({len(train_val)} films), margin {MARGIN:.1f}")
     for key in ("detail", "flat", "dark_edge"):
         values = np.array([f[key] for f in features])
-        print(f"- {key}: train/val {values.min():.3f} .. {values.max():.3f} "
-              f"(median {np.median(values):.3f})")
+        print(f"- {key}: train/val {values.min():.3f} .. {values.max():.3f} (median {np.median(values):.3f})")
     print("- limits:", {k: round(v, 3) for k, v in chosen.items()})
     limits = ImageLimits(**{k: round(v, 3) for k, v in chosen.items()})
     shipped = ImageLimits()

@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the INT8 speed tables and operator profiles in docs/INT8.md at commit 73aacdd; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the INT8 speed tables and operator profiles in docs/INT8.md at commit
+73aacdd; kept to reproduce or extend them.
 
 Images/s of ONNX files on the CPU: onnxruntime and, when the optional ``openvino`` package imports, OpenVINO; with
 ``--profile`` onnxruntime's time per operator type. Runs are interleaved (load changes hit every model alike).
@@ -36,8 +37,9 @@ def openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], object] 
         import openvino as ov
     except ImportError:
         return None
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "PERFORMANCE_HINT": "LATENCY"})
+    compiled = ov.Core().compile_model(
+        str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    )
     request = compiled.create_infer_request()
     return lambda images: request.infer({0: images})
 

@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the Keras original's side of the side-by-side figures (docs/TRAINING-PROFILE.md) at commit aae3cf1; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the Keras original's side of the side-by-side figures
+(docs/TRAINING-PROFILE.md) at commit aae3cf1; kept to reproduce or extend them.
 
 Time the original Keras U-Net on this CPU, to compare lungseg's speed with it under the same load.
 
@@ -71,12 +72,19 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"),
-                        help="Keras 3's compile(jit_compile=): auto (its default, XLA where supported), true, false")
+    parser.add_argument(
+        "--jit-compile",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="Keras 3's compile(jit_compile=): auto (its default, XLA where supported), true, false",
+    )
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--serve", action="store_true",
-                        help="for scripts/research/side_by_side.py: one step per 'train' or 'infer' line on stdin, "
-                             "its seconds on stdout")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="for scripts/research/side_by_side.py: one step per 'train' or 'infer' line on stdin, "
+        "its seconds on stdout",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -87,8 +95,9 @@ def main() -> None:
     tf.keras.utils.set_random_seed(0)
     model = build(args.size, args.base, 0.01)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-4), loss="binary_crossentropy", metrics=["accuracy"],
-                  jit_compile=jit)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(1e-4), loss="binary_crossentropy", metrics=["accuracy"], jit_compile=jit
+    )
     rng = np.random.default_rng(0)
     images = rng.random((args.batch, args.size, args.size, 1), dtype=np.float32)
     masks = (rng.random((args.batch, args.size, args.size, 1)) > 0.5).astype(np.float32)
@@ -102,13 +111,27 @@ def main() -> None:
         return
     train = median_seconds(lambda: model.train_on_batch(images, masks), args.warmup, args.repeats)
     infer = median_seconds(lambda: model.predict_on_batch(images), args.warmup, args.repeats)
-    result = {"train_img_s": args.batch / train, "infer_img_s": args.batch / infer,
-              "settings": {"tensorflow": tf.__version__, "keras": tf.keras.version(), "threads": args.threads,
-                           "image_size": args.size, "batch_size": args.batch, "jit_compile": args.jit_compile,
-                           "params": model.count_params(), "warmup": args.warmup, "repeats": args.repeats}}
-    print(f"keras original: train {result['train_img_s']:.2f} img/s, infer {result['infer_img_s']:.2f} img/s "
-          f"({model.count_params():,} parameters, TF {tf.__version__}, {args.threads} threads, "
-          f"jit_compile={args.jit_compile})", flush=True)
+    result = {
+        "train_img_s": args.batch / train,
+        "infer_img_s": args.batch / infer,
+        "settings": {
+            "tensorflow": tf.__version__,
+            "keras": tf.keras.version(),
+            "threads": args.threads,
+            "image_size": args.size,
+            "batch_size": args.batch,
+            "jit_compile": args.jit_compile,
+            "params": model.count_params(),
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+        },
+    }
+    print(
+        f"keras original: train {result['train_img_s']:.2f} img/s, infer {result['infer_img_s']:.2f} img/s "
+        f"({model.count_params():,} parameters, TF {tf.__version__}, {args.threads} threads, "
+        f"jit_compile={args.jit_compile})",
+        flush=True,
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the polarity check's thresholds, POLARITY_CHECK_BELOW and POLARITY_ACCEPT (docs/quality.md) at commit 3e03194; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the polarity check's thresholds, POLARITY_CHECK_BELOW and POLARITY_ACCEPT
+(docs/quality.md) at commit 3e03194; kept to reproduce or extend them.
 
 The polarity check's development data (lungseg.inference.segmenter, polarity="auto"): every train and val film of a set
 under every robustness-benchmark shift and severity, given upright and inverted, segmented as read and with its
@@ -37,10 +38,16 @@ def collect(root: str, ckpt: str) -> list[dict[str, float | bool]]:
                     for given_inverted in (False, True):
                         given = 255 - film if given_inverted else film
                         as_read, flipped = seg.segment(given), seg.segment(255 - given)
-                        rows.append({"inverted": given_inverted ^ (shift == "inverted"),
-                                     "unshifted": shift == "inverted",
-                                     "score": as_read.quality_score, "flipped_score": flipped.quality_score,
-                                     "dice": mask_dice(as_read.mask, moved), "flipped_dice": mask_dice(flipped.mask, moved)})
+                        rows.append(
+                            {
+                                "inverted": given_inverted ^ (shift == "inverted"),
+                                "unshifted": shift == "inverted",
+                                "score": as_read.quality_score,
+                                "flipped_score": flipped.quality_score,
+                                "dice": mask_dice(as_read.mask, moved),
+                                "flipped_dice": mask_dice(flipped.mask, moved),
+                            }
+                        )
     return rows
 
 
@@ -48,10 +55,13 @@ def table(rows: list[dict[str, float | bool]]) -> None:
     """Per accept threshold: inverted films read back, unshifted ones read back, upright films turned."""
     inverted = [r for r in rows if r["inverted"]]
     upright = [r for r in rows if not r["inverted"]]
-    print("| accept at | inverted films read back | unshifted inverted read back | upright films turned | "
-          "mean Dice, inverted films | mean Dice change, upright films |")
+    print(
+        "| accept at | inverted films read back | unshifted inverted read back | upright films turned | "
+        "mean Dice, inverted films | mean Dice change, upright films |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for accept in ACCEPTS:
+
         def turned(r: dict) -> bool:
             return r["score"] < POLARITY_CHECK_BELOW and r["flipped_score"] >= accept  # noqa: B023
 
@@ -59,8 +69,10 @@ def table(rows: list[dict[str, float | bool]]) -> None:
         plain = [r for r in inverted if r["unshifted"]]
         dice_inverted = np.mean([r["flipped_dice"] if turned(r) else r["dice"] for r in inverted])
         change = np.mean([r["flipped_dice"] - r["dice"] if turned(r) else 0.0 for r in upright])
-        print(f"| {accept} | {back} / {len(inverted)} | {sum(turned(r) for r in plain)} / {len(plain)} | "
-              f"{sum(turned(r) for r in upright)} / {len(upright)} | {dice_inverted:.3f} | {change:+.4f} |")
+        print(
+            f"| {accept} | {back} / {len(inverted)} | {sum(turned(r) for r in plain)} / {len(plain)} | "
+            f"{sum(turned(r) for r in upright)} / {len(upright)} | {dice_inverted:.3f} | {change:+.4f} |"
+        )
 
 
 if __name__ == "__main__":

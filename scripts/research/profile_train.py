@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the training-step profile in docs/TRAINING-PROFILE.md at commit 3dd2d2f; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the training-step profile in docs/TRAINING-PROFILE.md at commit 3dd2d2f;
+kept to reproduce or extend them.
 
 Profile one training step of the original network, or compare configurations step by step (A/B).
 
@@ -39,9 +40,18 @@ from lungseg.training.module import LungSegModule
 MODULE_TAG, PHASE_TAG, BACKWARD_TAG = "module::", "phase::", "autograd::engine::evaluate_function: "
 COPIES = {"aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy", "aten::to"}
 # what each module type's ops are reported as
-GROUPS = {"Conv2d": "Conv2d", "ConvTranspose2d": "ConvTranspose2d", "BatchNorm2d": "BatchNorm2d", "ReLU": "ReLU",
-          "DecoderBlock": "cat (decoder)", "MaxPool2d": "MaxPool2d", "Dropout2d": "Dropout2d",
-          "GaussianNoise": "GaussianNoise", "BCEWithLogitsLoss": "loss (BCE)", "LungSegModule": "input layout"}
+GROUPS = {
+    "Conv2d": "Conv2d",
+    "ConvTranspose2d": "ConvTranspose2d",
+    "BatchNorm2d": "BatchNorm2d",
+    "ReLU": "ReLU",
+    "DecoderBlock": "cat (decoder)",
+    "MaxPool2d": "MaxPool2d",
+    "Dropout2d": "Dropout2d",
+    "GaussianNoise": "GaussianNoise",
+    "BCEWithLogitsLoss": "loss (BCE)",
+    "LungSegModule": "input layout",
+}
 
 
 def build(overrides: list[str]) -> tuple[LungSegModule, torch.optim.Optimizer]:
@@ -55,12 +65,15 @@ def build(overrides: list[str]) -> tuple[LungSegModule, torch.optim.Optimizer]:
 
 def make_batch(size: int, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.rand(batch, 1, size, size, generator=g),
-            "mask": (torch.rand(batch, 1, size, size, generator=g) > 0.5).float()}
+    return {
+        "image": torch.rand(batch, 1, size, size, generator=g),
+        "mask": (torch.rand(batch, 1, size, size, generator=g) > 0.5).float(),
+    }
 
 
-def train_step(module: LungSegModule, optimizer: torch.optim.Optimizer,
-               batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+def train_step(
+    module: LungSegModule, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]
+) -> Callable[[], None]:
     """Lightning's automatic optimisation of one batch, without the Trainer around it."""
 
     def step() -> None:
@@ -103,7 +116,7 @@ def _enclosing(event, prefix: str) -> str | None:  # noqa: ANN001 - torch's Func
     e = event
     while e is not None:
         if e.name.startswith(prefix):
-            return e.name[len(prefix):]
+            return e.name[len(prefix) :]
         e = e.cpu_parent
     return None
 
@@ -112,15 +125,18 @@ def group_of(event, forward_group: dict[int, str]) -> str:  # noqa: ANN001
     """The row an operator's self time goes to."""
     phase = _enclosing(event, PHASE_TAG)
     if phase in ("optimizer", "zero_grad", "before_optimizer_step"):
-        return {"optimizer": "optimizer step", "zero_grad": "zero_grad",
-                "before_optimizer_step": "L2 term gradient (hook)"}[phase]
+        return {
+            "optimizer": "optimizer step",
+            "zero_grad": "zero_grad",
+            "before_optimizer_step": "L2 term gradient (hook)",
+        }[phase]
     if event.name in COPIES:
         return "memory-format copies"
     node = event
     while node is not None and not node.name.startswith(BACKWARD_TAG):
         node = node.cpu_parent
     if node is not None:  # backward: the module whose forward created this autograd node
-        kind = node.name[len(BACKWARD_TAG):]
+        kind = node.name[len(BACKWARD_TAG) :]
         if kind == "AccumulateGrad":
             return "grad accumulation"
         owner = forward_group.get(node.sequence_nr)
@@ -182,8 +198,10 @@ def run_profile(args: argparse.Namespace) -> None:
             step()
         wall = (time.perf_counter() - start) / args.steps
     groups, total = grouped(prof)
-    print(f"training step: {wall:.2f} s wall, {args.batch / wall:.2f} img/s ({args.steps} steps profiled, "
-          f"{torch.get_num_threads()} threads, overrides: {' '.join(args.overrides) or 'none'})\n")
+    print(
+        f"training step: {wall:.2f} s wall, {args.batch / wall:.2f} img/s ({args.steps} steps profiled, "
+        f"{torch.get_num_threads()} threads, overrides: {' '.join(args.overrides) or 'none'})\n"
+    )
     print(f"| {'group (self CPU time)':<28} | {'s/step':>7} | {'share':>6} |\n| {'-' * 28} | {'-' * 7} | {'-' * 6} |")
     for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
         if seconds / total >= args.min_share:
@@ -201,7 +219,7 @@ def run_ab(args: argparse.Namespace) -> None:
             step()
     times: list[list[float]] = [[] for _ in steps]
     for i in range(args.pairs):
-        for k in (range(len(steps)) if i % 2 == 0 else reversed(range(len(steps)))):  # ABBA: no order bias
+        for k in range(len(steps)) if i % 2 == 0 else reversed(range(len(steps))):  # ABBA: no order bias
             start = time.perf_counter()
             steps[k]()
             times[k].append(time.perf_counter() - start)

@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the quality score's weights (docs/quality.md) at commit c55a48a; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the quality score's weights (docs/quality.md) at commit c55a48a; kept to
+reproduce or extend them.
 
 The quality score's development data: every film of a split, clean, under the robustness benchmark's shifts and
 under synthetic airspace opacity, with its quality features, score and true Dice (of the mask lungseg.predict
@@ -51,8 +52,17 @@ def collect(ckpt: str, root: str, split: str) -> list[dict[str, object]]:
         for shift_name, severity, image, target in variants:
             result = seg.segment(image)
             plain = {k: v for k, v in result.quality_features.items() if k not in TTA_FEATURES}
-            rows.append({"image": name, "shift": shift_name, "severity": severity, "dice": mask_dice(result.mask, target),
-                         "score": score(plain), "score_tta": result.quality_score, **result.quality_features})
+            rows.append(
+                {
+                    "image": name,
+                    "shift": shift_name,
+                    "severity": severity,
+                    "dice": mask_dice(result.mask, target),
+                    "score": score(plain),
+                    "score_tta": result.quality_score,
+                    **result.quality_features,
+                }
+            )
     # TTA cost per film at the model's size: the model alone vs. the model and the two views
     batch = np.stack([preprocess(g, seg.image_size)[None] for g, _, _ in films])
     for _ in range(2):
@@ -62,9 +72,11 @@ def collect(ckpt: str, root: str, split: str) -> list[dict[str, object]]:
         tick = time.perf_counter()
         seg.quality_views(batch)
         seconds["tta"] = time.perf_counter() - tick
-    print(f"model {1000 * seconds['model'] / len(batch):.1f} ms/film, TTA views "
-          f"{1000 * seconds['tta'] / len(batch):.1f} ms/film ({seg.image_size} px, batch {len(batch)}, "
-          f"{seg.precision})")
+    print(
+        f"model {1000 * seconds['model'] / len(batch):.1f} ms/film, TTA views "
+        f"{1000 * seconds['tta'] / len(batch):.1f} ms/film ({seg.image_size} px, batch {len(batch)}, "
+        f"{seg.precision})"
+    )
     return rows
 
 
@@ -81,13 +93,19 @@ def main() -> None:
     for label, subset in (("clean", clean), ("all", rows)):
         d = [r["dice"] for r in subset]
         names = [k for k in rows[0] if k not in ("image", "shift", "severity", "dice")]
-        print(f"{label} ({len(subset)} films, Dice {min(d):.3f}..{max(d):.3f}, {sum(x < 0.9 for x in d)} < 0.90): "
-              + ", ".join(f"{k} {spearman([r[k] for r in subset], d):+.3f}" for k in names))
+        print(
+            f"{label} ({len(subset)} films, Dice {min(d):.3f}..{max(d):.3f}, {sum(x < 0.9 for x in d)} < 0.90): "
+            + ", ".join(f"{k} {spearman([r[k] for r in subset], d):+.3f}" for k in names)
+        )
     for key in ("score", "score_tta"):
         point = operating_point([r[key] for r in clean])
-        print(f"{key}: operating point on the clean films {point:.4f};",
-              "clean:", review_figures([r[key] for r in clean], [r["dice"] for r in clean], point),
-              "all:", review_figures([r[key] for r in rows], [r["dice"] for r in rows], point))
+        print(
+            f"{key}: operating point on the clean films {point:.4f};",
+            "clean:",
+            review_figures([r[key] for r in clean], [r["dice"] for r in clean], point),
+            "all:",
+            review_figures([r[key] for r in rows], [r["dice"] for r in rows], point),
+        )
     print(f"-> {out}")
 
 

@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the review page's scale figures (docs/review.md) at commit e73b68f; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the review page's scale figures (docs/review.md) at commit e73b68f; kept to
+reproduce or extend them.
 
 How lungseg-review copes with a large prediction folder: fabricate one (tiny real PNGs and a
 predictions.csv), start the page on a loopback port and time what a reader waits for.
@@ -32,9 +33,20 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("input", "mask", "height", "width", "lung_fraction", "area_image_left_px",
-           "area_image_right_px", "large_components", "plausibility", "quality_score", "needs_review",
-           "inverted")
+COLUMNS = (
+    "input",
+    "mask",
+    "height",
+    "width",
+    "lung_fraction",
+    "area_image_left_px",
+    "area_image_right_px",
+    "large_components",
+    "plausibility",
+    "quality_score",
+    "needs_review",
+    "inverted",
+)
 REVIEW_BELOW = 0.929
 
 
@@ -48,13 +60,15 @@ def fabricate(folder: Path, n: int, size: int = 96, seed: int = 0) -> int:
     variants = []
     for _ in range(16):  # distinct pictures, reused: the page's work does not depend on content
         r = rng.integers(size // 6, size // 4)
-        lungs = (((yy - size // 2) ** 2 + (xx - size // 3) ** 2) < r**2) | \
-                (((yy - size // 2) ** 2 + (xx - 2 * size // 3) ** 2) < r**2)
+        lungs = (((yy - size // 2) ** 2 + (xx - size // 3) ** 2) < r**2) | (
+            ((yy - size // 2) ** 2 + (xx - 2 * size // 3) ** 2) < r**2
+        )
         film = np.clip(np.where(lungs, 70, 170) + rng.normal(0, 12, (size, size)), 0, 255)
         film = film.astype(np.uint8)
         mask = lungs.astype(np.uint8) * 255
-        variants.append([cv2.imencode(".png", im)[1].tobytes() for im in
-                         (film, mask, cv2.cvtColor(film, cv2.COLOR_GRAY2BGR))])
+        variants.append(
+            [cv2.imencode(".png", im)[1].tobytes() for im in (film, mask, cv2.cvtColor(film, cv2.COLOR_GRAY2BGR))]
+        )
     rows, flagged = [], []
     for i in range(n):
         key = f"film_{i:05d}"
@@ -63,11 +77,22 @@ def fabricate(folder: Path, n: int, size: int = 96, seed: int = 0) -> int:
         (folder / "masks" / f"{key}.png").write_bytes(mask_png)
         (folder / "overlays" / f"{key}.png").write_bytes(overlay_png)
         score = float(np.clip(rng.normal(0.93, 0.03), 0, 1))
-        rows.append({"input": str(folder / "films" / f"{key}.png"), "mask": f"masks/{key}.png",
-                     "height": size, "width": size, "lung_fraction": 0.3,
-                     "area_image_left_px": 1400, "area_image_right_px": 1400,
-                     "large_components": 2, "plausibility": "ok", "quality_score": round(score, 4),
-                     "needs_review": score < REVIEW_BELOW, "inverted": False})
+        rows.append(
+            {
+                "input": str(folder / "films" / f"{key}.png"),
+                "mask": f"masks/{key}.png",
+                "height": size,
+                "width": size,
+                "lung_fraction": 0.3,
+                "area_image_left_px": 1400,
+                "area_image_right_px": 1400,
+                "large_components": 2,
+                "plausibility": "ok",
+                "quality_score": round(score, 4),
+                "needs_review": score < REVIEW_BELOW,
+                "inverted": False,
+            }
+        )
         if score < REVIEW_BELOW:
             flagged.append(rows[-1] | {"film": key})
     with (folder / "predictions.csv").open("w", newline="") as f:
@@ -76,11 +101,19 @@ def fabricate(folder: Path, n: int, size: int = 96, seed: int = 0) -> int:
         writer.writerows(rows)
     with (folder / "review.csv").open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("film", "decision", "note", "input", "quality_score", "needs_review",
-                         "decided_at"))
+        writer.writerow(("film", "decision", "note", "input", "quality_score", "needs_review", "decided_at"))
         for k, row in enumerate(flagged):
-            writer.writerow((row["film"], ("accepted", "rejected")[k % 2], "", row["input"],
-                             row["quality_score"], True, "2025-01-01T00:00:00+00:00"))
+            writer.writerow(
+                (
+                    row["film"],
+                    ("accepted", "rejected")[k % 2],
+                    "",
+                    row["input"],
+                    row["quality_score"],
+                    True,
+                    "2025-01-01T00:00:00+00:00",
+                )
+            )
     return len(flagged)
 
 
@@ -90,8 +123,9 @@ def get(url: str) -> bytes:
 
 
 def post(url: str, body: dict) -> bytes:
-    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.read()
 
@@ -99,8 +133,13 @@ def post(url: str, body: dict) -> bytes:
 def start(folder: Path) -> tuple[subprocess.Popen, str]:
     """``python -m lungseg.review folder --port 0``; its address once it listens."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "lungseg.review", str(folder), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lungseg.review", str(folder), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     for line in proc.stdout:
         if line.startswith("open "):
             return proc, line.split()[1]
@@ -130,8 +169,11 @@ def browser_times(folder: Path) -> dict[str, float]:
             before = page.locator("article.card").first.get_attribute("data-key")
             t0 = time.perf_counter()
             page.keyboard.press("]")
-            page.wait_for_function(f"""() => {{ const c = document.querySelector('article.card');
-                return c && c.dataset.key !== {json.dumps(before)}; }}""", timeout=60_000)
+            page.wait_for_function(
+                f"""() => {{ const c = document.querySelector('article.card');
+                return c && c.dataset.key !== {json.dumps(before)}; }}""",
+                timeout=60_000,
+            )
             page.wait_for_function(drawn, timeout=60_000)
             turn = time.perf_counter() - t0
         finally:
@@ -150,8 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(args.folder, ignore_errors=True)
     t0 = time.perf_counter()
     flagged = fabricate(args.folder, args.films)
-    print(f"fabricated {args.films} films ({flagged} flagged, each decided) in "
-          f"{time.perf_counter() - t0:.1f} s: {args.folder}")
+    print(
+        f"fabricated {args.films} films ({flagged} flagged, each decided) in "
+        f"{time.perf_counter() - t0:.1f} s: {args.folder}"
+    )
 
     t0 = time.perf_counter()
     proc, url = start(args.folder)
@@ -161,8 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         first = json.loads(get(f"{url}api/films?page=0&per_page=24"))
         first_page = time.perf_counter() - t0
         assert b"app.js" in html and len(first["films"]) == 24
-        thumbs = [f"{url}api/picture?key={c['key']}&layer={layer}"
-                  for c in first["films"] for layer in ("film", "mask")]
+        thumbs = [
+            f"{url}api/picture?key={c['key']}&layer={layer}" for c in first["films"] for layer in ("film", "mask")
+        ]
         t1 = time.perf_counter()
         with ThreadPoolExecutor(6) as pool:  # a browser opens about six connections per host
             sizes = list(pool.map(lambda u: len(get(u)), thumbs))
@@ -179,10 +224,16 @@ def main(argv: list[str] | None = None) -> None:
             post(f"{url}api/decision", {"key": key, "decision": "accepted", "note": "scale"})
             writes.append(time.perf_counter() - t1)
         review_rows = len((args.folder / "review.csv").read_text().splitlines()) - 1
-        times = {"films": args.films, "server_listening_s": listening,
-                 "first_page_html_and_json_s": first_page, "first_page_thumbnails_cold_s": cold,
-                 "thumbnail_bytes_max": max(sizes), "page_turn_median_s": statistics.median(turns),
-                 "decision_median_s": statistics.median(writes), "review_csv_rows": review_rows}
+        times = {
+            "films": args.films,
+            "server_listening_s": listening,
+            "first_page_html_and_json_s": first_page,
+            "first_page_thumbnails_cold_s": cold,
+            "thumbnail_bytes_max": max(sizes),
+            "page_turn_median_s": statistics.median(turns),
+            "decision_median_s": statistics.median(writes),
+            "review_csv_rows": review_rows,
+        }
     finally:
         proc.terminate()
         proc.wait(30)

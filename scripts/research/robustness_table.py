@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the robustness arms tables in docs/RESULTS.md (run by robustness_arms.sh) at commit 3e03194; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the robustness arms tables in docs/RESULTS.md (run by robustness_arms.sh)
+at commit 3e03194; kept to reproduce or extend them.
 
 Before/after tables of the robustness benchmark over seeds (docs/RESULTS.md).
 
@@ -36,9 +37,11 @@ def main(root: Path, arms: list[str]) -> None:
         for split in ("val", "test"):
             rs = runs(root, arm, split)
             if rs:
-                print(f"| {arm} | {len(rs)} | {split} | {cell([r['clean_dice'] for r in rs])} | "
-                      f"{cell([r['mean_shifted_dice'] for r in rs])} | {cell([r['robustness'] for r in rs])} | "
-                      f"{cell([r['per_shift']['mirror']['1'] for r in rs])} |")
+                print(
+                    f"| {arm} | {len(rs)} | {split} | {cell([r['clean_dice'] for r in rs])} | "
+                    f"{cell([r['mean_shifted_dice'] for r in rs])} | {cell([r['robustness'] for r in rs])} | "
+                    f"{cell([r['per_shift']['mirror']['1'] for r in rs])} |"
+                )
     for split in ("val", "test"):
         per_arm = {arm: runs(root, arm, split) for arm in arms}
         if not all(per_arm.values()):
@@ -51,8 +54,9 @@ def main(root: Path, arms: list[str]) -> None:
             row = []
             for arm in arms:
                 levels = sorted(per_arm[arm][0]["per_shift"][shift])
-                row.append(" / ".join(f"{np.mean([r['per_shift'][shift][lv] for r in per_arm[arm]]):.3f}"
-                                      for lv in levels))
+                row.append(
+                    " / ".join(f"{np.mean([r['per_shift'][shift][lv] for r in per_arm[arm]]):.3f}" for lv in levels)
+                )
             print(f"| {shift} | " + " | ".join(row) + " |")
 
 

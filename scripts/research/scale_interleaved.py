@@ -1,4 +1,5 @@
-"""Research script, not a pipeline: produced the interleaved scale figures (docs/performance.md, Scale) at commit a3aa24f; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the interleaved scale figures (docs/performance.md, Scale) at commit
+a3aa24f; kept to reproduce or extend them.
 
 The data cost per image of a small and a large cached set, interleaved in one process, so a machine whose load
 changes over minutes affects both alike (the README's scale section).
@@ -48,8 +49,11 @@ def main() -> None:
         for n, loader in loaders.items():
             wall, cpu = time.perf_counter(), cpu_seconds()
             seen = sum(batch["image"].shape[0] for _ in range(largest // n) for batch in loader)
-            print(f"round {round_}, {n} images: {1e3 * (time.perf_counter() - wall) / seen:.3f} ms per image wall, "
-                  f"{1e3 * (cpu_seconds() - cpu) / seen:.3f} CPU ({seen} images)", flush=True)
+            print(
+                f"round {round_}, {n} images: {1e3 * (time.perf_counter() - wall) / seen:.3f} ms per image wall, "
+                f"{1e3 * (cpu_seconds() - cpu) / seen:.3f} CPU ({seen} images)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

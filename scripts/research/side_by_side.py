@@ -1,8 +1,10 @@
-"""Research script, not a pipeline: produced the Keras-vs-lungseg side-by-side figures (docs/TRAINING-PROFILE.md) at commit aae3cf1; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the Keras-vs-lungseg side-by-side figures (docs/TRAINING-PROFILE.md) at
+commit aae3cf1; kept to reproduce or extend them.
 
 The Keras original and lungseg trees (before / after a change) timed step by step in turn, under the same load.
 
-    python scripts/research/side_by_side.py --keras /tmp/kvenv/bin/python --trees /tmp/wt-before /tmp/wt-speed --threads 1
+    python scripts/research/side_by_side.py --keras /tmp/kvenv/bin/python --trees /tmp/wt-before /tmp/wt-speed --threads
+    1
 
 Each contender is a worker process (the Keras one: ``scripts/research/keras_original_bench.py --serve``; a lungseg tree:
 this script's ``--worker`` run with that tree first on the path) that runs one step per request; the driver asks
@@ -91,8 +93,9 @@ def main() -> None:
         return worker(args.threads, args.size, args.batch)
     common = ["--threads", str(args.threads), "--size", str(args.size), "--batch", str(args.batch)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
-    procs = {"keras": start("keras", [args.keras, str(HERE.parent / "keras_original_bench.py"), "--serve", *common],
-                            env)}
+    procs = {
+        "keras": start("keras", [args.keras, str(HERE.parent / "keras_original_bench.py"), "--serve", *common], env)
+    }
     for tree in args.trees:
         procs[tree] = start(tree, [sys.executable, str(HERE), "--worker", *common], {**env, "PYTHONPATH": tree})
     names = list(procs)
@@ -102,15 +105,17 @@ def main() -> None:
             for _ in range(args.warmup):
                 ask(procs[name], kind)
         for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 times.setdefault((name, kind), []).append(ask(procs[name], kind))
             print(f"{kind} round {r + 1}: " + "  ".join(f"{n} {times[n, kind][-1]:.1f} s" for n in names), flush=True)
     for proc in procs.values():
         proc.stdin.close()
         proc.wait()
-    print(f"\n{args.threads} threads, {args.size} px, batch {args.batch}, {args.rounds} rounds, median images/s "
-          "(x Keras):")
+    print(
+        f"\n{args.threads} threads, {args.size} px, batch {args.batch}, {args.rounds} rounds, median images/s "
+        "(x Keras):"
+    )
     for name in names:
         cells = []
         for kind in ("train", "infer"):

@@ -35,8 +35,14 @@ def model_sources(setting: Any) -> list[str]:
 BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
 
 
-def load_backend(source: str | Path, device: str = "auto", precision: str | None = "auto",
-                 image_size: int | None = None, threads: int | None = None, backend: str | None = None) -> Backend:
+def load_backend(
+    source: str | Path,
+    device: str = "auto",
+    precision: str | None = "auto",
+    image_size: int | None = None,
+    threads: int | None = None,
+    backend: str | None = None,
+) -> Backend:
     """The backend of one model. ``backend`` None: by its path (``.onnx`` -> ONNX Runtime, ``.xml`` -> OpenVINO,
     any other file -> a checkpoint, else a pretrained folder or Hub id: PyTorch); ``torch``, ``onnxruntime`` or
     ``openvino`` as named (OpenVINO converts a checkpoint in memory); ``auto``: the fastest installed one for this
@@ -48,16 +54,20 @@ def load_backend(source: str | Path, device: str = "auto", precision: str | None
         from lungseg.inference.backends.choice import choose_backend
 
         settings = {"device": device, "precision": precision, "threads": threads, "image_size": image_size}
-        return choose_backend(source, lambda name: load_backend(source, device, precision, image_size, threads,
-                                                                name), settings)
+        return choose_backend(
+            source, lambda name: load_backend(source, device, precision, image_size, threads, name), settings
+        )
     if backend is not None and backend not in BACKENDS:
         raise LungsegError(f"backend={backend}: use {', '.join(BACKENDS)}, or leave it unset (by the model's file)")
     path = Path(str(source)).expanduser()
     runs = backends_for(source)
     backend = backend or runs[0]
     if backend not in runs:
-        fix = ("export the checkpoint first: python -m lungseg.export format=onnx" if backend == "onnxruntime"
-               else "torch runs checkpoints and pretrained folders")
+        fix = (
+            "export the checkpoint first: python -m lungseg.export format=onnx"
+            if backend == "onnxruntime"
+            else "torch runs checkpoints and pretrained folders"
+        )
         raise LungsegError(f"backend={backend} cannot run {source}; use backend={' or '.join(runs)} or auto ({fix})")
     if backend == "onnxruntime":
         from lungseg.inference.backends.onnxruntime import OnnxBackend

@@ -113,8 +113,9 @@ def read_cache(path: Path) -> dict[str, Any]:
     return entries if isinstance(entries, dict) else {}
 
 
-def time_backends(backends: dict[str, Any], size: int, batch: int = TIMING_BATCH,
-                  rounds: int = TIMING_ROUNDS) -> dict[str, float]:
+def time_backends(
+    backends: dict[str, Any], size: int, batch: int = TIMING_BATCH, rounds: int = TIMING_ROUNDS
+) -> dict[str, float]:
     """Images/s of each backend on one random batch at the model's size: a warm-up call each,
     then ``rounds`` rounds alternating between them (load changes hit all alike); medians."""
     images = np.random.default_rng(0).random((batch, 1, size, size), dtype=np.float32)
@@ -132,12 +133,10 @@ def time_backends(backends: dict[str, Any], size: int, batch: int = TIMING_BATCH
 def describe_rates(rates: dict[str, float], precisions: dict[str, str]) -> str:
     """``openvino bf16-mixed 12.3 img/s, torch bf16-mixed 6.1 img/s``: fastest first."""
     ranked = sorted(rates.items(), key=lambda kv: -kv[1])
-    return ", ".join(" ".join(filter(None, (name, precisions.get(name), f"{rate:.1f} img/s")))
-                     for name, rate in ranked)
+    return ", ".join(" ".join(filter(None, (name, precisions.get(name), f"{rate:.1f} img/s"))) for name, rate in ranked)
 
 
-def choose_backend(source: str | Path, build: Callable[[str], Any],
-                   settings: dict[str, Any]) -> Any:
+def choose_backend(source: str | Path, build: Callable[[str], Any], settings: dict[str, Any]) -> Any:
     """``build(name)`` of the fastest installed candidate for ``source``: from the cache when this
     model was timed on this host with these ``settings``, else timed now and cached. Logs what it
     picked and why."""
@@ -151,9 +150,14 @@ def choose_backend(source: str | Path, build: Callable[[str], Any],
     entries = read_cache(path)
     entry = entries.get(key)
     if isinstance(entry, dict) and entry.get("backend") in candidates:
-        log.info("backend=auto: %s for %s (timed %s: %s; cached in %s)", entry["backend"], source,
-                 entry.get("timed", "earlier"),
-                 describe_rates(entry.get("rates", {}), entry.get("precisions", {})), path)
+        log.info(
+            "backend=auto: %s for %s (timed %s: %s; cached in %s)",
+            entry["backend"],
+            source,
+            entry.get("timed", "earlier"),
+            describe_rates(entry.get("rates", {}), entry.get("precisions", {})),
+            path,
+        )
         return build(entry["backend"])
     built = {}
     for name in candidates:
@@ -169,16 +173,34 @@ def choose_backend(source: str | Path, build: Callable[[str], Any],
     precisions = {name: str(backend.precision) for name, backend in built.items()}
     local = Path(str(source)).expanduser()
     where = str(local.resolve()) if local.exists() else str(source)
-    entries = {k: v for k, v in entries.items()  # this model's earlier entries (other bytes) go
-               if not (isinstance(v, dict) and v.get("source") == where)}
-    entries[key] = {"backend": best, "rates": rates, "precisions": precisions,
-                    "timed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": where,
-                    "model_sha256": digest, "settings": settings, "host": host(),
-                    "batch": TIMING_BATCH, "rounds": TIMING_ROUNDS}
+    entries = {
+        k: v
+        for k, v in entries.items()  # this model's earlier entries (other bytes) go
+        if not (isinstance(v, dict) and v.get("source") == where)
+    }
+    entries[key] = {
+        "backend": best,
+        "rates": rates,
+        "precisions": precisions,
+        "timed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": where,
+        "model_sha256": digest,
+        "settings": settings,
+        "host": host(),
+        "batch": TIMING_BATCH,
+        "rounds": TIMING_ROUNDS,
+    }
     try:
         write_text(path, json.dumps({"format": 1, "entries": entries}, indent=1))
     except OSError as err:  # a read-only home: choose anyway, time again next time
         log.warning("backend=auto: could not cache the choice in %s (%s)", path, err)
-    log.info("backend=auto: %s for %s (timed now, %d px, batch %d: %s; cached in %s)", best,
-             source, size, TIMING_BATCH, describe_rates(rates, precisions), path)
+    log.info(
+        "backend=auto: %s for %s (timed now, %d px, batch %d: %s; cached in %s)",
+        best,
+        source,
+        size,
+        TIMING_BATCH,
+        describe_rates(rates, precisions),
+        path,
+    )
     return built[best]

@@ -18,18 +18,28 @@ class EnsembleBackend:
     def __init__(self, members: Sequence[Any], sources: Sequence[str]) -> None:
         if not members:
             raise LungsegError("an ensemble needs at least one model")
-        for what, fix in (("image_size", "use models trained at one data.image_size"),
-                          ("intensity", "use models trained by one lungseg version (>= 0.3: window)")):
+        for what, fix in (
+            ("image_size", "use models trained at one data.image_size"),
+            ("intensity", "use models trained by one lungseg version (>= 0.3: window)"),
+        ):
             if len({getattr(m.description, what) for m in members}) > 1:
-                listed = ", ".join(f"{s} ({getattr(m.description, what)})"
-                                   for s, m in zip(sources, members, strict=True))
-                raise LungsegError(f"ensemble members differ in their input's {what} ({listed}); {fix} (the model "
-                                   "input is prepared once for all members)")
+                listed = ", ".join(
+                    f"{s} ({getattr(m.description, what)})" for s, m in zip(sources, members, strict=True)
+                )
+                raise LungsegError(
+                    f"ensemble members differ in their input's {what} ({listed}); {fix} (the model "
+                    "input is prepared once for all members)"
+                )
         self.members = list(members)
         first = members[0].description
         self.description = ModelDescription.from_dict(
-            {**first.to_dict(), "ensemble": [{"source": str(s), **m.description.to_dict()}
-                                             for s, m in zip(sources, members, strict=True)]})
+            {
+                **first.to_dict(),
+                "ensemble": [
+                    {"source": str(s), **m.description.to_dict()} for s, m in zip(sources, members, strict=True)
+                ],
+            }
+        )
         self.precision = "/".join(dict.fromkeys(m.precision for m in members))
         self.divisor = max(m.divisor for m in members)
         self.device = members[0].device

@@ -23,15 +23,20 @@ def onnx_session(path: Path, device: str = "cpu", threads: int | None = None) ->
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     elif device not in ("auto", "cpu"):
-        raise LungsegError(f"device={device}: ONNX Runtime here runs on {', '.join(ort.get_available_providers())}"
-                           "; use device=cpu or device=auto")
+        raise LungsegError(
+            f"device={device}: ONNX Runtime here runs on {', '.join(ort.get_available_providers())}"
+            "; use device=cpu or device=auto"
+        )
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise CheckpointError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0]}); "
-                              "export it again with python -m lungseg.export") from None
-    problem = signature_problem([(i.name, i.type, list(i.shape)) for i in session.get_inputs()],
-                                [o.name for o in session.get_outputs()])
+        raise CheckpointError(
+            f"{path}: not a readable ONNX model ({str(err).splitlines()[0]}); "
+            "export it again with python -m lungseg.export"
+        ) from None
+    problem = signature_problem(
+        [(i.name, i.type, list(i.shape)) for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    )
     if problem:
         raise CheckpointError(f"{path}: {problem.replace('this model', 'this ONNX model', 1)}")
     return session
@@ -61,8 +66,10 @@ class OnnxBackend:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, np.float32)})[0]
 
     def logits(self, images: object) -> object:
-        raise LungsegError(f"{self.path}: an ONNX model gives probabilities only; evaluate a checkpoint "
-                           "(ckpt_path=) or a pretrained folder (model_path=DIR)")
+        raise LungsegError(
+            f"{self.path}: an ONNX model gives probabilities only; evaluate a checkpoint "
+            "(ckpt_path=) or a pretrained folder (model_path=DIR)"
+        )
 
     def default_workers(self) -> int:
         return 1

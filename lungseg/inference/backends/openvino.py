@@ -22,18 +22,27 @@ __all__ = ["SUFFIXES", "OpenVinoBackend", "float_precision"]
 
 # lungseg's precision names -> INFERENCE_PRECISION_HINT, for the operations that stay in float
 HINTS = {"32-true": "f32", "bf16-mixed": "bf16"}
-PRECISION_NAMES = {"32": "32-true", "fp32": "32-true", "32-true": "32-true",
-                   "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed"}
+PRECISION_NAMES = {
+    "32": "32-true",
+    "fp32": "32-true",
+    "32-true": "32-true",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+}
 
 
 def require_lungseg_signature(model: Any, where: str) -> None:
     """Refuse a model that does not take lungseg's input (``artifacts.contract``), one line naming it."""
+
     def described(port: Any) -> tuple[str, str, list[int | None]]:
         names = port.get_names()
         shape = port.get_partial_shape()
         dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
-        return (INPUT_NAME if INPUT_NAME in names else "/".join(sorted(names)),
-                port.get_element_type().get_type_name(), dims)
+        return (
+            INPUT_NAME if INPUT_NAME in names else "/".join(sorted(names)),
+            port.get_element_type().get_type_name(),
+            dims,
+        )
 
     outputs = [name for port in model.outputs for name in port.get_names()]
     problem = signature_problem([described(port) for port in model.inputs], outputs)
@@ -48,8 +57,7 @@ def float_precision(setting: str | None, trained: str) -> str:
         return "bf16-mixed" if trained == "bf16-mixed" and cpu_has_native_bf16() else "32-true"
     name = PRECISION_NAMES.get(str(setting))
     if name is None:
-        raise LungsegError(f"precision={setting}: OpenVINO on the CPU runs auto, 32-true or "
-                           "bf16-mixed (32, bf16)")
+        raise LungsegError(f"precision={setting}: OpenVINO on the CPU runs auto, 32-true or bf16-mixed (32, bf16)")
     return name
 
 
@@ -61,25 +69,34 @@ class OpenVinoBackend:
     operations stay int8 either way. ``threads``: ``INFERENCE_NUM_THREADS`` (None: OpenVINO's
     default, the cores this process may use)."""
 
-    def __init__(self, model: str | Path | Any, device: str = "auto", threads: int | None = None,
-                 precision: str | None = "auto", where: str = "in-memory model") -> None:
+    def __init__(
+        self,
+        model: str | Path | Any,
+        device: str = "auto",
+        threads: int | None = None,
+        precision: str | None = "auto",
+        where: str = "in-memory model",
+    ) -> None:
         ov = openvino()
         if device not in ("auto", "cpu"):
-            raise LungsegError(f"device={device}: lungseg's OpenVINO backend runs on the CPU; use "
-                               "device=cpu or device=auto (backend=torch for a GPU)")
+            raise LungsegError(
+                f"device={device}: lungseg's OpenVINO backend runs on the CPU; use "
+                "device=cpu or device=auto (backend=torch for a GPU)"
+            )
         if isinstance(model, (str, Path)):
             where, model = str(Path(model).expanduser()), read_model(model)
         require_lungseg_signature(model, where)
         metadata = read_metadata(model)
         if "lungseg_description" not in metadata and "image_size" not in metadata:
-            raise CheckpointError(f"{where}: a model without lungseg's description (in its rt_info "
-                                  "or metadata); export one with python -m lungseg.export")
+            raise CheckpointError(
+                f"{where}: a model without lungseg's description (in its rt_info "
+                "or metadata); export one with python -m lungseg.export"
+            )
         self.description: ModelDescription = read_description(metadata, Path(where))
         self.divisor = int(metadata.get("size_divisor", 1))
         self.int8 = is_int8(model)
         asked = float_precision(precision, self.description.precision)
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
-                                  "INFERENCE_PRECISION_HINT": HINTS[asked]}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": HINTS[asked]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = ov.Core().compile_model(model, "CPU", config)
@@ -101,8 +118,10 @@ class OpenVinoBackend:
         return self.request.infer({0: np.ascontiguousarray(images, np.float32)})[self.output]
 
     def logits(self, images: object) -> object:
-        raise LungsegError(f"{self.path}: an OpenVINO model gives probabilities only; evaluate a "
-                           "checkpoint (ckpt_path=) or a pretrained folder (model_path=DIR)")
+        raise LungsegError(
+            f"{self.path}: an OpenVINO model gives probabilities only; evaluate a "
+            "checkpoint (ckpt_path=) or a pretrained folder (model_path=DIR)"
+        )
 
     def default_workers(self) -> int:
         return 1

@@ -54,8 +54,9 @@ def summarize(sweep_dir: str | Path, metric: str = "best/val_dice") -> dict[str,
             writer.writerow([*line[:-1], row["error"], overrides])
     best = best_row(rows, metric)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "killed", "running")}
-    verdict = (f"best job: {best['job']} ({metric} {cell(best[metric])}) {best['run']}" if best
-               else "best job: none finished")
+    verdict = (
+        f"best job: {best['job']} ({metric} {cell(best[metric])}) {best['run']}" if best else "best job: none finished"
+    )
     widths = [max(len(str(c)) for c in col) for col in zip(*lines, strict=True)]
     text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
     status = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -97,5 +98,8 @@ class SweepSummary(Callback):
         except Exception as err:  # a summary must never turn a finished sweep into a failure
             log.warning("no sweep summary for %s: %s", sweep_dir, err)
             return
-        print(summary["report"] + f"\nwritten: {sweep_dir}/summary.csv, summary.md, summary.png\n"
-              f"see it: tensorboard --logdir {sweep_dir}  (HParams tab)", flush=True)
+        print(
+            summary["report"] + f"\nwritten: {sweep_dir}/summary.csv, summary.md, summary.png\n"
+            f"see it: tensorboard --logdir {sweep_dir}  (HParams tab)",
+            flush=True,
+        )

@@ -50,10 +50,19 @@ def read_job(job: Path, varying: list[str] | None = None) -> dict[str, Any]:
     else:
         items = [f"{k}={v}" for k, v in overrides.items()]
         run, hparams = job_run_name(varying or varying_keys(job.parent, items, None), items) or job.name, {}
-    return {"job": job.name, "run": run, "overrides": overrides, "status": run_status(result),
-            "error": result.get("error", ""), "epochs": result.get("epochs"), "wall_s": result.get("wall_s"),
-            "value": result.get("value"), "hparams": hparams, **{name: metrics.get(name) for name in METRICS},
-            "best/val_dice_per_image": metrics.get("best/val_dice_per_image")}
+    return {
+        "job": job.name,
+        "run": run,
+        "overrides": overrides,
+        "status": run_status(result),
+        "error": result.get("error", ""),
+        "epochs": result.get("epochs"),
+        "wall_s": result.get("wall_s"),
+        "value": result.get("value"),
+        "hparams": hparams,
+        **{name: metrics.get(name) for name in METRICS},
+        "best/val_dice_per_image": metrics.get("best/val_dice_per_image"),
+    }
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -62,8 +71,10 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         raise LungsegError(f"{sweep_dir}: no such folder; pass a multirun folder, e.g. outputs/multirun/<date>/<time>")
     jobs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
     if not jobs:
-        raise LungsegError(f"{sweep_dir}: no job folders (<job>/.hydra/overrides.yaml) inside; "
-                           "pass the folder a --multirun wrote, e.g. outputs/multirun/<date>/<time>")
+        raise LungsegError(
+            f"{sweep_dir}: no job folders (<job>/.hydra/overrides.yaml) inside; "
+            "pass the folder a --multirun wrote, e.g. outputs/multirun/<date>/<time>"
+        )
     jobs.sort(key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
     varying = recorded_varying(sweep_dir)
     return [read_job(d, varying) for d in jobs]
@@ -78,7 +89,8 @@ def recorded_varying(sweep_dir: Path) -> list[str]:
 
 def swept_knobs(rows: list[dict[str, Any]], order: list[str] | None = None) -> list[str]:
     """The overrides whose values differ between jobs: in the sweep's own ``order`` first, then by name."""
-    keys = sorted({k for row in rows for k in row["overrides"]}, key=lambda k: (k not in (order or []),
-                                                                                (order or []).index(k)
-                                                                                if k in (order or []) else 0, k))
+    keys = sorted(
+        {k for row in rows for k in row["overrides"]},
+        key=lambda k: (k not in (order or []), (order or []).index(k) if k in (order or []) else 0, k),
+    )
     return [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]

@@ -64,8 +64,11 @@ def rebuild_study(rows: list[dict[str, Any]], space: dict[str, Any], direction: 
         finished = row["status"] == "finished" and value is not None
         state = optuna.trial.TrialState.COMPLETE if finished else optuna.trial.TrialState.FAIL
         try:
-            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state,
-                                                      value=value if finished else None))
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=params, distributions=dists, state=state, value=value if finished else None
+                )
+            )
         except ValueError as err:  # a value outside its distribution (the search space changed): leave it out
             log.warning("job %s left out of the optuna study: %s", row["job"], err)
     return study
@@ -96,8 +99,10 @@ def optuna_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any
         best = trial.value if best is None or sign * trial.value > sign * best else best
         history.append({"trial": trial.number, "value": trial.value, "best": best})
     importances, note, used = {}, "", ""
-    evaluators = {"fANOVA": optuna.importance.FanovaImportanceEvaluator,
-                  "mean decrease in impurity": optuna.importance.MeanDecreaseImpurityImportanceEvaluator}
+    evaluators = {
+        "fANOVA": optuna.importance.FanovaImportanceEvaluator,
+        "mean decrease in impurity": optuna.importance.MeanDecreaseImpurityImportanceEvaluator,
+    }
     for method, evaluator in evaluators.items():  # optuna 2.x's fANOVA fails on scikit-learn >= 1.3's trees
         try:
             importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator(seed=0)))
@@ -108,8 +113,14 @@ def optuna_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any
             break
         except (RuntimeError, ValueError) as err:  # fewer than two finished trials, nothing searched, fANOVA
             note = f"no parameter importances: {err}"
-    return {"direction": direction, "history": history, "importances": importances, "note": note,
-            "method": used, "failed": len(study.trials) - len(complete)}
+    return {
+        "direction": direction,
+        "history": history,
+        "importances": importances,
+        "note": note,
+        "method": used,
+        "failed": len(study.trials) - len(complete),
+    }
 
 
 def optuna_figure(report: dict[str, Any], metric: str, path: Path) -> None:
@@ -122,8 +133,9 @@ def optuna_figure(report: dict[str, Any], metric: str, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     history = report["history"]
     left.scatter([h["trial"] for h in history], [h["value"] for h in history], label="trial", zorder=3)
-    left.step([h["trial"] for h in history], [h["best"] for h in history], where="post", color="red",
-              label="best so far")
+    left.step(
+        [h["trial"] for h in history], [h["best"] for h in history], where="post", color="red", label="best so far"
+    )
     left.set(xlabel="trial", ylabel=metric, title="Optimisation history")
     left.xaxis.get_major_locator().set_params(integer=True)
     left.legend(fontsize=8)
@@ -141,11 +153,27 @@ def optuna_figure(report: dict[str, Any], metric: str, path: Path) -> None:
 
 def optuna_markdown(report: dict[str, Any], metric: str) -> str:
     """summary.md's Optuna section: the history table and the parameter importances."""
-    history = table([("trial", metric, "best so far"),
-                     *((h["trial"], cell(h["value"]), cell(h["best"])) for h in report["history"])])
-    importances = table([("parameter", "importance"),
-                         *((name, f"{value:.3f}") for name, value in report["importances"].items())])
-    lines = ["## Optuna", "", f"Objective: {metric} ({report['direction']}); {len(report['history'])} finished "
-             f"trials, {report['failed']} failed.", "", "![optimisation history and importances](optuna.png)", "",
-             history, "", f"Parameter importances (Optuna, {report['method'] or 'none'}):", "", importances]
+    history = table(
+        [
+            ("trial", metric, "best so far"),
+            *((h["trial"], cell(h["value"]), cell(h["best"])) for h in report["history"]),
+        ]
+    )
+    importances = table(
+        [("parameter", "importance"), *((name, f"{value:.3f}") for name, value in report["importances"].items())]
+    )
+    lines = [
+        "## Optuna",
+        "",
+        f"Objective: {metric} ({report['direction']}); {len(report['history'])} finished "
+        f"trials, {report['failed']} failed.",
+        "",
+        "![optimisation history and importances](optuna.png)",
+        "",
+        history,
+        "",
+        f"Parameter importances (Optuna, {report['method'] or 'none'}):",
+        "",
+        importances,
+    ]
     return "\n".join(lines + ([f"\n{report['note']}"] if report["note"] else [])) + "\n"

@@ -14,7 +14,7 @@ MAX_LABEL = 14  # characters of a categorical tick label
 def _label(value: Any) -> str:
     number = finite_number(value)
     text = f"{number:g}" if number is not None else str(value)
-    return text if len(text) <= MAX_LABEL else text[:MAX_LABEL - 1] + "…"
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
 
 
 def knob_axis(ax: Any, raw: list[Any]) -> list[float]:
@@ -36,8 +36,12 @@ def knob_axis(ax: Any, raw: list[Any]) -> list[float]:
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
             return numbers
     index = {v: i for i, v in enumerate(distinct)}
-    ax.set_xticks(range(len(distinct)), [_label(v) for v in distinct], rotation=0 if numeric else 30,
-                  ha="center" if numeric else "right")
+    ax.set_xticks(
+        range(len(distinct)),
+        [_label(v) for v in distinct],
+        rotation=0 if numeric else 30,
+        ha="center" if numeric else "right",
+    )
     ax.set_xlim(-0.5, len(distinct) - 0.5)
     seen: dict[Any, int] = {}
     xs = []

@@ -37,7 +37,17 @@ def cell(value: Any) -> str:
 def job_table(rows: list[dict[str, Any]], knobs: list[str]) -> list[list[str]]:
     """Header and one line per job: job, knobs, metrics, epochs, wall time, status, error."""
     header = ["job", "run", *knobs, *METRICS, "epochs", "wall_s", "status", "error"]
-    lines = [[r["job"], r["run"], *(r["overrides"].get(k, "") for k in knobs), *(cell(r.get(m)) for m in METRICS),
-              cell(r["epochs"]), "" if r["wall_s"] is None else f"{float(r['wall_s']):.1f}", r["status"],
-              str(r["error"]).splitlines()[0][:80] if r["error"] else ""] for r in rows]
+    lines = [
+        [
+            r["job"],
+            r["run"],
+            *(r["overrides"].get(k, "") for k in knobs),
+            *(cell(r.get(m)) for m in METRICS),
+            cell(r["epochs"]),
+            "" if r["wall_s"] is None else f"{float(r['wall_s']):.1f}",
+            r["status"],
+            str(r["error"]).splitlines()[0][:80] if r["error"] else "",
+        ]
+        for r in rows
+    ]
     return [header, *lines]
