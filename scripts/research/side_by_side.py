@@ -27,8 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 
 
-def worker(threads: int, size: int, batch: int) -> None:
-    """Serve 'train' / 'infer' requests on stdin with this checkout's lungseg."""
+def worker(threads: int, size: int, batch: int, precision: str) -> None:
+    """Serve 'train' / 'infer' requests on stdin with this checkout's lungseg, in ``precision`` (auto: what a fit and
+    predict pick on this CPU, bf16 where it has bf16 in hardware)."""
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -39,6 +40,11 @@ def worker(threads: int, size: int, batch: int) -> None:
     torch.manual_seed(0)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=baseline"])
+    if precision == "auto":
+        from lungseg.runtime import has_native_bf16
+
+        precision = "bf16" if has_native_bf16("cpu") else "fp32"
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     module = instantiate(cfg.module).train()
     optimizer = module.configure_optimizers()["optimizer"]
     batch_ = {"image": torch.rand(batch, 1, size, size), "mask": (torch.rand(batch, 1, size, size) > 0.5).float()}
@@ -46,14 +52,16 @@ def worker(threads: int, size: int, batch: int) -> None:
     images = batch_["image"].contiguous(memory_format=torch.channels_last)
 
     def train() -> None:
-        module.training_step(batch_, 0).backward()
+        with autocast:  # as Lightning's bf16-mixed precision plugin wraps training_step
+            loss = module.training_step(batch_, 0)
+        loss.backward()
         module.on_before_optimizer_step(optimizer)
         optimizer.step()
         optimizer.zero_grad()
 
     def infer() -> None:
-        with torch.inference_mode():
-            torch.sigmoid(net(images))
+        with torch.inference_mode(), autocast:
+            torch.sigmoid(net(images).float())
 
     steps = {"train": train, "infer": infer}
     print("ready", flush=True)
@@ -87,17 +95,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="lungseg's (auto: the host's)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.threads, args.size, args.batch)
+        return worker(args.threads, args.size, args.batch, args.precision)
     common = ["--threads", str(args.threads), "--size", str(args.size), "--batch", str(args.batch)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
     procs = {
         "keras": start("keras", [args.keras, str(HERE.parent / "keras_original_bench.py"), "--serve", *common], env)
     }
     for tree in args.trees:
-        procs[tree] = start(tree, [sys.executable, str(HERE), "--worker", *common], {**env, "PYTHONPATH": tree})
+        worker_args = [sys.executable, str(HERE), "--worker", "--precision", args.precision, *common]
+        procs[tree] = start(tree, worker_args, {**env, "PYTHONPATH": tree})
     names = list(procs)
     times: dict[tuple[str, str], list[float]] = {}
     for kind in ("train", "infer"):
