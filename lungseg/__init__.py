@@ -1,6 +1,7 @@
 """lungseg: lung segmentation of chest X-rays with an enhanced U-Net.
 
-``from lungseg import LungSegmenter`` is the Python API (imported on first use, so ``import lungseg`` stays light).
+``from lungseg import LungSegmenter`` is the Python API (imported on first use, so ``import
+lungseg`` stays light).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Every file and folder lungseg writes appears under its final name complete or not at all, and one output has one
-writer at a time.
+"""Every file and folder lungseg writes appears under its final name complete or not at all, and one
+output has one writer at a time.
 
-A file is written to ``.<name>.tmp-<pid>`` beside it, flushed to disk, then renamed into place (atomic on one file
-system). A folder (a report, an export) is written whole beside its final name and swapped in, so a kill leaves
-either the earlier folder or the new one, never a mix. Temp files and folders of a writer that died are removed by
-the next writer; those of a live writer are left alone. :func:`output_lock` refuses a second writer of one output.
+A file is written to ``.<name>.tmp-<pid>`` beside it, flushed to disk, then renamed into place
+(atomic on one file system). A folder (a report, an export) is written whole beside its final name
+and swapped in, so a kill leaves either the earlier folder or the new one, never a mix. Temp files
+and folders of a writer that died are removed by the next writer; those of a live writer are left
+alone. :func:`output_lock` refuses a second writer of one output.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from lungseg.errors import LungsegError
 
 TMP_TAG = ".tmp-"
 OLD_TAG = ".old-"
-_RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically (Linux >= 3.15, most local file systems)
+# renameat2 flag: swap two paths atomically (Linux >= 3.15, most local file systems)
+_RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
@@ -55,13 +57,14 @@ def process_alive(pid: int) -> bool:
 
 
 def temp_path(path: Path) -> Path:
-    """Where this process writes ``path`` before it is renamed into place: ``.<name>.tmp-<pid>`` beside it."""
+    """Where this process writes ``path`` before it is renamed into place: ``.<name>.tmp-<pid>``
+    beside it."""
     return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
 
 
 def remove_stale(path: str | Path) -> list[Path]:
-    """Remove the temp files and folders (``.<name>.tmp-<pid>``, ``.<name>.old-<pid>``) that writers of ``path``
-    left when they were killed; a live writer's are kept. Returns what was removed."""
+    """Remove the temp files and folders (``.<name>.tmp-<pid>``, ``.<name>.old-<pid>``) that writers
+    of ``path`` left when they were killed; a live writer's are kept. Returns what was removed."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
@@ -80,8 +83,8 @@ def remove_stale(path: str | Path) -> list[Path]:
 
 
 def remove_stale_under(folder: str | Path) -> list[Path]:
-    """:func:`remove_stale` for every temp file and folder anywhere under ``folder`` (an output tree that a
-    killed run wrote into)."""
+    """:func:`remove_stale` for every temp file and folder anywhere under ``folder`` (an output tree
+    that a killed run wrote into)."""
     removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
@@ -104,10 +107,11 @@ def glob_escape(name: str) -> str:
 def atomic_open(
     path: str | Path, mode: str = "wb", durable: bool = True, clean: bool = True, **kwargs: Any
 ) -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path`` for writing; on success it replaces ``path``, on error it is removed.
-    ``durable``: flushed to disk before the rename (off for data that can be made again, where a whole file
-    matters and a power cut does not). ``clean``: first remove what killed writers of ``path`` left (off for
-    writers of many files into one folder, who clean the whole folder once: :func:`remove_stale_under`)."""
+    """Open a temp file beside ``path`` for writing; on success it replaces ``path``, on error it is
+    removed. ``durable``: flushed to disk before the rename (off for data that can be made again,
+    where a whole file matters and a power cut does not). ``clean``: first remove what killed
+    writers of ``path`` left (off for writers of many files into one folder, who clean the whole
+    folder once: :func:`remove_stale_under`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if clean:
@@ -128,8 +132,8 @@ def atomic_open(
 
 @contextlib.contextmanager
 def named_write_errors(path: str | Path) -> Iterator[None]:
-    """A failed write inside the block as an OSError that names ``path``, where the library that raised it named no
-    file (matplotlib, Pillow, protobuf, a plain ``write``)."""
+    """A failed write inside the block as an OSError that names ``path``, where the library that
+    raised it named no file (matplotlib, Pillow, protobuf, a plain ``write``)."""
     try:
         yield
     except OSError as err:
@@ -139,9 +143,9 @@ def named_write_errors(path: str | Path) -> Iterator[None]:
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically. Serialised in memory first: torch's archive writer turns a failed disk
-    write into a RuntimeError, and its destructor then aborts the process at exit; lungseg's own write fails as a
-    plain OSError naming the file."""
+    """``torch.save`` to ``path`` atomically. Serialised in memory first: torch's archive writer
+    turns a failed disk write into a RuntimeError, and its destructor then aborts the process at
+    exit; lungseg's own write fails as a plain OSError naming the file."""
     import torch
 
     buffer = io.BytesIO()
@@ -172,9 +176,9 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def replace_dir(staged: Path, target: Path) -> None:
-    """Put the finished folder ``staged`` at ``target``, replacing an earlier one whole: swapped in one step where
-    the system can, else the earlier folder is moved aside first (and put back by :func:`restore_dir` if a kill
-    comes between the two renames)."""
+    """Put the finished folder ``staged`` at ``target``, replacing an earlier one whole: swapped in
+    one step where the system can, else the earlier folder is moved aside first (and put back by
+    :func:`restore_dir` if a kill comes between the two renames)."""
     if target.is_dir() and not target.is_symlink():
         if _exchange(staged, target):
             shutil.rmtree(staged, ignore_errors=True)  # now the earlier folder
@@ -204,8 +208,8 @@ def restore_dir(target: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """A folder to write ``target``'s content into; on success it replaces ``target`` whole, on error it is
-    removed and ``target`` is as it was."""
+    """A folder to write ``target``'s content into; on success it replaces ``target`` whole, on
+    error it is removed and ``target`` is as it was."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     restore_dir(target)
@@ -222,16 +226,17 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 
 def lock_path(target: Path, inside: bool = False) -> Path:
-    """The lock file of an output: ``.<name>.lock`` beside it (a folder that is swapped whole cannot hold it), or
-    ``.lungseg.lock`` inside a folder that is written in place and shares its parent with others (a sweep's jobs)."""
+    """The lock file of an output: ``.<name>.lock`` beside it (a folder that is swapped whole cannot
+    hold it), or ``.lungseg.lock`` inside a folder that is written in place and shares its parent
+    with others (a sweep's jobs)."""
     return target / ".lungseg.lock" if inside else target.with_name(f".{target.name}.lock")
 
 
 @contextlib.contextmanager
 def output_lock(target: str | Path, setting: str, inside: bool = False) -> Iterator[None]:
-    """Hold the one-writer lock of output ``target`` (a file or folder, named by ``setting`` in messages) while the
-    block runs; a second writer is refused at once with one line. The operating system releases the lock when the
-    holder dies, so a crash never leaves an output locked."""
+    """Hold the one-writer lock of output ``target`` (a file or folder, named by ``setting`` in
+    messages) while the block runs; a second writer is refused at once with one line. The operating
+    system releases the lock when the holder dies, so a crash never leaves an output locked."""
     from filelock import FileLock, Timeout
 
     target = Path(target).expanduser().absolute()
@@ -240,7 +245,8 @@ def output_lock(target: str | Path, setting: str, inside: bool = False) -> Itera
         lock_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise LungsegError(
-            f"{setting}={target}: cannot write there ({err.strerror or err}); choose a writable folder"
+            f"{setting}={target}: cannot write there ({err.strerror or err}); choose a writable "
+            "folder"
         ) from None
     lock = FileLock(lock_file, timeout=0)
     try:

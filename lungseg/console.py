@@ -16,10 +16,13 @@ class _DropAdverts(logging.Filter):
 
 
 def quiet() -> None:
-    """Drop library adverts and the deprecation notices of library internals the user cannot act on."""
+    """Drop library adverts and the deprecation notices of library internals the user cannot act
+    on."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropAdverts())
     # lightning's own pytree helper uses torch's deprecated LeafSpec (fixed in lightning, not here)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(lightning|lightning_utilities|torch)\.")
+    warnings.filterwarnings(
+        "ignore", category=DeprecationWarning, module=r"(lightning|lightning_utilities|torch)\."
+    )
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")

@@ -13,7 +13,16 @@ from lungseg.errors import LungsegError
 
 # The flags that decide which kernels run fast: AVX2 only, AVX-512, VNNI int8 dot products, native
 # bf16, AMX tiles.
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+SPEED_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 # Overrides the CPU's bf16 detection: 1 treats it as a bf16 CPU (emulated where it has none: slow,
 # but the same arithmetic, so an AVX2 machine can check the bf16 path), 0 as an fp32 CPU. Unset:
 # read /proc/cpuinfo.
@@ -52,11 +61,14 @@ def cpu_has_native_bf16() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     if forced:
-        raise LungsegError(f"{CPU_BF16_ENV}={forced}: use 1 (act as a bf16 CPU), 0 (an fp32 CPU) or leave it unset")
+        raise LungsegError(
+            f"{CPU_BF16_ENV}={forced}: use 1 (act as a bf16 CPU), 0 (an fp32 CPU) or leave it unset"
+        )
     flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_has_avx512() -> bool:
-    """True when the CPU has AVX-512 (oneDNN's fast channels_last kernels for every convolution pass)."""
+    """True when the CPU has AVX-512 (oneDNN's fast channels_last kernels for every convolution
+    pass)."""
     return "avx512f" in cpu_flags()

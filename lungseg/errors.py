@@ -47,18 +47,23 @@ class CheckpointError(LungsegError):
 
 
 class MissingExtraError(LungsegError):
-    """A feature needs an optional extra (``pip install "lungseg[extra]"``) that is not installed."""
+    """A feature needs an optional extra (``pip install "lungseg[extra]"``) that is not
+    installed."""
 
 
 def require_extra(module: str, extra: str, feature: str) -> ModuleType:
-    """Import ``module`` for ``feature``; if it (or what it imports) is missing, name the extra that installs it."""
+    """Import ``module`` for ``feature``; if it (or what it imports) is missing, name the extra that
+    installs it."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError:
-        raise MissingExtraError(f'{feature} needs {EXTRAS[extra]}: pip install "lungseg[{extra}]"') from None
+        raise MissingExtraError(
+            f'{feature} needs {EXTRAS[extra]}: pip install "lungseg[{extra}]"'
+        ) from None
 
 
-# Errors of the machine a user can fix (a full disk, a read-only or forbidden folder): one line, not a traceback.
+# Errors of the machine a user can fix (a full disk, a read-only or forbidden folder): one line, not
+# a traceback.
 SYSTEM_ERRNOS = {
     errno.ENOSPC: "free space on that disk or choose another output",
     errno.EDQUOT: "free space within your quota or choose another output",
@@ -68,8 +73,9 @@ SYSTEM_ERRNOS = {
 
 
 def user_message(err: BaseException) -> str | None:
-    """The one line a user gets for ``err``: a LungsegError's message, or a full disk / permission OSError's with
-    the file it hit and what to do; None for anything else (a bug: it keeps its traceback)."""
+    """The one line a user gets for ``err``: a LungsegError's message, or a full disk / permission
+    OSError's with the file it hit and what to do; None for anything else (a bug: it keeps its
+    traceback)."""
     if isinstance(err, LungsegError):
         return str(err)
     if isinstance(err, OSError) and err.errno in SYSTEM_ERRNOS:
@@ -79,8 +85,8 @@ def user_message(err: BaseException) -> str | None:
 
 
 def exit_on_user_error(func: F) -> F:
-    """Run an entry point with a quiet console; a user error (:func:`user_message`) becomes one message on stderr
-    and exit code 2."""
+    """Run an entry point with a quiet console; a user error (:func:`user_message`) becomes one
+    message on stderr and exit code 2."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -1,8 +1,10 @@
-"""Evaluate a model on one split: ``python -m lungseg.evaluate ckpt_path=... data.root=... [split=test]``.
+"""Evaluate a model on one split: ``python -m lungseg.evaluate ckpt_path=... data.root=...
+[split=test]``.
 
-The split is scored by ``lungseg.evaluation.scoring`` (every image once, in file order, un-augmented), summarised by
-``lungseg.evaluation.summary`` and written by ``lungseg.evaluation.report`` into a folder beside the final one,
-which replaces an earlier report only whole (``overwrite=true``).
+The split is scored by ``lungseg.evaluation.scoring`` (every image once, in file order,
+un-augmented), summarised by ``lungseg.evaluation.summary`` and written by
+``lungseg.evaluation.report`` into a folder beside the final one, which replaces an earlier report
+only whole (``overwrite=true``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def run_dir(ckpt_path: str | Path) -> Path:
-    """The training run of a checkpoint: the parent of ``checkpoints/``, else the checkpoint's folder (where the
-    report goes by default, and where training curves are looked for)."""
+    """The training run of a checkpoint: the parent of ``checkpoints/``, else the checkpoint's
+    folder (where the report goes by default, and where training curves are looked for)."""
     ckpt_path = Path(ckpt_path).resolve()
     return checkpoint_run(ckpt_path) or ckpt_path.parent
 
@@ -41,11 +43,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Load, check, evaluate and write the report; return the metrics.json content."""
     if not cfg.get("ckpt_path") and not cfg.get("model_path"):
         raise CheckpointError(
-            "no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or model_path=DIR, "
+            "no model given; pass ckpt_path=outputs/<run>/checkpoints/best.ckpt (or "
+            "model_path=DIR, "
             "a pretrained folder)"
         )
     check_evaluate(cfg)
-    reviewed = review_counts(cfg.review, required=True) if cfg.get("review") else None  # checked first
+    # checked first
+    reviewed = review_counts(cfg.review, required=True) if cfg.get("review") else None
     sources = model_sources(cfg.get("ckpt_path") or cfg.get("model_path"))
     name = cfg.split if len(sources) == 1 else f"{cfg.split}-ensemble-of-{len(sources)}"
     out = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir(sources[0]) / "eval" / name
@@ -61,14 +65,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         review_below=cfg.quality.review_below,
         polarity=str(cfg.polarity),
     )
-    source = Path(sources[0])  # an ensemble's report goes beside its first member's run, named for the ensemble
+    # an ensemble's report goes beside its first member's run, named for the ensemble
+    source = Path(sources[0])
     size = seg.image_size
     datamodule = instantiate(
         cfg.data, image_size=int(size), train_transform=None, intensity=seg.description.intensity
     )  # the model's own input rule
     dataset = datamodule.dataset(cfg.split)
     val = datamodule.dataset("val") if cfg.tune_threshold else None
-    log.info("evaluating %s on %s/%s: %d images at %d px", source, cfg.data.root, cfg.split, len(dataset), size)
+    log.info(
+        "evaluating %s on %s/%s: %d images at %d px",
+        source,
+        cfg.data.root,
+        cfg.split,
+        len(dataset),
+        size,
+    )
 
     tuned = None
     if val is not None:
@@ -98,9 +110,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         meta["review"] = reviewed  # lungseg-review's decisions on a prediction folder (review=)
     samples = sample_predictions(seg, dataset, results["rows"], cfg.n_samples, cfg.n_worst)
 
-    with output_lock(out, "output_dir"), atomic_dir(out) as staged:  # the earlier report stays whole until now
-        refuse_existing(out, "output_dir", bool(cfg.overwrite))  # again: another run may have written it meanwhile
-        summary = build_summary(results, meta, tuned, cfg.calibration_bins if cfg.calibration else None)
+    # the earlier report stays whole until now
+    with output_lock(out, "output_dir"), atomic_dir(out) as staged:
+        # again: another run may have written it meanwhile
+        refuse_existing(out, "output_dir", bool(cfg.overwrite))
+        summary = build_summary(
+            results, meta, tuned, cfg.calibration_bins if cfg.calibration else None
+        )
         write_report(staged, summary, results, samples, cfg, run_dir(source) / "tensorboard")
     log.info("report written to %s", out)
     summary["output_dir"] = str(out)
@@ -115,13 +131,16 @@ def main(cfg: DictConfig) -> None:
     pooled, per_image = summary["pooled"], summary["per_image"]
     print(
         f"{summary['n_images']} images: pooled Dice {pooled['dice']:.4f}, IoU {pooled['iou']:.4f}, "
-        f"AUROC {pooled['auroc']:.4f}; per-image Dice {per_image['dice_mean']:.4f} ± {per_image['dice_sd']:.4f}, "
+        f"AUROC {pooled['auroc']:.4f}; per-image Dice {per_image['dice_mean']:.4f} ± "
+        f"{per_image['dice_sd']:.4f}, "
         f"HD95 {per_image['hd95_mean']:.2f} px, ASSD {per_image['assd_mean']:.2f} px"
     )
     clean = summary["postprocessed"]
     print(
-        f"post-processed (two largest components, holes filled): pooled Dice {clean['pooled_dice']:.4f}; "
-        f"per-image Dice {clean['dice_mean']:.4f} ± {clean['dice_sd']:.4f}, HD95 {clean['hd95_mean']:.2f} px, "
+        "post-processed (two largest components, holes filled): pooled Dice "
+        f"{clean['pooled_dice']:.4f}; "
+        f"per-image Dice {clean['dice_mean']:.4f} ± {clean['dice_sd']:.4f}, HD95 "
+        f"{clean['hd95_mean']:.2f} px, "
         f"ASSD {clean['assd_mean']:.2f} px -> {summary['output_dir']}"
     )
     q = summary["quality"]
@@ -133,8 +152,10 @@ def main(cfg: DictConfig) -> None:
     )
     print(
         f"quality score vs Dice: Spearman {rho}; at quality.review_below={q['review_below']:.4f} "
-        f"{q['n_flagged']}/{q['n_images']} flagged ({q['flagged_share']:.0%}), {bad}; the highest operating point "
-        f"flagging at most a quarter of this split: quality.review_below={q['suggested_review_below']:.4f} "
+        f"{q['n_flagged']}/{q['n_images']} flagged ({q['flagged_share']:.0%}), {bad}; the highest "
+        "operating point "
+        "flagging at most a quarter of this split: "
+        f"quality.review_below={q['suggested_review_below']:.4f} "
         f"(choose it on val)"
     )
     if summary.get("review"):

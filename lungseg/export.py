@@ -1,19 +1,22 @@
-"""Export a trained model: ``python -m lungseg.export ckpt_path=best.ckpt format=onnx|torch_export|pretrained``.
+"""Export a trained model: ``python -m lungseg.export ckpt_path=best.ckpt
+format=onnx|torch_export|pretrained``.
 
-``onnx`` and ``torch_export`` take ``image``: float32 (N, 1, H, W), the radiograph preprocessed as the model's
-description says (``lungseg.artifacts.checkpoint.PREPROCESSING``: 8-bit grayscale / 255 at the training size) and return
-``probability``: float32 (N, 1, H, W) in [0, 1]. N is dynamic; H and W too (multiples of 2**depth). The ONNX
-file carries the model's description and card in its metadata; each file gets its model card beside it
-(``<name>.README.md``). ``pretrained`` writes the Hugging Face folder (config.json, model.safetensors, README.md)
-that ``LungSegmenter.from_pretrained`` loads.
+``onnx`` and ``torch_export`` take ``image``: float32 (N, 1, H, W), the radiograph preprocessed as
+the model's description says (``lungseg.artifacts.checkpoint.PREPROCESSING``: 8-bit grayscale / 255
+at the training size) and return ``probability``: float32 (N, 1, H, W) in [0, 1]. N is dynamic; H
+and W too (multiples of 2**depth). The ONNX file carries the model's description and card in its
+metadata; each file gets its model card beside it (``<name>.README.md``). ``pretrained`` writes the
+Hugging Face folder (config.json, model.safetensors, README.md) that
+``LungSegmenter.from_pretrained`` loads.
 
-``format=onnx quantize=int8 calibration=<dataset root or folder>`` writes a static INT8 model instead (QDQ, per-channel
-weights; ``lungseg.artifacts.quantize``), calibrated on ``calibration_images`` radiographs; same input, output and
-metadata.
+``format=onnx quantize=int8 calibration=<dataset root or folder>`` writes a static INT8 model
+instead (QDQ, per-channel weights; ``lungseg.artifacts.quantize``), calibrated on
+``calibration_images`` radiographs; same input, output and metadata.
 
-``format=openvino`` writes the OpenVINO IR (``.xml`` + ``.bin``) of the same graph, the description and card in its
-``rt_info`` (``lungseg.artifacts.openvino``); with ``quantize=int8`` NNCF's INT8, refused when its mean val Dice
-drops more than ``max_dice_drop`` (``lungseg.evaluation.quantization``).
+``format=openvino`` writes the OpenVINO IR (``.xml`` + ``.bin``) of the same graph, the description
+and card in its ``rt_info`` (``lungseg.artifacts.openvino``); with ``quantize=int8`` NNCF's INT8,
+refused when its mean val Dice drops more than ``max_dice_drop``
+(``lungseg.evaluation.quantization``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from omegaconf import DictConfig
 
 from lungseg.artifacts.checkpoint import TrainedModel, load_checkpoint
 from lungseg.artifacts.contract import INPUT_NAME, OUTPUT_NAME
-from lungseg.artifacts.exports import ProbabilityModel, export_metadata, export_onnx, export_program, run_program
+from lungseg.artifacts.exports import (
+    ProbabilityModel,
+    export_metadata,
+    export_onnx,
+    export_program,
+    run_program,
+)
 from lungseg.artifacts.model_card import model_card
 from lungseg.artifacts.pretrained import save_pretrained
 from lungseg.artifacts.quantize import quantization_card, quantize_int8
@@ -58,8 +67,8 @@ FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "pretrained": "", "openvino"
 
 
 def run_exported(path: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities from an exported file (ONNX Runtime for .onnx, OpenVINO for .xml in fp32, torch.export.load for
-    .pt2)."""
+    """Probabilities from an exported file (ONNX Runtime for .onnx, OpenVINO for .xml in fp32,
+    torch.export.load for .pt2)."""
     if path.suffix == ".xml":
         from lungseg.inference.backends.openvino import OpenVinoBackend
 
@@ -70,20 +79,23 @@ def run_exported(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def verify(model: TrainedModel, output: Path, size: int) -> float:
-    """Largest difference between the exported model's probabilities and LungSegmenter's in fp32 on random
-    images (for a pretrained folder: the folder loaded back, through the same predictor)."""
+    """Largest difference between the exported model's probabilities and LungSegmenter's in fp32 on
+    random images (for a pretrained folder: the folder loaded back, through the same predictor)."""
     images = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     expected = LungSegmenter(TorchBackend(model, "cpu", "32-true")).probabilities(images.numpy())
     if output.is_dir():
-        got = LungSegmenter.from_pretrained(output, "cpu", precision="32-true").probabilities(images.numpy())
+        got = LungSegmenter.from_pretrained(output, "cpu", precision="32-true").probabilities(
+            images.numpy()
+        )
     else:
         got = run_exported(output, images.numpy())
     return float(np.abs(got - expected).max())
 
 
 def verify_int8(model: TrainedModel, output: Path, images: np.ndarray) -> tuple[float, float]:
-    """Largest probability difference between the INT8 file and LungSegmenter in fp32 on real-looking ``images``
-    (the calibration radiographs; random noise says little about quantisation), and the Dice of their masks."""
+    """Largest probability difference between the INT8 file and LungSegmenter in fp32 on
+    real-looking ``images`` (the calibration radiographs; random noise says little about
+    quantisation), and the Dice of their masks."""
     expected = LungSegmenter(TorchBackend(model, "cpu", "32-true")).probabilities(images)
     got = run_exported(output, images)
     return float(np.abs(got - expected).max()), mask_dice(
@@ -92,11 +104,15 @@ def verify_int8(model: TrainedModel, output: Path, images: np.ndarray) -> tuple[
 
 
 def write_openvino(
-    cfg: DictConfig, model: TrainedModel, metadata: dict[str, str], staged: Path, calibration: np.ndarray | None
+    cfg: DictConfig,
+    model: TrainedModel,
+    metadata: dict[str, str],
+    staged: Path,
+    calibration: np.ndarray | None,
 ) -> tuple[str, dict[str, object]]:
-    """Write the IR ``staged`` (+ ``.bin``): fp32, or with ``calibration`` images NNCF INT8 checked on the val films
-    (``lungseg.evaluation.quantization``, refused past ``max_dice_drop``). Returns the card written into it and the
-    quantisation's details (empty for fp32)."""
+    """Write the IR ``staged`` (+ ``.bin``): fp32, or with ``calibration`` images NNCF INT8 checked
+    on the val films (``lungseg.evaluation.quantization``, refused past ``max_dice_drop``). Returns
+    the card written into it and the quantisation's details (empty for fp32)."""
     from lungseg.artifacts.openvino import save_ir, to_openvino, write_metadata
 
     converted = to_openvino(model, metadata, int(cfg.opset), bool(cfg.dynamic_size))
@@ -118,14 +134,19 @@ def write_openvino(
         card += checked_card(details)
         write_metadata(
             converted,
-            {"model_card": card, "quantization": json.dumps(details), "calibration_source": Path(cfg.calibration).name},
+            {
+                "model_card": card,
+                "quantization": json.dumps(details),
+                "calibration_source": Path(cfg.calibration).name,
+            },
         )
     save_ir(converted, staged)
     return card, details
 
 
 def check_quantize(cfg: DictConfig) -> list[Path]:
-    """Refuse a ``quantize`` setting export cannot honour; for ``int8`` the calibration radiographs to use."""
+    """Refuse a ``quantize`` setting export cannot honour; for ``int8`` the calibration radiographs
+    to use."""
     quantize = cfg.get("quantize")
     if quantize is None:
         return []
@@ -138,21 +159,27 @@ def check_quantize(cfg: DictConfig) -> list[Path]:
         )
     if not cfg.get("calibration"):
         raise LungsegError(
-            "quantize=int8 needs calibration=<a dataset root (its train split's images are used) or "
+            "quantize=int8 needs calibration=<a dataset root (its train split's images are used) "
+            "or "
             "a folder of radiographs>: static INT8 measures activation ranges on real images"
         )
     return calibration_files(cfg.calibration, int(cfg.calibration_images))
 
 
 def export(cfg: DictConfig) -> dict[str, object]:
-    """Export ``ckpt_path`` to ``format`` at ``output``; with ``verify`` compare it with PyTorch on random images
-    (an INT8 file: on its calibration radiographs, with the masks' Dice)."""
+    """Export ``ckpt_path`` to ``format`` at ``output``; with ``verify`` compare it with PyTorch on
+    random images (an INT8 file: on its calibration radiographs, with the masks' Dice)."""
     if not cfg.get("ckpt_path"):
-        raise LungsegError("missing setting ckpt_path=; e.g. python -m lungseg.export ckpt_path=best.ckpt format=onnx")
+        raise LungsegError(
+            "missing setting ckpt_path=; e.g. python -m lungseg.export "
+            "ckpt_path=best.ckpt format=onnx"
+        )
     if cfg.format not in FORMATS:
         raise LungsegError(f"format={cfg.format}: use one of {', '.join(FORMATS)}")
     if int(cfg.opset) < 17:
-        raise LungsegError(f"opset={cfg.opset}: use 17 or newer (LayerNorm-era ops, onnxruntime >= 1.14)")
+        raise LungsegError(
+            f"opset={cfg.opset}: use 17 or newer (LayerNorm-era ops, onnxruntime >= 1.14)"
+        )
     calibration = check_quantize(cfg)
     ckpt = Path(cfg.ckpt_path)
     output = Path(cfg.output) if cfg.get("output") else ckpt.with_suffix(FORMATS[cfg.format])
@@ -162,19 +189,23 @@ def export(cfg: DictConfig) -> dict[str, object]:
     model = load_checkpoint(ckpt, cfg.get("image_size"))
     writable_dir(output.parent, "output")
     with output_lock(output, "output"):  # one writer per exported file or folder
-        refuse_existing(output, "output", bool(cfg.overwrite))  # again: another export may have written it meanwhile
+        # again: another export may have written it meanwhile
+        refuse_existing(output, "output", bool(cfg.overwrite))
         return write_export(cfg, model, ckpt, output, calibration)
 
 
 def write_export(
     cfg: DictConfig, model: TrainedModel, ckpt: Path, output: Path, calibration: list[Path]
 ) -> dict[str, object]:
-    """Write the export to ``output`` (staged beside it, then renamed into place), its card, and verify it."""
+    """Write the export to ``output`` (staged beside it, then renamed into place), its card, and
+    verify it."""
     size, divisor = model.description.image_size, int(getattr(model.net, "divisor", 1))
     card = model_card(model.description)
     if calibration and cfg.format == "onnx":
         card += quantization_card(len(calibration), Path(cfg.calibration).name)
-    images = calibration_images(calibration, size, model.description.intensity) if calibration else None
+    images = (
+        calibration_images(calibration, size, model.description.intensity) if calibration else None
+    )
     result: dict[str, object] = {"output": output, "image_size": size}
     remove_stale(output)  # what a killed export left beside it
     work = temp_path(output)
@@ -195,13 +226,23 @@ def write_export(
                     export_metadata(model, ckpt.name, card),
                 )
                 if calibration:
-                    quantize_int8(fp32, staged, images, INPUT_NAME, {"calibration_source": Path(cfg.calibration).name})
+                    quantize_int8(
+                        fp32,
+                        staged,
+                        images,
+                        INPUT_NAME,
+                        {"calibration_source": Path(cfg.calibration).name},
+                    )
             elif cfg.format == "openvino":
-                card, details = write_openvino(cfg, model, export_metadata(model, ckpt.name, card), staged, images)
+                card, details = write_openvino(
+                    cfg, model, export_metadata(model, ckpt.name, card), staged, images
+                )
                 if details:
                     result["quantization"] = details
             else:
-                export_program(ProbabilityModel(model.net), staged, size, divisor, bool(cfg.dynamic_size))
+                export_program(
+                    ProbabilityModel(model.net), staged, size, divisor, bool(cfg.dynamic_size)
+                )
             if staged.is_dir():
                 replace_dir(staged, output)
             else:
@@ -217,7 +258,8 @@ def write_export(
     if cfg.verify and calibration:
         result["max_abs_diff"], result["mask_dice"] = verify_int8(model, output, images)
         log.info(
-            "INT8 and PyTorch fp32 probabilities differ by at most %.4f on the %d calibration images; their "
+            "INT8 and PyTorch fp32 probabilities differ by at most %.4f on the %d calibration "
+            "images; their "
             "masks agree with Dice %.4f",
             result["max_abs_diff"],
             len(images),
@@ -225,9 +267,13 @@ def write_export(
         )
     elif cfg.verify:
         result["max_abs_diff"] = verify(model, output, size)
-        log.info("exported and PyTorch probabilities differ by at most %.2e on random images", result["max_abs_diff"])
+        log.info(
+            "exported and PyTorch probabilities differ by at most %.2e on random images",
+            result["max_abs_diff"],
+        )
     log.info(
-        "wrote %s (%s%s, input %dx%d, any batch size, threshold %g; input contract in the model card)",
+        "wrote %s (%s%s, input %dx%d, any batch size, threshold %g; input contract in the model "
+        "card)",
         output,
         cfg.format,
         " int8" if calibration else "",

@@ -1,4 +1,5 @@
-"""Losses beyond plain BCE: BCE + soft Dice, which weighs the lung boundary more than pixel-wise BCE does."""
+"""Losses beyond plain BCE: BCE + soft Dice, which weighs the lung boundary more than pixel-wise BCE
+does."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
 
 
 class BCEDiceLoss(nn.Module):
-    """``bce_weight * BCE(logits) + dice_weight * (1 - soft Dice)``; stable under mixed precision (fp32 inside)."""
+    """``bce_weight * BCE(logits) + dice_weight * (1 - soft Dice)``; stable under mixed precision
+    (fp32 inside)."""
 
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
+    def __init__(
+        self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0
+    ) -> None:
         super().__init__()
         self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-        return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target, self.smooth)
+        return self.bce_weight * bce + self.dice_weight * soft_dice_loss(
+            logits, target, self.smooth
+        )

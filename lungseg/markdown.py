@@ -7,8 +7,8 @@ from typing import Any
 
 
 def table(rows: Sequence[Sequence[Any]]) -> str:
-    """A markdown table of ``rows``, the first being the header (no trailing newline); a ``|`` inside a cell is
-    shown as ``/`` so it cannot split the cell."""
+    """A markdown table of ``rows``, the first being the header (no trailing newline); a ``|``
+    inside a cell is shown as ``/`` so it cannot split the cell."""
 
     def line(cells: Sequence[Any]) -> str:
         return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"

@@ -1,12 +1,14 @@
-"""Install, list and verify pretrained models for offline use (``lungseg-model``; ``lungseg.artifacts.pretrained``).
+"""Install, list and verify pretrained models for offline use (``lungseg-model``;
+``lungseg.artifacts.pretrained``).
 
     lungseg-model install <folder|zip> [--name NAME] [--force]
     lungseg-model list
     lungseg-model verify NAME
 
-``install`` copies a folder written by ``python -m lungseg.export format=pretrained`` (or a zip of one) into the
-local model store once its model.safetensors matches the SHA-256 its model card records and the folder loads; then
-``LungSegmenter.from_pretrained("<name>")`` finds it by name with no network, re-checking the weights each time.
+``install`` copies a folder written by ``python -m lungseg.export format=pretrained`` (or a zip of
+one) into the local model store once its model.safetensors matches the SHA-256 its model card
+records and the folder loads; then ``LungSegmenter.from_pretrained("<name>")`` finds it by name with
+no network, re-checking the weights each time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungseg-model", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("install", help="install a pretrained folder or zip for offline use")
-    add.add_argument("source", help="a folder written by lungseg.export format=pretrained, or a zip of one")
+    add.add_argument(
+        "source", help="a folder written by lungseg.export format=pretrained, or a zip of one"
+    )
     add.add_argument("--name", help="the name to load it by (default: the folder's or zip's)")
     add.add_argument("--force", action="store_true", help="replace a model of the same name")
     commands.add_parser("list", help="list the installed models and check each one's weights")

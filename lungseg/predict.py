@@ -1,8 +1,9 @@
-"""Segment radiographs: ``python -m lungseg.predict ckpt_path=best.ckpt input=/scans/ output=/masks/``: a thin
-layer over :class:`lungseg.LungSegmenter` that finds inputs, puts each through the input gate, writes masks,
-overlays, DICOM SEG and predictions.csv (one row per film, refused and unreadable ones too) and the run's manifest.
-Cohort runs (``lungseg.inference.cohort``): ``resume=true`` continues a killed run, ``shard=i/n`` splits the films
-for array jobs, ``merge=true`` joins the shards' results.
+"""Segment radiographs: ``python -m lungseg.predict ckpt_path=best.ckpt input=/scans/
+output=/masks/``: a thin layer over :class:`lungseg.LungSegmenter` that finds inputs, puts each
+through the input gate, writes masks, overlays, DICOM SEG and predictions.csv (one row per film,
+refused and unreadable ones too) and the run's manifest. Cohort runs (``lungseg.inference.cohort``):
+``resume=true`` continues a killed run, ``shard=i/n`` splits the films for array jobs,
+``merge=true`` joins the shards' results.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from lungseg.errors import DataError, LungsegError, exit_on_user_error, require_
 from lungseg.evaluation.review import REVIEW_CSV, describe, review_counts
 from lungseg.evaluation.surface import surface_distances
 from lungseg.inference.backends import model_sources
-from lungseg.inference.cohort import Journal, Shard, csv_text, merge_shards, model_sha256, reusable, status_counts
+from lungseg.inference.cohort import (
+    Journal,
+    Shard,
+    csv_text,
+    merge_shards,
+    model_sha256,
+    reusable,
+    status_counts,
+)
 from lungseg.inference.inputs import InputFile, find_inputs
 from lungseg.inference.outputs import CSV_COLUMNS, OUTPUT_FORMATS, TRUTH_COLUMNS, output_paths
 from lungseg.inference.overlay import overlay
@@ -42,12 +51,14 @@ from lungseg.settings import check_predict, writable_dir
 from lungseg.version import __version__
 
 log = logging.getLogger(__name__)
-EXIT_REFUSED = 3  # the run finished, and the input gate refused at least one film (its row says why)
+# the run finished, and the input gate refused at least one film (its row says why)
+EXIT_REFUSED = 3
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    """Write a PNG atomically (any path, Unicode included; RGB images in RGB order), creating its folder. The
-    output tree's stale temp files are cleaned once when the run starts, not per file."""
+    """Write a PNG atomically (any path, Unicode included; RGB images in RGB order), creating its
+    folder. The output tree's stale temp files are cleaned once when the run starts, not per file.
+    """
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, data = cv2.imencode(".png", image)
@@ -57,11 +68,13 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 def compare(final: np.ndarray, truth_path: Path) -> dict[str, Any]:
-    """Dice, IoU and HD95 (px) of a final mask against a reference mask file at the same (native) resolution."""
+    """Dice, IoU and HD95 (px) of a final mask against a reference mask file at the same (native)
+    resolution."""
     truth = read_mask(truth_path) > 0
     if truth.shape != final.shape:
         raise DataError(
-            f"{truth_path}: reference mask is {truth.shape[1]}x{truth.shape[0]} but its radiograph is "
+            f"{truth_path}: reference mask is {truth.shape[1]}x{truth.shape[0]} but its "
+            "radiograph is "
             f"{final.shape[1]}x{final.shape[0]}; truth= needs masks at the inputs' resolution"
         )
     dice, iou = dice_iou(*mask_counts(final, truth))
@@ -74,18 +87,23 @@ def compare(final: np.ndarray, truth_path: Path) -> dict[str, Any]:
 
 
 def reference_masks(cfg: DictConfig, files: list[InputFile]) -> dict[Path, Path]:
-    """With ``truth=``: each input's reference mask (paired as the dataset pairs them: cxrimage_N with cxrmask_N,
-    else by stem); every input must have one."""
+    """With ``truth=``: each input's reference mask (paired as the dataset pairs them: cxrimage_N
+    with cxrmask_N, else by stem); every input must have one."""
     if not cfg.get("truth"):
         return {}
     truth = Path(cfg.truth).expanduser()
     if not truth.is_dir():
-        raise DataError(f"truth={truth}: no such folder; pass the folder of reference masks (or leave truth unset)")
+        raise DataError(
+            f"truth={truth}: no such folder; pass the folder of reference masks (or "
+            "leave truth unset)"
+        )
     masks: dict[Path, Path] = {}
     for folder in sorted({f.path.parent for f in files}):
         pairs, _ = pair_files(folder, truth)
         masks.update({pair.image.resolve(): pair.mask for pair in pairs})
-    missing = [f"{f.path}: no reference mask in {truth}" for f in files if f.path.resolve() not in masks]
+    missing = [
+        f"{f.path}: no reference mask in {truth}" for f in files if f.path.resolve() not in masks
+    ]
     if missing:
         raise DataError(
             f"truth={truth}: {len(missing)} input(s) have no reference mask "
@@ -116,14 +134,18 @@ def write_outputs(
     model: str,
     truth: Path | None = None,
 ) -> dict[str, Any]:
-    """Write one film's files; return its CSV row's measures: the mask's, the patient's left and right lungs', the
-    files written (relative to ``output``) and, given a reference mask ``truth``, the mask's Dice, IoU and HD95."""
+    """Write one film's files; return its CSV row's measures: the mask's, the patient's left and
+    right lungs', the files written (relative to ``output``) and, given a reference mask ``truth``,
+    the mask's Dice, IoU and HD95."""
     if "masks" in paths:
         write_png(paths["masks"], result.mask.astype(np.uint8) * 255)
     if "overlays" in paths:
         write_png(paths["overlays"], overlay(result.gray, result.mask, max_size=cfg.overlay_size))
     if "probabilities" in paths:
-        write_png(paths["probabilities"], np.round(np.clip(result.probability, 0, 1) * 255).astype(np.uint8))
+        write_png(
+            paths["probabilities"],
+            np.round(np.clip(result.probability, 0, 1) * 255).astype(np.uint8),
+        )
     sides = split_film(result.mask, result.source)
     seg_file = ""
     if "seg" in paths and result.source is not None:  # a SEG references the DICOM film it segments
@@ -157,20 +179,36 @@ def _require(cfg: DictConfig, *names: str) -> None:
 
 
 def plan_outputs(
-    cfg: DictConfig, output: Path, formats: tuple[str, ...], shard: Shard, skipped: list[str] | None = None
+    cfg: DictConfig,
+    output: Path,
+    formats: tuple[str, ...],
+    shard: Shard,
+    skipped: list[str] | None = None,
 ) -> tuple[list[InputFile], list[dict[str, Path]]]:
     """This shard's inputs (none from inside ``output``) and their output paths."""
     inside = output.resolve()
-    files = [f for f in find_inputs(cfg.input, cfg.get("pattern"), skipped) if inside not in f.path.resolve().parents]
+    files = [
+        f
+        for f in find_inputs(cfg.input, cfg.get("pattern"), skipped)
+        if inside not in f.path.resolve().parents
+    ]
     if not files:
-        raise DataError(f"input={cfg.input}: every radiograph found lies inside output={output}; choose another")
+        raise DataError(
+            f"input={cfg.input}: every radiograph found lies inside output={output}; choose another"
+        )
     files = [f for f in files if shard.holds(f.key)]
-    paths = [output_paths(output, f.key, bool(cfg.overlays), bool(cfg.save_probabilities), formats) for f in files]
+    paths = [
+        output_paths(output, f.key, bool(cfg.overlays), bool(cfg.save_probabilities), formats)
+        for f in files
+    ]
     return files, paths
 
 
-def refuse_overwrite(cfg: DictConfig, output: Path, paths: list[dict[str, Path]], shard: Shard) -> None:
-    """Refuse to replace earlier outputs unless ``overwrite=true`` (``resume=true`` continues them instead)."""
+def refuse_overwrite(
+    cfg: DictConfig, output: Path, paths: list[dict[str, Path]], shard: Shard
+) -> None:
+    """Refuse to replace earlier outputs unless ``overwrite=true`` (``resume=true`` continues them
+    instead)."""
     if cfg.overwrite or cfg.resume:
         return
     existing = [p for ps in paths for p in ps.values() if p.exists()]
@@ -178,15 +216,16 @@ def refuse_overwrite(cfg: DictConfig, output: Path, paths: list[dict[str, Path]]
     if existing:
         raise LungsegError(
             f"output={output}: {len(existing)} output file(s) already exist (e.g. {existing[0]}); "
-            "pass resume=true to continue that run, overwrite=true to replace it, or choose another "
+            "pass resume=true to continue that run, overwrite=true to replace it, or choose "
+            "another "
             "output="
         )
 
 
 def segmenter(cfg: DictConfig) -> LungSegmenter:
-    """The model of ``ckpt_path=`` or ``model_path=`` (a checkpoint, an ONNX file, a pretrained folder or a Hub
-    id; ``[a,b,c]``: an ensemble), with the CLI's settings. ONNX models run without torch: torch is imported only
-    for the others."""
+    """The model of ``ckpt_path=`` or ``model_path=`` (a checkpoint, an ONNX file, a pretrained
+    folder or a Hub id; ``[a,b,c]``: an ensemble), with the CLI's settings. ONNX models run without
+    torch: torch is imported only for the others."""
     options = {
         "threshold": cfg.get("threshold"),
         "postprocess": bool(cfg.postprocess),
@@ -214,8 +253,8 @@ def segmenter(cfg: DictConfig) -> LungSegmenter:
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Segment every input (of this shard), write its files, predictions.csv and run.json; return the summary
-    (``merge=true``: join the shards' results instead)."""
+    """Segment every input (of this shard), write its files, predictions.csv and run.json; return
+    the summary (``merge=true``: join the shards' results instead)."""
     if cfg.get("merge"):
         _require(cfg, "output")
         return merge_shards(Path(cfg.output).expanduser())
@@ -234,16 +273,24 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     refuse_overwrite(cfg, output, paths, shard)
     truths = reference_masks(cfg, files)
     seg = segmenter(cfg)
-    with output_lock(output.with_name(output.name + shard.suffix), "output"):  # one writer per folder (shard)
+    # one writer per folder (shard)
+    with output_lock(output.with_name(output.name + shard.suffix), "output"):
         writable_dir(output, "output")
-        refuse_overwrite(cfg, output, paths, shard)  # again under the lock: a run that finished meanwhile is kept
+        # again under the lock: a run that finished meanwhile is kept
+        refuse_overwrite(cfg, output, paths, shard)
         remove_stale_under(output)  # the temp files of a run that was killed
         return write_predictions(cfg, seg, output, files, paths, truths, failures, shard)
 
 
 def _row(file: InputFile, status: str, reason: str, content: str = "") -> dict[str, Any]:
     """The CSV row of a film with no mask (refused by the gate, or unreadable)."""
-    return {"input": str(file.path), "mask": "", "status": status, "status_reason": reason, "content_sha256": content}
+    return {
+        "input": str(file.path),
+        "mask": "",
+        "status": status,
+        "status_reason": reason,
+        "content_sha256": content,
+    }
 
 
 def write_predictions(
@@ -256,8 +303,8 @@ def write_predictions(
     failures: list[str],
     shard: Shard,
 ) -> dict[str, Any]:
-    """Segment ``files`` (those a resumed run has not done yet), write their outputs, the CSV and the manifest;
-    return the run's summary."""
+    """Segment ``files`` (those a resumed run has not done yet), write their outputs, the CSV and
+    the manifest; return the run's summary."""
     started, start = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
     sources = model_sources(cfg.get("model_path") or cfg.get("ckpt_path"))
     model = model_sha256(sources)
@@ -268,9 +315,11 @@ def write_predictions(
         if str(f.path) in done and reusable(done[str(f.path)], output):
             rows[i] = done[str(f.path)]["row"]
     todo = [i for i, row in enumerate(rows) if row is None]
-    workers = None if cfg.num_workers == "auto" else int(cfg.num_workers)  # None: the backend's default
+    # None: the backend's default
+    workers = None if cfg.num_workers == "auto" else int(cfg.num_workers)
     log.info(
-        "%d input(s) -> %s%s (model %d px, batch %d, %s, threshold %g, post-processing %s, gate %s)",
+        "%d input(s) -> %s%s (model %d px, batch %d, %s, threshold %g, post-processing %s, "
+        "gate %s)",
         len(todo),
         output,
         f" (resumed: {len(files) - len(todo)} done before)" if cfg.resume else "",
@@ -283,17 +332,22 @@ def write_predictions(
     )
 
     def write(j: int, result: Segmentation) -> dict[str, Any] | DataError:
-        """One film's files, written beside the model's next batches: its CSV row, or why it failed."""
+        """One film's files, written beside the model's next batches: its CSV row, or why it
+        failed."""
         i = todo[j]
         try:
             row = {
                 "input": str(files[i].path),
-                **write_outputs(result, paths[i], output, cfg, seg, model, truths.get(files[i].path)),
+                **write_outputs(
+                    result, paths[i], output, cfg, seg, model, truths.get(files[i].path)
+                ),
             }
         except DataError as err:  # a reference mask that cannot be compared (names its file)
             return err
         except (OSError, LungsegError, cv2.error, ValueError) as err:
-            return DataError(f"{files[i].path}: cannot write outputs ({err}); check output= is writable")
+            return DataError(
+                f"{files[i].path}: cannot write outputs ({err}); check output= is writable"
+            )
         row["content_sha256"] = file_sha256(files[i].path)  # just read: from the page cache
         journal.record(row)
         return row
@@ -301,7 +355,12 @@ def write_predictions(
     timing, segmented = {"model_s": 0.0}, 0
     try:
         results = seg.predict_many(
-            [files[i].path for i in todo], int(cfg.batch_size), workers, skip_errors=True, timing=timing, sink=write
+            [files[i].path for i in todo],
+            int(cfg.batch_size),
+            workers,
+            skip_errors=True,
+            timing=timing,
+            sink=write,
         )
         with Progress(disable=not cfg.progress, transient=False) as bar:
             task = bar.add_task("predicting", total=len(todo))
@@ -310,7 +369,9 @@ def write_predictions(
                 bar.advance(task)
                 if isinstance(item, Refused):
                     log.warning("%s", item)
-                    rows[i] = _row(files[i], "refused", item.status.reason, file_sha256(files[i].path))
+                    rows[i] = _row(
+                        files[i], "refused", item.status.reason, file_sha256(files[i].path)
+                    )
                     journal.record(rows[i])
                 elif isinstance(item, DataError):
                     failures.append(str(item))
@@ -322,7 +383,10 @@ def write_predictions(
     finally:
         journal.close()
     written = [r for r in rows if r is not None]
-    write_text(output / shard.csv_name(), csv_text(written, CSV_COLUMNS + (TRUTH_COLUMNS if truths else ())))
+    write_text(
+        output / shard.csv_name(),
+        csv_text(written, CSV_COLUMNS + (TRUTH_COLUMNS if truths else ())),
+    )
     return summarise_run(
         cfg,
         seg,
@@ -353,8 +417,8 @@ def summarise_run(
     run: int,
     model_rate: float,
 ) -> dict[str, Any]:
-    """Log the run's figures (``run`` films this run, through the model at ``model_rate`` images/s), write its
-    manifest (run.json) and return its summary."""
+    """Log the run's figures (``run`` films this run, through the model at ``model_rate`` images/s),
+    write its manifest (run.json) and return its summary."""
     counts = status_counts(rows)
     segmented = counts["ok"] + counts["flagged"]
     rate = run / seconds if seconds else 0.0
@@ -398,7 +462,8 @@ def summarise_run(
             hd95_px_mean=float(np.mean([float(r["hd95_px"]) for r in scores])),
         )
         log.info(
-            "against truth=%s at native resolution (%d images): Dice %.4f ± %.4f, IoU %.4f, HD95 %.1f px",
+            "against truth=%s at native resolution (%d images): Dice %.4f ± %.4f, IoU %.4f, HD95 "
+            "%.1f px",
             cfg.truth,
             len(scores),
             summary["dice_mean"],
@@ -440,8 +505,8 @@ def summarise_run(
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: predict, then fail (exit 2) listing every input that could not be read, or exit 3 when
-    the input gate refused a film (its row in predictions.csv says why)."""
+    """Hydra entry point: predict, then fail (exit 2) listing every input that could not be read, or
+    exit 3 when the input gate refused a film (its row in predictions.csv says why)."""
     summary = predict(cfg)
     if cfg.get("merge"):
         print(
@@ -457,7 +522,8 @@ def main(cfg: DictConfig) -> None:
         )
     if summary["refused"]:
         print(
-            f"error: {summary['refused']} film(s) refused by the input gate; predictions.csv says why "
+            f"error: {summary['refused']} film(s) refused by the input gate; predictions.csv says "
+            "why "
             "(status, status_reason)",
             file=sys.stderr,
         )

@@ -1,6 +1,7 @@
 """How a model holds up on other scanners and processing chains (``lungseg.evaluation.robustness``):
-``python -m lungseg.robustness ckpt_path=best.ckpt data.root=/data split=test``; writes per_image.csv,
-robustness.md/json and the heat-map robustness.png to ``output_dir``, replacing an earlier report only whole.
+``python -m lungseg.robustness ckpt_path=best.ckpt data.root=/data split=test``; writes
+per_image.csv, robustness.md/json and the heat-map robustness.png to ``output_dir``, replacing an
+earlier report only whole.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from omegaconf import DictConfig
 from lungseg.atomic import atomic_dir, output_lock
 from lungseg.config import CONFIG_DIR, command_line
 from lungseg.errors import exit_on_user_error
-from lungseg.evaluation.robustness import SHIFTS, load_split, score_shifts, shift_table, summarise_shifts
+from lungseg.evaluation.robustness import (
+    SHIFTS,
+    load_split,
+    score_shifts,
+    shift_table,
+    summarise_shifts,
+)
 from lungseg.inference.backends import model_sources
 from lungseg.inference.segmenter import LungSegmenter
 from lungseg.settings import check_robustness, refuse_existing, writable_dir
@@ -26,8 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def robustness(cfg: DictConfig) -> dict[str, Any]:
-    """Score the split clean and shifted; write per_image.csv, robustness.md/json and the heat-map into
-    ``output_dir``, replacing an earlier report whole (with ``overwrite=true``) only once this one is complete."""
+    """Score the split clean and shifted; write per_image.csv, robustness.md/json and the heat-map
+    into ``output_dir``, replacing an earlier report whole (with ``overwrite=true``) only once this
+    one is complete."""
     check_robustness(cfg)
     out = Path(cfg.output_dir).expanduser()
     refuse_existing(out, "output_dir", bool(cfg.overwrite))
@@ -51,13 +59,15 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     rows = score_shifts(seg, pairs, int(cfg.seed))
     summary = summarise_shifts(rows)
     with output_lock(out, "output_dir"), atomic_dir(out) as staged:
-        refuse_existing(out, "output_dir", bool(cfg.overwrite))  # again: another run may have written it meanwhile
+        # again: another run may have written it meanwhile
+        refuse_existing(out, "output_dir", bool(cfg.overwrite))
         write_report(staged, rows, summary)
     return summary
 
 
 def write_report(folder: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """per_image.csv, robustness.json, robustness.md and the heat-map robustness.png into ``folder``."""
+    """per_image.csv, robustness.json, robustness.md and the heat-map robustness.png into
+    ``folder``."""
     from lungseg.evaluation.figures import robustness_figure, save_figures
 
     with (folder / "per_image.csv").open("w", newline="") as f:
@@ -66,7 +76,9 @@ def write_report(folder: Path, rows: list[dict[str, Any]], summary: dict[str, An
         writer.writerows(rows)
     (folder / "robustness.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "robustness.md").write_text(shift_table(summary))
-    save_figures({"robustness": robustness_figure(summary["per_shift"], summary["clean_dice"])}, folder)
+    save_figures(
+        {"robustness": robustness_figure(summary["per_shift"], summary["clean_dice"])}, folder
+    )
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="robustness")

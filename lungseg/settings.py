@@ -1,4 +1,5 @@
-"""One-line checks of the settings a user types, run before any work: numbers, sizes, writable folders."""
+"""One-line checks of the settings a user types, run before any work: numbers, sizes, writable
+folders."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ def setting(cfg: DictConfig, key: str) -> Any:
 def whole_number(cfg: DictConfig, key: str, minimum: int = 1, allowed: tuple[int, ...] = ()) -> int:
     """A whole number >= ``minimum`` (or one of ``allowed``); else one line naming the setting."""
     value = setting(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or (value < minimum and value not in allowed):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or (value < minimum and value not in allowed)
+    ):
         extra = f" (or {', '.join(map(str, allowed))})" if allowed else ""
         raise LungsegError(f"{key}={value}: must be a whole number >= {minimum}{extra}")
     return value
@@ -42,9 +47,12 @@ def non_negative_number(cfg: DictConfig, key: str) -> float:
     return float(value)
 
 
-def fraction(value: Any, key: str, open_interval: bool = True, optional: bool = False) -> float | None:
-    """A number between 0 and 1 (excluding both ends with ``open_interval``: a probability threshold of 0 or 1
-    makes every mask all lung or empty); None allowed when ``optional``. Else one line naming ``key``."""
+def fraction(
+    value: Any, key: str, open_interval: bool = True, optional: bool = False
+) -> float | None:
+    """A number between 0 and 1 (excluding both ends with ``open_interval``: a probability threshold
+    of 0 or 1 makes every mask all lung or empty); None allowed when ``optional``. Else one line
+    naming ``key``."""
     if value is None and optional:
         return None
     ok = not isinstance(value, bool) and isinstance(value, (int, float))
@@ -55,7 +63,9 @@ def fraction(value: Any, key: str, open_interval: bool = True, optional: bool = 
     return float(value)
 
 
-def optional_whole_number(cfg: DictConfig, key: str, minimum: int = 1, allowed: tuple[Any, ...] = (None,)) -> Any:
+def optional_whole_number(
+    cfg: DictConfig, key: str, minimum: int = 1, allowed: tuple[Any, ...] = (None,)
+) -> Any:
     """A whole number >= ``minimum``, or one of ``allowed`` (null, "auto")."""
     value = setting(cfg, key)
     if value in allowed:
@@ -74,7 +84,10 @@ def check_inference(cfg: DictConfig) -> None:
         for k in ("min_lung_fraction", "max_lung_fraction")
     )
     if low is not None and high is not None and low >= high:
-        raise LungsegError(f"plausibility.min_lung_fraction={low} must be below plausibility.max_lung_fraction={high}")
+        raise LungsegError(
+            f"plausibility.min_lung_fraction={low} must be below "
+            f"plausibility.max_lung_fraction={high}"
+        )
     if "max_components" in limits:
         whole_number(cfg, "plausibility.max_components")
     optional_whole_number(cfg, "threads")
@@ -97,12 +110,20 @@ def check_evaluate(cfg: DictConfig) -> None:
     whole_number(cfg, "n_samples", minimum=0)
     whole_number(cfg, "n_worst", minimum=0)
     spacing = setting(cfg, "pixel_spacing_mm")
-    values = list(spacing) if isinstance(spacing, (list, tuple)) or OmegaConf.is_list(spacing) else [spacing]
+    values = (
+        list(spacing)
+        if isinstance(spacing, (list, tuple)) or OmegaConf.is_list(spacing)
+        else [spacing]
+    )
     if spacing is not None and (
         len(values) not in (1, 2)
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values
+        )
     ):
-        raise LungsegError(f"pixel_spacing_mm={spacing}: must be a number > 0 or [row, col] of two (mm per pixel)")
+        raise LungsegError(
+            f"pixel_spacing_mm={spacing}: must be a number > 0 or [row, col] of two (mm per pixel)"
+        )
 
 
 def check_robustness(cfg: DictConfig) -> None:
@@ -127,7 +148,9 @@ def writable_dir(path: str | Path, key: str) -> Path:
     """Create folder ``path`` if needed and prove it takes files; else one line naming ``key``."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise LungsegError(f"{key}={path}: is a file, not a folder; choose a folder (it is created if missing)")
+        raise LungsegError(
+            f"{key}={path}: is a file, not a folder; choose a folder (it is created if missing)"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".lungseg-write-test-")
@@ -141,9 +164,13 @@ def writable_dir(path: str | Path, key: str) -> Path:
 
 
 def refuse_existing(path: Path, key: str, overwrite: bool) -> None:
-    """Refuse to replace an earlier output unless ``overwrite=true``; one line naming the setting."""
+    """Refuse to replace an earlier output unless ``overwrite=true``; one line naming the
+    setting."""
     if path.exists() and not overwrite:
-        raise LungsegError(f"{key}={path}: already exists; pass overwrite=true to replace it, or choose another {key}=")
+        raise LungsegError(
+            f"{key}={path}: already exists; pass overwrite=true to replace it, or "
+            f"choose another {key}="
+        )
 
 
 def check_train(cfg: DictConfig) -> None:

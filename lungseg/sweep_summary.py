@@ -1,5 +1,5 @@
-"""Summarise a sweep: ``python -m lungseg.sweep_summary outputs/multirun/<date>/<time> [--metric best/val_dice]``
-(``lungseg.training.sweeps``; every ``--multirun`` writes it at its end too)."""
+"""Summarise a sweep: ``python -m lungseg.sweep_summary outputs/multirun/<date>/<time> [--metric
+best/val_dice]`` (``lungseg.training.sweeps``; every ``--multirun`` writes it at its end too)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ from lungseg.training.sweeps import summarize
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m lungseg.sweep_summary <multirun folder> [--metric best/val_dice]``."""
-    parser = argparse.ArgumentParser(prog="python -m lungseg.sweep_summary", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", help="the folder a --multirun wrote, e.g. outputs/multirun/<date>/<time>")
-    parser.add_argument("--metric", default="best/val_dice", help="what 'best' means (a loss is minimised)")
+    """Command line: ``python -m lungseg.sweep_summary <multirun folder> [--metric
+    best/val_dice]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lungseg.sweep_summary", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "sweep_dir", help="the folder a --multirun wrote, e.g. outputs/multirun/<date>/<time>"
+    )
+    parser.add_argument(
+        "--metric", default="best/val_dice", help="what 'best' means (a loss is minimised)"
+    )
     args = parser.parse_args(argv)
     summary = summarize(args.sweep_dir, args.metric)
     print(summary["report"])

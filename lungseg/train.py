@@ -1,4 +1,5 @@
-"""Train the U-Net: ``python -m lungseg.train +experiment=baseline`` (fit, then test the best checkpoint)."""
+"""Train the U-Net: ``python -m lungseg.train +experiment=baseline`` (fit, then test the best
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def job_threads(cfg: DictConfig) -> int | None:
-    """Torch threads: ``threads=``, else the cores shared out when a launcher runs ``n_jobs`` jobs side by side."""
+    """Torch threads: ``threads=``, else the cores shared out when a launcher runs ``n_jobs`` jobs
+    side by side."""
     if cfg.get("threads"):
         return int(cfg.threads)
     hydra_cfg = hydra_config()
@@ -49,16 +51,19 @@ def job_threads(cfg: DictConfig) -> int | None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit on train/val, test the best checkpoint, log hparams with the final metrics; return the metrics."""
+    """Fit on train/val, test the best checkpoint, log hparams with the final metrics; return the
+    metrics."""
     start = time.time()
     check_train(cfg)
     if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs in fp32 on Ampere and newer
+        # TF32 matmuls for whatever runs in fp32 on Ampere and newer
+        torch.set_float32_matmul_precision("high")
     threads = job_threads(cfg)
     if threads:
         set_threads(threads)
         log.info("torch threads: %d", threads)
-    if cfg.get("ckpt_path"):  # a missing, torn or differently configured checkpoint is one clear message
+    # a missing, torn or differently configured checkpoint is one clear message
+    if cfg.get("ckpt_path"):
         check_resume(
             read_checkpoint(cfg.ckpt_path),
             cfg.ckpt_path,
@@ -69,26 +74,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
-    datamodule.check_splits(("train", "val", "test") if cfg.get("test") else ("train", "val"))  # before any work
+    # before any work
+    datamodule.check_splits(("train", "val", "test") if cfg.get("test") else ("train", "val"))
     module: L.LightningModule = instantiate(cfg.module)
-    module.example_input_array = torch.zeros(1, 1, datamodule.image_size, datamodule.image_size)  # real FLOPs
+    # real FLOPs
+    module.example_input_array = torch.zeros(1, 1, datamodule.image_size, datamodule.image_size)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
-    callbacks.append(DescribeModel(OmegaConf.to_container(cfg, resolve=True)))  # every checkpoint describes itself
+    # every checkpoint describes itself
+    callbacks.append(DescribeModel(OmegaConf.to_container(cfg, resolve=True)))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     boards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-    for board in boards:  # HParams tab: knobs now (a failed run shows too), comparison metrics at the end
+    # HParams tab: knobs now (a failed run shows too), comparison metrics at the end
+    for board in boards:
         start_session(board, cfg)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    checkpoint = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
+    checkpoint = next(
+        (c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None
+    )
     best = checkpoint.best_model_path if checkpoint is not None else ""
     if cfg.get("test"):
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
         confusion = module.test_confusion.compute().tolist()
-        log.info("test confusion matrix (pixels; rows truth 0/1, columns predicted 0/1): %s", confusion)
+        log.info(
+            "test confusion matrix (pixels; rows truth 0/1, columns predicted 0/1): %s", confusion
+        )
         if best and trainer.is_global_zero:
             record_test_metrics(best, {k: v for k, v in metrics.items() if k.startswith("test/")})
     for tracker in (c for c in callbacks if isinstance(c, BestMetrics)):
@@ -102,7 +115,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _record(cfg: DictConfig, record: Path, **fields: Any) -> None:
-    """Write the run's record (rank 0 only): status, times, metrics; the sweep summary reads ``result.json``."""
+    """Write the run's record (rank 0 only): status, times, metrics; the sweep summary reads
+    ``result.json``."""
     if rank_zero_only.rank != 0:
         return
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +155,8 @@ def _earlier_wall_s(cfg: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``optimized_metric`` for sweepers (None for a failed job of a multirun)."""
+    """Hydra entry point; returns ``optimized_metric`` for sweepers (None for a failed job of a
+    multirun)."""
     quiet()
     run = Path(cfg.paths.output_dir)
     holder = rank_zero_only.rank == 0  # DDP's other ranks share rank 0's folder and lock
@@ -158,14 +173,25 @@ def _main(cfg: DictConfig) -> float | None:
     try:
         if cfg.get("ckpt_path"):
             _link_resume(cfg)
-        with named_write_errors(cfg.paths.output_dir):  # a write that failed without naming its file: the run's
+        # a write that failed without naming its file: the run's
+        with named_write_errors(cfg.paths.output_dir):
             metrics = train(cfg)
     except Exception as err:
         wall_s = round(earlier + time.time() - start, 1)
-        _record(cfg, record, status="failed", started=started, wall_s=wall_s, error=f"{type(err).__name__}: {err}")
+        _record(
+            cfg,
+            record,
+            status="failed",
+            started=started,
+            wall_s=wall_s,
+            error=f"{type(err).__name__}: {err}",
+        )
         if in_multirun():  # the failure is in the job folder; returning lets the other jobs run
-            log.error("job failed: %s: %s", type(err).__name__, err, exc_info=user_message(err) is None)
-            return None  # Optuna records None as a failed trial (NaN would make optuna 2.x abort the study)
+            log.error(
+                "job failed: %s: %s", type(err).__name__, err, exc_info=user_message(err) is None
+            )
+            # Optuna records None as a failed trial (NaN would make optuna 2.x abort the study)
+            return None
         message = user_message(err)
         if message is not None:
             print(f"error: {message}", file=sys.stderr)

@@ -1,3 +1,4 @@
-"""The version of lungseg, recorded in every model it writes (``CHANGELOG.md`` says what each one changed)."""
+"""The version of lungseg, recorded in every model it writes (``CHANGELOG.md`` says what each one
+changed)."""
 
 __version__ = "0.3.0"

@@ -1,4 +1,5 @@
-"""Shared fixtures: small datasets written per test, composed configs (plain helpers: tests/helpers.py)."""
+"""Shared fixtures: small datasets written per test, composed configs (plain helpers:
+tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--cpu-precision",
         choices=("host", "bf16", "fp32", "other"),
         default="host",
-        help="the CPU precision the runtime picks: the host's (default), bf16 (emulated on an AVX2 CPU), "
+        help="the CPU precision the runtime picks: the host's (default), bf16 (emulated on an "
+        "AVX2 CPU), "
         "fp32, or other: the one this host does not pick (make test runs the 'precision' tests so)",
     )
 
@@ -54,8 +56,9 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    """Compose ``conf/<name>.yaml`` with overrides, as the entry points do, writing into tmp_path. Tests compare
-    numbers, so everything runs on the CPU unless a test names a device (on a GPU host too)."""
+    """Compose ``conf/<name>.yaml`` with overrides, as the entry points do, writing into tmp_path.
+    Tests compare numbers, so everything runs on the CPU unless a test names a device (on a GPU host
+    too)."""
 
     def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
         pinned = {
@@ -81,5 +84,6 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One TINY model (32 px) trained one epoch on disc phantoms, shared read-only by every test that only uses it."""
+    """One TINY model (32 px) trained one epoch on disc phantoms, shared read-only by every test
+    that only uses it."""
     return train_tiny(tmp_path_factory.mktemp("tiny"))

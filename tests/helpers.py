@@ -1,4 +1,5 @@
-"""What several test files share: paths, the real CXR set marker, disc phantoms, the TINY config, tiny modules."""
+"""What several test files share: paths, the real CXR set marker, disc phantoms, the TINY config,
+tiny modules."""
 
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = CONFIG_DIR
 CXR = ROOT.parent / "shared" / "data" / "cxr-v7"
 
-# How far a recomputation may stray from a logged or written number computed in the same precision, by that
-# precision: fp32 rounding, or bf16's 8-bit mantissa (2**-8 relative per operation) through a few layers, where
+# How far a recomputation may stray from a logged or written number computed in the same precision,
+# by that
+# precision: fp32 rounding, or bf16's 8-bit mantissa (2**-8 relative per operation) through a few
+# layers, where
 # the two computations may take other kernels (batch size, memory layout).
 TOLERANCE = {"32-true": 1e-5, "bf16-mixed": 5e-3}
 
 
 def cpu_precision() -> str:
-    """The precision the runtime picks on this CPU: bf16-mixed or 32-true (``pytest --cpu-precision`` sets it)."""
+    """The precision the runtime picks on this CPU: bf16-mixed or 32-true (``pytest
+    --cpu-precision`` sets it)."""
     return runtime.native_precision("cpu")
 
 
@@ -37,7 +41,8 @@ requires_cxr = pytest.mark.skipif(
     not (CXR / DATASET_DIR).is_dir(), reason=f"real CXR set not found at {CXR} (CI always has it)"
 )
 
-# Overrides that shrink the composed train config to seconds on a CPU (32 px, a 2-level U-Net of width 4).
+# Overrides that shrink the composed train config to seconds on a CPU (32 px, a 2-level U-Net of
+# width 4).
 TINY = (
     "data.image_size=32",
     "model.base_filters=4",
@@ -49,7 +54,13 @@ TINY = (
 )
 
 # A LungSegModule built without Hydra: the same tiny U-Net, Adam, plain BCE.
-NET = {"_target_": "lungseg.models.unet.UNet", "base_filters": 4, "depth": 2, "dropout": 0.0, "noise_std": 0.0}
+NET = {
+    "_target_": "lungseg.models.unet.UNet",
+    "base_filters": 4,
+    "depth": 2,
+    "dropout": 0.0,
+    "noise_std": 0.0,
+}
 OPT = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 LOSS = {"_target_": "torch.nn.BCEWithLogitsLoss"}
 
@@ -76,29 +87,44 @@ def write_split(root: Path, split: str, numbers: list[int], size: int = 64, seed
     for n in numbers:
         image, mask = disc_pair(rng, size)
         cv2.imwrite(str(root / DATASET_DIR / split / IMAGE_DIR / image_name(n)), image)
-        cv2.imwrite(str(root / DATASET_DIR / split / MASK_DIR / mask_name(n)), mask, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(
+            str(root / DATASET_DIR / split / MASK_DIR / mask_name(n)),
+            mask,
+            [cv2.IMWRITE_JPEG_QUALITY, 90],
+        )
 
 
 def train_tiny(folder: Path, *overrides: str) -> Path:
-    """Train the TINY U-Net (32 px) one epoch on disc phantoms; return its best.ckpt (the run folder holds nothing
-    else a model needs: everything is inside the checkpoint)."""
+    """Train the TINY U-Net (32 px) one epoch on disc phantoms; return its best.ckpt (the run folder
+    holds nothing else a model needs: everything is inside the checkpoint)."""
     data = folder / "data"
     write_split(data, "train", list(range(8)))
     write_split(data, "val", [10, 11, 12, 13], seed=1)
     write_split(data, "test", [20, 21], seed=2)
     return train_run(
-        folder / "run", f"data.root={data}", *TINY, "trainer.max_epochs=1", "optimizer.lr=1e-2", *overrides
+        folder / "run",
+        f"data.root={data}",
+        *TINY,
+        "trainer.max_epochs=1",
+        "optimizer.lr=1e-2",
+        *overrides,
     )
 
 
 def train_run(run: Path, *overrides: str) -> Path:
-    """Train ``lungseg.train`` with these overrides into ``run`` as its Hydra run folder (no logger, no test, no
-    per-epoch figures); return its best.ckpt."""
+    """Train ``lungseg.train`` with these overrides into ``run`` as its Hydra run folder (no logger,
+    no test, no per-epoch figures); return its best.ckpt."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose(
             "train",
-            overrides=["test=false", "~logger", "~callbacks.prediction_grid", "~callbacks.lr_monitor", *overrides],
+            overrides=[
+                "test=false",
+                "~logger",
+                "~callbacks.prediction_grid",
+                "~callbacks.lr_monitor",
+                *overrides,
+            ],
             return_hydra_config=True,
         )
     with open_dict(cfg):

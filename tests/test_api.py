@@ -1,5 +1,5 @@
-"""The Python API: the README's example runs as written; arrays of any dtype and layout, paths and streams all go
-through the one LungSegmenter road and agree."""
+"""The Python API: the README's example runs as written; arrays of any dtype and layout, paths and
+streams all go through the one LungSegmenter road and agree."""
 
 from __future__ import annotations
 
@@ -36,13 +36,19 @@ def test_the_readme_example_runs_as_written(tiny_ckpt: Path, phantom: Path, tmp_
     code = readme_example()
     assert len([line for line in code.splitlines() if line.strip()]) <= 5
     (tmp_path / "outputs" / "demo" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "outputs" / "demo" / "checkpoints" / "best.ckpt").write_bytes(tiny_ckpt.read_bytes())
+    (tmp_path / "outputs" / "demo" / "checkpoints" / "best.ckpt").write_bytes(
+        tiny_ckpt.read_bytes()
+    )
     real = sorted((CXR / "orig" / "test" / "image").glob("*.png"))
     (tmp_path / "chest.png").write_bytes((real[0] if real else phantom).read_bytes())
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     h, w = cv2.imread(str(tmp_path / "chest.png"), cv2.IMREAD_UNCHANGED).shape[:2]
-    assert re.fullmatch(rf"\({h}, {w}\) lung fraction 0\.\d\d, model input 32 px\n", proc.stdout), proc.stdout
+    assert re.fullmatch(rf"\({h}, {w}\) lung fraction 0\.\d\d, model input 32 px\n", proc.stdout), (
+        proc.stdout
+    )
 
 
 def test_arrays_of_any_dtype_and_layout_match_the_file(tiny_ckpt: Path, phantom: Path) -> None:
@@ -51,7 +57,8 @@ def test_arrays_of_any_dtype_and_layout_match_the_file(tiny_ckpt: Path, phantom:
     from_file = seg.predict_proba(phantom)
     assert from_file.dtype == np.float32 and from_file.shape == gray.shape
     assert from_file.std() > 0.01
-    # the intensity rule (window) is the same for every depth: a 16-bit or float copy is the same model input
+    # the intensity rule (window) is the same for every depth: a 16-bit or float copy is the same
+    # model input
     for array in (
         gray,
         np.dstack([gray] * 3),
@@ -78,7 +85,9 @@ def test_arrays_of_any_dtype_and_layout_match_the_file(tiny_ckpt: Path, phantom:
 
 
 @pytest.mark.precision
-def test_predict_many_streams_in_order_with_errors_in_place(tiny_ckpt: Path, phantom: Path, tmp_path: Path) -> None:
+def test_predict_many_streams_in_order_with_errors_in_place(
+    tiny_ckpt: Path, phantom: Path, tmp_path: Path
+) -> None:
     seg = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -91,7 +100,8 @@ def test_predict_many_streams_in_order_with_errors_in_place(tiny_ckpt: Path, pha
     ok = [r for i, r in enumerate(results) if i != 2]
     assert [r.mask.shape for r in ok] == [(96, 96), (50, 70), (96, 96), (96, 96)]
     for r, image in zip(ok, [phantom, gray[:50, :70], gray.T, phantom], strict=True):
-        np.testing.assert_allclose(r.probability, seg.predict_proba(image), atol=1e-6)  # batched == one at a time
+        # batched == one at a time
+        np.testing.assert_allclose(r.probability, seg.predict_proba(image), atol=1e-6)
     assert ok[0].stats["plausibility"] and ok[0].stats["height"] == 96
     with pytest.raises(DataError, match="broken.png"):
         list(seg.predict_many(images, batch_size=2))
@@ -110,10 +120,12 @@ def test_an_ensemble_averages_its_members_in_the_api_predict_and_evaluate(
     x = np.random.default_rng(2).random((3, 1, 32, 32), dtype=np.float32)
     expected = (members[0].probabilities(x) + members[1].probabilities(x)) / 2
     np.testing.assert_allclose(ensemble.probabilities(x), expected, atol=1e-6)
-    assert np.abs(members[0].probabilities(x) - members[1].probabilities(x)).max() > 1e-3  # two different models
+    # two different models
+    assert np.abs(members[0].probabilities(x) - members[1].probabilities(x)).max() > 1e-3
     assert [m["source"] for m in ensemble.metadata["ensemble"]] == [str(tiny_ckpt), str(other)]
 
-    out = tmp_path / "pred"  # predict runs in the CPU's precision (auto): its oracle are the members run so too
+    # predict runs in the CPU's precision (auto): its oracle are the members run so too
+    out = tmp_path / "pred"
     summary = predict(
         compose_cfg(
             f"ckpt_path=[{tiny_ckpt},{other}]",

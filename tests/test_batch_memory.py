@@ -1,7 +1,8 @@
-"""Batches reuse memory (issue 24, item 4): a data epoch's cost per image must not depend on where glibc's sliding
-thresholds happen to put each collated batch. When the heap was trimmed after every batch, each batch faulted its
-MiBs of fresh zeroed pages in again, in some processes and not others, more often the larger the set. Counted in
-page faults, in fresh processes (the setting is process-wide), never timed."""
+"""Batches reuse memory (issue 24, item 4): a data epoch's cost per image must not depend on where
+glibc's sliding thresholds happen to put each collated batch. When the heap was trimmed after every
+batch, each batch faulted its MiBs of fresh zeroed pages in again, in some processes and not others,
+more often the larger the set. Counted in page faults, in fresh processes (the setting is
+process-wide), never timed."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ pytestmark = pytest.mark.skipif(not _glibc(), reason="glibc's malloc only")
 
 BATCH_BYTES = 8 * 256 * 256 * 4  # one collated batch of float images (or masks) at 256 px, batch 8
 
-# With "loader": the data module's real epochs at 256 px after a few warm-up epochs, page faults per image. Then,
-# either way: a batch's two tensors made and freed, as a DataLoader and a training step do, after an earlier freed
-# block of that size has set glibc's sliding thresholds; the page faults of the batches after the first.
+# With "loader": the data module's real epochs at 256 px after a few warm-up epochs, page faults per
+# image. Then,
+# either way: a batch's two tensors made and freed, as a DataLoader and a training step do, after an
+# earlier freed
+# block of that size has set glibc's sliding thresholds; the page faults of the batches after the
+# first.
 SCRIPT = f"""
 import ctypes, resource, sys
 import lightning as L
@@ -39,7 +43,8 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 if sys.argv[1] == "loader":
     L.seed_everything(0, verbose=False)
-    loader = LungDataModule(sys.argv[2], image_size=256, batch_size=4, num_workers=0).train_dataloader()
+    data = LungDataModule(sys.argv[2], image_size=256, batch_size=4, num_workers=0)
+    loader = data.train_dataloader()
     def epochs(n):
         return sum(batch["image"].shape[0] for _ in range(n) for batch in loader)
     epochs(6)
@@ -47,7 +52,8 @@ if sys.argv[1] == "loader":
     images = epochs(6)
     print((faults() - before) / images)
 libc = ctypes.CDLL(None)
-libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 size = {BATCH_BYTES}
 libc.free(libc.malloc(size))
 counts = []
@@ -63,9 +69,16 @@ print(sum(counts[1:]))
 
 def _run(*args: str) -> list[float]:
     """SCRIPT's figures, in a fresh process: glibc's thresholds start as glibc sets them."""
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+    env = {
+        k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", SCRIPT, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [float(line) for line in proc.stdout.split()]
@@ -74,16 +87,25 @@ def _run(*args: str) -> list[float]:
 def test_batches_reuse_the_pages_of_the_ones_before(tiny_dataset: Path) -> None:
     pages = 7 * 2 * BATCH_BYTES // 4096  # the seven batches after the first, image and mask
     [handed_back] = _run("plain", str(tiny_dataset))
-    assert handed_back > pages / 2  # the control: glibc's own thresholds trim the batch and fault it in again
+    # the control: glibc's own thresholds trim the batch and fault it in again
+    assert handed_back > pages / 2
     per_image, kept = _run("loader", str(tiny_dataset))
-    assert kept < pages / 100  # once the data module has made a loader, the freed batch stays for the next
-    assert per_image < 1  # and later epochs fault no new pages (a 256 px image and mask in float: 128 pages)
+    # once the data module has made a loader, the freed batch stays for the next
+    assert kept < pages / 100
+    # and later epochs fault no new pages (a 256 px image and mask in float: 128 pages)
+    assert per_image < 1
 
 
 @pytest.mark.parametrize(
-    "name, value", [("MALLOC_TRIM_THRESHOLD_", "131072"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")]
+    "name, value",
+    [
+        ("MALLOC_TRIM_THRESHOLD_", "131072"),
+        ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072"),
+    ],
 )
-def test_malloc_settings_of_the_user_win(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malloc_settings_of_the_user_win(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(name, value)
     keep_freed_memory.cache_clear()
     try:

@@ -54,15 +54,20 @@ def test_bench_tiny_mode_writes_the_documented_json(tiny_dataset: Path, tmp_path
     ):
         assert result[key] > 0, key
     ort = result["onnxruntime"]
-    assert (ort["fp32_img_s"], ort["int8_img_s"]) == (result["infer_ort_fp32_img_s"], result["infer_int8_img_s"])
+    assert (ort["fp32_img_s"], ort["int8_img_s"]) == (
+        result["infer_ort_fp32_img_s"],
+        result["infer_int8_img_s"],
+    )
     assert ort["calibration_images"] == 3 and ort["int8_qdq_nodes"]["QuantizeLinear"] > 0
-    models = {name: onnx.load(ort["files"][name]) for name in ("fp32", "int8")}  # the very files it timed
+    # the very files it timed
+    models = {name: onnx.load(ort["files"][name]) for name in ("fp32", "int8")}
     ops = {name: [n.op_type for n in m.graph.node] for name, m in models.items()}
     assert (
         "QuantizeLinear" not in ops["fp32"]
         and ops["int8"].count("QuantizeLinear") == ort["int8_qdq_nodes"]["QuantizeLinear"]
     )
-    # the bench's own U-Net (depth 2: two conv pairs down, one at the bottom, two up, the 1x1 head) in both files
+    # the bench's own U-Net (depth 2: two conv pairs down, one at the bottom, two up, the 1x1 head)
+    # in both files
     assert ops["fp32"].count("Conv") == ops["int8"].count("Conv") == 2 * 2 + 2 + 2 * 2 + 1
     assert {(r["section"], r["dtype"], r["channels_last"]) for r in result["model"]} >= {
         ("train", "fp32", False),
@@ -110,7 +115,8 @@ def test_bench_scale_mode_grows_the_sets_and_measures_each(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = result["scale"]
-    assert [r["n_images"] for r in rows] == [16, 32] == [r["images_per_epoch"] for r in rows]  # smallest first
+    # smallest first
+    assert [r["n_images"] for r in rows] == [16, 32] == [r["images_per_epoch"] for r in rows]
     for r in rows:
         for key in (
             "data_epoch_s",
@@ -127,16 +133,22 @@ def test_bench_scale_mode_grows_the_sets_and_measures_each(tmp_path: Path) -> No
             "workers_mb",
         ):
             assert r[key] > 0, key
-        assert r["workers"] == 2  # the configured workers, whose CPU time, memory and page faults are counted
+        # the configured workers, whose CPU time, memory and page faults are counted
+        assert r["workers"] == 2
         assert r["data_faults_per_image"] >= 0 and len(r["data_epochs_faults"]) == 2
         assert len(r["data_epochs_s"]) == 2 and r["peak_rss_mb"] >= r["data_peak_rss_mb"]
-        assert r["cached_images"] == 15 and r["cache_mb"] == 15 * item / 2**20  # the budget, not the set, decides
+        # the budget, not the set, decides
+        assert r["cached_images"] == 15 and r["cache_mb"] == 15 * item / 2**20
     assert rows[0]["data_cost_vs_smallest"] == rows[0]["data_cpu_vs_smallest"] == 1.0
     assert rows[1]["data_cost_vs_smallest"] > 0 and rows[1]["data_cpu_vs_smallest"] > 0
-    # the phantoms are drawn once: 16 train + 4 val + 4 test, then only the 16 more train pairs of the larger set
+    # the phantoms are drawn once: 16 train + 4 val + 4 test, then only the 16 more train pairs of
+    # the larger set
     assert [r["phantoms_drawn"] for r in rows] == [24, 16]
     sets = sorted(p for p in folder.iterdir() if p.name.startswith("set-"))
-    assert [len(list((s / "ChestXray" / "train" / "image").glob("*.png"))) for s in sets] == [16, 32]
+    assert [len(list((s / "ChestXray" / "train" / "image").glob("*.png"))) for s in sets] == [
+        16,
+        32,
+    ]
     assert synthetic_set(folder, 32, 4, 64)[1] == 0 and synthetic_set(folder, 36, 4, 64)[1] == 4
     projection = result["projection"]
     assert projection["train_pairs"] == 16932 and projection["this_machine_epoch_s"] > 0
@@ -144,8 +156,12 @@ def test_bench_scale_mode_grows_the_sets_and_measures_each(tmp_path: Path) -> No
     assert "one Kaggle epoch" in proc.stdout
 
 
-def test_bench_cohort_mode_times_predict_end_to_end_against_the_model(tiny_ckpt: Path, tmp_path: Path) -> None:
-    pytest.importorskip("highdicom", reason="mode=cohort writes DICOM SEG: pip install 'lungseg[dicom]'")
+def test_bench_cohort_mode_times_predict_end_to_end_against_the_model(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip(
+        "highdicom", reason="mode=cohort writes DICOM SEG: pip install 'lungseg[dicom]'"
+    )
     import pydicom
 
     out, folder = tmp_path / "cohort.json", tmp_path / "films"
@@ -167,15 +183,24 @@ def test_bench_cohort_mode_times_predict_end_to_end_against_the_model(tiny_ckpt:
     assert missing.returncode != 0 and "mode=cohort needs a model: cohort.model=" in missing.stderr
     assert "Traceback" not in missing.stderr
     proc = subprocess.run(
-        [*args, f"cohort.model={tiny_ckpt}", f"json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [*args, f"cohort.model={tiny_ckpt}", f"json={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rounds = result["rounds"]
     assert len(rounds) == 2
     for key in ("end_to_end_img_s", "model_only_img_s", "predict_model_img_s", "command_img_s"):
-        assert result[key] == pytest.approx(statistics.median(r[key] for r in rounds)) and result[key] > 0
-    assert result["share_of_model_only"] == pytest.approx(result["end_to_end_img_s"] / result["model_only_img_s"])
+        assert (
+            result[key] == pytest.approx(statistics.median(r[key] for r in rounds))
+            and result[key] > 0
+        )
+    assert result["share_of_model_only"] == pytest.approx(
+        result["end_to_end_img_s"] / result["model_only_img_s"]
+    )
     assert result["target_met"] == (result["share_of_model_only"] >= 0.8)
     assert sum(result["counts"].values()) == 3  # every film accounted for: ok, flagged or refused
     segmented = result["counts"].get("ok", 0) + result["counts"].get("flagged", 0)
@@ -183,5 +208,9 @@ def test_bench_cohort_mode_times_predict_end_to_end_against_the_model(tiny_ckpt:
     films = sorted(folder.rglob("*.dcm"))
     assert len(films) == 3 and result["settings"]["film_sizes"] == ["256x256"]
     film = pydicom.dcmread(films[0])
-    assert (film.Modality, film.Rows, [float(v) for v in film.ImagerPixelSpacing]) == ("DX", 256, [0.143, 0.143])
+    assert (film.Modality, film.Rows, [float(v) for v in film.ImagerPixelSpacing]) == (
+        "DX",
+        256,
+        [0.143, 0.143],
+    )
     assert f"end to end / model only: {result['share_of_model_only']:.0%}" in proc.stdout

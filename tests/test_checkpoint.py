@@ -1,5 +1,5 @@
-"""Loading checkpoints: the good one rebuilds the model; every bad one is refused with a clear message; a
-checkpoint from before self-description needs image_size=."""
+"""Loading checkpoints: the good one rebuilds the model; every bad one is refused with a clear
+message; a checkpoint from before self-description needs image_size=."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ from tests.helpers import make_module
 @pytest.fixture
 def good_ckpt(tmp_path: Path) -> Path:
     module = make_module()
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.strategy.connect(module)
     path = tmp_path / "good.ckpt"
     trainer.save_checkpoint(path)
@@ -33,7 +38,9 @@ def test_good_checkpoint_loads_in_eval_mode(good_ckpt: Path) -> None:
     assert module(torch.rand(1, 1, 16, 16)).shape == (1, 1, 16, 16)
 
 
-def test_missing_truncated_and_foreign_checkpoints_are_refused(good_ckpt: Path, tmp_path: Path) -> None:
+def test_missing_truncated_and_foreign_checkpoints_are_refused(
+    good_ckpt: Path, tmp_path: Path
+) -> None:
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_module(tmp_path / "absent.ckpt")
     data = good_ckpt.read_bytes()
@@ -52,7 +59,9 @@ def test_pickle_bearing_checkpoint_is_refused_without_running_it(tmp_path: Path)
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"state_dict": {}, "hyper_parameters": {"net": {}}, "x": Evil()}, tmp_path / "evil.ckpt")
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {"net": {}}, "x": Evil()}, tmp_path / "evil.ckpt"
+    )
     with pytest.raises(CheckpointError, match="refused: it holds pickled Python objects"):
         load_module(tmp_path / "evil.ckpt")
     assert not marker.exists()
@@ -76,7 +85,9 @@ def test_checkpoint_without_description_needs_image_size(good_ckpt: Path) -> Non
     assert model.description.config == {} and model.description.data == {}
 
 
-def test_zero_random_and_non_finite_checkpoints_are_told_apart(good_ckpt: Path, tmp_path: Path) -> None:
+def test_zero_random_and_non_finite_checkpoints_are_told_apart(
+    good_ckpt: Path, tmp_path: Path
+) -> None:
     (tmp_path / "zero.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="not a checkpoint \\(an empty file") as err:
         load_module(tmp_path / "zero.ckpt")

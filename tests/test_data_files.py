@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from lungseg.data.check import check_dataset
-from lungseg.data.images import binarize, load_pair, preprocess, read_gray, read_mask, to_gray, to_gray8
+from lungseg.data.images import (
+    binarize,
+    load_pair,
+    preprocess,
+    read_gray,
+    read_mask,
+    to_gray,
+    to_gray8,
+)
 from lungseg.data.layout import find_pairs, pair_files
 from lungseg.errors import DataError
 from tests.helpers import CXR, ROOT, requires_cxr, write_split
@@ -44,7 +52,10 @@ def test_pairs_any_folder_by_stem(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "mask" / "b.png"), img)
     pairs, problems = pair_files(tmp_path / "image", tmp_path / "mask")
     assert problems == []
-    assert {(p.image.name, p.mask.name) for p in pairs} == {("a.png", "a_mask.png"), ("b.png", "b.png")}
+    assert {(p.image.name, p.mask.name) for p in pairs} == {
+        ("a.png", "a_mask.png"),
+        ("b.png", "b.png"),
+    }
 
 
 def test_jpeg_mask_is_binarised_at_128(tmp_path: Path) -> None:
@@ -69,7 +80,8 @@ def test_gray8_conversion_of_rgb_rgba_and_16bit() -> None:
     assert to_gray(bgr.astype(np.uint16) * 257)[0, 0] == 19596  # depth kept: 0.299 x 65535
     deep = np.array([[1000, 2000], [3000, 5000]], np.uint16)
     assert to_gray8(deep, "minmax").tolist() == [[0, 64], [128, 255]]
-    assert to_gray8(deep).tolist() == [[0, 64], [128, 255]]  # window: 4 levels, percentiles are the extremes
+    # window: 4 levels, percentiles are the extremes
+    assert to_gray8(deep).tolist() == [[0, 64], [128, 255]]
     assert to_gray8(np.full((3, 3), 9, np.uint16)).max() == 0
     bgr[:2, :, 0] = 255  # half red, half magenta: a colour film windows like its luminance
     assert np.array_equal(to_gray8(bgr.astype(np.uint16) * 257), to_gray8(bgr))
@@ -86,13 +98,16 @@ def test_preprocess_resizes_to_unit_float() -> None:
 def test_load_pair_resizes_mask_nearest(tmp_path: Path) -> None:
     write_split(tmp_path, "train", [0], size=96)
     folder = tmp_path / "ChestXray" / "train"
-    image, mask = load_pair(folder / "image" / "cxrimage_0.png", folder / "mask" / "cxrmask_0.jpeg", 32)
+    image, mask = load_pair(
+        folder / "image" / "cxrimage_0.png", folder / "mask" / "cxrmask_0.jpeg", 32
+    )
     assert image.shape == mask.shape == (32, 32)
     assert set(np.unique(mask)) <= {0, 1}
 
 
 def _bad_dataset(tmp_path: Path) -> Path:
-    """One dataset with one of each problem, in different splits, so all must be reported at once."""
+    """One dataset with one of each problem, in different splits, so all must be reported at
+    once."""
     root = tmp_path / "bad"
     write_split(root, "train", [0, 1, 2, 3, 4])
     write_split(root, "val", [10, 11])
@@ -127,7 +142,11 @@ def test_check_lists_every_problem_with_its_file(tmp_path: Path) -> None:
         ("test", "is empty"),
     ]
     for name, what in expected:
-        assert any(name in line and what in line for line in info.value.problems), (name, what, text)
+        assert any(name in line and what in line for line in info.value.problems), (
+            name,
+            what,
+            text,
+        )
     assert len(info.value.problems) == len(expected)
 
 

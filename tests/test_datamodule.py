@@ -21,7 +21,8 @@ from tests.helpers import CONF, CXR, requires_cxr, write_split
 
 
 def _train_transform(compose_cfg: Callable[..., DictConfig], *overrides: str):
-    """The configured training augmentation (augment=keras unless overridden), built as training builds it."""
+    """The configured training augmentation (augment=keras unless overridden), built as training
+    builds it."""
     return instantiate(compose_cfg(*overrides).data.train_transform, _convert_="all")
 
 
@@ -36,18 +37,26 @@ def _stripes(size: int = 128) -> np.ndarray:
 def test_batches_are_the_files_pixels_at_the_model_scale(tiny_dataset: Path) -> None:
     dm = LungDataModule(str(tiny_dataset), image_size=48, batch_size=4)
     dm.setup()  # 64 -> 48 px: a factor where area and linear interpolation differ
-    batch = next(iter(dm.test_dataloader()))  # evaluation: no augmentation, so the exact pixels are known
+    # evaluation: no augmentation, so the exact pixels are known
+    batch = next(iter(dm.test_dataloader()))
     folder = tiny_dataset / "ChestXray" / "test"
-    for index, number in zip(batch["index"].tolist(), [50, 52, 54, 56], strict=True):  # paired by number
+    # paired by number
+    for index, number in zip(batch["index"].tolist(), [50, 52, 54, 56], strict=True):
         image = cv2.imread(str(folder / "image" / f"cxrimage_{number}.png"), cv2.IMREAD_GRAYSCALE)
-        mask = cv2.imread(str(folder / "mask" / f"cxrmask_{number}.jpeg"), cv2.IMREAD_GRAYSCALE) >= 128
-        expected_image = cv2.resize(window(image), (48, 48), interpolation=cv2.INTER_AREA) / 255  # shrinking: area
+        mask = (
+            cv2.imread(str(folder / "mask" / f"cxrmask_{number}.jpeg"), cv2.IMREAD_GRAYSCALE) >= 128
+        )
+        # shrinking: area
+        expected_image = cv2.resize(window(image), (48, 48), interpolation=cv2.INTER_AREA) / 255
         expected_mask = cv2.resize(mask.astype(np.uint8), (48, 48), interpolation=cv2.INTER_NEAREST)
         np.testing.assert_allclose(batch["image"][index, 0].numpy(), expected_image, atol=1e-6)
         np.testing.assert_array_equal(batch["mask"][index, 0].numpy(), expected_mask)
     assert batch["image"].dtype == batch["mask"].dtype == torch.float32
     train = next(iter(dm.train_dataloader()))
-    assert train["image"].shape == train["mask"].shape == (4, 1, 48, 48) and train["image"].dtype == torch.float32
+    assert (
+        train["image"].shape == train["mask"].shape == (4, 1, 48, 48)
+        and train["image"].dtype == torch.float32
+    )
     assert set(train["mask"].unique().tolist()) == {0.0, 1.0}  # still binary after augmentation
 
 
@@ -107,7 +116,8 @@ def test_configured_affine_keeps_image_and_mask_aligned(compose_cfg) -> None:
 
 
 def test_configured_ranges_are_really_applied(compose_cfg) -> None:
-    """Albumentations 2.x ignores unknown (1.x) argument names silently: measure what each transform does."""
+    """Albumentations 2.x ignores unknown (1.x) argument names silently: measure what each transform
+    does."""
     affine, brightness = _train_transform(compose_cfg).transforms
     affine.set_random_seed(1)
     brightness.set_random_seed(2)
@@ -130,19 +140,24 @@ def test_configured_ranges_are_really_applied(compose_cfg) -> None:
     assert 0.80 <= min(areas) < 0.9 and 1.1 < max(areas) <= 1.23  # zoom 0.9-1.1 per axis
     assert np.abs(shifts).max() <= 0.05 + 0.01 and np.abs(shifts).max() > 0.04  # shift 5 %
     assert max(angles) <= 10.5 and max(angles) > 8  # rotation +-10 degrees
-    assert 0.8 - 1e-3 <= min(ratios) < 0.83 and 1.17 < max(ratios) <= 1.2 + 1e-3  # brightness 0.8-1.2
+    # brightness 0.8-1.2
+    assert 0.8 - 1e-3 <= min(ratios) < 0.83 and 1.17 < max(ratios) <= 1.2 + 1e-3
     out = brightness(image=flat, mask=mask)
     assert np.array_equal(out["mask"], mask)  # brightness leaves the mask alone
 
 
 def _augmented_by_index(dm: LungDataModule) -> dict[int, torch.Tensor]:
     return {
-        int(i): img for batch in dm.train_dataloader() for i, img in zip(batch["index"], batch["image"], strict=True)
+        int(i): img
+        for batch in dm.train_dataloader()
+        for i, img in zip(batch["index"], batch["image"], strict=True)
     }
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_augmentation_differs_per_epoch_and_worker_and_reproduces(compose_cfg, tmp_path: Path, workers: int) -> None:
+def test_augmentation_differs_per_epoch_and_worker_and_reproduces(
+    compose_cfg, tmp_path: Path, workers: int
+) -> None:
     root = tmp_path / "same"
     write_split(root, "train", list(range(8)), size=48)
     write_split(root, "val", [20], size=48)
@@ -155,7 +170,11 @@ def test_augmentation_differs_per_epoch_and_worker_and_reproduces(compose_cfg, t
     def run() -> list[dict[int, torch.Tensor]]:
         L.seed_everything(7, workers=True)
         dm = LungDataModule(
-            str(root), image_size=48, batch_size=2, num_workers=workers, train_transform=_train_transform(compose_cfg)
+            str(root),
+            image_size=48,
+            batch_size=2,
+            num_workers=workers,
+            train_transform=_train_transform(compose_cfg),
         )
         dm.setup("fit")
         return [_augmented_by_index(dm) for _ in range(2)]
@@ -177,17 +196,23 @@ def test_loads_the_real_cxr_images() -> None:
     batch = next(iter(dm.val_dataloader()))
     fractions = batch["mask"].mean(dim=(1, 2, 3))
     assert ((fractions > 0.1) & (fractions < 0.6)).all()  # lungs cover a plausible share
-    # air in the lungs is dark on a radiograph: in every image the lung is darker than the rest (measured:
+    # air in the lungs is dark on a radiograph: in every image the lung is darker than the rest
+    # (measured:
     # by 0.06 to 0.17, 0.10 pooled), which inverted, shifted or mispaired masks would not be
     for image, mask in zip(batch["image"], batch["mask"], strict=True):
         assert image[mask > 0].mean() + 0.03 < image[mask == 0].mean()
-    assert batch["image"][batch["mask"] > 0].mean() + 0.05 < batch["image"][batch["mask"] == 0].mean()
+    assert (
+        batch["image"][batch["mask"] > 0].mean() + 0.05 < batch["image"][batch["mask"] == 0].mean()
+    )
     assert batch["image"].std() > 0.1
 
 
 def test_strong_augmentation_ranges_are_really_applied(compose_cfg) -> None:
-    """augment=strong (the cxr_small recipe's): each transform's documented range, measured on pixels."""
-    affine, elastic, gamma, contrast, brightness = _train_transform(compose_cfg, "augment=strong").transforms
+    """augment=strong (the cxr_small recipe's): each transform's documented range, measured on
+    pixels."""
+    affine, elastic, gamma, contrast, brightness = _train_transform(
+        compose_cfg, "augment=strong"
+    ).transforms
     for k, t in enumerate((affine, elastic, gamma, contrast, brightness)):
         t.set_random_seed(10 + k)
     size = 256
@@ -209,14 +234,18 @@ def test_strong_augmentation_ranges_are_really_applied(compose_cfg) -> None:
     moved = []
     for _ in range(20):
         out = elastic(image=ramp, mask=mask)
-        moved.append(np.abs(out["image"].astype(float) - ramp)[32:-32, 32:-32].mean() / (255 / (size - 1)))
+        moved.append(
+            np.abs(out["image"].astype(float) - ramp)[32:-32, 32:-32].mean() / (255 / (size - 1))
+        )
         assert set(np.unique(out["mask"])) <= {0, 1}
     applied = [m for m in moved if m > 0]
     assert 0.3 < len(applied) / len(moved) < 0.8  # p = 0.5
     assert 1.0 < np.mean(applied) < 3.5  # mean displacement about 2 px
 
     mid = np.full((size, size), 128, np.uint8)
-    gammas = [np.log(gamma(image=mid)["image"].mean() / 255) / np.log(128 / 255) for _ in range(200)]
+    gammas = [
+        np.log(gamma(image=mid)["image"].mean() / 255) / np.log(128 / 255) for _ in range(200)
+    ]
     gammas = [g for g in gammas if abs(g - 1) > 1e-3]
     assert 0.69 <= min(gammas) < 0.8 and 1.4 < max(gammas) <= 1.51  # gamma 0.7-1.5
     out = gamma(image=mid, mask=mask)
@@ -226,18 +255,29 @@ def test_strong_augmentation_ranges_are_really_applied(compose_cfg) -> None:
     assert 0.74 <= min(spreads) < 0.85 and 1.15 < max(spreads) <= 1.26  # contrast x0.75-1.25
 
 
-def test_each_ddp_rank_augments_differently_and_a_rerun_repeats_it(tiny_dataset: Path, monkeypatch) -> None:
-    augment = OmegaConf.load(CONF / "augment" / "keras.yaml")  # @package data.train_transform: the Compose itself
+def test_each_ddp_rank_augments_differently_and_a_rerun_repeats_it(
+    tiny_dataset: Path, monkeypatch
+) -> None:
+    # @package data.train_transform: the Compose itself
+    augment = OmegaConf.load(CONF / "augment" / "keras.yaml")
 
     def first_batch_as_rank(rank: int) -> torch.Tensor:
         monkeypatch.setattr(rank_zero_only, "rank", rank)
         L.seed_everything(5)
         dm = LungDataModule(
-            str(tiny_dataset), image_size=32, batch_size=4, num_workers=0, train_transform=instantiate(augment)
+            str(tiny_dataset),
+            image_size=32,
+            batch_size=4,
+            num_workers=0,
+            train_transform=instantiate(augment),
         )
         dm.setup("fit")
         return torch.stack([dm.dataset("train")[i]["image"] for i in range(4)])
 
-    rank0, rank1, rank0_again = first_batch_as_rank(0), first_batch_as_rank(1), first_batch_as_rank(0)
+    rank0, rank1, rank0_again = (
+        first_batch_as_rank(0),
+        first_batch_as_rank(1),
+        first_batch_as_rank(0),
+    )
     assert torch.equal(rank0, rank0_again)  # the same seed= repeats each rank's stream
     assert (rank0 - rank1).abs().mean() > 0.01  # ranks draw their own augmentations

@@ -1,5 +1,5 @@
-"""DDP on CPU processes (gloo) trains and measures exactly like one process: the same global batch, and every
-val/test image counted exactly once whatever the split and world sizes."""
+"""DDP on CPU processes (gloo) trains and measures exactly like one process: the same global batch,
+and every val/test image counted exactly once whatever the split and world sizes."""
 
 from __future__ import annotations
 
@@ -15,10 +15,14 @@ import torch
 from lungseg.evaluate import evaluate
 from tests.helpers import ROOT, write_split
 
-# Both runs see the same data in every optimizer step: the 2 training images form one global batch (DDP: one image
-# per rank; one process: two micro-batches of one, accumulated), so shuffling order cannot matter. Randomness
-# that differs per process is off (input noise, dropout, augmentation). BatchNorm uses per-image batch statistics
-# in both; its running statistics are frozen (momentum 0) because without SyncBatchNorm (CUDA only) DDP keeps
+# Both runs see the same data in every optimizer step: the 2 training images form one global batch
+# (DDP: one image
+# per rank; one process: two micro-batches of one, accumulated), so shuffling order cannot matter.
+# Randomness
+# that differs per process is off (input noise, dropout, augmentation). BatchNorm uses per-image
+# batch statistics
+# in both; its running statistics are frozen (momentum 0) because without SyncBatchNorm (CUDA only)
+# DDP keeps
 # rank 0's. SGD keeps tiny float differences tiny (Adam's first step is about lr * sign(gradient)).
 COMMON = (
     "data.image_size=32",
@@ -60,7 +64,12 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path) -> None:
         [*cmd, *ddp_args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     one = subprocess.run(
-        [*cmd, "trainer.devices=1", "+trainer.accumulate_grad_batches=2", f"hydra.run.dir={single}"],
+        [
+            *cmd,
+            "trainer.devices=1",
+            "+trainer.accumulate_grad_batches=2",
+            f"hydra.run.dir={single}",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -74,13 +83,22 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path) -> None:
     result, reference = (json.loads((d / "result.json").read_text()) for d in (ddp, single))
     assert result["pid"] == ddp_proc.pid  # written by rank 0 only
     assert result["metrics"]["test/dice"] > 0
-    for key in ("val/loss", "val/dice", "val/auroc", "best/val_dice", "test/loss", "test/dice", "test/iou"):
+    for key in (
+        "val/loss",
+        "val/dice",
+        "val/auroc",
+        "best/val_dice",
+        "test/loss",
+        "test/dice",
+        "test/iou",
+    ):
         assert result["metrics"][key] == pytest.approx(reference["metrics"][key], abs=1e-5), key
     a = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(single / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 3
     for name, tensor in b["state_dict"].items():
-        if name.endswith("num_batches_tracked"):  # forward passes per process: 2 micro-batches vs 1 per step
+        # forward passes per process: 2 micro-batches vs 1 per step
+        if name.endswith("num_batches_tracked"):
             continue
         torch.testing.assert_close(a["state_dict"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
 
@@ -111,9 +129,12 @@ def test_ddp_val_and_test_metrics_count_every_image_once(compose_cfg, tmp_path: 
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    shares: dict[str, list[int]] = {}  # each rank decoded (and cached) its own share of every split, no more
+    # each rank decoded (and cached) its own share of every split, no more
+    shares: dict[str, list[int]] = {}
     for log in sorted(run.glob("*.log")):
-        for split, share in re.findall(r"(train|val|test): \d+ pairs .*holds all this rank's (\d+)", log.read_text()):
+        for split, share in re.findall(
+            r"(train|val|test): \d+ pairs .*holds all this rank's (\d+)", log.read_text()
+        ):
             shares.setdefault(split, []).append(int(share))
     assert {split: sorted(s) for split, s in shares.items()} == {
         "train": [3, 3, 3],
@@ -121,7 +142,8 @@ def test_ddp_val_and_test_metrics_count_every_image_once(compose_cfg, tmp_path: 
         "test": [1, 2, 2],
     }
     logged = json.loads((run / "result.json").read_text())["metrics"]
-    for split in ("val", "test"):  # 7 and 5 images on 3 ranks: padding would count 2 and 1 of them twice
+    # 7 and 5 images on 3 ranks: padding would count 2 and 1 of them twice
+    for split in ("val", "test"):
         cfg = compose_cfg(
             f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
             f"data.root={data}",

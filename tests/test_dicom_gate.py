@@ -1,5 +1,6 @@
-"""The input gate (lungseg.inference.gate): refusals from a DICOM film's attributes, a colour photograph
-refused and non-radiographs flagged from the pixels of any input, real chest films passed."""
+"""The input gate (lungseg.inference.gate): refusals from a DICOM film's attributes, a colour
+photograph refused and non-radiographs flagged from the pixels of any input, real chest films
+passed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import pytest
 from pydicom.dataset import Dataset
 
 from lungseg.dicom.read import read_film
-from lungseg.inference.gate import ImageLimits, Status, check_film, check_image, gate, image_features
+from lungseg.inference.gate import (
+    ImageLimits,
+    Status,
+    check_film,
+    check_image,
+    gate,
+    image_features,
+)
 from tests.dicom_films import chest_phantom, dx_dataset, write_dx
 from tests.helpers import CXR, requires_cxr
 
@@ -68,7 +76,9 @@ def test_frontal_films_pass_and_oblique_is_flagged(tmp_path: Path) -> None:
 
 def test_a_colour_photograph_is_refused_and_grey_stored_as_rgb_is_not() -> None:
     rng = np.random.default_rng(0)
-    photo = cv2.resize(rng.integers(0, 256, (6, 8, 3)).astype(np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC)
+    photo = cv2.resize(
+        rng.integers(0, 256, (6, 8, 3)).astype(np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC
+    )
     status = check_image(photo)
     assert status.refused and "colour photograph" in status.reason
     grey, _ = chest_phantom()
@@ -87,7 +97,13 @@ def non_radiographs(rng: np.random.Generator) -> dict[str, np.ndarray]:
     page = np.full((int(w * 1.41), w), 240, np.uint8)
     for i in range(22):
         cv2.putText(
-            page, "Request form: chest PA, patient 0042", (12, 24 + 24 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 20, 1
+            page,
+            "Request form: chest PA, patient 0042",
+            (12, 24 + 24 * i),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            20,
+            1,
         )
     ct = np.zeros((h, w), np.uint8)
     cv2.ellipse(ct, (w // 2, h // 2), (160, 120), 0, 0, 360, 120, -1)

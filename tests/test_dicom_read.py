@@ -68,7 +68,9 @@ def test_monochrome1_is_inverted_and_inputs_read_dicom_is_the_same_reader(tmp_pa
     np.testing.assert_array_equal(read_input(m1), read_input(m2))
 
 
-@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"])
+@pytest.mark.parametrize(
+    "syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"]
+)
 def test_a_losslessly_compressed_film_reads_back_exactly(tmp_path: Path, syntax: str) -> None:
     film, _ = chest_phantom()
     ds = dx_dataset(film)
@@ -81,7 +83,10 @@ def test_a_losslessly_compressed_film_reads_back_exactly(tmp_path: Path, syntax:
 
 def test_bundled_12_bit_jpeg_extended_and_jpeg_2000_films_decode() -> None:
     extended, j2k = read_film(bundled("JPGExtended.dcm")), read_film(bundled("JPEG2000.dcm"))
-    assert (extended.transfer_syntax, j2k.transfer_syntax) == ("1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91")
+    assert (extended.transfer_syntax, j2k.transfer_syntax) == (
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.91",
+    )
     assert extended.dataset.BitsStored == 12  # Pillow cannot decode it: pylibjpeg-libjpeg does
     a, b = extended.pixels(), j2k.pixels()
     assert a.shape == b.shape == (1024, 256) and a.dtype == b.dtype == np.float32

@@ -39,7 +39,10 @@ def dciodvfy() -> str:
             subprocess.run(install, env=env, capture_output=True, timeout=600)
         found = shutil.which("dciodvfy")
     if found is None:
-        pytest.skip("dciodvfy not found and not installable here (needs root and apt-get): apt-get install dicom3tools")
+        pytest.skip(
+            "dciodvfy not found and not installable here (needs root and apt-get): "
+            "apt-get install dicom3tools"
+        )
     return found
 
 
@@ -74,16 +77,25 @@ def write_film_and_seg(tmp_path: Path, **attributes: object):
 
 @pytest.mark.parametrize(
     "attributes",
-    [{"PixelSpacing": [0.2, 0.25]}, {"PatientOrientation": None}, {"Modality": "CR", "ImagerPixelSpacing": [0.1, 0.1]}],
+    [
+        {"PixelSpacing": [0.2, 0.25]},
+        {"PatientOrientation": None},
+        {"Modality": "CR", "ImagerPixelSpacing": [0.1, 0.1]},
+    ],
 )
-def test_seg_references_the_film_and_holds_both_lungs(tmp_path: Path, dciodvfy: str, attributes: dict) -> None:
+def test_seg_references_the_film_and_holds_both_lungs(
+    tmp_path: Path, dciodvfy: str, attributes: dict
+) -> None:
     source, sides, path = write_film_and_seg(tmp_path, **attributes)
     # highdicom reads it back: two segments, Lung with laterality, the masks pixel for pixel
     seg = hd.seg.segread(path)
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"
     assert seg.StudyInstanceUID == source.study_uid
     referenced = [
-        (series.SeriesInstanceUID, [i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence])
+        (
+            series.SeriesInstanceUID,
+            [i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence],
+        )
         for series in seg.ReferencedSeriesSequence
     ]
     assert referenced == [(source.series_uid, [source.sop_instance_uid])]
@@ -119,7 +131,9 @@ def test_seg_references_the_film_and_holds_both_lungs(tmp_path: Path, dciodvfy: 
     assert validate(dciodvfy, path) == []
 
 
-def test_an_empty_lung_still_gets_its_segment_and_series_can_be_shared(tmp_path: Path, dciodvfy: str) -> None:
+def test_an_empty_lung_still_gets_its_segment_and_series_can_be_shared(
+    tmp_path: Path, dciodvfy: str
+) -> None:
     film, mask = chest_phantom()
     source = read_film(write_dx(tmp_path / "film.dcm", film))
     left = np.zeros_like(mask)
@@ -161,7 +175,9 @@ def test_seg_write_refuses_what_it_cannot_reference_and_leaves_nothing(tmp_path:
     assert not list(tmp_path.iterdir())
 
 
-def test_a_segmented_dicom_gives_a_seg_equal_to_its_png_mask(tmp_path: Path, tiny_ckpt: Path, dciodvfy: str) -> None:
+def test_a_segmented_dicom_gives_a_seg_equal_to_its_png_mask(
+    tmp_path: Path, tiny_ckpt: Path, dciodvfy: str
+) -> None:
     from lungseg.inference.segmenter import LungSegmenter
 
     image, _ = disc_pair(np.random.default_rng(5), 96)  # the tiny model's kind of film

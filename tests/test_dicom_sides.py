@@ -37,7 +37,9 @@ def area_mm2(lung: dict) -> float:
     return math.pi * lung["axes_mm"][0] * lung["axes_mm"][1]
 
 
-@pytest.mark.parametrize("keyword, spacing", [("PixelSpacing", (0.1, 0.14)), ("ImagerPixelSpacing", (0.148, 0.148))])
+@pytest.mark.parametrize(
+    "keyword, spacing", [("PixelSpacing", (0.1, 0.14)), ("ImagerPixelSpacing", (0.148, 0.148))]
+)
 def test_areas_and_heights_in_mm_from_the_films_spacing_to_one_percent(
     tmp_path: Path, keyword: str, spacing: tuple[float, float]
 ) -> None:

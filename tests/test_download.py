@@ -1,4 +1,5 @@
-"""Tests of the Kaggle download: layout, idempotence, interruption, unsafe zips, credentials; no network."""
+"""Tests of the Kaggle download: layout, idempotence, interruption, unsafe zips, credentials; no
+network."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ import numpy as np
 import pytest
 
 from lungseg.data import download as dl
-from lungseg.data.layout import DATASET_DIR, IMAGE_DIR, MASK_DIR, SPLITS, find_pairs, image_name, mask_name
+from lungseg.data.layout import (
+    DATASET_DIR,
+    IMAGE_DIR,
+    MASK_DIR,
+    SPLITS,
+    find_pairs,
+    image_name,
+    mask_name,
+)
 from lungseg.errors import DataError
 
 DATASET = "newra008/lung-mask-image-dataset"
@@ -46,7 +55,9 @@ def dataset_members(prefix: str = "") -> dict[str, bytes]:
     return members
 
 
-def write_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
+def write_zip(
+    path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None
+) -> Path:
     """Write a zip with ``members`` and optional symlink members (name -> link target)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
@@ -114,7 +125,8 @@ def test_download_extracts_kaggle_layout(root: Path, good_zip: Path) -> None:
     assert dl.download_dataset(root, api=api) == root.absolute()
     assert api.calls[0] == ("authenticate",)
     assert api.calls[1][1] == DATASET and api.calls[1][3] is False
-    assert Path(api.calls[1][2]).parent == root.absolute()  # downloaded beside the data, same filesystem
+    # downloaded beside the data, same filesystem
+    assert Path(api.calls[1][2]).parent == root.absolute()
     for split in SPLITS:
         pairs, problems = find_pairs(root, split)
         assert len(pairs) == PAIRS_PER_SPLIT and problems == []
@@ -124,7 +136,9 @@ def test_download_extracts_kaggle_layout(root: Path, good_zip: Path) -> None:
     assert listing(root) == [DATASET_DIR]  # no zip, no temp folders
 
 
-def test_second_call_does_not_download(root: Path, good_zip: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_second_call_does_not_download(
+    root: Path, good_zip: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     api = FakeKaggleApi(good_zip)
     dl.download_dataset(root, api=api)
     caplog.clear()
@@ -146,7 +160,9 @@ def test_force_downloads_again_and_replaces(root: Path, good_zip: Path) -> None:
     assert listing(root) == [DATASET_DIR]
 
 
-def test_force_keeps_old_copy_when_new_download_is_bad(root: Path, good_zip: Path, tmp_path: Path) -> None:
+def test_force_keeps_old_copy_when_new_download_is_bad(
+    root: Path, good_zip: Path, tmp_path: Path
+) -> None:
     dl.download_dataset(root, api=FakeKaggleApi(good_zip))
     with pytest.raises(DataError, match="corrupt"):
         dl.download_dataset(root, api=FakeKaggleApi(raw=b"not a zip at all"), force=True)
@@ -155,7 +171,9 @@ def test_force_keeps_old_copy_when_new_download_is_bad(root: Path, good_zip: Pat
     assert listing(root) == [DATASET_DIR]
 
 
-def test_failed_swap_keeps_the_old_copy(root: Path, good_zip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_swap_keeps_the_old_copy(
+    root: Path, good_zip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dl.download_dataset(root, api=FakeKaggleApi(good_zip))
     (root / DATASET_DIR / "marker").write_text("old")
 
@@ -169,7 +187,9 @@ def test_failed_swap_keeps_the_old_copy(root: Path, good_zip: Path, monkeypatch:
     assert listing(root) == [DATASET_DIR]  # the new copy's working folders are gone too
 
 
-def test_incomplete_existing_copy_is_not_overwritten_without_force(root: Path, good_zip: Path) -> None:
+def test_incomplete_existing_copy_is_not_overwritten_without_force(
+    root: Path, good_zip: Path
+) -> None:
     (root / DATASET_DIR / "train" / IMAGE_DIR).mkdir(parents=True)
     api = FakeKaggleApi(good_zip)
     with pytest.raises(DataError, match="incomplete"):
@@ -203,10 +223,13 @@ def test_interrupted_extraction_leaves_nothing_and_rerun_succeeds(
     assert all(len(find_pairs(root, s)[0]) == PAIRS_PER_SPLIT for s in SPLITS)
 
 
-def test_what_a_killed_download_left_is_removed_not_taken_for_the_dataset(root: Path, good_zip: Path) -> None:
+def test_what_a_killed_download_left_is_removed_not_taken_for_the_dataset(
+    root: Path, good_zip: Path
+) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    leftover = root / f".{dl.EXTRACT_FOLDER}.tmp-{dead.pid}"  # the extraction folder of a killed download
+    # the extraction folder of a killed download
+    leftover = root / f".{dl.EXTRACT_FOLDER}.tmp-{dead.pid}"
     with zipfile.ZipFile(good_zip) as zf:
         zf.extractall(leftover)  # a complete tree, as an interrupted run could leave it
     api = FakeKaggleApi(good_zip)
@@ -233,7 +256,8 @@ def test_zip_without_the_layout_is_rejected(root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "evil", ["../evil.txt", "ChestXray/../../evil.txt", "/tmp/evil-abs.txt", "C:/evil.txt", "..\\evil.txt"]
+    "evil",
+    ["../evil.txt", "ChestXray/../../evil.txt", "/tmp/evil-abs.txt", "C:/evil.txt", "..\\evil.txt"],
 )
 def test_zip_slip_is_rejected(root: Path, tmp_path: Path, evil: str) -> None:
     bad = write_zip(tmp_path / ZIP_NAME, {**dataset_members(), evil: b"pwned"})
@@ -247,7 +271,9 @@ def test_zip_slip_is_rejected(root: Path, tmp_path: Path, evil: str) -> None:
 
 
 def test_symlink_member_is_rejected(root: Path, tmp_path: Path) -> None:
-    bad = write_zip(tmp_path / ZIP_NAME, dataset_members(), symlinks={"ChestXray/train/link": "/etc/passwd"})
+    bad = write_zip(
+        tmp_path / ZIP_NAME, dataset_members(), symlinks={"ChestXray/train/link": "/etc/passwd"}
+    )
     with pytest.raises(DataError, match="symbolic link") as err:
         dl.download_dataset(root, api=FakeKaggleApi(bad))
     assert "ChestXray/train/link" in str(err.value)
@@ -255,7 +281,9 @@ def test_symlink_member_is_rejected(root: Path, tmp_path: Path) -> None:
 
 
 def test_zip_bomb_member_is_rejected(root: Path, tmp_path: Path) -> None:
-    bad = write_zip(tmp_path / ZIP_NAME, {**dataset_members(), "ChestXray/bomb.bin": bytes(20 * 2**20)})
+    bad = write_zip(
+        tmp_path / ZIP_NAME, {**dataset_members(), "ChestXray/bomb.bin": bytes(20 * 2**20)}
+    )
     with pytest.raises(DataError, match="zip bomb") as err:
         dl.download_dataset(root, api=FakeKaggleApi(bad))
     assert "ChestXray/bomb.bin" in str(err.value)
@@ -325,7 +353,8 @@ def test_missing_credentials_give_one_clear_error(
         dl.download_dataset(root, api=api)
     assert_ways_forward(str(err.value))
     assert api.downloads == 0
-    assert "Authentication required" not in capsys.readouterr().out  # kaggle's own help is swallowed
+    # kaggle's own help is swallowed
+    assert "Authentication required" not in capsys.readouterr().out
     assert not root.exists()
 
 
@@ -338,7 +367,8 @@ def test_real_kaggle_without_credentials(
     for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     api = dl._make_api()  # imports kaggle; must neither exit nor need the network
-    # The class reads KAGGLE_CONFIG_DIR when kaggle is first imported; point an already imported one here.
+    # The class reads KAGGLE_CONFIG_DIR when kaggle is first imported; point an already imported one
+    # here.
     monkeypatch.setattr(type(api), "config_dir", str(_isolated_kaggle_config))
     monkeypatch.setattr(type(api), "config", str(_isolated_kaggle_config / "kaggle.json"))
     with pytest.raises(DataError) as err:
@@ -351,7 +381,11 @@ def test_real_kaggle_without_credentials(
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
 def test_readable_credentials_warn(
-    root: Path, good_zip: Path, _isolated_kaggle_config: Path, caplog: pytest.LogCaptureFixture, mode: int
+    root: Path,
+    good_zip: Path,
+    _isolated_kaggle_config: Path,
+    caplog: pytest.LogCaptureFixture,
+    mode: int,
 ) -> None:
     creds = _isolated_kaggle_config / "kaggle.json"
     creds.write_text('{"username": "u", "key": "k"}')
@@ -367,8 +401,12 @@ def test_readable_credentials_warn(
 
 
 def test_import_does_not_import_kaggle() -> None:
-    code = "import sys, lungseg.data.download; assert 'kaggle' not in sys.modules, 'kaggle imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HOME": "/nonexistent"})
+    code = (
+        "import sys, lungseg.data.download; assert 'kaggle' not in sys.modules, 'kaggle imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "HOME": "/nonexistent"}
+    )
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:

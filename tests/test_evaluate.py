@@ -1,4 +1,5 @@
-"""``lungseg.evaluate`` end to end on a tiny trained model: exactness, report files, figures, errors, real data."""
+"""``lungseg.evaluate`` end to end on a tiny trained model: exactness, report files, figures,
+errors, real data."""
 
 from __future__ import annotations
 
@@ -53,14 +54,17 @@ def _compose(out: Path, name: str, *overrides: str) -> DictConfig:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny model trained for 2 epochs at 32 px on disc phantoms; its run folder looks like a real run's."""
+    """A tiny model trained for 2 epochs at 32 px on disc phantoms; its run folder looks like a real
+    run's."""
     tmp = tmp_path_factory.mktemp("evaluate")
     root = tmp / "data"
     write_split(root, "train", [0, 1, 2, 3, 5, 8, 13, 21])
     write_split(root, "val", [30, 31, 32, 40], seed=1)
     write_split(root, "test", TEST_NUMBERS, seed=2)
     run = tmp / "run"
-    cfg = _compose(run, "train", f"data.root={root}", *TINY, "trainer.max_epochs=2", "optimizer.lr=1e-2")
+    cfg = _compose(
+        run, "train", f"data.root={root}", *TINY, "trainer.max_epochs=2", "optimizer.lr=1e-2"
+    )
     metrics = train(cfg)
     yield {"root": root, "run": run, "ckpt": run / "checkpoints" / "best.ckpt", "metrics": metrics}
     GlobalHydra.instance().clear()
@@ -97,10 +101,15 @@ def _numpy_reference(ckpt: Path, root: Path, size: int) -> tuple[list[str], np.n
 def test_every_image_once_and_exact_against_numpy(trained: dict, run_eval, tmp_path: Path) -> None:
     files, logits, truth = _numpy_reference(trained["ckpt"], trained["root"], 32)
     probs = 1 / (1 + np.exp(-logits))
-    threshold = float(np.round(np.quantile(probs[truth], 0.3), 4))  # splits the tiny model's lung and background
+    # splits the tiny model's lung and background
+    threshold = float(np.round(np.quantile(probs[truth], 0.3), 4))
     summary = run_eval(f"output_dir={tmp_path / 'out'}", "precision=32", f"threshold={threshold}")
-    assert summary["image_size"] == 32  # recorded in the checkpoint (the run folder has no .hydra/ here)
-    assert summary["n_images"] == len(TEST_NUMBERS) and summary["n_pixels"] == len(TEST_NUMBERS) * 32 * 32
+    # recorded in the checkpoint (the run folder has no .hydra/ here)
+    assert summary["image_size"] == 32
+    assert (
+        summary["n_images"] == len(TEST_NUMBERS)
+        and summary["n_pixels"] == len(TEST_NUMBERS) * 32 * 32
+    )
     with (tmp_path / "out" / "per_image.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["file"] for r in rows] == files  # every image once, in file order
@@ -133,7 +142,9 @@ def test_every_image_once_and_exact_against_numpy(trained: dict, run_eval, tmp_p
     for row, p, m in zip(rows, pred, truth, strict=True):
         inter, total = (p & m).sum(), p.sum() + m.sum()
         assert float(row["dice"]) == pytest.approx(2 * inter / total if total else 1.0, abs=1e-6)
-        assert float(row["iou"]) == pytest.approx(inter / (total - inter) if total else 1.0, abs=1e-6)
+        assert float(row["iou"]) == pytest.approx(
+            inter / (total - inter) if total else 1.0, abs=1e-6
+        )
         assert float(row["lung_fraction_true"]) == pytest.approx(m.mean())
         assert float(row["lung_fraction_pred"]) == pytest.approx(p.mean())
     dice = np.array([float(r["dice"]) for r in rows])
@@ -151,7 +162,9 @@ def test_every_image_once_and_exact_against_numpy(trained: dict, run_eval, tmp_p
         clean_dice.append(2 * tp_ / (2 * tp_ + fp_ + fn_) if tp_ + fp_ + fn_ else 1.0)
         assert float(row["dice_clean"]) == pytest.approx(clean_dice[-1], abs=1e-6)
     clean = summary["postprocessed"]
-    assert clean["pooled_dice"] == pytest.approx(2 * counts[0] / (2 * counts[0] + counts[1] + counts[2]))
+    assert clean["pooled_dice"] == pytest.approx(
+        2 * counts[0] / (2 * counts[0] + counts[1] + counts[2])
+    )
     assert clean["dice_mean"] == pytest.approx(np.mean(clean_dice))
     assert clean["hd95_mean"] == pytest.approx(np.mean([float(r["hd95_clean_px"]) for r in rows]))
 
@@ -161,9 +174,27 @@ def test_report_figures_and_tensorboard(trained: dict, run_eval) -> None:
     out = trained["run"] / "eval" / "test"  # default: beside the checkpoint's run
     assert Path(summary["output_dir"]) == out
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("accuracy", "precision", "recall", "f1", "specificity", "iou", "dice", "auroc", "loss"):
+    for key in (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "specificity",
+        "iou",
+        "dice",
+        "auroc",
+        "loss",
+    ):
         assert 0.0 <= metrics["pooled"][key] <= (1.0 if key != "loss" else 10.0), key
-    for key in ("dice_mean", "dice_sd", "iou_mean", "hd95_mean", "assd_mean", "hd95_mm_mean", "assd_mm_mean"):
+    for key in (
+        "dice_mean",
+        "dice_sd",
+        "iou_mean",
+        "hd95_mean",
+        "assd_mean",
+        "hd95_mm_mean",
+        "assd_mm_mean",
+    ):
         assert np.isfinite(metrics["per_image"][key]), key
     assert 0 < metrics["tuned"]["threshold"] < 1 and 0 <= metrics["tuned"]["pooled"]["dice"] <= 1
     header = (out / "per_image.csv").read_text().splitlines()[0].split(",")
@@ -177,24 +208,35 @@ def test_report_figures_and_tensorboard(trained: dict, run_eval) -> None:
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert {f"eval/{name}" for name in FIGURES} <= set(events.Tags()["images"])
-    assert [p.name for p in out.parent.glob(".test.*")] == [".test.lock"]  # no temp folders left, the lock file
+    # no temp folders left, the lock file
+    assert [p.name for p in out.parent.glob(".test.*")] == [".test.lock"]
 
 
 @pytest.mark.precision
-def test_training_test_stage_is_the_same_computation(trained: dict, run_eval, tmp_path: Path) -> None:
-    """Training's test stage and evaluate run the same kernels in the same precision (evaluate's auto runs the
-    trained one where the device has it), so their numbers agree far inside that precision's rounding."""
+def test_training_test_stage_is_the_same_computation(
+    trained: dict, run_eval, tmp_path: Path
+) -> None:
+    """Training's test stage and evaluate run the same kernels in the same precision (evaluate's
+    auto runs the trained one where the device has it), so their numbers agree far inside that
+    precision's rounding."""
     summary = run_eval(f"output_dir={tmp_path / 'out'}", "data.batch_size=4", "calibration=false")
     assert summary["precision"] == cpu_precision()
     for name in ("dice", "iou", "accuracy", "auroc", "loss", "precision", "recall"):
-        assert summary["pooled"][name] == pytest.approx(trained["metrics"][f"test/{name}"], abs=1e-4), name
+        assert summary["pooled"][name] == pytest.approx(
+            trained["metrics"][f"test/{name}"], abs=1e-4
+        ), name
     # the mean of per-image Dice, as training logs it, equals the report's mean over per_image.csv
-    assert summary["per_image"]["dice_mean"] == pytest.approx(trained["metrics"]["test/dice_per_image"], abs=1e-5)
-    recorded = LungSegmenter.from_checkpoint(trained["ckpt"], "cpu").metadata["test_metrics"]  # in the checkpoint
+    assert summary["per_image"]["dice_mean"] == pytest.approx(
+        trained["metrics"]["test/dice_per_image"], abs=1e-5
+    )
+    # in the checkpoint
+    recorded = LungSegmenter.from_checkpoint(trained["ckpt"], "cpu").metadata["test_metrics"]
     assert recorded["test/dice"] == pytest.approx(trained["metrics"]["test/dice"], abs=1e-7)
 
 
-def test_failed_run_keeps_the_earlier_report(trained: dict, run_eval, tmp_path: Path, monkeypatch) -> None:
+def test_failed_run_keeps_the_earlier_report(
+    trained: dict, run_eval, tmp_path: Path, monkeypatch
+) -> None:
     out = tmp_path / "out"
     run_eval(f"output_dir={out}", "calibration=false")
     before = (out / "metrics.json").read_bytes()
@@ -210,7 +252,8 @@ def test_failed_run_keeps_the_earlier_report(trained: dict, run_eval, tmp_path: 
     with pytest.raises(RuntimeError, match="disk full"):
         run_eval(f"output_dir={out}", "threshold=0.9", "overwrite=true")
     assert (out / "metrics.json").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]  # no temp or half-written folders
+    # no temp or half-written folders
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
 
 
 def test_bad_inputs_are_one_clear_error_each(trained: dict, run_eval, tmp_path: Path) -> None:
@@ -233,13 +276,21 @@ def test_bad_inputs_are_one_clear_error_each(trained: dict, run_eval, tmp_path: 
         run_eval(f"data.root={wrong}", f"output_dir={tmp_path / 'out'}")
     assert not (tmp_path / "out").exists()
     proc = subprocess.run(
-        [sys.executable, "-m", "lungseg.evaluate", f"ckpt_path={truncated}", f"data.root={trained['root']}"],
+        [
+            sys.executable,
+            "-m",
+            "lungseg.evaluate",
+            f"ckpt_path={truncated}",
+            f"data.root={trained['root']}",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2 and proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+    )
     assert str(truncated) in proc.stderr
 
 
@@ -249,6 +300,9 @@ def test_tiny_model_on_real_radiographs_end_to_end(run_eval, tmp_path: Path) -> 
     summary = run_eval(f"data.root={CXR}", f"output_dir={tmp_path / 'cxr'}", "pixel_spacing_mm=0.2")
     assert summary["n_images"] == n_test and summary["split"] == "test"
     assert summary["n_pixels"] == n_test * 32 * 32
-    assert np.isfinite(summary["per_image"]["hd95_mm_mean"]) and summary["per_image"]["hd95_mm_mean"] > 0
+    assert (
+        np.isfinite(summary["per_image"]["hd95_mm_mean"])
+        and summary["per_image"]["hd95_mm_mean"] > 0
+    )
     for name in FIGURES:
         assert (tmp_path / "cxr" / f"{name}.png").stat().st_size > 10_000, name

@@ -1,5 +1,6 @@
-"""python -m lungseg.export: ONNX (onnxruntime parity on synthetic and real radiographs), torch.export, and the
-pretrained folder (safetensors + config.json + model card) that LungSegmenter.from_pretrained loads."""
+"""python -m lungseg.export: ONNX (onnxruntime parity on synthetic and real radiographs),
+torch.export, and the pretrained folder (safetensors + config.json + model card) that
+LungSegmenter.from_pretrained loads."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def export_cfg(compose_cfg, ckpt: Path, *overrides: str):
 
 
 def reference(ckpt: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities as lungseg.predict computes them in fp32 (LungSegmenter: trained net, channels_last, sigmoid)."""
+    """Probabilities as lungseg.predict computes them in fp32 (LungSegmenter: trained net,
+    channels_last, sigmoid)."""
     return LungSegmenter.from_checkpoint(ckpt, "cpu", precision="32").probabilities(images)
 
 
@@ -52,26 +54,38 @@ def test_onnx_matches_pytorch_on_synthetic_radiographs_and_carries_the_descripti
 
 
 @requires_cxr
-def test_onnx_matches_pytorch_on_real_radiographs_with_any_batch(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_onnx_matches_pytorch_on_real_radiographs_with_any_batch(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "lungseg.onnx"
     result = export(export_cfg(compose_cfg, tiny_ckpt, f"output={out}"))
     assert result["image_size"] == 32 and result["max_abs_diff"] < 1e-4
     images = np.stack([preprocess(read_input(p), 32) for p in sorted(ORIG_TEST.iterdir())])[:, None]
     expected = reference(tiny_ckpt, images)
-    assert 0.0 <= expected.min() and expected.max() <= 1.0 and expected.std() > 0  # probabilities, not logits
+    # probabilities, not logits
+    assert 0.0 <= expected.min() and expected.max() <= 1.0 and expected.std() > 0
     for batch in (images, images[:1], images[3:10]):
         got = run_exported(out, batch)
         assert got.shape == batch.shape
         assert np.abs(got - reference(tiny_ckpt, batch)).max() < 1e-4
-    bigger = np.stack([preprocess(read_input(p), 64) for p in sorted(ORIG_TEST.iterdir())[:2]])[:, None]
-    assert np.abs(run_exported(out, bigger) - reference(tiny_ckpt, bigger)).max() < 1e-4  # dynamic H and W
+    bigger = np.stack([preprocess(read_input(p), 64) for p in sorted(ORIG_TEST.iterdir())[:2]])[
+        :, None
+    ]
+    # dynamic H and W
+    assert np.abs(run_exported(out, bigger) - reference(tiny_ckpt, bigger)).max() < 1e-4
 
     proto = onnx.load(str(out))
     assert proto.opset_import[0].version >= 17
-    assert [i.name for i in proto.graph.input] == [INPUT_NAME] and [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME] and [
+        o.name for o in proto.graph.output
+    ] == [OUTPUT_NAME]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     props = {p.key: p.value for p in proto.metadata_props}
-    assert props["image_size"] == "32" and "/ 255" in props["lungseg_description"] and props["size_divisor"] == "4"
+    assert (
+        props["image_size"] == "32"
+        and "/ 255" in props["lungseg_description"]
+        and props["size_divisor"] == "4"
+    )
 
 
 def test_torch_export_program_matches_pytorch(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -84,7 +98,9 @@ def test_torch_export_program_matches_pytorch(compose_cfg, tiny_ckpt: Path, tmp_
     np.testing.assert_allclose(run_exported(out, wide), reference(tiny_ckpt, wide), atol=1e-5)
 
 
-def test_default_output_overwrite_and_bad_settings(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_default_output_overwrite_and_bad_settings(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(tiny_ckpt.read_bytes())
     result = export(export_cfg(compose_cfg, ckpt, "verify=false", "image_size=32"))
@@ -97,7 +113,9 @@ def test_default_output_overwrite_and_bad_settings(compose_cfg, tiny_ckpt: Path,
         export(export_cfg(compose_cfg, ckpt, "format=keras"))
     with pytest.raises(LungsegError, match="opset=13"):
         export(export_cfg(compose_cfg, ckpt, "opset=13", "overwrite=true"))
-    torch.save({"state_dict": {}, "hyper_parameters": {"net": {}}, "x": object()}, tmp_path / "evil.ckpt")
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {"net": {}}, "x": object()}, tmp_path / "evil.ckpt"
+    )
     with pytest.raises(CheckpointError, match="refused"):
         export(export_cfg(compose_cfg, tmp_path / "evil.ckpt"))
     assert not (tmp_path / "evil.onnx").exists()
@@ -108,19 +126,29 @@ def test_pretrained_folder_is_weights_only_self_described_and_loads_back(
 ) -> None:
     out = tmp_path / "pretrained"
     result = export(export_cfg(compose_cfg, tiny_ckpt, "format=pretrained", f"output={out}"))
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    assert result["max_abs_diff"] == 0.0  # loaded back through LungSegmenter: the same weights, the same road
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    # loaded back through LungSegmenter: the same weights, the same road
+    assert result["max_abs_diff"] == 0.0
     from safetensors.torch import load_file
 
     weights = load_file(out / "model.safetensors")  # plain tensors: no pickle, no optimizer state
     assert not any("optimizer" in k for k in weights) and any(k.startswith("net.") for k in weights)
     config = json.loads((out / "config.json").read_text())
-    assert config["net"]["_target_"] == "lungseg.models.unet.UNet" and config["net"]["base_filters"] == 4
+    assert (
+        config["net"]["_target_"] == "lungseg.models.unet.UNet"
+        and config["net"]["base_filters"] == 4
+    )
     assert config["description"]["image_size"] == 32
     card = (out / "README.md").read_text()
     assert "library_name: lungseg" in card and "Not a medical device" in card
     assert "train 8" in card and "val 4" in card and "32 x 32" in card
-    assert f"| best/val_dice | {config['description']['best_metrics']['best/val_dice']:.4f} |" in card
+    assert (
+        f"| best/val_dice | {config['description']['best_metrics']['best/val_dice']:.4f} |" in card
+    )
 
     seg = LungSegmenter.from_pretrained(out, "cpu", precision="32")
     image = np.random.default_rng(3).integers(0, 255, (70, 50), dtype=np.uint8)
@@ -129,10 +157,15 @@ def test_pretrained_folder_is_weights_only_self_described_and_loads_back(
     assert seg.metadata == original.metadata
 
 
-def test_pretrained_loads_from_a_hub_id_through_the_hub_cache(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_pretrained_loads_from_a_hub_id_through_the_hub_cache(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "export"
-    export(export_cfg(compose_cfg, tiny_ckpt, "format=pretrained", f"output={folder}", "verify=false"))
-    # The Hugging Face cache layout hf_hub_download reads offline: models--<org>--<name>/{refs/main,snapshots/<rev>/}
+    export(
+        export_cfg(compose_cfg, tiny_ckpt, "format=pretrained", f"output={folder}", "verify=false")
+    )
+    # The Hugging Face cache layout hf_hub_download reads offline:
+    # models--<org>--<name>/{refs/main,snapshots/<rev>/}
     cache, revision = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
     snapshot = cache / "models--someone--lungseg-tiny" / "snapshots" / revision
     snapshot.mkdir(parents=True)
@@ -140,10 +173,14 @@ def test_pretrained_loads_from_a_hub_id_through_the_hub_cache(compose_cfg, tiny_
         (snapshot / f.name).write_bytes(f.read_bytes())
     (cache / "models--someone--lungseg-tiny" / "refs").mkdir()
     (cache / "models--someone--lungseg-tiny" / "refs" / "main").write_text(revision)
-    seg = LungSegmenter.from_pretrained("someone/lungseg-tiny", "cpu", cache_dir=cache, local_files_only=True)
+    seg = LungSegmenter.from_pretrained(
+        "someone/lungseg-tiny", "cpu", cache_dir=cache, local_files_only=True
+    )
     assert seg.image_size == 32
     with pytest.raises(CheckpointError, match="someone/absent"):
-        LungSegmenter.from_pretrained("someone/absent", "cpu", cache_dir=cache, local_files_only=True)
+        LungSegmenter.from_pretrained(
+            "someone/absent", "cpu", cache_dir=cache, local_files_only=True
+        )
 
 
 def test_pretrained_folder_with_foreign_class_or_bad_weights_is_refused(
@@ -152,10 +189,14 @@ def test_pretrained_folder_with_foreign_class_or_bad_weights_is_refused(
     out = tmp_path / "pretrained"
     export(export_cfg(compose_cfg, tiny_ckpt, "format=pretrained", f"output={out}", "verify=false"))
     config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "net": {**config["net"], "_target_": "os.system"}}))
+    (out / "config.json").write_text(
+        json.dumps({**config, "net": {**config["net"], "_target_": "os.system"}})
+    )
     with pytest.raises(CheckpointError, match="os.system"):
         LungSegmenter.from_pretrained(out, "cpu")
-    (out / "config.json").write_text(json.dumps({**config, "net": {**config["net"], "base_filters": 8}}))
+    (out / "config.json").write_text(
+        json.dumps({**config, "net": {**config["net"], "base_filters": 8}})
+    )
     with pytest.raises(CheckpointError, match="does not match config.json"):
         LungSegmenter.from_pretrained(out, "cpu")
     with pytest.raises(CheckpointError, match="no config.json"):

@@ -1,5 +1,5 @@
-"""Faults and reproducibility: SIGKILL then resume equals an uninterrupted run, atomic checkpoints, NaN stop,
-identical seeded runs, and fresh augmentation every epoch."""
+"""Faults and reproducibility: SIGKILL then resume equals an uninterrupted run, atomic checkpoints,
+NaN stop, identical seeded runs, and fresh augmentation every epoch."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from lungseg.training.callbacks import AtomicCheckpointIO, TrainingDivergedError
 from lungseg.training.module import LungSegModule
 from tests.helpers import ROOT, TINY
 
-SMALL = tuple(a for a in TINY if not a.startswith("data.batch_size")) + ("data.batch_size=2",)  # 4 steps an epoch
+# 4 steps an epoch
+SMALL = tuple(a for a in TINY if not a.startswith("data.batch_size")) + ("data.batch_size=2",)
 
 
 def _train_cmd(data: Path, *args: str) -> list[str]:
@@ -47,7 +48,9 @@ def _ckpt(path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.precision
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_sigkill_then_resume_matches_an_uninterrupted_run(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     last = killed / "checkpoints" / "last.ckpt"
     uninterrupted = subprocess.Popen(
@@ -70,11 +73,16 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dataset: Path, tm
     assert victim.wait() == -signal.SIGKILL
     killed_at = _ckpt(last)["epoch"]
     assert killed_at < 5, "the run finished before it could be killed"
-    assert json.loads((killed / "result.json").read_text())["status"] == "running"  # what the summary calls killed
+    # what the summary calls killed
+    assert json.loads((killed / "result.json").read_text())["status"] == "running"
 
     # No hydra.run.dir: a resume from <run>/checkpoints/ continues in <run>.
     resumed = subprocess.run(
-        _train_cmd(tiny_dataset, f"ckpt_path={last}"), cwd=ROOT, capture_output=True, text=True, timeout=600
+        _train_cmd(tiny_dataset, f"ckpt_path={last}"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, err = uninterrupted.communicate(timeout=600)
@@ -85,7 +93,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dataset: Path, tm
     for name, tensor in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
     for sa, sb in zip(
-        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True
+        a["optimizer_states"][0]["state"].values(),
+        b["optimizer_states"][0]["state"].values(),
+        strict=True,
     ):
         torch.testing.assert_close(sb["exp_avg"], sa["exp_avg"], rtol=0, atol=1e-6)
     assert a["lr_schedulers"] == b["lr_schedulers"]
@@ -93,13 +103,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dataset: Path, tm
     assert rb["status"] == "finished" and rb["resumed_from"] == str(last) and rb["epochs"] == 6
     for key in ("best/val_dice", "best/val_loss", "test/dice", "test/loss"):
         assert rb["metrics"][key] == pytest.approx(ra["metrics"][key], abs=1e-6), key
-    assert list((killed / ".hydra").glob("resume-*/overrides.yaml"))  # the original .hydra/ config is kept
+    # the original .hydra/ config is kept
+    assert list((killed / ".hydra").glob("resume-*/overrides.yaml"))
 
 
-def test_atomic_checkpoint_keeps_the_old_file_when_a_write_dies(tmp_path: Path, monkeypatch) -> None:
+def test_atomic_checkpoint_keeps_the_old_file_when_a_write_dies(
+    tmp_path: Path, monkeypatch
+) -> None:
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
-    (path.parent / ".last.ckpt.tmp-999999").write_bytes(b"torn")  # left by a process killed while saving
+    # left by a process killed while saving
+    (path.parent / ".last.ckpt.tmp-999999").write_bytes(b"torn")
 
     def dies_halfway(obj: Any, f: Any) -> None:
         f.write(b"PK\x03\x04 half a checkpoint")
@@ -110,12 +124,16 @@ def test_atomic_checkpoint_keeps_the_old_file_when_a_write_dies(tmp_path: Path, 
         io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1
-    assert sorted(p.name for p in path.parent.iterdir()) == [".last.ckpt.tmp-999999", "last.ckpt"]  # nothing new
-    io.save_checkpoint({"epoch": 3, "w": torch.zeros(3)}, path)  # the next save clears what the killed one left
+    # nothing new
+    assert sorted(p.name for p in path.parent.iterdir()) == [".last.ckpt.tmp-999999", "last.ckpt"]
+    # the next save clears what the killed one left
+    io.save_checkpoint({"epoch": 3, "w": torch.zeros(3)}, path)
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
-def test_torn_checkpoint_is_refused_before_resuming(compose_cfg, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_torn_checkpoint_is_refused_before_resuming(
+    compose_cfg, tiny_dataset: Path, tmp_path: Path
+) -> None:
     torn = tmp_path / "old" / "checkpoints" / "last.ckpt"
     torn.parent.mkdir(parents=True)
     torn.write_bytes(b"PK\x03\x04 half a checkpoint")
@@ -135,7 +153,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(LungSegModule, "training_step", poisoned)
     cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=3")
-    expected = r"epoch 1, step \d+: the training loss was nan for 1 step\(s\) in a row.*last.ckpt.*optimizer\.lr"
+    expected = (
+        r"epoch 1, step \d+: the training loss was nan for 1 step\(s\) in a row"
+        r".*last.ckpt.*optimizer\.lr"
+    )
     with pytest.raises(TrainingDivergedError, match=expected):
         train(cfg)
     good = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -148,12 +169,14 @@ def test_non_finite_batchnorm_statistics_never_reach_a_checkpoint(
     step = LungSegModule.training_step
 
     def poisoned(self: LungSegModule, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.current_epoch >= 1:  # the loss stays finite; only a BatchNorm statistic blows up (lr=1e9 does this)
+        # the loss stays finite; only a BatchNorm statistic blows up (lr=1e9 does this)
+        if self.current_epoch >= 1:
             self.net.encoders[0][2].running_var.fill_(float("inf"))
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(LungSegModule, "training_step", poisoned)
-    monkeypatch.setattr("lungseg.training.callbacks.PreciseBatchNorm.recompute", lambda *a: None)  # keep the poison
+    # keep the poison
+    monkeypatch.setattr("lungseg.training.callbacks.PreciseBatchNorm.recompute", lambda *a: None)
     cfg = compose_cfg(f"data.root={tiny_dataset}", *TINY, "trainer.max_epochs=3")
     with pytest.raises(TrainingDivergedError, match=r"epoch 1.*encoders\.0\.2\.running_var"):
         train(cfg)
@@ -169,7 +192,9 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.precision
-def test_seed_and_deterministic_give_identical_runs(compose_cfg, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_seed_and_deterministic_give_identical_runs(
+    compose_cfg, tiny_dataset: Path, tmp_path: Path
+) -> None:
     runs = []
     for name in ("a", "b"):
         cfg = compose_cfg(
@@ -187,7 +212,8 @@ def test_seed_and_deterministic_give_identical_runs(compose_cfg, tiny_dataset: P
 
 
 class AugmentationRecorder(L.Callback):
-    """Records a fingerprint of every training image as the model receives it, by dataset index and epoch."""
+    """Records a fingerprint of every training image as the model receives it, by dataset index and
+    epoch."""
 
     seen: dict[tuple[int, int], float] = {}
 
@@ -204,7 +230,8 @@ class AugmentationRecorder(L.Callback):
 def test_epochs_get_fresh_augmentations_and_seeds_repeat_them(
     compose_cfg, tiny_dataset: Path, tmp_path: Path, workers: int
 ) -> None:
-    recorder = importlib.import_module("tests.test_faults").AugmentationRecorder  # the class _target_ builds
+    # the class _target_ builds
+    recorder = importlib.import_module("tests.test_faults").AugmentationRecorder
     records = []
     for name in ("a", "b"):
         recorder.seen = {}

@@ -1,4 +1,5 @@
-"""Film artefacts as training transforms (CollimatorShutters, BurntInText) and augment=robust, measured on pixels."""
+"""Film artefacts as training transforms (CollimatorShutters, BurntInText) and augment=robust,
+measured on pixels."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_shutters_darken_whole_edges_and_take_the_lung_under_them_out_of_the_mas
         }
         assert any(shuttered.values())
         sides_seen |= {s for s, on in shuttered.items() if on}
-        assert out["image"][dark].max() <= 30 and len(np.unique(out["image"][dark])) == 1  # one shutter grey
+        # one shutter grey
+        assert out["image"][dark].max() <= 30 and len(np.unique(out["image"][dark])) == 1
         # the mask loses exactly the lung under the shutters, nothing else
         np.testing.assert_array_equal(out["mask"], np.where(dark, 0, mask))
         if shuttered["top"]:
@@ -60,7 +62,8 @@ def test_burnt_in_text_is_bright_strokes_on_the_image_only() -> None:
     first, second = (BurntInText(lines=(2, 4), height=(0.04, 0.08), p=1.0) for _ in range(2))
     first.set_random_seed(7)
     second.set_random_seed(7)
-    np.testing.assert_array_equal(first(image=image)["image"], second(image=image)["image"])  # seeded
+    # seeded
+    np.testing.assert_array_equal(first(image=image)["image"], second(image=image)["image"])
 
 
 def test_bad_ranges_are_refused_naming_the_setting() -> None:
@@ -72,13 +75,19 @@ def test_bad_ranges_are_refused_naming_the_setting() -> None:
 
 @requires_cxr
 def test_robust_augmentation_covers_the_shifts_it_targets(compose_cfg) -> None:
-    """augment=robust: zoom-out to 0.8 with black fill, gamma 0.5-2.2 on about 40 % of images; the mask stays binary
-    and follows the geometry."""
+    """augment=robust: zoom-out to 0.8 with black fill, gamma 0.5-2.2 on about 40 % of images; the
+    mask stays binary and follows the geometry."""
     split = CXR / "ChestXray" / "train"
-    image, mask = load_pair(split / "image" / "cxrimage_0.png", split / "mask" / "cxrmask_0.jpeg", SIZE)
-    transform = instantiate(compose_cfg("+experiment=cxr_small", "augment=robust").data.train_transform)
+    image, mask = load_pair(
+        split / "image" / "cxrimage_0.png", split / "mask" / "cxrmask_0.jpeg", SIZE
+    )
+    transform = instantiate(
+        compose_cfg("+experiment=cxr_small", "augment=robust").data.train_transform
+    )
     names = [type(t).__name__ for t in transform.transforms]
-    assert {"RandomGamma", "CollimatorShutters", "BurntInText", "Affine", "GaussNoise"} <= set(names)
+    assert {"RandomGamma", "CollimatorShutters", "BurntInText", "Affine", "GaussNoise"} <= set(
+        names
+    )
     affine, gamma = (transform.transforms[names.index(n)] for n in ("Affine", "RandomGamma"))
     affine.set_random_seed(4)
     flat = np.full((SIZE, SIZE), 100, np.uint8)
@@ -86,13 +95,16 @@ def test_robust_augmentation_covers_the_shifts_it_targets(compose_cfg) -> None:
     for _ in range(200):
         out = affine(image=flat, mask=np.ones_like(mask))
         areas.append(out["mask"].mean())
-        outside = cv2.erode((out["mask"] == 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # past the edge
+        # past the edge
+        outside = cv2.erode((out["mask"] == 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         assert out["image"][outside].max(initial=0) == 0  # black outside the moved film
         assert set(np.unique(out["mask"])) <= {0, 1}
     assert 0.6 < min(areas) < 0.7  # zoom 0.8 per axis: about 0.64 of the area
     gamma.set_random_seed(5)
     mid = np.full((SIZE, SIZE), 128, np.uint8)
-    gammas = [np.log(gamma(image=mid)["image"].mean() / 255) / np.log(128 / 255) for _ in range(300)]
+    gammas = [
+        np.log(gamma(image=mid)["image"].mean() / 255) / np.log(128 / 255) for _ in range(300)
+    ]
     applied = [g for g in gammas if abs(g - 1) > 1e-3]
     assert 0.3 < len(applied) / len(gammas) < 0.5
     assert 0.49 <= min(applied) < 0.6 and 2.0 < max(applied) <= 2.21

@@ -1,5 +1,6 @@
-"""GPU-only checks (``pytest -m gpu``; skipped without CUDA; scripts/gpu-check.sh runs them): mixed precision,
-channels_last and compile on the GPU, and the GPU's predictions agreeing with the CPU's."""
+"""GPU-only checks (``pytest -m gpu``; skipped without CUDA; scripts/gpu-check.sh runs them): mixed
+precision, channels_last and compile on the GPU, and the GPU's predictions agreeing with the CPU's.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +15,28 @@ from lungseg.runtime import has_native_bf16, native_precision
 from lungseg.train import train
 from tests.helpers import TINY
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
 
 
 def test_native_precision_never_picks_emulated_bf16() -> None:
     major, _ = torch.cuda.get_device_capability()
-    assert has_native_bf16("cuda") == (major >= 8)  # Ampere and newer; V100 (7.0) and T4 (7.5) get 16-mixed
+    # Ampere and newer; V100 (7.0) and T4 (7.5) get 16-mixed
+    assert has_native_bf16("cuda") == (major >= 8)
     assert native_precision("cuda") == ("bf16-mixed" if major >= 8 else "16-mixed")
 
 
 def test_gpu_training_with_mixed_precision_and_compile(compose_cfg, tiny_dataset: Path) -> None:
     cpu_free = [o for o in TINY if o != "trainer.accelerator=cpu"]
     cfg = compose_cfg(
-        f"data.root={tiny_dataset}", *cpu_free, "trainer=gpu", "trainer.max_epochs=2", "module.compile=true", "~logger"
+        f"data.root={tiny_dataset}",
+        *cpu_free,
+        "trainer=gpu",
+        "trainer.max_epochs=2",
+        "module.compile=true",
+        "~logger",
     )
     metrics = train(cfg)
     assert cfg.trainer.precision == native_precision("cuda")

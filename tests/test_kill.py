@@ -1,5 +1,5 @@
-"""A real SIGKILL in the middle of writing: no partial file ever stands under a final name, and a rerun refuses
-clearly or completes, keeping what was complete."""
+"""A real SIGKILL in the middle of writing: no partial file ever stands under a final name, and a
+rerun refuses clearly or completes, keeping what was complete."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
     """SIGKILL ``proc`` as soon as ``ready()`` is true (it must still be running then)."""
     deadline = time.time() + timeout
     while not ready():
-        assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read()[-2000:]
+        assert proc.poll() is None, (
+            "finished before it could be killed: " + proc.stderr.read()[-2000:]
+        )
         assert time.time() < deadline, "never reached the point to kill it"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -37,7 +39,9 @@ def _complete_pngs(folder: Path) -> list[Path]:
     return files
 
 
-def test_predict_killed_midway_leaves_only_whole_files_and_a_rerun_finishes(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_predict_killed_midway_leaves_only_whole_files_and_a_rerun_finishes(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     write_split(data, "test", list(range(300)), size=160, seed=4)
     images, out = data / "ChestXray" / "test" / "image", tmp_path / "out"
@@ -53,20 +57,34 @@ def test_predict_killed_midway_leaves_only_whole_files_and_a_rerun_finishes(tiny
         "save_probabilities=true",
         "threads=1",
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _kill_when(proc, lambda: len(list((out / "masks").glob("*.png"))) >= 20 if (out / "masks").is_dir() else False)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    _kill_when(
+        proc,
+        lambda: (
+            len(list((out / "masks").glob("*.png"))) >= 20 if (out / "masks").is_dir() else False
+        ),
+    )
     assert proc.returncode == -signal.SIGKILL
     written = _complete_pngs(out)
     assert 20 <= len([p for p in written if p.parent.name == "masks"]) < 300
     assert not (out / "predictions.csv").exists()  # the CSV appears whole at the end, or not at all
 
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 2 and "already exist" in rerun.stderr and "overwrite=true" in rerun.stderr
-    again = subprocess.run([*cmd, "overwrite=true"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert (
+        rerun.returncode == 2
+        and "already exist" in rerun.stderr
+        and "overwrite=true" in rerun.stderr
+    )
+    again = subprocess.run(
+        [*cmd, "overwrite=true"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert len((out / "predictions.csv").read_text().splitlines()) == 301
     assert len([p for p in _complete_pngs(out) if p.parent.name == "masks"]) == 300
-    assert [p.name for p in out.rglob(".*") if ".tmp-" in p.name] == []  # the killed run's temp files are gone
+    # the killed run's temp files are gone
+    assert [p.name for p in out.rglob(".*") if ".tmp-" in p.name] == []
 
 
 def test_evaluate_killed_midway_keeps_the_earlier_report(tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -94,11 +112,20 @@ def test_evaluate_killed_midway_keeps_the_earlier_report(tiny_ckpt: Path, tmp_pa
     )
     _kill_when(proc, lambda: any(tmp_path.glob(".report.tmp-*")))
     assert (out / "metrics.json").read_bytes() == before  # the finished report is untouched
-    assert list(tmp_path.glob(".report.tmp-*"))  # the killed run's half-built report stayed out of the way
-    refused = subprocess.run([*base, "threshold=0.3"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # the killed run's half-built report stayed out of the way
+    assert list(tmp_path.glob(".report.tmp-*"))
+    refused = subprocess.run(
+        [*base, "threshold=0.3"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert refused.returncode == 2 and f"output_dir={out}: already exists" in refused.stderr
     rerun = subprocess.run(
-        [*base, "threshold=0.3", "overwrite=true"], cwd=ROOT, capture_output=True, text=True, timeout=900
+        [*base, "threshold=0.3", "overwrite=true"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert (out / "metrics.json").read_bytes() != before and not list(tmp_path.glob(".report.tmp-*"))
+    assert (out / "metrics.json").read_bytes() != before and not list(
+        tmp_path.glob(".report.tmp-*")
+    )

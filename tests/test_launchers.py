@@ -1,5 +1,5 @@
-"""Launchers that run: a real 2-job multirun through submitit's local executor, two processes adding trials to one
-Optuna study in SQLite, and the SLURM launcher's composed parameters."""
+"""Launchers that run: a real 2-job multirun through submitit's local executor, two processes adding
+trials to one Optuna study in SQLite, and the SLURM launcher's composed parameters."""
 
 from __future__ import annotations
 
@@ -49,16 +49,22 @@ def test_submitit_local_runs_both_jobs_of_a_multirun(tiny_dataset: Path, tmp_pat
     assert len(results) == 2
     records = [json.loads(p.read_text()) for p in results]
     assert [r["status"] for r in records] == ["finished", "finished"]
-    assert sorted(o for r in records for o in r["overrides"] if o.startswith("seed=")) == ["seed=1", "seed=2"]
-    assert len({r["pid"] for r in records}) == 2  # each job in its own process, as submitit launches them
-    assert list(sweep.glob(".submitit/*/*_result.pkl"))  # submitit's own bookkeeping: it really ran them
+    assert sorted(o for r in records for o in r["overrides"] if o.startswith("seed=")) == [
+        "seed=1",
+        "seed=2",
+    ]
+    # each job in its own process, as submitit launches them
+    assert len({r["pid"] for r in records}) == 2
+    # submitit's own bookkeeping: it really ran them
+    assert list(sweep.glob(".submitit/*/*_result.pkl"))
 
 
 def test_two_processes_add_trials_to_one_optuna_study(tiny_dataset: Path, tmp_path: Path) -> None:
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    # Create the study (and SQLite's tables) once before the workers start, as the README says: optuna 2.x's
+    # Create the study (and SQLite's tables) once before the workers start, as the README says:
+    # optuna 2.x's
     # schema creation races when two processes create it at the same moment.
     optuna.create_study(study_name="shared", storage=storage, direction="maximize")
     cmd = [
@@ -87,8 +93,11 @@ def test_two_processes_add_trials_to_one_optuna_study(tiny_dataset: Path, tmp_pa
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="shared", storage=storage)
-    assert len(study.trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert all(0 <= t.value <= 1 for t in study.trials)  # each trial returned its run's best val Dice
+    assert len(study.trials) == 2 and all(
+        t.state == optuna.trial.TrialState.COMPLETE for t in study.trials
+    )
+    # each trial returned its run's best val Dice
+    assert all(0 <= t.value <= 1 for t in study.trials)
 
 
 def test_slurm_launcher_composes_one_task_per_gpu() -> None:
@@ -105,6 +114,10 @@ def test_slurm_launcher_composes_one_task_per_gpu() -> None:
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (
+        launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
-    assert launcher.partition == "gpu" and launcher.timeout_min == 720 and launcher.cpus_per_task == 8
+    assert (
+        launcher.partition == "gpu" and launcher.timeout_min == 720 and launcher.cpus_per_task == 8
+    )

@@ -38,7 +38,8 @@ def test_bce_dice_combines_its_parts() -> None:
 
 
 def _by_hand(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> float:
-    """Mean BCE over pixels + dice_weight * (1 - (2 sum(p t) + 1) / (sum p + sum t + 1)) averaged over images."""
+    """Mean BCE over pixels + dice_weight * (1 - (2 sum(p t) + 1) / (sum p + sum t + 1)) averaged
+    over images."""
     p = torch.sigmoid(logits.double()).flatten(1)
     t = target.double().flatten(1)
     bce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()
@@ -48,26 +49,34 @@ def _by_hand(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.
 
 def test_loss_bce_dice_in_the_config_builds_a_module_that_uses_it(compose_cfg) -> None:
     # p = sigmoid(ln 3, 0, -ln 3, 0) = (3/4, 1/2, 1/4, 1/2) on truth (1, 1, 0, 0):
-    # BCE = (2 ln(4/3) + 2 ln 2) / 4 = ln(8/3) / 2; soft Dice (smooth 1) = (2 * 5/4 + 1) / (2 + 2 + 1) = 0.7.
+    # BCE = (2 ln(4/3) + 2 ln 2) / 4 = ln(8/3) / 2; soft Dice (smooth 1) = (2 * 5/4 + 1) / (2 + 2 +
+    # 1) = 0.7.
     logits = torch.tensor([[[[math.log(3), 0.0], [-math.log(3), 0.0]]]])
     target = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
     bce = math.log(8 / 3) / 2
-    assert instantiate(compose_cfg(*TINY).module).loss_fn(logits, target).item() == pytest.approx(bce)
+    assert instantiate(compose_cfg(*TINY).module).loss_fn(logits, target).item() == pytest.approx(
+        bce
+    )
     module = instantiate(compose_cfg(*TINY, "loss=bce_dice").module)
     assert module.loss_fn(logits, target).item() == pytest.approx(bce + 0.3)
     half = instantiate(compose_cfg(*TINY, "loss=bce_dice", "loss.dice_weight=0.5").module)
     assert half.loss_fn(logits, target).item() == pytest.approx(bce + 0.15)
 
-    # ... and the training step computes it on the network's logits (eval mode: no noise or dropout to draw).
+    # ... and the training step computes it on the network's logits (eval mode: no noise or dropout
+    # to draw).
     module = instantiate(compose_cfg(*TINY, "loss=bce_dice", "module.kernel_l2=0").module).eval()
     g = torch.Generator().manual_seed(0)
-    images, masks = torch.rand(3, 1, 16, 16, generator=g), (torch.rand(3, 1, 16, 16, generator=g) > 0.6).float()
+    images, masks = (
+        torch.rand(3, 1, 16, 16, generator=g),
+        (torch.rand(3, 1, 16, 16, generator=g) > 0.6).float(),
+    )
     batch = {"image": images, "mask": masks}
     with torch.no_grad():
         logits = module(batch["image"])
         objective = module.training_step(batch, 0).item()
     assert objective == pytest.approx(_by_hand(logits, batch["mask"]), rel=1e-5)
-    assert objective - F.binary_cross_entropy_with_logits(logits, batch["mask"]).item() > 0.1  # the Dice term
+    # the Dice term
+    assert objective - F.binary_cross_entropy_with_logits(logits, batch["mask"]).item() > 0.1
 
 
 def _lr_by_epoch(run: Path) -> list[float]:
@@ -79,8 +88,10 @@ def _lr_by_epoch(run: Path) -> list[float]:
 def test_scheduler_cosine_anneals_the_lr_once_per_epoch_over_max_epochs(
     compose_cfg, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    # CosineAnnealingLR(T_max = max_epochs, eta_min = 1e-6), stepped at each epoch's end: epoch e trains at
-    # eta_min + (lr - eta_min) * (1 + cos(pi * e / T_max)) / 2. (With loss=bce_dice: the two knobs train together.)
+    # CosineAnnealingLR(T_max = max_epochs, eta_min = 1e-6), stepped at each epoch's end: epoch e
+    # trains at
+    # eta_min + (lr - eta_min) * (1 + cos(pi * e / T_max)) / 2. (With loss=bce_dice: the two knobs
+    # train together.)
     lr, epochs, eta_min = 1e-2, 4, 1e-6
     cfg = compose_cfg(
         f"data.root={tiny_dataset}",
@@ -95,5 +106,7 @@ def test_scheduler_cosine_anneals_the_lr_once_per_epoch_over_max_epochs(
     )
     assert cfg.scheduler.T_max == epochs
     train(cfg)
-    expected = [eta_min + (lr - eta_min) * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
+    expected = [
+        eta_min + (lr - eta_min) * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)
+    ]
     assert _lr_by_epoch(tmp_path / "run") == pytest.approx(expected, rel=1e-6)

@@ -1,7 +1,7 @@
-"""Offline model install (lungseg.artifacts.pretrained, the lungseg-model command): a pretrained folder's
-card records its weights' SHA-256; install copies a folder or zip into the store, checked, and
-LungSegmenter.from_pretrained finds it by name with no network; a tampered file is refused in one
-line."""
+"""Offline model install (lungseg.artifacts.pretrained, the lungseg-model command): a pretrained
+folder's card records its weights' SHA-256; install copies a folder or zip into the store, checked,
+and LungSegmenter.from_pretrained finds it by name with no network; a tampered file is refused in
+one line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ import pytest
 from lungseg.artifacts.checkpoint import load_checkpoint
 from lungseg.artifacts.model_card import recorded_weights_sha256
 from lungseg.artifacts.pretrained import install, load_pretrained, save_pretrained
-from lungseg.artifacts.store import file_sha256, installed, installed_model, store_dir, verify, verify_folder
+from lungseg.artifacts.store import (
+    file_sha256,
+    installed,
+    installed_model,
+    store_dir,
+    verify,
+    verify_folder,
+)
 from lungseg.errors import EXIT_USER_ERROR, CheckpointError, LungsegError
 from lungseg.inference.segmenter import LungSegmenter
 from lungseg.model_store import main
@@ -61,7 +68,9 @@ def test_install_then_load_by_name_offline(
     )
     files = sorted(p.name for p in (home / "models" / "cxr-tiny").iterdir())
     assert files == ["README.md", "config.json", "model.safetensors"]
-    assert [p.name for p in (home / "models").iterdir() if p.name.startswith(".")] == [".cxr-tiny.lock"]  # no staging
+    assert [p.name for p in (home / "models").iterdir() if p.name.startswith(".")] == [
+        ".cxr-tiny.lock"
+    ]  # no staging
     seg = LungSegmenter.from_pretrained("cxr-tiny", "cpu", precision="32")
     original = LungSegmenter.from_checkpoint(tiny_ckpt, "cpu", precision="32")
     image = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
@@ -82,7 +91,9 @@ def test_install_then_load_by_name_offline(
     assert installed_model("someone/hub-model") is None and installed_model("absent") is None
 
 
-def test_a_tampered_file_is_refused_in_one_line(home: Path, exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_tampered_file_is_refused_in_one_line(
+    home: Path, exported: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     install(exported, name="good")
     tampered = exported.parent / "tampered"
     tampered.mkdir()
@@ -110,7 +121,9 @@ def test_a_tampered_file_is_refused_in_one_line(home: Path, exported: Path, caps
     assert main(["list"]) == 2 and "good\trefused\t" in capsys.readouterr().out
 
 
-def test_folders_that_cannot_be_checked_or_loaded_are_not_installed(home: Path, exported: Path, tmp_path: Path) -> None:
+def test_folders_that_cannot_be_checked_or_loaded_are_not_installed(
+    home: Path, exported: Path, tmp_path: Path
+) -> None:
     no_hash = tmp_path / "no-hash"
     no_hash.mkdir()
     for f in exported.iterdir():
@@ -131,4 +144,5 @@ def test_folders_that_cannot_be_checked_or_loaded_are_not_installed(home: Path, 
     with pytest.raises(LungsegError, match="no such folder or zip"):
         install(tmp_path / "absent")
     left = list((home / "models").iterdir()) if (home / "models").exists() else []
-    assert all(p.name.endswith(".lock") for p in left), left  # nothing installed or staged, only lock files
+    # nothing installed or staged, only lock files
+    assert all(p.name.endswith(".lock") for p in left), left

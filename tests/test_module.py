@@ -1,4 +1,5 @@
-"""The LightningModule: Keras' L2 reproduced exactly, metrics, and checkpoints that rebuild the model alone."""
+"""The LightningModule: Keras' L2 reproduced exactly, metrics, and checkpoints that rebuild the
+model alone."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def test_l2_equals_keras_definition_value_and_gradient() -> None:
     n_conv = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in module.net.modules())
     assert len(kernels) == n_conv and all(k.dim() == 4 for k in kernels)
     # Keras: loss += l2 * reduce_sum(square(kernel)) for each regularised kernel.
-    expected = 0.01 * sum(float(np.square(k.detach().numpy().astype(np.float64)).sum()) for k in kernels)
+    expected = 0.01 * sum(
+        float(np.square(k.detach().numpy().astype(np.float64)).sum()) for k in kernels
+    )
     penalty = module.l2_penalty()
     assert penalty.item() == pytest.approx(expected, rel=1e-5)
     penalty.backward()
@@ -82,7 +85,11 @@ def test_binned_auroc_state_equals_torchmetrics() -> None:
 def test_checkpoint_alone_rebuilds_the_model(tmp_path: Path) -> None:
     module = make_module()
     trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.strategy.connect(module)
     path = tmp_path / "m.ckpt"
@@ -94,8 +101,8 @@ def test_checkpoint_alone_rebuilds_the_model(tmp_path: Path) -> None:
 
 
 def test_plateau_schedule_steps_only_on_epochs_that_validate(tiny_dataset: Path) -> None:
-    """With validation every 2nd epoch, ReduceLROnPlateau (which reads val/loss) steps on those epochs only,
-    instead of failing on the epochs without a val/loss."""
+    """With validation every 2nd epoch, ReduceLROnPlateau (which reads val/loss) steps on those
+    epochs only, instead of failing on the epochs without a val/loss."""
     plateau = {
         "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
         "_partial_": True,
@@ -126,12 +133,23 @@ def test_deep_supervision_objective_is_the_weighted_mean_of_head_losses() -> Non
     logits, aux = module.net.forward_with_aux(batch["image"])
     assert [a.shape[-1] for a in aux] == [4, 8]  # 1/4 and 1/2 of the input, deepest first
     bce = nn.functional.binary_cross_entropy_with_logits
-    up = [nn.functional.interpolate(a, size=(16, 16), mode="bilinear", align_corners=False) for a in aux]
-    by_hand = (bce(logits, batch["mask"]) + 0.25 * bce(up[0], batch["mask"]) + 0.5 * bce(up[1], batch["mask"])) / 1.75
+    up = [
+        nn.functional.interpolate(a, size=(16, 16), mode="bilinear", align_corners=False)
+        for a in aux
+    ]
+    by_hand = (
+        bce(logits, batch["mask"])
+        + 0.25 * bce(up[0], batch["mask"])
+        + 0.5 * bce(up[1], batch["mask"])
+    ) / 1.75
     assert objective.item() == pytest.approx(by_hand.item(), rel=1e-5)
     objective.backward()  # the aux heads are trained
-    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in module.net.aux_heads)
+    assert all(
+        h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in module.net.aux_heads
+    )
     # eval forward ignores the aux heads: the main logits alone, as without deep supervision
     module.eval()
-    torch.testing.assert_close(module(batch["image"]), module.net.forward_with_aux(batch["image"])[0])
+    torch.testing.assert_close(
+        module(batch["image"]), module.net.forward_with_aux(batch["image"])[0]
+    )
     assert not LungSegModule(net=NET, optimizer=OPT, loss=LOSS).net.deep_supervision

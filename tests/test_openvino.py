@@ -68,7 +68,9 @@ def test_openvino_matches_pytorch_fp32_and_the_ir_carries_the_description(
         LungSegmenter.load(xml, backend="tensorrt")
 
 
-def test_predict_with_openvino_never_imports_torch(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_predict_with_openvino_never_imports_torch(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     xml, onnx_file = tmp_path / "lung.xml", tmp_path / "lung.onnx"
     export(export_cfg(compose_cfg, tiny_ckpt, "format=openvino", f"output={xml}", "verify=false"))
     export(export_cfg(compose_cfg, tiny_ckpt, f"output={onnx_file}", "verify=false"))
@@ -76,7 +78,10 @@ def test_predict_with_openvino_never_imports_torch(compose_cfg, tiny_ckpt: Path,
     write_split(data, "test", [1, 2, 3], size=72, seed=3)
     images = data / "ChestXray" / "test" / "image"
     oracle = LungSegmenter.load(tiny_ckpt, precision="32")
-    for name, settings in (("onnx", [f"model_path={onnx_file}", "backend=openvino"]), ("xml", [f"model_path={xml}"])):
+    for name, settings in (
+        ("onnx", [f"model_path={onnx_file}", "backend=openvino"]),
+        ("xml", [f"model_path={xml}"]),
+    ):
         out = tmp_path / name
         proc = subprocess.run(
             [
@@ -104,7 +109,9 @@ def test_predict_with_openvino_never_imports_torch(compose_cfg, tiny_ckpt: Path,
             assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (name, film)
 
 
-def test_int8_export_refuses_an_impossible_bound_in_one_line(tiny_ckpt: Path, phantoms: Path, tmp_path: Path) -> None:
+def test_int8_export_refuses_an_impossible_bound_in_one_line(
+    tiny_ckpt: Path, phantoms: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "int8.xml"
     proc = subprocess.run(
         [
@@ -243,7 +250,9 @@ def test_a_missing_openvino_package_is_one_line_naming_the_extra(
     assert isinstance(auto.backend, OnnxBackend)  # the one backend left
 
 
-def test_bench_backends_mode_times_every_backend_side_by_side(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_bench_backends_mode_times_every_backend_side_by_side(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [

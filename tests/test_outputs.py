@@ -1,5 +1,6 @@
-"""One output, one writer, and every output whole: the lock that refuses a second writer, temp files of dead writers
-cleaned (a live writer's kept), report folders replaced whole, and a full disk as one line with nothing partial."""
+"""One output, one writer, and every output whole: the lock that refuses a second writer, temp files
+of dead writers cleaned (a live writer's kept), report folders replaced whole, and a full disk as
+one line with nothing partial."""
 
 from __future__ import annotations
 
@@ -105,14 +106,17 @@ def test_a_second_writer_of_an_output_is_refused_with_one_line(
             export,
             tmp_path / "m.onnx",
             "output",
-            compose_cfg(f"ckpt_path={tiny_ckpt}", f"output={tmp_path / 'm.onnx'}", config_name="export"),
+            compose_cfg(
+                f"ckpt_path={tiny_ckpt}", f"output={tmp_path / 'm.onnx'}", config_name="export"
+            ),
         ),
     }
     for name, (entry, target, setting, cfg) in targets.items():
         with held_by_another_process(target):
             line = one_error(capsys, entry, cfg)
         assert (
-            line == f"error: {setting}={target}: another lungseg process is writing there now; wait for it to "
+            line == f"error: {setting}={target}: another lungseg process is writing there now; "
+            "wait for it to "
             "finish or choose another output"
         ), (name, line)
         assert not target.exists(), name  # nothing written by the refused run
@@ -126,7 +130,9 @@ def test_a_second_training_in_one_run_folder_is_refused(
     run = tmp_path / "run"  # compose_cfg's run folder
     cfg = compose_cfg(f"data.root={tiny_dataset}", *QUICK)
     with held_by_another_process(run, inside=True):
-        with pytest.raises(LungsegError, match=f"hydra.run.dir={run}: another lungseg process is writing there"):
+        with pytest.raises(
+            LungsegError, match=f"hydra.run.dir={run}: another lungseg process is writing there"
+        ):
             train_main(cfg)
     assert not (run / "checkpoints").exists() and not (run / "result.json").exists()
     train_main(cfg)
@@ -144,7 +150,8 @@ def test_temp_files_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_path
             path.write_text("half")
         write_text(target, "whole\n")
         assert target.read_text() == "whole\n"
-        assert mine_live.exists() and not mine_dead.exists()  # a live writer's file is never pulled from under it
+        # a live writer's file is never pulled from under it
+        assert mine_live.exists() and not mine_dead.exists()
         assert other.exists()  # another output's temp file is that output's writer's business
     finally:
         live.kill()
@@ -152,13 +159,19 @@ def test_temp_files_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_path
     assert remove_stale(target) == [mine_live] and not mine_live.exists()  # once it is dead
 
 
-def test_a_killed_export_leaves_nothing_the_next_one_keeps(compose_cfg, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_a_killed_export_leaves_nothing_the_next_one_keeps(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "m.onnx"
     leftover = tmp_path / f".m.onnx.tmp-{dead_pid()}"
     leftover.mkdir()
     (leftover / "m.onnx").write_bytes(b"")  # an export killed mid-write
     export(compose_cfg(f"ckpt_path={tiny_ckpt}", f"output={out}", config_name="export"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.onnx.lock", "m.onnx", "m.onnx.README.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".m.onnx.lock",
+        "m.onnx",
+        "m.onnx.README.md",
+    ]
 
 
 KILLED_WRITER = """
@@ -172,7 +185,9 @@ with atomic_dir(sys.argv[1]) as staged:
 """
 
 
-def test_a_report_folder_is_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_report_folder_is_replaced_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "report"
     out.mkdir()
     for name in ("per_image.csv", "robustness.png"):
@@ -189,15 +204,20 @@ def test_a_report_folder_is_replaced_whole_or_not_at_all(tmp_path: Path, monkeyp
     }
     with atomic_dir(out) as staged:  # the next writer clears the killed one's half-built folder
         (staged / "per_image.csv").write_text("new")
-    assert [p.name for p in out.iterdir()] == ["per_image.csv"] and (out / "per_image.csv").read_text() == "new"
+    assert [p.name for p in out.iterdir()] == ["per_image.csv"] and (
+        out / "per_image.csv"
+    ).read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
 
-    # where the system cannot swap two folders in one step, the earlier one is moved aside first; a kill between
+    # where the system cannot swap two folders in one step, the earlier one is moved aside first; a
+    # kill between
     # the two renames leaves it aside, and the next writer puts it back before anything else
     monkeypatch.setattr("lungseg.atomic._exchange", lambda a, b: False)
     with atomic_dir(out) as staged:
         (staged / "per_image.csv").write_text("newer")
-    assert (out / "per_image.csv").read_text() == "newer" and [p.name for p in tmp_path.iterdir()] == ["report"]
+    assert (out / "per_image.csv").read_text() == "newer" and [
+        p.name for p in tmp_path.iterdir()
+    ] == ["report"]
     aside = tmp_path / f".report.old-{dead_pid()}"
     out.rename(aside)
     restore_dir(out)
@@ -209,14 +229,19 @@ def test_robustness_replaces_an_earlier_report_only_with_a_whole_one(
 ) -> None:
     data, out = tmp_path / "data", tmp_path / "robust"
     write_split(data, "test", [1, 2], size=48)
-    cfg = compose_cfg(f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={out}", config_name="robustness")
+    cfg = compose_cfg(
+        f"ckpt_path={tiny_ckpt}", f"data.root={data}", f"output_dir={out}", config_name="robustness"
+    )
     robustness(cfg)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(before) == ["per_image.csv", "robustness.json", "robustness.md", "robustness.png"]
-    with pytest.raises(LungsegError, match=f"output_dir={out}: already exists; pass overwrite=true"):
+    with pytest.raises(
+        LungsegError, match=f"output_dir={out}: already exists; pass overwrite=true"
+    ):
         robustness(cfg)
 
-    def broken(*args: object, **kwargs: object) -> None:  # dies after per_image.csv and the tables are written
+    # dies after per_image.csv and the tables are written
+    def broken(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EIO, "device error")
 
     monkeypatch.setattr("lungseg.evaluation.figures.save_figures", broken)
@@ -239,13 +264,16 @@ def test_robustness_replaces_an_earlier_report_only_with_a_whole_one(
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A folder on a small tmpfs with 8 KiB left (needs root and a kernel that lets it mount; skipped otherwise)."""
+    """A folder on a small tmpfs with 8 KiB left (needs root and a kernel that lets it mount;
+    skipped otherwise)."""
     if os.geteuid() != 0:
         pytest.skip("a full disk is simulated with a tmpfs mount, which needs root")
     mount = tmp_path / "full"
     mount.mkdir()
     proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
@@ -273,7 +301,10 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_output(
         "export": (
             export,
             compose_cfg(
-                f"ckpt_path={tiny_ckpt}", f"output={full_disk / 'm.pt2'}", "format=torch_export", config_name="export"
+                f"ckpt_path={tiny_ckpt}",
+                f"output={full_disk / 'm.pt2'}",
+                "format=torch_export",
+                config_name="export",
             ),
         ),
         "train": (
@@ -289,9 +320,12 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_output(
     }
     for name, (entry, cfg) in cases.items():
         line = one_error(capsys, entry, cfg)
-        assert "No space left on device; free space on that disk or choose another output" in line, (name, line)
+        assert (
+            "No space left on device; free space on that disk or choose another output" in line
+        ), (name, line)
         assert str(full_disk) in line, (name, line)
-    for fmt in ("torch_export", "onnx"):  # as a user runs it: one line, exit 2, and no abort at exit
+    # as a user runs it: one line, exit 2, and no abort at exit
+    for fmt in ("torch_export", "onnx"):
         proc = subprocess.run(
             [
                 sys.executable,
@@ -308,7 +342,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_output(
         )
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1, (fmt, proc.returncode, proc.stderr[-3000:])
-        assert lines[0].startswith(f"error: {full_disk}") and "No space left on device" in lines[0], lines
+        assert (
+            lines[0].startswith(f"error: {full_disk}") and "No space left on device" in lines[0]
+        ), lines
     left = [p for p in full_disk.rglob("*") if p.is_file() and p.name != "filler"]
     assert not [p for p in left if p.suffix in (".ckpt", ".pt2", ".png") or ".tmp-" in p.name], left
     for record in (p for p in left if p.suffix == ".json"):

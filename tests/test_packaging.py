@@ -1,4 +1,5 @@
-"""Packaging: where the configs are, the extras, and the one-line message when a feature's extra is missing."""
+"""Packaging: where the configs are, the extras, and the one-line message when a feature's extra is
+missing."""
 
 from __future__ import annotations
 
@@ -65,12 +66,16 @@ def test_every_console_script_is_a_callable_entry_point() -> None:
 
 def test_onnx_export_without_onnx(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(MissingExtraError, match="^ONNX export " + missing("export").replace("[", r"\[")):
+    with pytest.raises(
+        MissingExtraError, match="^ONNX export " + missing("export").replace("[", r"\[")
+    ):
         export_onnx(ProbabilityModel(nn.Conv2d(1, 1, 1)), tmp_path / "m.onnx", 8)
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_onnx_verification_without_onnxruntime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_onnx_verification_without_onnxruntime(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingExtraError) as err:
         run_exported(tmp_path / "m.onnx", np.zeros((1, 1, 8, 8), np.float32))
@@ -81,7 +86,8 @@ def test_dicom_input_without_pydicom(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "b.dcm").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "pydicom", None)
-    assert [f.key for f in find_inputs(tmp_path / "a.png")] == ["a"]  # no DICOM, no need for pydicom
+    # no DICOM, no need for pydicom
+    assert [f.key for f in find_inputs(tmp_path / "a.png")] == ["a"]
     for call in (lambda: find_inputs(tmp_path), lambda: read_dicom(tmp_path / "b.dcm")):
         with pytest.raises(MissingExtraError) as err:
             call()
@@ -105,15 +111,23 @@ def test_sweep_plugin_missing(monkeypatch: pytest.MonkeyPatch, override: str) ->
     assert str(err.value) == f"{override} {missing(extra)}"
 
 
-def run_blocked(module: str, blocked: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_blocked(
+    module: str, blocked: str, *args: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
     """``python -m module args`` of this checkout with ``blocked`` made unimportable."""
     code = (
-        f"import runpy, sys; sys.modules[{blocked!r}] = None; sys.argv = [{module!r}, *sys.argv[1:]]; "
+        f"import runpy, sys; sys.modules[{blocked!r}] = None; sys.argv = [{module!r}, "
+        "*sys.argv[1:]]; "
         f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -133,7 +147,8 @@ def test_cli_with_a_missing_sweep_plugin_is_one_line_exit_2(tmp_path: Path) -> N
 
 def test_importing_the_entry_points_imports_no_optional_package() -> None:
     code = (
-        "import sys, lungseg.train, lungseg.evaluate, lungseg.predict, lungseg.export, lungseg.bench, "
+        "import sys, lungseg.train, lungseg.evaluate, lungseg.predict, lungseg.export, "
+        "lungseg.bench, "
         "lungseg.data.check, lungseg.data.download, lungseg.sweep_summary; "
         f"print([m for m in {OPTIONAL!r} if m in sys.modules])"
     )

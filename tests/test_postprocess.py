@@ -1,4 +1,5 @@
-"""Post-processing of predicted masks: spurious blobs removed, both lungs kept, holes filled, measures and flags."""
+"""Post-processing of predicted masks: spurious blobs removed, both lungs kept, holes filled,
+measures and flags."""
 
 from __future__ import annotations
 
@@ -50,21 +51,31 @@ def test_fill_holes_matches_scipy_on_random_masks() -> None:
     rng = np.random.default_rng(0)
     for _ in range(5):
         mask = (ndimage.uniform_filter(rng.random((64, 80)), 5) > 0.5).astype(np.uint8)
-        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask).astype(np.uint8))
+        np.testing.assert_array_equal(
+            fill_holes(mask), ndimage.binary_fill_holes(mask).astype(np.uint8)
+        )
 
 
 def test_stats_name_image_sides_and_flag_implausible_masks() -> None:
     lungs = two_lungs()
     final, stats = finish_mask(lungs)
     np.testing.assert_array_equal(final, lungs)
-    assert stats["area_image_left_px"] == int(lungs[:, :80].sum()) > stats["area_image_right_px"] > 0
+    assert (
+        stats["area_image_left_px"] == int(lungs[:, :80].sum()) > stats["area_image_right_px"] > 0
+    )
     assert stats["area_image_left_px"] + stats["area_image_right_px"] == int(lungs.sum())
     assert stats["lung_fraction"] == round(float(lungs.mean()), 5)
-    assert (stats["height"], stats["width"], stats["large_components"], stats["plausibility"]) == (200, 160, 2, "ok")
+    assert (stats["height"], stats["width"], stats["large_components"], stats["plausibility"]) == (
+        200,
+        160,
+        2,
+        "ok",
+    )
 
     assert finish_mask(np.zeros_like(lungs))[1]["plausibility"] == "no_lung"
     three = lungs.copy()
-    three[2:30, 2:30] = 1  # a third large component (> 1 % of the image), counted before post-processing
+    # a third large component (> 1 % of the image), counted before post-processing
+    three[2:30, 2:30] = 1
     final, stats = finish_mask(three)
     assert large_components(three) == 3 and stats["plausibility"] == "too_many_components"
     assert large_components(final) == 2
@@ -73,6 +84,10 @@ def test_stats_name_image_sides_and_flag_implausible_masks() -> None:
     small = np.zeros_like(lungs)
     small[90:110, 40:60] = 1
     assert (
-        finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.05))[1]["plausibility"] == "lung_fraction_low"
+        finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.05))[1]["plausibility"]
+        == "lung_fraction_low"
     )
-    assert finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.01))[1]["plausibility"] == "ok"
+    assert (
+        finish_mask(small, limits=PlausibilityLimits(min_lung_fraction=0.01))[1]["plausibility"]
+        == "ok"
+    )

@@ -1,4 +1,5 @@
-"""PreciseBatchNorm: BatchNorm statistics recomputed on clean training images before each validation."""
+"""PreciseBatchNorm: BatchNorm statistics recomputed on clean training images before each
+validation."""
 
 from __future__ import annotations
 
@@ -19,11 +20,19 @@ from tests.helpers import LOSS, OPT
 
 def _setup(tiny_dataset: Path) -> tuple[LungSegModule, SimpleNamespace]:
     torch.manual_seed(0)
-    net = {"_target_": "lungseg.models.unet.UNet", "base_filters": 4, "depth": 2, "noise_std": 0.5, "dropout": 0.3}
+    net = {
+        "_target_": "lungseg.models.unet.UNet",
+        "base_filters": 4,
+        "depth": 2,
+        "noise_std": 0.5,
+        "dropout": 0.3,
+    }
     module = LungSegModule(net=net, optimizer=OPT, loss=LOSS)
     dm = LungDataModule(str(tiny_dataset), image_size=32, batch_size=4)
     dm.setup("fit")
-    trainer = SimpleNamespace(datamodule=dm, precision_plugin=SimpleNamespace(forward_context=nullcontext))
+    trainer = SimpleNamespace(
+        datamodule=dm, precision_plugin=SimpleNamespace(forward_context=nullcontext)
+    )
     return module, trainer
 
 
@@ -52,12 +61,16 @@ def test_statistics_are_those_of_clean_images_whatever_came_before(tiny_dataset:
     callback.recompute(trainer, module)
     callback.recompute(trainer, other)
     for a, b in zip(_norms(module), _norms(other), strict=True):  # the past no longer matters
-        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(
+            a.running_var, b.running_var
+        )
     assert all(m.training for m in module.modules())  # modes restored (train here) ...
     assert all(m.momentum == 0.1 for m in _norms(module))  # ... and the momentum
 
-    # The first BatchNorm sees ReLU(conv(image)) of the 8 clean train images in 2 batches of 4: its statistics
-    # are the exact mean over batches of the batch mean and unbiased variance (no noise, no augmentation).
+    # The first BatchNorm sees ReLU(conv(image)) of the 8 clean train images in 2 batches of 4: its
+    # statistics
+    # are the exact mean over batches of the batch mean and unbiased variance (no noise, no
+    # augmentation).
     first = _norms(module)[0]
     seen: list[torch.Tensor] = []
     handle = first.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))

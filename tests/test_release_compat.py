@@ -1,5 +1,6 @@
-"""A checkpoint and a pretrained folder written by lungseg 0.2 (tests/fixtures/release-0.2) still load, predict the
-probabilities 0.2 computed, and the checkpoint resumes: class paths moved since are read under their new names."""
+"""A checkpoint and a pretrained folder written by lungseg 0.2 (tests/fixtures/release-0.2) still
+load, predict the probabilities 0.2 computed, and the checkpoint resumes: class paths moved since
+are read under their new names."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from lungseg import LungSegmenter
 from tests.helpers import TINY, train_run, write_split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.2"
-# fp32 on another CPU rounds differently in the last bits; a mask pixel this close to the threshold may flip
+# fp32 on another CPU rounds differently in the last bits; a mask pixel this close to the threshold
+# may flip
 ROUNDING = 1e-5
 
 
@@ -33,7 +35,8 @@ def test_a_release_0_2_model_predicts_as_it_did(load: str) -> None:
     prob = seg.predict_proba(FIXTURE / "film.png")
     np.testing.assert_allclose(prob, expected(), atol=ROUNDING)
     sure = np.abs(expected() - seg.threshold) > ROUNDING
-    mask = cv2.imread(str(FIXTURE / "film_mask.png"), cv2.IMREAD_GRAYSCALE) > 0  # post-processed, as 0.2 wrote it
+    # post-processed, as 0.2 wrote it
+    mask = cv2.imread(str(FIXTURE / "film_mask.png"), cv2.IMREAD_GRAYSCALE) > 0
     np.testing.assert_array_equal(seg.predict(FIXTURE / "film.png")[sure], mask[sure])
 
 

@@ -1,4 +1,5 @@
-"""Safe resume: ckpt_path= continues only under the config the checkpoint was trained with (max_epochs may grow)."""
+"""Safe resume: ckpt_path= continues only under the config the checkpoint was trained with
+(max_epochs may grow)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ BASE = (
 @pytest.fixture
 def last_ckpt(compose_cfg, tiny_dataset: Path) -> Path:
     train(compose_cfg(f"data.root={tiny_dataset}", *BASE))
-    return Path(compose_cfg(f"data.root={tiny_dataset}", *BASE).paths.output_dir) / "checkpoints" / "last.ckpt"
+    return (
+        Path(compose_cfg(f"data.root={tiny_dataset}", *BASE).paths.output_dir)
+        / "checkpoints"
+        / "last.ckpt"
+    )
 
 
 def test_resume_refuses_a_changed_recipe_with_a_diff_and_allows_more_epochs(
@@ -38,7 +43,8 @@ def test_resume_refuses_a_changed_recipe_with_a_diff_and_allows_more_epochs(
     assert "resume.allow_changes=true" in str(err.value)
     with pytest.raises(LungsegError, match="refused to resume") as err:  # another recipe altogether
         train(compose_cfg(*resume, *BASE, "+experiment=demo"))
-    for key in ("model.dropout", "model.noise_std", "data.synthesize"):  # what demo sets and TINY does not
+    # what demo sets and TINY does not
+    for key in ("model.dropout", "model.noise_std", "data.synthesize"):
         assert f"  {key}: " in str(err.value)
     with pytest.raises(LungsegError, match="augment|train_transform"):
         train(compose_cfg(*resume, *BASE, "augment=strong"))
@@ -46,9 +52,12 @@ def test_resume_refuses_a_changed_recipe_with_a_diff_and_allows_more_epochs(
         train(compose_cfg(*resume, *BASE, "scheduler=cosine"))
 
     metrics = train(compose_cfg(*resume, *BASE, "trainer.max_epochs=2", "data.num_workers=0"))
-    assert metrics["epochs"] == 2  # more epochs and another worker count: the same training, continued
+    # more epochs and another worker count: the same training, continued
+    assert metrics["epochs"] == 2
     metrics = train(
-        compose_cfg(*resume, *BASE, "trainer.max_epochs=3", "optimizer.lr=1e-3", "resume.allow_changes=true")
+        compose_cfg(
+            *resume, *BASE, "trainer.max_epochs=3", "optimizer.lr=1e-3", "resume.allow_changes=true"
+        )
     )
     assert metrics["epochs"] == 3
 

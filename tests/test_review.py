@@ -72,7 +72,13 @@ def predicted_folder(ckpt: Path, root: Path) -> Path:
         image, mask = disc_pair(rng, FILM_PX)
         cv2.imwrite(str(films / ("sub" if i == N_FILMS - 1 else "") / f"film_{i}.png"), image)
         cv2.imwrite(str(truth / f"film_{i}.png"), mask)
-    args = (f"ckpt_path={ckpt}", f"input={films}", f"output={out}", f"truth={truth}", "progress=false")
+    args = (
+        f"ckpt_path={ckpt}",
+        f"input={films}",
+        f"output={out}",
+        f"truth={truth}",
+        "progress=false",
+    )
     predict(compose_in(root, "predict", *args))
     scores = sorted(float(r["quality_score"]) for r in read_rows(out / "predictions.csv"))
     assert len(set(scores)) == N_FILMS, scores  # distinct, so the order is defined by the scores
@@ -128,13 +134,18 @@ def client(folder: Path) -> TestClient:
 
 
 def keys(folder: Path) -> list[str]:
-    return [r["mask"].removeprefix("masks/").removesuffix(".png") for r in read_rows(folder / "predictions.csv")]
+    return [
+        r["mask"].removeprefix("masks/").removesuffix(".png")
+        for r in read_rows(folder / "predictions.csv")
+    ]
 
 
 # --- review.csv ------------------------------------------------------------------------------
 
 
-def test_decisions_rewrite_review_csv_whole_and_are_read_back(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decisions_rewrite_review_csv_whole_and_are_read_back(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     book = ReviewBook(folder)
     films = keys(folder)
     book.decide(films[5], "rejected", "left lung cut short")
@@ -207,7 +218,9 @@ BAD_REVIEWS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REVIEWS))
-def test_a_bad_review_csv_is_one_line_and_left_as_it_is(folder: Path, case: str, capsys: pytest.CaptureFixture) -> None:
+def test_a_bad_review_csv_is_one_line_and_left_as_it_is(
+    folder: Path, case: str, capsys: pytest.CaptureFixture
+) -> None:
     films = keys(folder)
     text, message = BAD_REVIEWS[case]
     (folder / REVIEW_CSV).write_text(text.format(*films))
@@ -227,7 +240,9 @@ def test_a_review_csv_broken_while_the_page_is_open_is_not_overwritten(folder: P
     films = keys(folder)
     with client(folder) as page:
         assert page.post("/api/decision", json={"key": films[0], "decision": "rejected"}).is_success
-        (folder / REVIEW_CSV).write_text(f"film,decision\n{films[0]},rejected\n{films[0]},accepted\n")
+        (folder / REVIEW_CSV).write_text(
+            f"film,decision\n{films[0]},rejected\n{films[0]},accepted\n"
+        )
         before = (folder / REVIEW_CSV).read_bytes()
         answer = page.post("/api/decision", json={"key": films[1], "decision": "accepted"})
         assert answer.status_code == 409 and "listed twice" in answer.json()["error"]
@@ -266,7 +281,9 @@ def add_dicom_columns(folder: Path) -> str:
     """predictions.csv as a DICOM run writes it (status, status_reason, the lungs in mm2): the best
     unflagged film marked status=flagged; returns its key."""
     rows = read_rows(folder / "predictions.csv")
-    best = max((r for r in rows if r["needs_review"] == "False"), key=lambda r: float(r["quality_score"]))
+    best = max(
+        (r for r in rows if r["needs_review"] == "False"), key=lambda r: float(r["quality_score"])
+    )
     for r in rows:
         r.update(
             status="flagged" if r is best else "ok",
@@ -319,21 +336,28 @@ def test_flagged_films_come_first_then_the_lowest_score_page_by_page(folder: Pat
         ) == (5, 1, 0, 1)
 
 
-def test_cards_get_small_thumbnails_made_once_and_the_full_film_only_when_asked(folder: Path) -> None:
+def test_cards_get_small_thumbnails_made_once_and_the_full_film_only_when_asked(
+    folder: Path,
+) -> None:
     key = keys(folder)[-1]  # sub/film_8: a key with a folder in it
     assert "/" in key
     with client(folder) as page:
         film = page.get("/api/picture", params={"key": key})
         mask = page.get("/api/picture", params={"key": key, "layer": "mask"})
         full = page.get("/api/picture", params={"key": key, "size": "full"})
-    assert film.headers["content-type"] == "image/jpeg" and mask.headers["content-type"] == "image/png"
+    assert (
+        film.headers["content-type"] == "image/jpeg" and mask.headers["content-type"] == "image/png"
+    )
     thumb = cv2.imdecode(np.frombuffer(film.content, np.uint8), cv2.IMREAD_UNCHANGED)
     layer = cv2.imdecode(np.frombuffer(mask.content, np.uint8), cv2.IMREAD_UNCHANGED)
     big = cv2.imdecode(np.frombuffer(full.content, np.uint8), cv2.IMREAD_UNCHANGED)
     assert thumb.shape == layer.shape[:2] == (THUMB_PX, THUMB_PX) and big.shape == (FILM_PX,) * 2
     assert len(film.content) < len(full.content)
     written = cv2.imread(str(folder / "masks" / f"{key}.png"), cv2.IMREAD_GRAYSCALE) > 0
-    small = cv2.resize(written.astype(np.uint8), (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_NEAREST) > 0
+    small = (
+        cv2.resize(written.astype(np.uint8), (THUMB_PX, THUMB_PX), interpolation=cv2.INTER_NEAREST)
+        > 0
+    )
     agree = (layer[..., 3] > 0) == small  # the layer is clear outside the mask
     assert agree.mean() > 0.97 and written.any()
     cached = sorted(p.suffix for p in (folder / CACHE_DIR).rglob("*.*"))
@@ -370,8 +394,14 @@ def test_missing_films_are_said_in_one_line_and_fall_back_to_the_overlay(folder:
     copy = own_films(folder)
     (copy / f"{key}.png").unlink()
     with client(folder) as page:
-        card = next(c for c in page.get("/api/films", params={"per_page": 50}).json()["films"] if c["key"] == key)
-        assert card["problems"] == [f"film not found: {copy / key}.png (moved or deleted?); showing its overlay"]
+        card = next(
+            c
+            for c in page.get("/api/films", params={"per_page": 50}).json()["films"]
+            if c["key"] == key
+        )
+        assert card["problems"] == [
+            f"film not found: {copy / key}.png (moved or deleted?); showing its overlay"
+        ]
         shown = page.get("/api/picture", params={"key": key})
         assert shown.status_code == 200
         colour = cv2.imdecode(np.frombuffer(shown.content, np.uint8), cv2.IMREAD_COLOR)
@@ -382,7 +412,9 @@ def test_missing_films_are_said_in_one_line_and_fall_back_to_the_overlay(folder:
         assert gone.status_code == 404 and gone.json()["error"].startswith(
             f"film not found: {copy / key}.png (moved or deleted?), and no overlay"
         )
-        assert "mask not found" in page.get("/api/picture", params={"key": key, "layer": "mask"}).text
+        assert (
+            "mask not found" in page.get("/api/picture", params={"key": key, "layer": "mask"}).text
+        )
 
 
 def test_the_page_answers_this_machine_only(folder: Path) -> None:
@@ -395,10 +427,15 @@ def test_the_page_answers_this_machine_only(folder: Path) -> None:
             assert not re.search(r"https?:|//[a-z]", page.get(f"/static/{name}").text), name
         assert page.get("/", headers={"host": "films.example.com"}).status_code == 400
         elsewhere = page.post(
-            "/api/decision", json={"key": key, "decision": "rejected"}, headers={"origin": "http://evil.example"}
+            "/api/decision",
+            json={"key": key, "decision": "rejected"},
+            headers={"origin": "http://evil.example"},
         )
         assert elsewhere.status_code == 403 and not (folder / REVIEW_CSV).exists()
-        assert page.post("/api/decision", json={"key": "nope", "decision": "rejected"}).status_code == 404
+        assert (
+            page.post("/api/decision", json={"key": "nope", "decision": "rejected"}).status_code
+            == 404
+        )
         assert page.post("/api/decision", json={"key": key, "decision": "maybe"}).status_code == 422
         assert page.get("/api/picture", params={"key": "../../etc/passwd"}).status_code == 404
         assert not (folder / REVIEW_CSV).exists()
@@ -416,7 +453,10 @@ def test_concurrent_posts_to_a_real_server_lose_nothing(folder: Path) -> None:
             assert answer.status == 200
 
     with serving(folder) as url:
-        threads = [threading.Thread(target=post, args=(url, key, f"tab {i}")) for i, key in enumerate(films)]
+        threads = [
+            threading.Thread(target=post, args=(url, key, f"tab {i}"))
+            for i, key in enumerate(films)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -439,9 +479,14 @@ def review_some(folder: Path) -> dict[str, list[str]]:
     return chosen
 
 
-def test_predict_and_evaluate_report_what_the_reviewer_decided(folder: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_predict_and_evaluate_report_what_the_reviewer_decided(
+    folder: Path, tiny_ckpt: Path, tmp_path: Path
+) -> None:
     chosen = review_some(folder)
-    dice = {k: float(r["dice"]) for k, r in zip(keys(folder), read_rows(folder / "predictions.csv"), strict=True)}
+    dice = {
+        k: float(r["dice"])
+        for k, r in zip(keys(folder), read_rows(folder / "predictions.csv"), strict=True)
+    }
     counts = review_counts(folder)
     assert (
         counts["flagged"],
@@ -451,10 +496,14 @@ def test_predict_and_evaluate_report_what_the_reviewer_decided(folder: Path, tin
         counts["others_rejected"],
         counts["stale"],
     ) == (4, 2, 1, 1, 1, 0)
-    assert counts["flagged_accepted_dice_mean"] == pytest.approx(np.mean([dice[k] for k in chosen["accepted"]]))
+    assert counts["flagged_accepted_dice_mean"] == pytest.approx(
+        np.mean([dice[k] for k in chosen["accepted"]])
+    )
     assert counts["flagged_rejected_dice_mean"] == pytest.approx(dice[chosen["rejected"][0]])
     line = describe(counts)
-    assert "4 of 9 films flagged; a reviewer accepted 2 and rejected 1 of them (1 undecided)" in line
+    assert (
+        "4 of 9 films flagged; a reviewer accepted 2 and rejected 1 of them (1 undecided)" in line
+    )
 
     # predict again over the reviewed folder, by another model: the summary counts the
     # decisions, and says they were made on the earlier masks
@@ -480,7 +529,9 @@ def test_predict_and_evaluate_report_what_the_reviewer_decided(folder: Path, tin
     data = tmp_path / "data"
     write_split(data, "test", [1, 2, 3], seed=5)
     out = tmp_path / "eval"
-    unreviewed = shutil.copytree(folder, tmp_path / "unreviewed", ignore=shutil.ignore_patterns(REVIEW_CSV))
+    unreviewed = shutil.copytree(
+        folder, tmp_path / "unreviewed", ignore=shutil.ignore_patterns(REVIEW_CSV)
+    )
     with pytest.raises(DataError, match="no review.csv yet; review the folder first"):
         evaluate(
             compose_in(
@@ -538,7 +589,9 @@ def test_rejected_films_are_exported_as_pairs_to_relabel(folder: Path, tmp_path:
     assert rows[1]["note"] == "right lung missed"
     for row in rows:
         assert (out / row["image"]).read_bytes() == Path(row["input"]).read_bytes()
-        assert (out / row["mask"]).read_bytes() == (folder / "masks" / f"{row['film']}.png").read_bytes()
+        assert (out / row["mask"]).read_bytes() == (
+            folder / "masks" / f"{row['film']}.png"
+        ).read_bytes()
     pairs, problems = pair_files(out / "image", out / "mask")  # as a training split pairs them
     assert len(pairs) == 2 and not problems
 
@@ -553,7 +606,9 @@ def test_rejected_films_are_exported_as_pairs_to_relabel(folder: Path, tmp_path:
 # --- the command -------------------------------------------------------------------------------
 
 
-def test_the_command_serves_and_a_killed_server_loses_no_decision(folder: Path, capsys: pytest.CaptureFixture) -> None:
+def test_the_command_serves_and_a_killed_server_loses_no_decision(
+    folder: Path, capsys: pytest.CaptureFixture
+) -> None:
     films = keys(folder)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
 
@@ -574,7 +629,10 @@ def test_the_command_serves_and_a_killed_server_loses_no_decision(folder: Path, 
         for i, key in enumerate(films[:5]):
             body = json.dumps({"key": key, "decision": "rejected", "note": f"n{i}"}).encode()
             request = urllib.request.Request(
-                f"{url}api/decision", body, method="POST", headers={"Content-Type": "application/json"}
+                f"{url}api/decision",
+                body,
+                method="POST",
+                headers={"Content-Type": "application/json"},
             )
             urllib.request.urlopen(request, timeout=30).close()
     finally:
@@ -602,9 +660,16 @@ def test_the_command_serves_and_a_killed_server_loses_no_decision(folder: Path, 
 
 
 @pytest.mark.parametrize(
-    "names", [["cxrimage_3", "sub/cxrimage_4"], ["a/b", "a__b", "cxrimage_3"], ["cxrimage_3", "cxrimage_40"]]
+    "names",
+    [
+        ["cxrimage_3", "sub/cxrimage_4"],
+        ["a/b", "a__b", "cxrimage_3"],
+        ["cxrimage_3", "cxrimage_40"],
+    ],
 )
-def test_exported_names_pair_as_a_training_split_pairs_them(names: list[str], tmp_path: Path) -> None:
+def test_exported_names_pair_as_a_training_split_pairs_them(
+    names: list[str], tmp_path: Path
+) -> None:
     films = [Film(name, i, {}, tmp_path) for i, name in enumerate(names)]
     for image, mask in pair_names(films):
         for sub, stem in (("image", image), ("mask", mask)):

@@ -1,8 +1,8 @@
 """The review page as a reader uses it: headless Debian Chromium driven by Playwright over a small
 predicted folder (flagged films first, a reject with a note that survives a reload, the mask
 toggle). Skipped, saying what is missing, where playwright or /usr/bin/chromium is not there.
-``LUNGSEG_REVIEW_SCREENSHOT=<png>`` also saves the page (scripts/pipelines/review_screenshot.py makes the
-one in docs/ from real films)."""
+``LUNGSEG_REVIEW_SCREENSHOT=<png>`` also saves the page (scripts/pipelines/review_screenshot.py
+makes the one in docs/ from real films)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,22 @@ from tests.helpers import ROOT
 from tests.test_review import FILM_PX, expected_order, predicted_folder, read_rows
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCRIPT = ROOT / "scripts" / "pipelines" / "sweep_screenshot.py"  # chromium_page(): Playwright on Debian Chromium
+# chromium_page(): Playwright on Debian Chromium
+SCRIPT = ROOT / "scripts" / "pipelines" / "sweep_screenshot.py"
 
 # Skipped before any model is trained, naming what is missing.
-pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install playwright"
+)
 pytestmark = pytest.mark.skipif(
-    not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}: make chromium (apt-get install chromium as root)"
+    not CHROMIUM.is_file(),
+    reason=f"no Chromium at {CHROMIUM}: make chromium (apt-get install chromium as root)",
 )
 
 
 def _chromium_page():
-    """scripts/pipelines/sweep_screenshot.py's chromium_page (Playwright driving Debian's Chromium)."""
+    """scripts/pipelines/sweep_screenshot.py's chromium_page (Playwright driving Debian's
+    Chromium)."""
     spec = importlib.util.spec_from_file_location("sweep_screenshot", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -46,7 +51,11 @@ def test_flagged_first_a_reject_with_a_note_survives_reload_and_the_mask_toggles
     chromium_page = _chromium_page()
     folder = predicted_folder(tiny_ckpt, tmp_path)
     order = expected_order(folder)
-    flagged = {r["mask"][6:-4] for r in read_rows(folder / "predictions.csv") if r["needs_review"] == "True"}
+    flagged = {
+        r["mask"][6:-4]
+        for r in read_rows(folder / "predictions.csv")
+        if r["needs_review"] == "True"
+    }
     assert len(flagged) == 4
     with serving(folder) as url, chromium_page(1400, 900) as page:
         full_requests: list[str] = []
@@ -54,7 +63,9 @@ def test_flagged_first_a_reject_with_a_note_survives_reload_and_the_mask_toggles
         page.goto(url)
         page.locator("article.card").nth(len(order) - 1).wait_for()
         assert card_keys(page) == order
-        classes = page.locator("article.card").evaluate_all("cards => cards.map(c => c.classList.contains('flagged'))")
+        classes = page.locator("article.card").evaluate_all(
+            "cards => cards.map(c => c.classList.contains('flagged'))"
+        )
         assert classes == [key in flagged for key in order] == [True] * 4 + [False] * 5
 
         # keyboard only: to the second film, reject it, back, write a note, Enter saves it
@@ -71,7 +82,9 @@ def test_flagged_first_a_reject_with_a_note_survives_reload_and_the_mask_toggles
         with page.expect_response("**/api/decision"):
             page.keyboard.press("Enter")
         rows = read_rows(folder / REVIEW_CSV)
-        assert [(r["film"], r["decision"], r["note"]) for r in rows] == [(target, "rejected", "apex cut off")]
+        assert [(r["film"], r["decision"], r["note"]) for r in rows] == [
+            (target, "rejected", "apex cut off")
+        ]
 
         # keys pressed faster than the answers come still go to one film each
         page.keyboard.press("j")

@@ -1,5 +1,5 @@
-"""lungseg.robustness: every shift moves the truth with the anatomy, the summary and files are right, and a model
-that reads intensities the wrong way round is caught."""
+"""lungseg.robustness: every shift moves the truth with the anatomy, the summary and files are
+right, and a model that reads intensities the wrong way round is caught."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from tests.helpers import train_tiny, write_split
 
 
 class Threshold:
-    """A 'model' that knows the phantoms: the lung is the dark disc (60) on a bright body (180); black is outside."""
+    """A 'model' that knows the phantoms: the lung is the dark disc (60) on a bright body (180);
+    black is outside."""
 
     def predict(self, gray: np.ndarray) -> np.ndarray:
         return (gray > 20) & (gray < 120)
@@ -36,8 +37,10 @@ def test_shifts_move_the_truth_with_the_anatomy(phantoms: Path) -> None:
     assert by["clean_dice"] > 0.97 and by["n_images"] == 3
     for shift in ("rotation_deg", "zoom_out", "offcentre_crop", "collimation", "mirror"):
         for severity, value in by["per_shift"][shift].items():
-            assert value > 0.85, (shift, severity, value)  # the truth moved along, so the oracle stays right
-    assert by["per_shift"]["inverted"][1] < 0.1  # bone dark, lungs bright: the intensity oracle fails, as it must
+            # the truth moved along, so the oracle stays right
+            assert value > 0.85, (shift, severity, value)
+    # bone dark, lungs bright: the intensity oracle fails, as it must
+    assert by["per_shift"]["inverted"][1] < 0.1
     shifted = [r["dice"] for r in rows if r["shift"] not in ("clean", "mirror")]
     assert by["robustness"] == pytest.approx(np.mean(shifted) / by["clean_dice"])
 
@@ -59,12 +62,19 @@ def test_cli_writes_table_heatmap_and_summary(compose_cfg, phantoms: Path, tmp_p
     out = tmp_path / "robust"
     summary = robustness(
         compose_cfg(
-            f"ckpt_path={ckpt}", f"data.root={phantoms}", f"output_dir={out}", "device=cpu", config_name="robustness"
+            f"ckpt_path={ckpt}",
+            f"data.root={phantoms}",
+            f"output_dir={out}",
+            "device=cpu",
+            config_name="robustness",
         )
     )
-    assert json.loads((out / "robustness.json").read_text())["robustness"] == pytest.approx(summary["robustness"])
+    assert json.loads((out / "robustness.json").read_text())["robustness"] == pytest.approx(
+        summary["robustness"]
+    )
     table = (out / "robustness.md").read_text()
     assert all(f"| {shift} |" in table for shift in SHIFTS)
     assert cv2.imread(str(out / "robustness.png")).shape[0] > 300
-    per_image = 1 + sum(len(levels) for _, levels in {**SHIFTS, **APART}.values())  # clean + every shift level
+    # clean + every shift level
+    per_image = 1 + sum(len(levels) for _, levels in {**SHIFTS, **APART}.values())
     assert len((out / "per_image.csv").read_text().splitlines()) == 1 + 3 * per_image

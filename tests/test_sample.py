@@ -35,19 +35,28 @@ def all_files(root: Path) -> dict[str, bytes]:
 def read_pairs(root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     pairs = [pair for split in SPLITS for pair in find_pairs(root, split)[0]]
     return [
-        (cv2.imread(str(p.image), cv2.IMREAD_UNCHANGED), cv2.imread(str(p.mask), cv2.IMREAD_GRAYSCALE)) for p in pairs
+        (
+            cv2.imread(str(p.image), cv2.IMREAD_UNCHANGED),
+            cv2.imread(str(p.mask), cv2.IMREAD_GRAYSCALE),
+        )
+        for p in pairs
     ]
 
 
 def test_layout_and_counts(small_set: Path) -> None:
     for split, numbers in NUMBERS.items():
         folder = small_set / DATASET_DIR / split
-        assert sorted(p.name for p in (folder / "image").iterdir()) == sorted(image_name(n) for n in numbers)
-        assert sorted(p.name for p in (folder / "mask").iterdir()) == sorted(mask_name(n) for n in numbers)
+        assert sorted(p.name for p in (folder / "image").iterdir()) == sorted(
+            image_name(n) for n in numbers
+        )
+        assert sorted(p.name for p in (folder / "mask").iterdir()) == sorted(
+            mask_name(n) for n in numbers
+        )
         pairs, problems = find_pairs(small_set, split)
         assert problems == [] and len(pairs) == len(numbers)
     assert sorted(p.name for p in small_set.iterdir()) == [f".{DATASET_DIR}.lock", DATASET_DIR]
-    assert [p.name for p in small_set.parent.iterdir()] == [small_set.name]  # no temporary folder left
+    # no temporary folder left
+    assert [p.name for p in small_set.parent.iterdir()] == [small_set.name]
     for image, mask in read_pairs(small_set):
         assert image.shape == mask.shape == (256, 256) and image.dtype == np.uint8
 
@@ -84,7 +93,8 @@ def test_masks_binary_and_plausible(small_set: Path) -> None:
         lungs = mask > 127
         fractions.append(lungs.mean())
         half = mask.shape[1] // 2
-        assert lungs[:, half:].sum() < lungs[:, :half].sum()  # the patient's left lung is the smaller one
+        # the patient's left lung is the smaller one
+        assert lungs[:, half:].sum() < lungs[:, :half].sum()
         n_fields, _ = cv2.connectedComponents(lungs.astype(np.uint8))
         assert n_fields - 1 == 2
     assert all(0.15 <= f <= 0.45 for f in fractions), fractions
@@ -96,7 +106,10 @@ def test_lungs_darker_than_surrounding_body_but_not_a_threshold(small_set: Path)
         lungs = mask > 127
         ring = cv2.dilate(lungs.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool) & ~lungs
         assert image[lungs].mean() + 25 < image[ring].mean()
-        best = max(2 * (lungs & (image < t)).sum() / (lungs.sum() + (image < t).sum()) for t in range(8, 256, 8))
+        best = max(
+            2 * (lungs & (image < t)).sum() / (lungs.sum() + (image < t).sum())
+            for t in range(8, 256, 8)
+        )
         assert best < 0.85  # ribs, noise and the dark background defeat a single global threshold
 
 
@@ -109,7 +122,9 @@ def test_second_call_is_a_noop(small_set: Path, caplog: pytest.LogCaptureFixture
     assert caplog.records == []
 
 
-def test_ensure_writes_when_absent_and_logs_where(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_ensure_writes_when_absent_and_logs_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "data" / "sample"
     root.mkdir(parents=True)
     (root / ".gitkeep").touch()  # an existing root without the dataset is filled in
@@ -139,14 +154,19 @@ def test_interrupted_write_leaves_nothing_and_rerun_succeeds(
         write_sample_dataset(root, **SMALL)
     assert len(calls) == 6
     assert not (root / DATASET_DIR).exists()
-    assert [p.name for p in (tmp_path / "sample").iterdir()] == [f".{DATASET_DIR}.lock"]  # the partial folder is gone
+    # the partial folder is gone
+    assert [p.name for p in (tmp_path / "sample").iterdir()] == [f".{DATASET_DIR}.lock"]
     monkeypatch.setattr(cv2, "imencode", real_imencode)
     write_sample_dataset(root, **SMALL)
     assert len(all_files(root)) == 16
 
 
-def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sample, "write_sample_dataset", functools.partial(write_sample_dataset, **SMALL))
+def test_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        sample, "write_sample_dataset", functools.partial(write_sample_dataset, **SMALL)
+    )
     sample.main([str(tmp_path / "cli")])
     assert str(tmp_path / "cli" / DATASET_DIR) in capsys.readouterr().out
     assert len(all_files(tmp_path / "cli")) == 16

@@ -1,4 +1,5 @@
-"""Sweeps: the summary of a multirun folder, a parallel joblib sweep that outlives a failing job, Optuna."""
+"""Sweeps: the summary of a multirun folder, a parallel joblib sweep that outlives a failing job,
+Optuna."""
 
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_summary_names_the_best_job_and_every_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_names_the_best_job_and_every_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sweep = tmp_path / "sweep"
     common = ["+experiment=baseline", "data.root=/x"]
     _job(sweep, "0", [*common, "optimizer.lr=0.0001", "model.dropout=0.3"], _finished(0.90, 0.20))
@@ -62,7 +65,9 @@ def test_summary_names_the_best_job_and_every_status(tmp_path: Path, capsys: pyt
         [*common, "optimizer.lr=0.0001", "model.dropout=0.5"],
         {"status": "failed", "error": "DataError: no dataset at /x\nmore", "wall_s": 1.0},
     )
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     _job(
         sweep,
         "10",
@@ -72,15 +77,22 @@ def test_summary_names_the_best_job_and_every_status(tmp_path: Path, capsys: pyt
     _job(sweep, "3", [*common, "optimizer.lr=0.01", "model.dropout=0.5"], None)
 
     summary = summarize(sweep)
-    assert summary["knobs"] == ["model.dropout", "optimizer.lr"]  # data.root and the experiment do not vary
+    # data.root and the experiment do not vary
+    assert summary["knobs"] == ["model.dropout", "optimizer.lr"]
     assert summary["best"]["job"] == "1"
     assert [r["job"] for r in summary["rows"]] == ["0", "1", "2", "3", "10"]  # numeric job order
     rows = _rows(sweep / "summary.csv")
     assert [r["status"] for r in rows] == ["finished", "finished", "failed", "killed", "killed"]
     assert rows[2]["error"].startswith("DataError: no dataset at /x")
-    assert rows[1]["best/val_dice"] == "0.9500" and rows[1]["optimizer.lr"] == "0.001" and rows[1]["epochs"] == "3"
+    assert (
+        rows[1]["best/val_dice"] == "0.9500"
+        and rows[1]["optimizer.lr"] == "0.001"
+        and rows[1]["epochs"] == "3"
+    )
     assert "optimizer.lr=0.001" in rows[1]["overrides"]
-    assert (sweep / "summary.png").stat().st_size > 1000 and "| job |" in (sweep / "summary.md").read_text()
+    assert (sweep / "summary.png").stat().st_size > 1000 and "| job |" in (
+        sweep / "summary.md"
+    ).read_text()
 
     summary_main([str(sweep), "--metric", "best/val_loss"])
     out = capsys.readouterr().out
@@ -102,7 +114,9 @@ def _multirun(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_joblib_sweep_goes_on_past_a_failing_job_and_summarises(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_joblib_sweep_goes_on_past_a_failing_job_and_summarises(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "sweep"
     missing = tmp_path / "missing"
     proc = _multirun(
@@ -122,13 +136,21 @@ def test_joblib_sweep_goes_on_past_a_failing_job_and_summarises(tiny_dataset: Pa
     assert json.loads((sweep / "1" / "result.json").read_text())["status"] == "failed"
     job0 = json.loads((sweep / "0" / "result.json").read_text())
     assert job0["status"] == "finished" and job0["epochs"] == 1
-    assert float(rows[0]["best/val_dice"]) == pytest.approx(job0["metrics"]["best/val_dice"], abs=5e-5)  # 4 decimals
-    assert job0["metrics"]["best/val_dice"] == pytest.approx(job0["metrics"]["val/dice"])  # its one epoch
+    assert float(rows[0]["best/val_dice"]) == pytest.approx(
+        job0["metrics"]["best/val_dice"], abs=5e-5
+    )  # 4 decimals
+    # its one epoch
+    assert job0["metrics"]["best/val_dice"] == pytest.approx(job0["metrics"]["val/dice"])
     cores = os.cpu_count() or 1
-    assert f"torch threads: {max(1, cores // min(2, cores))}" in (sweep / "0" / "train.log").read_text()
+    assert (
+        f"torch threads: {max(1, cores // min(2, cores))}"
+        in (sweep / "0" / "train.log").read_text()
+    )
 
 
-def test_optuna_search_over_the_demo_experiment_survives_failed_trials(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_optuna_search_over_the_demo_experiment_survives_failed_trials(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     sweep, missing = tmp_path / "sweep", tmp_path / "missing"
     # data.root is searched too, so some trials fail (seed 1 draws both roots in 4 trials).
     proc = _multirun(
@@ -151,16 +173,24 @@ def test_optuna_search_over_the_demo_experiment_survives_failed_trials(tiny_data
     assert {r["status"] for r in rows} == {"finished", "failed"}
     for row in rows:
         assert (row["status"] == "failed") == (row["data.root"] == str(missing))
-        assert 1e-5 <= float(row["optimizer.lr"]) <= 1e-2 and 0 <= float(row["model.dropout"]) <= 0.6
+        assert (
+            1e-5 <= float(row["optimizer.lr"]) <= 1e-2 and 0 <= float(row["model.dropout"]) <= 0.6
+        )
     best = max(float(r["best/val_dice"]) for r in rows if r["status"] == "finished")
-    assert results["best_value"] == pytest.approx(best, abs=1e-4)  # Optuna got what each job returned
+    # Optuna got what each job returned
+    assert results["best_value"] == pytest.approx(best, abs=1e-4)
     for job, row in enumerate(rows):  # named by what the search varies, failed trials too
-        assert re.fullmatch(r"root=(data|missing),lr=[0-9.e-]+,dropout=[0-9.e-]+,noise=[0-9.e-]+", row["run"])
-        assert (row["status"] == "finished") == (sweep / str(job) / "tensorboard" / row["run"]).is_dir()
+        assert re.fullmatch(
+            r"root=(data|missing),lr=[0-9.e-]+,dropout=[0-9.e-]+,noise=[0-9.e-]+", row["run"]
+        )
+        assert (row["status"] == "finished") == (
+            sweep / str(job) / "tensorboard" / row["run"]
+        ).is_dir()
     md = (sweep / "summary.md").read_text()
     finished = sum(r["status"] == "finished" for r in rows)
     assert "## Optuna" in md and f"{finished} finished trials, {4 - finished} failed" in md
-    assert f"| {best:.4f} |" in md and (sweep / "optuna.png").is_file()  # the history reaches the best value
+    # the history reaches the best value
+    assert f"| {best:.4f} |" in md and (sweep / "optuna.png").is_file()
 
 
 def test_run_names_are_short_stable_and_filesystem_safe(tmp_path: Path) -> None:
@@ -177,21 +207,35 @@ def test_run_names_are_short_stable_and_filesystem_safe(tmp_path: Path) -> None:
     long = run_name([(f"k{i}", "v" * 40) for i in range(10)])
     assert len(long) <= 120 and long == run_name([(f"k{i}", "v" * 40) for i in range(10)])
     assert re.fullmatch(r"[A-Za-z0-9._+=,-]+", run_name([("a", "x/y:z*?|<>\"'"), ("b", "é")]))
-    # the sweep's own definition decides what varies: comma lists, choice/range/interval, sweeper params
+    # the sweep's own definition decides what varies: comma lists, choice/range/interval, sweeper
+    # params
     assert sweep_keys(
-        ["+experiment=demo", "optimizer.lr=1e-4,1e-3", "data.root='a,b'", "seed=choice(1,2)", "model.depth=range(2,4)"],
+        [
+            "+experiment=demo",
+            "optimizer.lr=1e-4,1e-3",
+            "data.root='a,b'",
+            "seed=choice(1,2)",
+            "model.depth=range(2,4)",
+        ],
         {"model.dropout": "interval(0.0, 0.6)"},
     ) == ["optimizer.lr", "seed", "model.depth", "model.dropout"]
-    write_sweep_file(tmp_path, ["+experiment=demo", "optimizer.lr=1e-4,1e-3", "model.dropout=0.1,0.5"], None)
+    write_sweep_file(
+        tmp_path, ["+experiment=demo", "optimizer.lr=1e-4,1e-3", "model.dropout=0.1,0.5"], None
+    )
     keys = varying_keys(tmp_path, [], None)
     assert (
-        job_run_name(keys, ["+experiment=demo", "optimizer.lr=0.0001", "model.dropout=0.5"]) == "lr=0.0001,dropout=0.5"
+        job_run_name(keys, ["+experiment=demo", "optimizer.lr=0.0001", "model.dropout=0.5"])
+        == "lr=0.0001,dropout=0.5"
     )
-    assert single_run_name("demo", tmp_path / "outputs" / "2026-11-30" / "17-10-00") == "demo_2026-11-30_17-10-00"
+    assert (
+        single_run_name("demo", tmp_path / "outputs" / "2026-11-30" / "17-10-00")
+        == "demo_2026-11-30_17-10-00"
+    )
     run = tmp_path / "elsewhere"
     assert single_run_name("demo", run) == single_run_name("demo", run)  # one stamp per run folder
     (run / "tensorboard" / "demo_2026-01-01_00-00-00").mkdir(parents=True)
-    assert single_run_name("demo", run, resuming=True) == "demo_2026-01-01_00-00-00"  # a resume keeps its name
+    # a resume keeps its name
+    assert single_run_name("demo", run, resuming=True) == "demo_2026-01-01_00-00-00"
 
 
 def _overlaps(fig) -> list[tuple[str, str]]:
@@ -215,7 +259,9 @@ def test_summary_plot_axes_suit_the_values_and_ticks_never_overlap(n: int) -> No
 
     rng = np.random.default_rng(n)
     values = {
-        "optimizer.lr": [f"{10 ** -rng.uniform(1, 5):.6g}" for _ in range(n)] if n > 2 else ["1e-4", "1e-2"][:n],
+        "optimizer.lr": [f"{10 ** -rng.uniform(1, 5):.6g}" for _ in range(n)]
+        if n > 2
+        else ["1e-4", "1e-2"][:n],
         "model.dropout": [f"{rng.uniform(0, 0.6):.6g}" for _ in range(n)],
         "loss": [f"a_rather_long_loss_name_{i}" for i in range(n)],
         "model.depth": [str(3 + i % 2) for i in range(n)],
@@ -235,11 +281,16 @@ def test_summary_plot_axes_suit_the_values_and_ticks_never_overlap(n: int) -> No
         assert _overlaps(fig) == []
         lr, dropout, loss, depth = fig.axes[:4]
         assert lr.get_xscale() == ("log" if n > 1 else "linear")  # a decade or more apart -> log
-        assert loss.get_xscale() == "linear" and [t.get_text() for t in loss.get_xticklabels()][0].startswith("a_")
-        assert [t.get_text() for t in depth.get_xticklabels()] == (["3", "4"] if n > 1 else ["3"])  # categories
+        assert loss.get_xscale() == "linear" and [t.get_text() for t in loss.get_xticklabels()][
+            0
+        ].startswith("a_")
+        # categories
+        assert [t.get_text() for t in depth.get_xticklabels()] == (["3", "4"] if n > 1 else ["3"])
         if n == 20:
-            assert len(dropout.get_xticklabels()) <= 7  # 20 spread-out numbers: a linear axis with a few ticks
-            assert sum(t.get_visible() for t in loss.get_xticklabels()) < 20  # crowded labels thinned out
+            # 20 spread-out numbers: a linear axis with a few ticks
+            assert len(dropout.get_xticklabels()) <= 7
+            # crowded labels thinned out
+            assert sum(t.get_visible() for t in loss.get_xticklabels()) < 20
     finally:
         plt.close(fig)
 
@@ -254,21 +305,37 @@ def test_optuna_sweep_summary_has_history_and_importances(tmp_path: Path, capsys
                 "direction": "maximize",
                 "storage": None,
                 "study_name": "lungseg",
-                "params": {"optimizer.lr": "tag(log, interval(1.0e-5, 1.0e-2))", "model.dropout": "interval(0.0, 0.6)"},
+                "params": {
+                    "optimizer.lr": "tag(log, interval(1.0e-5, 1.0e-2))",
+                    "model.dropout": "interval(0.0, 0.6)",
+                },
             }
         }
     }
     for i in range(8):
         lr, dropout = 10 ** rng.uniform(-5, -2), rng.uniform(0, 0.6)
         dice = 0.9 - 0.1 * abs(math.log10(lr) + 3) - 0.01 * dropout  # lr matters, dropout barely
-        result = {**_finished(dice, 0.2), "value": dice} if i != 5 else {"status": "failed", "error": "boom"}
-        _job(sweep, str(i), ["+experiment=demo", f"optimizer.lr={lr}", f"model.dropout={dropout}"], result)
+        result = (
+            {**_finished(dice, 0.2), "value": dice}
+            if i != 5
+            else {"status": "failed", "error": "boom"}
+        )
+        _job(
+            sweep,
+            str(i),
+            ["+experiment=demo", f"optimizer.lr={lr}", f"model.dropout={dropout}"],
+            result,
+        )
         (sweep / str(i) / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
     summary = summarize(sweep)
     optuna = summary["optuna"]
-    assert [h["trial"] for h in optuna["history"]] == [0, 1, 2, 3, 4, 6, 7] and optuna["failed"] == 1
+    assert [h["trial"] for h in optuna["history"]] == [0, 1, 2, 3, 4, 6, 7] and optuna[
+        "failed"
+    ] == 1
     values = [h["value"] for h in optuna["history"]]
-    assert [h["best"] for h in optuna["history"]] == [max(values[: i + 1]) for i in range(len(values))]
+    assert [h["best"] for h in optuna["history"]] == [
+        max(values[: i + 1]) for i in range(len(values))
+    ]
     assert set(optuna["importances"]) == {"optimizer.lr", "model.dropout"}
     assert optuna["importances"]["optimizer.lr"] > optuna["importances"]["model.dropout"]
     md = (sweep / "summary.md").read_text()
@@ -279,8 +346,8 @@ def test_optuna_sweep_summary_has_history_and_importances(tmp_path: Path, capsys
 
 
 def _tensorboard_view(logdir: Path) -> tuple[list, list[str], dict[str, tuple[str, dict]]]:
-    """What TensorBoard's HParams backend serves for ``logdir``: (hparam infos in column order, metric tags,
-    run -> (trial id, hparams))."""
+    """What TensorBoard's HParams backend serves for ``logdir``: (hparam infos in column order,
+    metric tags, run -> (trial id, hparams))."""
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
@@ -294,16 +361,25 @@ def _tensorboard_view(logdir: Path) -> tuple[list, list[str], dict[str, tuple[st
         base_plugin.TBContext(data_provider=provider, logdir=str(logdir), multiplexer=mux)
     )
     ctx = context.RequestContext()
-    experiment = get_experiment.Handler(ctx, backend, "", api_pb2.GetExperimentRequest(hparams_limit=1000)).run()
+    experiment = get_experiment.Handler(
+        ctx, backend, "", api_pb2.GetExperimentRequest(hparams_limit=1000)
+    ).run()
     sessions = {}
     for run, tags in backend.hparams_metadata(ctx, "").items():
         if metadata.SESSION_START_INFO_TAG in tags:
-            start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
-            sessions[run] = (start.group_name, {k: v.WhichOneof("kind") for k, v in start.hparams.items()})
+            start = metadata.parse_session_start_info_plugin_data(
+                tags[metadata.SESSION_START_INFO_TAG]
+            )
+            sessions[run] = (
+                start.group_name,
+                {k: v.WhichOneof("kind") for k, v in start.hparams.items()},
+            )
     return list(experiment.hparam_infos), [m.name.tag for m in experiment.metric_infos], sessions
 
 
-def test_sweep_runs_read_in_tensorboard_by_name_with_swept_knobs_first(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_sweep_runs_read_in_tensorboard_by_name_with_swept_knobs_first(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "sweep"
     proc = _multirun(
         "hydra/launcher=joblib",
@@ -325,7 +401,9 @@ def test_sweep_runs_read_in_tensorboard_by_name_with_swept_knobs_first(tiny_data
     assert [r["run"] for r in _rows(sweep / "summary.csv")] == list(names.values())
     infos, metrics, sessions = _tensorboard_view(sweep)
     columns = [h.name for h in infos]
-    assert columns[0] == "optimizer.lr" and infos[0].differs and not any(h.differs for h in infos[1:])
+    assert (
+        columns[0] == "optimizer.lr" and infos[0].differs and not any(h.differs for h in infos[1:])
+    )
     assert set(columns) == {
         "optimizer.lr",
         "model.dropout",
@@ -352,4 +430,5 @@ def test_sweep_runs_read_in_tensorboard_by_name_with_swept_knobs_first(tiny_data
         f"{job}/tensorboard/{name}": name for job, name in names.items()
     }
     loss_kind = next(h for h in infos if h.name == "loss")
-    assert list(loss_kind.domain_discrete) == ["bce_dice"]  # the config file chosen, not a class path
+    # the config file chosen, not a class path
+    assert list(loss_kind.domain_discrete) == ["bce_dice"]

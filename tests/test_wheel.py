@@ -1,4 +1,5 @@
-"""The wheel, installed without extras into a fresh venv, trains and predicts through its console scripts anywhere."""
+"""The wheel, installed without extras into a fresh venv, trains and predicts through its console
+scripts anywhere."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ from tests.helpers import CXR, ROOT, requires_cxr
 pytestmark = [pytest.mark.slow, requires_cxr]
 
 TORCH = "torch==2.13.0"  # the CPU build, as `make install` installs it
-SCRIPTS = ("train", "evaluate", "predict", "export", "check", "download", "bench", "sweep-summary", "review")
+SCRIPTS = (
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "check",
+    "download",
+    "bench",
+    "sweep-summary",
+    "review",
+)
 OPTIONAL = ("onnx", "onnxruntime", "pydicom", "kaggle", "optuna")
 SMALL = (
     "trainer.max_epochs=1",
@@ -29,9 +40,12 @@ SMALL = (
 
 
 def run(*cmd: str | Path, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` in ``cwd`` with nothing of this checkout on the path; with ``ok`` it must succeed."""
+    """Run ``cmd`` in ``cwd`` with nothing of this checkout on the path; with ``ok`` it must
+    succeed."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200
+    )
     if ok:
         assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
@@ -41,7 +55,18 @@ def run(*cmd: str | Path, cwd: Path, ok: bool = True) -> subprocess.CompletedPro
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with torch and the core wheel (no extras); returns its bin folder."""
     tmp = tmp_path_factory.mktemp("wheel")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", tmp / "dist", ROOT, cwd=tmp)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--quiet",
+        "--wheel-dir",
+        tmp / "dist",
+        ROOT,
+        cwd=tmp,
+    )
     (wheel,) = (tmp / "dist").glob("lungseg-*.whl")
     run(sys.executable, "-m", "venv", tmp / "venv", cwd=tmp)
     python = tmp / "venv" / "bin" / "python"
@@ -50,22 +75,30 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "venv" / "bin"
 
 
-def test_installed_scripts_train_and_predict_outside_the_checkout(venv: Path, tmp_path: Path) -> None:
+def test_installed_scripts_train_and_predict_outside_the_checkout(
+    venv: Path, tmp_path: Path
+) -> None:
     work = tmp_path / "elsewhere"
     work.mkdir()
     assert ROOT not in work.parents
     for name in SCRIPTS:
         assert (venv / f"lungseg-{name}").is_file(), name
 
-    code = f"import sys, lungseg, lungseg.train, lungseg.predict; print([m for m in {OPTIONAL!r} if m in sys.modules])"
+    code = (
+        "import sys, lungseg, lungseg.train, lungseg.predict; "
+        f"print([m for m in {OPTIONAL!r} if m in sys.modules])"
+    )
     imported = run(venv / "python", "-c", code, cwd=work).stdout
     assert imported.strip() == "[]"
-    where = run(venv / "python", "-c", "import lungseg.config as c; print(c.CONFIG_DIR)", cwd=work).stdout.strip()
+    where = run(
+        venv / "python", "-c", "import lungseg.config as c; print(c.CONFIG_DIR)", cwd=work
+    ).stdout.strip()
     assert Path(where).parent.parent.name == "site-packages" and Path(where, "train.yaml").is_file()
 
     run(venv / "lungseg-train", "+experiment=demo", *SMALL, "hydra.run.dir=run", cwd=work)
     ckpt = work / "run" / "checkpoints" / "best.ckpt"
-    assert ckpt.is_file() and (work / "data" / "sample" / DATASET_DIR).is_dir()  # sample data under the cwd
+    # sample data under the cwd
+    assert ckpt.is_file() and (work / "data" / "sample" / DATASET_DIR).is_dir()
     assert "OK: 320 pairs" in run(venv / "lungseg-check", "data.root=data/sample", cwd=work).stdout
 
     image = sorted((CXR / DATASET_DIR / "test" / IMAGE_DIR).glob("*.png"))[0]
@@ -80,7 +113,10 @@ def test_installed_scripts_train_and_predict_outside_the_checkout(venv: Path, tm
         "import lungseg.review as r, pathlib; "
         "print(sorted(p.name for p in pathlib.Path(r.__file__).parent.glob('static/*')))"
     )  # the page ships
-    assert run(venv / "python", "-c", page, cwd=work).stdout.strip() == "['app.css', 'app.js', 'index.html']"
+    assert (
+        run(venv / "python", "-c", page, cwd=work).stdout.strip()
+        == "['app.css', 'app.js', 'index.html']"
+    )
     for cmd, extra in (
         (("lungseg-export", f"ckpt_path={ckpt}", "format=onnx"), "export"),
         (("lungseg-train", "--multirun", "+experiment=demo", "hparams_search=optuna"), "sweep"),
@@ -88,5 +124,7 @@ def test_installed_scripts_train_and_predict_outside_the_checkout(venv: Path, tm
     ):
         proc = run(venv / cmd[0], *cmd[1:], cwd=work, ok=False)
         assert proc.returncode == 2, proc.stderr[-3000:]
-        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[
+            -3000:
+        ]
         assert proc.stderr.endswith(f'pip install "lungseg[{extra}]"\n')

@@ -1,6 +1,6 @@
-"""What a trained model records about itself (``ModelDescription``): input size, preprocessing contract,
-threshold, training precision, run config, data fingerprint, metrics, provenance. Plain values only, no torch:
-checkpoints, pretrained folders and ONNX files all carry it."""
+"""What a trained model records about itself (``ModelDescription``): input size, preprocessing
+contract, threshold, training precision, run config, data fingerprint, metrics, provenance. Plain
+values only, no torch: checkpoints, pretrained folders and ONNX files all carry it."""
 
 from __future__ import annotations
 
@@ -16,16 +16,21 @@ from lungseg.version import __version__
 
 DESCRIPTION_KEY = "lungseg"  # the checkpoint's self-description lives under this key
 FORMAT = 1
-# The input contract of every lungseg model (lungseg.data.images.preprocess): how pixels become the model input.
+# The input contract of every lungseg model (lungseg.data.images.preprocess): how pixels become the
+# model input.
 PREPROCESSING = {
     "grayscale": "colour -> ITU-R 601 luminance (alpha dropped)",
-    "intensity": "window",  # lungseg.data.images.INTENSITY_RULES: 0.5th..99.5th percentile -> 0..255, any depth
-    "resize": "image_size x image_size, cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when growing",
+    # lungseg.data.images.INTENSITY_RULES: 0.5th..99.5th percentile -> 0..255, any depth
+    "intensity": "window",
+    "resize": "image_size x image_size, cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when "
+    "growing",
     "scale": "uint8 / 255 -> float32 in [0, 1], shape (N, 1, H, W)",
-    "output": "one logit per pixel (sigmoid -> lung probability), upsampled bilinearly to the input's size, "
+    "output": "one logit per pixel (sigmoid -> lung probability), upsampled bilinearly to the "
+    "input's size, "
     "then thresholded",
 }
-MAX_ATTRIBUTION = 20_000  # characters of the data's ATTRIBUTION file kept with the model (licence, sources)
+# characters of the data's ATTRIBUTION file kept with the model (licence, sources)
+MAX_ATTRIBUTION = 20_000
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,10 @@ class ModelDescription:
     data: dict[str, Any] = field(default_factory=dict)  # fingerprint of the training data
     val_metrics: dict[str, float] = field(default_factory=dict)  # this checkpoint's own val scores
     best_metrics: dict[str, float] = field(default_factory=dict)  # best over the run so far
-    test_metrics: dict[str, float] = field(default_factory=dict)  # filled when the model is evaluated
-    ensemble: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's members (their descriptions)
+    # filled when the model is evaluated
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    # an ensemble's members (their descriptions)
+    ensemble: list[dict[str, Any]] = field(default_factory=list)
     lungseg_version: str = __version__
     git_commit: str | None = None
     created: str = ""
@@ -49,8 +56,8 @@ class ModelDescription:
 
     @property
     def intensity(self) -> str:
-        """How the model's inputs become 8-bit (``lungseg.data.images.INTENSITY_RULES``); models from before the
-        rule was recorded (lungseg 0.2) used ``minmax``."""
+        """How the model's inputs become 8-bit (``lungseg.data.images.INTENSITY_RULES``); models
+        from before the rule was recorded (lungseg 0.2) used ``minmax``."""
         return self.preprocessing.get("intensity", "minmax")
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,10 +72,13 @@ class ModelDescription:
 
 
 def git_commit(folder: Path | None = None) -> str | None:
-    """The commit of the lungseg source tree (``+dirty`` with uncommitted changes); None outside a git checkout."""
+    """The commit of the lungseg source tree (``+dirty`` with uncommitted changes); None outside a
+    git checkout."""
     folder = folder or Path(__file__).resolve().parents[1]  # the lungseg package
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
+        )
         if head.returncode:
             return None
         dirty = subprocess.run(
@@ -84,8 +94,8 @@ def git_commit(folder: Path | None = None) -> str | None:
 
 
 def data_fingerprint(root: Path, files: Mapping[str, list[tuple[Path, Path]]]) -> dict[str, Any]:
-    """Root name, pairs per split, a SHA-256 of the sorted relative file list (which files, not their bytes) and
-    the text of the root's ATTRIBUTION file (licence, sources) when it has one."""
+    """Root name, pairs per split, a SHA-256 of the sorted relative file list (which files, not
+    their bytes) and the text of the root's ATTRIBUTION file (licence, sources) when it has one."""
     digest = hashlib.sha256()
     for split in sorted(files):
         for image, mask in sorted(files[split]):
@@ -97,7 +107,9 @@ def data_fingerprint(root: Path, files: Mapping[str, list[tuple[Path, Path]]]) -
         "root_name": root.name,
         "counts": {s: len(p) for s, p in sorted(files.items())},
         "files_sha256": digest.hexdigest(),
-        "attribution": attribution.read_text(errors="replace")[:MAX_ATTRIBUTION] if attribution else None,
+        "attribution": attribution.read_text(errors="replace")[:MAX_ATTRIBUTION]
+        if attribution
+        else None,
     }
 
 

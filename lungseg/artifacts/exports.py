@@ -1,6 +1,7 @@
-"""Writing a trained network for other runtimes: ONNX (with the description and card in its metadata) and a
-``torch.export`` program. Each is serialised in memory and written by lungseg's atomic writer: torch's own archive
-writer turns a failed disk write into an abort at exit, lungseg's into one OSError naming the file."""
+"""Writing a trained network for other runtimes: ONNX (with the description and card in its
+metadata) and a ``torch.export`` program. Each is serialised in memory and written by lungseg's
+atomic writer: torch's own archive writer turns a failed disk write into an abort at exit, lungseg's
+into one OSError naming the file."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from lungseg.errors import require_extra
 
 
 class ProbabilityModel(nn.Module):
-    """The trained network followed by its sigmoid: images (N, 1, H, W) in [0, 1] -> lung probabilities."""
+    """The trained network followed by its sigmoid: images (N, 1, H, W) in [0, 1] -> lung
+    probabilities."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -30,8 +32,8 @@ class ProbabilityModel(nn.Module):
 
 
 def export_metadata(model: TrainedModel, source: str, card: str) -> dict[str, str]:
-    """What an exported file carries beside the weights (ONNX metadata_props, OpenVINO rt_info): its size
-    divisor, the checkpoint it came from, the description and the card."""
+    """What an exported file carries beside the weights (ONNX metadata_props, OpenVINO rt_info): its
+    size divisor, the checkpoint it came from, the description and the card."""
     return {
         "size_divisor": str(int(getattr(model.net, "divisor", 1))),
         "source_checkpoint": source,
@@ -48,11 +50,13 @@ def export_onnx(
     dynamic_size: bool = True,
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Write an ONNX model with a dynamic batch (and H/W) axis and ``metadata`` in its metadata_props."""
+    """Write an ONNX model with a dynamic batch (and H/W) axis and ``metadata`` in its
+    metadata_props."""
     onnx = require_extra("onnx", "export", "ONNX export")
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the legacy exporter warns that it is legacy and that shape checks are traced
+    # the legacy exporter warns that it is legacy and that shape checks are traced
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -70,14 +74,19 @@ def export_onnx(
     write_bytes(path, proto.SerializeToString())
 
 
-def export_program(model: ProbabilityModel, path: Path, size: int, divisor: int, dynamic_size: bool = True) -> None:
-    """Write a ``torch.export`` program (.pt2) with a dynamic batch (and H/W, multiples of ``divisor``)."""
+def export_program(
+    model: ProbabilityModel, path: Path, size: int, divisor: int, dynamic_size: bool = True
+) -> None:
+    """Write a ``torch.export`` program (.pt2) with a dynamic batch (and H/W, multiples of
+    ``divisor``)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     shapes: dict[int, object] = {0: batch}
     if dynamic_size:
         shapes[2] = divisor * torch.export.Dim("h_blocks", min=1, max=8192 // divisor)
         shapes[3] = divisor * torch.export.Dim("w_blocks", min=1, max=8192 // divisor)
-    program = torch.export.export(model, (torch.rand(2, 1, size, size),), dynamic_shapes={"image": shapes})
+    program = torch.export.export(
+        model, (torch.rand(2, 1, size, size),), dynamic_shapes={"image": shapes}
+    )
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     write_bytes(path, buffer.getvalue())

@@ -1,8 +1,9 @@
-"""The OpenVINO format: models read from an ONNX file or an IR (``.xml`` + ``.bin``), lungseg's metadata (the
-description and card) in an IR's ``rt_info`` (section ``lungseg``; OpenVINO reads an ONNX file's
-``metadata_props`` into section ``framework``), and a trained model converted through the ONNX graph that
-``lungseg.export format=onnx`` writes (so both runtimes run one graph), kept in memory or saved as an IR. Importing
-it needs neither torch nor openvino; reading and converting need the ``openvino`` extra (converting: torch too)."""
+"""The OpenVINO format: models read from an ONNX file or an IR (``.xml`` + ``.bin``), lungseg's
+metadata (the description and card) in an IR's ``rt_info`` (section ``lungseg``; OpenVINO reads an
+ONNX file's ``metadata_props`` into section ``framework``), and a trained model converted through
+the ONNX graph that ``lungseg.export format=onnx`` writes (so both runtimes run one graph), kept in
+memory or saved as an IR. Importing it needs neither torch nor openvino; reading and converting need
+the ``openvino`` extra (converting: torch too)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def read_model(path: str | Path) -> Any:
         )
     if not path.is_file():
         raise CheckpointError(
-            f"{path}: no such model file; pass model_path=<file.xml or file.onnx> written by lungseg.export"
+            f"{path}: no such model file; pass model_path=<file.xml or file.onnx> written by "
+            "lungseg.export"
         )
     if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
         raise CheckpointError(
@@ -59,7 +61,8 @@ def read_model(path: str | Path) -> Any:
     except RuntimeError as err:
         reason = (str(err).strip().splitlines() or ["unreadable"])[0]
         raise CheckpointError(
-            f"{path}: not a readable model ({reason}); export it again with python -m lungseg.export format=openvino"
+            f"{path}: not a readable model ({reason}); export it again with python -m "
+            "lungseg.export format=openvino"
         ) from None
 
 
@@ -84,10 +87,15 @@ def write_metadata(model: Any, metadata: dict[str, str]) -> None:
 
 def is_int8(model: Any) -> bool:
     """Whether the model holds quantised operations (NNCF's FakeQuantize, or QDQ pairs)."""
-    return any(op.get_type_name() in ("FakeQuantize", "QuantizeLinear", "DequantizeLinear") for op in model.get_ops())
+    return any(
+        op.get_type_name() in ("FakeQuantize", "QuantizeLinear", "DequantizeLinear")
+        for op in model.get_ops()
+    )
 
 
-def to_openvino(model: TrainedModel, metadata: dict[str, str], opset: int = 17, dynamic_size: bool = True) -> Any:
+def to_openvino(
+    model: TrainedModel, metadata: dict[str, str], opset: int = 17, dynamic_size: bool = True
+) -> Any:
     """``model`` with its sigmoid as an ``openvino.Model`` (dynamic batch, and H and W unless
     ``dynamic_size`` is false), ``metadata`` in its rt_info."""
     from lungseg.artifacts.exports import ProbabilityModel, export_onnx
@@ -123,5 +131,6 @@ def convert_source(source: str | Path, image_size: int | None = None) -> Any:
 
 
 def save_ir(model: Any, path: Path) -> None:
-    """Write ``model`` as an IR: ``path`` (.xml) and its .bin beside it, the weights in fp32 as trained."""
+    """Write ``model`` as an IR: ``path`` (.xml) and its .bin beside it, the weights in fp32 as
+    trained."""
     openvino().save_model(model, str(path), compress_to_fp16=False)

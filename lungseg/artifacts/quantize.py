@@ -1,8 +1,9 @@
-"""Static INT8 quantisation of an exported ONNX model: onnxruntime QDQ, per-channel int8 weights, uint8 activations
-calibrated on radiographs read and preprocessed exactly as inference reads them (``read_input`` -> ``preprocess``).
+"""Static INT8 quantisation of an exported ONNX model: onnxruntime QDQ, per-channel int8 weights,
+uint8 activations calibrated on radiographs read and preprocessed exactly as inference reads them
+(``read_input`` -> ``preprocess``).
 
-Used by ``python -m lungseg.export format=onnx quantize=int8 calibration=<dataset root or folder>`` and by the
-benchmark's ONNX Runtime section.
+Used by ``python -m lungseg.export format=onnx quantize=int8 calibration=<dataset root or folder>``
+and by the benchmark's ONNX Runtime section.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from lungseg.markdown import table
 
 log = logging.getLogger(__name__)
 
-# On x86 without VNNI (AVX2 only) uint8 x int8 products go through vpmaddubsw, whose int16 sums can saturate:
-# 7-bit weights (reduce_range) avoid that, as onnxruntime advises for such CPUs; VNNI CPUs lose nothing by it.
+# On x86 without VNNI (AVX2 only) uint8 x int8 products go through vpmaddubsw, whose int16 sums can
+# saturate:
+# 7-bit weights (reduce_range) avoid that, as onnxruntime advises for such CPUs; VNNI CPUs lose
+# nothing by it.
 SETTINGS = {
     "format": "QDQ",
     "weights": "int8, per output channel, symmetric, 7-bit range (reduce_range)",
@@ -27,10 +30,14 @@ SETTINGS = {
     "int8_ops": "Conv, MaxPool, Concat, Relu, Sigmoid",
     "fp32_ops": "the first Conv (one input channel), ConvTranspose, BatchNormalization",
 }
-# What runs in int8 (lungseg-predict truth= and bench measured the choice, docs/INT8.md has the figures):
-# - the first conv stays fp32: quantised, it cost 0.004-0.006 mean test Dice and 0.13 on one film; it is cheap.
-# - ConvTranspose and BatchNormalization stay fp32 without QDQ pairs around them: onnxruntime has no int8 kernel
-#   for either on CPU (BatchNorm follows ReLU here, so it cannot fold into a conv), so their pairs only cost time.
+# What runs in int8 (lungseg-predict truth= and bench measured the choice, docs/INT8.md has the
+# figures):
+# - the first conv stays fp32: quantised, it cost 0.004-0.006 mean test Dice and 0.13 on one film;
+# it is cheap.
+# - ConvTranspose and BatchNormalization stay fp32 without QDQ pairs around them: onnxruntime has no
+# int8 kernel
+# for either on CPU (BatchNorm follows ReLU here, so it cannot fold into a conv), so their pairs
+# only cost time.
 QUANTIZED_OPS = ["Conv", "MaxPool", "Concat", "Relu", "Sigmoid"]
 
 
@@ -51,10 +58,15 @@ class RadiographReader:
 
 
 def quantize_int8(
-    fp32: Path, output: Path, images: np.ndarray, input_name: str, metadata: dict[str, str] | None = None
+    fp32: Path,
+    output: Path,
+    images: np.ndarray,
+    input_name: str,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, object]:
-    """Write ``output``, the static INT8 (QDQ) version of the ONNX model ``fp32``, calibrated on ``images``;
-    it keeps ``fp32``'s metadata_props and adds ``quantization`` (JSON: the settings and the calibration)."""
+    """Write ``output``, the static INT8 (QDQ) version of the ONNX model ``fp32``, calibrated on
+    ``images``; it keeps ``fp32``'s metadata_props and adds ``quantization`` (JSON: the settings and
+    the calibration)."""
     import onnx
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -65,8 +77,10 @@ def quantize_int8(
         **(metadata or {}),
         "onnxruntime": onnxruntime.__version__,
     }
-    quiet = logging.getLogger()  # onnxruntime's quantiser warns on the root logger about BatchNorm weights and
-    level = quiet.level  # biases it leaves in fp32 (they follow ReLU, so they cannot fold into the conv)
+    # onnxruntime's quantiser warns on the root logger about BatchNorm weights and
+    quiet = logging.getLogger()
+    # biases it leaves in fp32 (they follow ReLU, so they cannot fold into the conv)
+    level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         quantize_static(
@@ -96,10 +110,14 @@ def quantization_card(images: int, source: str) -> str:
     """The model card's section on an INT8 file: how it was quantised and what to expect of it."""
     rows = table([("setting", "value"), *((k.replace("_", " "), v) for k, v in SETTINGS.items())])
     return (
-        f"\n\n## INT8 quantisation\n\nThis file is the static INT8 version of the model (onnxruntime "
-        f"quantize_static). Input and output are unchanged (float32); calibrated on {images} un-augmented "
-        f"radiographs from `{source}`, preprocessed as above. Its probabilities differ slightly from the fp32 "
-        f"model's: export logs the largest difference and the masks' Dice on the calibration images.\n\n"
+        "\n\n## INT8 quantisation\n\nThis file is the static INT8 version of the model "
+        "(onnxruntime "
+        f"quantize_static). Input and output are unchanged (float32); calibrated on {images} "
+        "un-augmented "
+        f"radiographs from `{source}`, preprocessed as above. Its probabilities differ slightly "
+        "from the fp32 "
+        "model's: export logs the largest difference and the masks' Dice on the calibration "
+        "images.\n\n"
         f"{rows}\n"
     )
 

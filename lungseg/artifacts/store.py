@@ -1,6 +1,7 @@
-"""The local model store (``$LUNGSEG_HOME/models/<name>``, ``LUNGSEG_HOME`` defaulting to ``~/.cache/lungseg``):
-where ``lungseg-model install`` puts pretrained folders, and the SHA-256 check of their weights against the model
-card. Torch-free: the ONNX and OpenVINO paths hash models through it too."""
+"""The local model store (``$LUNGSEG_HOME/models/<name>``, ``LUNGSEG_HOME`` defaulting to
+``~/.cache/lungseg``): where ``lungseg-model install`` puts pretrained folders, and the SHA-256
+check of their weights against the model card. Torch-free: the ONNX and OpenVINO paths hash models
+through it too."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def verify_folder(folder: str | Path, shown_as: str | Path | None = None) -> str
     missing = [name for name in FOLDER_FILES if not (folder / name).is_file()]
     if missing:
         raise CheckpointError(
-            f"{shown}: not a lungseg pretrained folder (no {', '.join(missing)}); write one with {EXPORT_HINT}"
+            f"{shown}: not a lungseg pretrained folder (no {', '.join(missing)}); write one with "
+            f"{EXPORT_HINT}"
         )
     card = (folder / CARD_FILE).read_text(encoding="utf-8", errors="replace")
     recorded = recorded_weights_sha256(card)
@@ -81,7 +83,8 @@ def installed_model(source: str | Path) -> Path | None:
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise LungsegError(
-            f"--name {name!r}: use letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+            f"--name {name!r}: use letters, digits, '.', '_' and '-' only, starting with a letter "
+            "or digit"
         )
     return name
 
@@ -106,7 +109,8 @@ def stage_folder(source: Path, staging: Path) -> Path:
             }
             if len(roots) != 1:
                 raise CheckpointError(
-                    f"{source}: holds {len(roots) or 'no'} {CONFIG_FILE} files; zip one folder written by {EXPORT_HINT}"
+                    f"{source}: holds {len(roots) or 'no'} {CONFIG_FILE} files; zip one folder "
+                    f"written by {EXPORT_HINT}"
                 )
             root = roots.pop()
             for name in FOLDER_FILES:
@@ -116,7 +120,9 @@ def stage_folder(source: Path, staging: Path) -> Path:
                         shutil.copyfileobj(src, dst, 1 << 20)
             return source / root if root else source
     except (zipfile.BadZipFile, EOFError, OSError) as err:
-        raise CheckpointError(f"{source}: not a readable zip ({err}); pass the folder or zip it again") from None
+        raise CheckpointError(
+            f"{source}: not a readable zip ({err}); pass the folder or zip it again"
+        ) from None
 
 
 def installed() -> list[tuple[str, Path]]:

@@ -1,19 +1,21 @@
-"""Benchmark the real model and data pipeline: ``python -m lungseg.bench [device=cuda] [--json out.json]``.
+"""Benchmark the real model and data pipeline: ``python -m lungseg.bench [device=cuda] [--json
+out.json]``.
 
-``mode=speed`` (default, ``bench/speed.py``), at one size: matmul peak per dtype, training step, inference, data
-pipeline, onnxruntime inference (fp32 and static INT8 of the same network), end-to-end ``Trainer.fit``. Each timing has
-warm-up and reports the median; FLOP/s come from torch's FLOP counter and are compared with the matmul peak of the same
-dtype measured in the same run.
+``mode=speed`` (default, ``bench/speed.py``), at one size: matmul peak per dtype, training step,
+inference, data pipeline, onnxruntime inference (fp32 and static INT8 of the same network),
+end-to-end ``Trainer.fit``. Each timing has warm-up and reports the median; FLOP/s come from torch's
+FLOP counter and are compared with the matmul peak of the same dtype measured in the same run.
 
-``mode=backends`` (``bench/backends.py``): inference only, every backend and precision on this host timed side by
-side, interleaved.
+``mode=backends`` (``bench/backends.py``): inference only, every backend and precision on this host
+timed side by side, interleaved.
 
-``mode=cohort`` (``bench/cohort.py``): a cohort of DICOM films through ``lungseg.predict`` end to end (SEG and
-CSV written) against the model-only rate of the same backend.
+``mode=cohort`` (``bench/cohort.py``): a cohort of DICOM films through ``lungseg.predict`` end to
+end (SEG and CSV written) against the model-only rate of the same backend.
 
-``mode=scale`` (``bench/scale.py``), as the dataset grows (``scale.sizes``): synthetic sets in the Kaggle layout through
-the real data module (setup with its decode into the cache, DataLoader epochs with the configured workers), the memory
-of the process and its workers, and training steps; then one epoch of the Kaggle set projected from them.
+``mode=scale`` (``bench/scale.py``), as the dataset grows (``scale.sizes``): synthetic sets in the
+Kaggle layout through the real data module (setup with its decode into the cache, DataLoader epochs
+with the configured workers), the memory of the process and its workers, and training steps; then
+one epoch of the Kaggle set projected from them.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ MODES = {
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    """Print the benchmark table; write it as JSON when ``json=PATH`` (or ``--json PATH``) is given."""
+    """Print the benchmark table; write it as JSON when ``json=PATH`` (or ``--json PATH``) is
+    given."""
     if cfg.mode not in MODES:
-        raise LungsegError(f"mode={cfg.mode}: choose {', '.join(f'{m} ({what})' for m, what in MODES.items())}")
+        raise LungsegError(
+            f"mode={cfg.mode}: choose {', '.join(f'{m} ({what})' for m, what in MODES.items())}"
+        )
     if cfg.mode == "scale":
         from lungseg.bench.scale import run_scale, scale_report
 

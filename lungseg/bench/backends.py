@@ -55,7 +55,9 @@ def chosen_backends(setting: Any) -> list[str]:
     )
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise LungsegError(f"backend={setting}: mode=backends times all, or some of {', '.join(BACKENDS)}")
+        raise LungsegError(
+            f"backend={setting}: mode=backends times all, or some of {', '.join(BACKENDS)}"
+        )
     return ["torch"] + [n for n in names if n != "torch"]
 
 
@@ -64,9 +66,12 @@ def bench_model(cfg: DictConfig) -> tuple[TrainedModel, str]:
     if cfg.backends.get("ckpt_path"):
         return load_checkpoint(cfg.backends.ckpt_path), str(cfg.backends.ckpt_path)
     net = build_module(cfg, channels_last=False).net.eval()
-    description = ModelDescription(image_size=int(cfg.data.image_size), precision=native_precision("cpu"))
+    description = ModelDescription(
+        image_size=int(cfg.data.image_size), precision=native_precision("cpu")
+    )
     return TrainedModel(net, description, {"channels_last": "auto"}), (
-        f"the bench network ({sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, untrained)"
+        f"the bench network ({sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, "
+        "untrained)"
     )
 
 
@@ -108,7 +113,11 @@ def exported_rows(
     if "onnxruntime" in names:
         for kind, path in (("fp32", fp32), ("int8", int8)):
             rows[f"onnxruntime {kind}"] = (
-                {"backend": "onnxruntime", "model": kind, "precision": "32-true" if kind == "fp32" else "int8"},
+                {
+                    "backend": "onnxruntime",
+                    "model": kind,
+                    "precision": "32-true" if kind == "fp32" else "int8",
+                },
                 OnnxBackend(path, "cpu", threads),
             )
     if "openvino" in names:
@@ -131,11 +140,18 @@ def openvino_rows(
     model = read_model(fp32)
     start = time.perf_counter()
     quantized = nncf.quantize(
-        model, nncf.Dataset([x[None] for x in images]), subset_size=len(images), target_device=nncf.TargetDevice.CPU
+        model,
+        nncf.Dataset([x[None] for x in images]),
+        subset_size=len(images),
+        target_device=nncf.TargetDevice.CPU,
     )
     info["nncf_quantize_s"] = time.perf_counter() - start
     write_metadata(quantized, read_metadata(model))
-    models: list[tuple[str, Any]] = [("fp32", model), ("int8 NNCF", quantized), ("int8 QDQ file", int8)]
+    models: list[tuple[str, Any]] = [
+        ("fp32", model),
+        ("int8 NNCF", quantized),
+        ("int8 QDQ file", int8),
+    ]
     if cfg.backends.get("int8_ir"):
         ir = Path(cfg.backends.int8_ir)
         models.append((f"int8 IR {ir.name}", ir))
@@ -180,7 +196,9 @@ def auto_picks(rows: list[dict[str, Any]], model: TrainedModel) -> dict[str, str
         },
         "INT8 .onnx": {
             "onnxruntime": rate(backend="onnxruntime", model="int8"),
-            "openvino": rate(backend="openvino", model="int8 QDQ file", float_precision=ov_precision),
+            "openvino": rate(
+                backend="openvino", model="int8 QDQ file", float_precision=ov_precision
+            ),
         },
     }
     picks = {}
@@ -212,10 +230,15 @@ def run_backends(cfg: DictConfig) -> dict[str, Any]:
             extra, info = exported_rows(cfg, model, folder, names, threads)
             built.update(extra)
         start = time.perf_counter()
-        rates = time_backends({k: b for k, (_, b) in built.items()}, size, batch, int(cfg.backends.rounds))
+        rates = time_backends(
+            {k: b for k, (_, b) in built.items()}, size, batch, int(cfg.backends.rounds)
+        )
         timing_s = time.perf_counter() - start
     best_float = max(r for k, r in rates.items() if built[k][0]["backend"] == "torch")
-    rows = [{**built[k][0], "name": k, "img_s": r, "vs_torch_best_float": r / best_float} for k, r in rates.items()]
+    rows = [
+        {**built[k][0], "name": k, "img_s": r, "vs_torch_best_float": r / best_float}
+        for k, r in rates.items()
+    ]
     return {
         "rows": rows,
         "auto_picks": auto_picks(rows, model),
@@ -242,7 +265,9 @@ def run_backends(cfg: DictConfig) -> dict[str, Any]:
 def backends_report(result: dict[str, Any]) -> str:
     """The table printed at the end of ``mode=backends``."""
     h, s = result["host"], result["settings"]
-    loads = " / ".join(" ".join(f"{x:.2f}" for x in h[k]) for k in ("load_average_before", "load_average_after"))
+    loads = " / ".join(
+        " ".join(f"{x:.2f}" for x in h[k]) for k in ("load_average_before", "load_average_after")
+    )
     caps = " ".join(f"{k}={v}" for k, v in h.get("isa_caps", {}).items())
     lines = [
         f"CPU {h['cpu']}; flags: {' '.join(h['flags']) or 'none of the speed flags'}"

@@ -35,7 +35,8 @@ from lungseg.errors import LungsegError
 from lungseg.inference.backends.choice import time_backends
 from lungseg.inference.inputs import find_inputs, read_input
 
-PHANTOM_PX = 512  # phantoms are drawn at this size and enlarged: drawing at 2,000 px takes seconds each
+# phantoms are drawn at this size and enlarged: drawing at 2,000 px takes seconds each
+PHANTOM_PX = 512
 PIXEL_SPACING_MM = 0.143  # a typical DX detector's pixel pitch
 QUIET = ("lungseg.predict", "lungseg.inference")  # predict's per-run log lines, once per round
 
@@ -43,32 +44,48 @@ QUIET = ("lungseg.predict", "lungseg.inference")  # predict's per-run log lines,
 def cohort_folder(cfg: DictConfig) -> Path:
     """Where this cohort's films are kept: one folder per (films, size or source, seed)."""
     c = cfg.cohort
-    base = Path(c.folder).expanduser() if c.get("folder") else Path(tempfile.gettempdir()) / "lungseg-cohort"
-    source = hashlib.sha256(str(Path(c.source).resolve()).encode()).hexdigest()[:10] if c.get("source") else ""
+    base = (
+        Path(c.folder).expanduser()
+        if c.get("folder")
+        else Path(tempfile.gettempdir()) / "lungseg-cohort"
+    )
+    source = (
+        hashlib.sha256(str(Path(c.source).resolve()).encode()).hexdigest()[:10]
+        if c.get("source")
+        else ""
+    )
     what = f"source-{source}" if source else f"{c.film_px}px"
     return base / f"dx-{int(c.films)}-{what}-seed{int(cfg.seed)}"
 
 
 def film_pixels(cfg: DictConfig) -> list[np.ndarray]:
-    """The grey levels (uint8) the films are made from: ``cohort.source``'s radiographs, else phantoms."""
+    """The grey levels (uint8) the films are made from: ``cohort.source``'s radiographs, else
+    phantoms."""
     c = cfg.cohort
     if c.get("source"):
         files = find_inputs(c.source)
         if not files:
-            raise LungsegError(f"cohort.source={c.source}: no radiographs there (PNG, JPEG, BMP, TIFF, DICOM)")
+            raise LungsegError(
+                f"cohort.source={c.source}: no radiographs there (PNG, JPEG, BMP, TIFF, DICOM)"
+            )
         return [read_input(f.path) for f in files]
     rng = np.random.default_rng(int(cfg.seed))
     size = int(c.film_px)
     if size < 64:
         raise LungsegError(f"cohort.film_px={size}: a film needs at least 64 px a side")
     return [
-        cv2.resize(make_phantom(rng, min(size, PHANTOM_PX))[0], (size, size), interpolation=cv2.INTER_LINEAR)
+        cv2.resize(
+            make_phantom(rng, min(size, PHANTOM_PX))[0],
+            (size, size),
+            interpolation=cv2.INTER_LINEAR,
+        )
         for _ in range(min(int(c.films), 8))
     ]  # eight distinct phantoms, cycled
 
 
 def write_cohort(cfg: DictConfig) -> Path:
-    """The cohort's DICOM films (``cohort.films`` of them), written unless a complete set is there."""
+    """The cohort's DICOM films (``cohort.films`` of them), written unless a complete set is
+    there."""
     folder = cohort_folder(cfg)
     n = int(cfg.cohort.films)
     if n < 1:
@@ -92,12 +109,14 @@ def write_cohort(cfg: DictConfig) -> Path:
 
 
 def predict_config(cfg: DictConfig, films: Path, output: Path) -> DictConfig:
-    """``conf/predict.yaml`` with the cohort's settings: its model, the films in, ``cohort.output_format`` out,
-    the bench's device, batch size and threads, and any other predict setting of ``cohort.predict``."""
+    """``conf/predict.yaml`` with the cohort's settings: its model, the films in,
+    ``cohort.output_format`` out, the bench's device, batch size and threads, and any other predict
+    setting of ``cohort.predict``."""
     c = cfg.cohort
     if not c.get("model"):
         raise LungsegError(
-            "mode=cohort needs a model: cohort.model=best.ckpt (or an .onnx file, an OpenVINO .xml, "
+            "mode=cohort needs a model: cohort.model=best.ckpt (or an .onnx file, an OpenVINO "
+            ".xml, "
             "a pretrained folder), e.g. python -m lungseg.bench mode=cohort cohort.model=best.ckpt"
         )
     base = OmegaConf.load(CONFIG_DIR / "predict.yaml")
@@ -120,7 +139,8 @@ def predict_config(cfg: DictConfig, films: Path, output: Path) -> DictConfig:
 
 
 def run_cohort(cfg: DictConfig) -> dict[str, Any]:
-    """Time the cohort through predict and the model alone, ``cohort.rounds`` times alternating; medians."""
+    """Time the cohort through predict and the model alone, ``cohort.rounds`` times alternating;
+    medians."""
     from lungseg.predict import predict, segmenter
 
     films = write_cohort(cfg)
@@ -138,7 +158,10 @@ def run_cohort(cfg: DictConfig) -> dict[str, Any]:
                 summary = predict(pcfg)
                 command_s = time.perf_counter() - start
                 model_only = time_backends(
-                    {"model": seg.backend}, seg.image_size, int(cfg.batch_size), rounds=int(cfg.repeats)
+                    {"model": seg.backend},
+                    seg.image_size,
+                    int(cfg.batch_size),
+                    rounds=int(cfg.repeats),
                 )["model"]
                 rounds.append(
                     {
@@ -188,7 +211,9 @@ def run_cohort(cfg: DictConfig) -> dict[str, Any]:
             "batch_size": int(cfg.batch_size),
             "threads": cfg.get("threads"),
             "output_format": list(pcfg.output_format),
-            "predict": OmegaConf.to_container(cfg.cohort.predict) if cfg.cohort.get("predict") else {},
+            "predict": OmegaConf.to_container(cfg.cohort.predict)
+            if cfg.cohort.get("predict")
+            else {},
         },
     }
 
@@ -196,23 +221,30 @@ def run_cohort(cfg: DictConfig) -> dict[str, Any]:
 def cohort_report(result: dict[str, Any]) -> str:
     """The lines printed at the end of ``mode=cohort``."""
     s, h = result["settings"], result["host"]
-    loads = " / ".join(" ".join(f"{x:.2f}" for x in h[k]) for k in ("load_average_before", "load_average_after"))
+    loads = " / ".join(
+        " ".join(f"{x:.2f}" for x in h[k]) for k in ("load_average_before", "load_average_after")
+    )
     verdict = "met" if result["target_met"] else "NOT met"
     return "\n".join(
         [
-            f"CPU {h['cpu']}; flags: {' '.join(h['flags']) or 'none of the speed flags'}; load average before / "
+            f"CPU {h['cpu']}; flags: {' '.join(h['flags']) or 'none of the speed flags'}; load "
+            "average before / "
             f"after: {loads}",
-            f"{s['films']} DICOM films ({', '.join(s['film_sizes'])}) -> {s['model']} via {s['backend']}; model "
-            f"{s['image_size']} px, batch {s['batch_size']}, threads {s['threads'] or 'auto'}, output "
+            f"{s['films']} DICOM films ({', '.join(s['film_sizes'])}) -> {s['model']} via "
+            f"{s['backend']}; model "
+            f"{s['image_size']} px, batch {s['batch_size']}, threads {s['threads'] or 'auto'}, "
+            "output "
             f"{'+'.join(s['output_format'])}" + (f", {s['predict']}" if s["predict"] else ""),
             f"status: {', '.join(f'{n} {k}' for k, n in result['counts'].items() if n)}; "
             f"{result['output_mb_per_film']:.2f} MiB written per film",
             "",
             f"end to end (lungseg.predict, model loaded)  {result['end_to_end_img_s']:7.2f} img/s",
             f"  the whole command, model load included    {result['command_img_s']:7.2f} img/s",
-            f"  inside the model, as predict logs it       {result['predict_model_img_s']:7.2f} img/s",
+            f"  inside the model, as predict logs it       {result['predict_model_img_s']:7.2f} "
+            "img/s",
             f"model only (the backend on one batch)        {result['model_only_img_s']:7.2f} img/s",
-            f"end to end / model only: {result['share_of_model_only']:.0%} (target {result['target']:.0%}: {verdict}); "
+            f"end to end / model only: {result['share_of_model_only']:.0%} (target "
+            f"{result['target']:.0%}: {verdict}); "
             f"medians of {len(result['rounds'])} alternating rounds",
         ]
     )

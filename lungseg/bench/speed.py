@@ -1,7 +1,7 @@
-"""``mode=speed``, at one size: matmul peak per dtype, training step, inference, data pipeline, ONNX Runtime
-inference (fp32 and static INT8 of the same network), end-to-end ``Trainer.fit``; each timing with warm-up, the
-median reported; FLOP/s from torch's FLOP counter against the matmul peak of the same dtype measured in the same
-run."""
+"""``mode=speed``, at one size: matmul peak per dtype, training step, inference, data pipeline, ONNX
+Runtime inference (fp32 and static INT8 of the same network), end-to-end ``Trainer.fit``; each
+timing with warm-up, the median reported; FLOP/s from torch's FLOP counter against the matmul peak
+of the same dtype measured in the same run."""
 
 from __future__ import annotations
 
@@ -16,18 +16,28 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lungseg.bench.timing import DTYPES, build_module, count_flops, matmul_peak, median_seconds, model_variant
+from lungseg.bench.timing import (
+    DTYPES,
+    build_module,
+    count_flops,
+    matmul_peak,
+    median_seconds,
+    model_variant,
+    quiet_fit,
+)
 from lungseg.runtime import native_precision, pick_device, set_threads, use_channels_last
 
 
 def use_data_root(cfg: DictConfig) -> None:
-    """``data_root``: a dataset root to time the data pipeline on, else the built-in sample (written on first use)."""
+    """``data_root``: a dataset root to time the data pipeline on, else the built-in sample (written
+    on first use)."""
     if cfg.get("data_root"):
         cfg.data.root, cfg.data.synthesize = cfg.data_root, False
 
 
 def data_pipeline(cfg: DictConfig) -> dict[str, float]:
-    """Images/s of decode + resize (the cache fill) and of augmentation + collate through the real DataLoader."""
+    """Images/s of decode + resize (the cache fill) and of augmentation + collate through the real
+    DataLoader."""
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     start = time.perf_counter()
@@ -44,8 +54,9 @@ def data_pipeline(cfg: DictConfig) -> dict[str, float]:
 
 
 def onnx_inference(cfg: DictConfig, folder: Path) -> dict[str, Any]:
-    """Images/s of onnxruntime (CPU) on the bench's network exported to ONNX in fp32 and statically quantised to
-    INT8, calibrated on the bench data's train images; same batch, threads, warm-up and repeats as PyTorch's rows."""
+    """Images/s of onnxruntime (CPU) on the bench's network exported to ONNX in fp32 and statically
+    quantised to INT8, calibrated on the bench data's train images; same batch, threads, warm-up and
+    repeats as PyTorch's rows."""
     from lungseg.artifacts.contract import INPUT_NAME, OUTPUT_NAME
     from lungseg.artifacts.exports import ProbabilityModel, export_onnx
     from lungseg.artifacts.quantize import node_counts, quantize_int8
@@ -82,7 +93,8 @@ def end_to_end(cfg: DictConfig) -> float:
     """Images/s of the training epochs of a real ``Trainer.fit`` with the configured defaults."""
 
     class EpochTimer(L.Callback):
-        """Times each epoch's training batches (data loading included), up to where validation starts."""
+        """Times each epoch's training batches (data loading included), up to where validation
+        starts."""
 
         def __init__(self) -> None:
             self.rates: list[float] = []
@@ -90,27 +102,23 @@ def end_to_end(cfg: DictConfig) -> float:
         def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             self.start = time.perf_counter()
 
-        def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        def on_validation_epoch_start(
+            self, trainer: L.Trainer, pl_module: L.LightningModule
+        ) -> None:
             if trainer.sanity_checking:
                 return
             images = len(trainer.datamodule.dataset("train"))
             self.rates.append(images / (time.perf_counter() - self.start))
 
     timer = EpochTimer()
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=[timer],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            max_epochs=cfg.fit_epochs,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp,
-        )
-        trainer.fit(instantiate(cfg.module), datamodule=instantiate(cfg.data))
+    quiet_fit(
+        cfg,
+        timer,
+        instantiate(cfg.module),
+        instantiate(cfg.data),
+        max_epochs=cfg.fit_epochs,
+        limit_val_batches=1,
+    )
     return statistics.median(timer.rates[1:] or timer.rates)
 
 
@@ -120,8 +128,12 @@ def run_speed(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed)
     device = pick_device(str(cfg.device))
     use_data_root(cfg)
-    default_dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(native_precision(device.type), "fp32")
-    dtypes = list(dict.fromkeys(["fp32", default_dtype] + (["bf16", "fp16"] if device.type == "cuda" else [])))
+    default_dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(
+        native_precision(device.type), "fp32"
+    )
+    dtypes = list(
+        dict.fromkeys(["fp32", default_dtype] + (["bf16", "fp16"] if device.type == "cuda" else []))
+    )
     size, gflop = cfg.data.image_size, {}
     probe = build_module(cfg, channels_last=False)
     gflop["train"] = count_flops(probe, size, train=True) / 1e9
@@ -209,14 +221,16 @@ def _device_name(device: torch.device) -> str:
 def _row(r: dict[str, Any]) -> str:
     return (
         f"{r['section']:<6} {r['dtype']:<5} {'cl' if r['channels_last'] else 'nchw':<5} "
-        f"{'compiled' if r['compile'] else 'eager':<8} {r['img_s']:9.1f} img/s {r['tflop_s']:8.3f} TFLOP/s "
+        f"{'compiled' if r['compile'] else 'eager':<8} {r['img_s']:9.1f} img/s "
+        f"{r['tflop_s']:8.3f} TFLOP/s "
         f"{r['of_peak']:6.1%} of matmul peak"
     )
 
 
 def _onnx_row(o: dict[str, Any]) -> str:
     return (
-        f"onnxruntime CPU inference: fp32 {o['fp32_img_s']:.1f} img/s, INT8 {o['int8_img_s']:.1f} img/s "
+        f"onnxruntime CPU inference: fp32 {o['fp32_img_s']:.1f} img/s, INT8 {o['int8_img_s']:.1f} "
+        "img/s "
         f"({o['int8_img_s'] / o['fp32_img_s']:.2f}x; quantised in {o['quantize_s']:.0f} s on "
         f"{o['calibration_images']} images)"
     )
@@ -226,9 +240,11 @@ def speed_report(result: dict[str, Any]) -> str:
     """The summary table printed at the end."""
     s = result["settings"]
     lines = [
-        f"device {s['device']} ({s['device_name']}), {s['threads']} threads, {s['workers']} workers, "
+        f"device {s['device']} ({s['device_name']}), {s['threads']} threads, {s['workers']} "
+        "workers, "
         f"{s['image_size']} px, batch {s['batch_size']}",
-        "matmul peak: " + ", ".join(f"{d} {p:.2f} TFLOP/s" for d, p in result["matmul_peak_tflop_s"].items()),
+        "matmul peak: "
+        + ", ".join(f"{d} {p:.2f} TFLOP/s" for d, p in result["matmul_peak_tflop_s"].items()),
         f"GFLOP per image: train {result['gflop_per_image']['train']:.1f}, "
         f"inference {result['gflop_per_image']['infer']:.1f}",
         "",
@@ -240,10 +256,14 @@ def speed_report(result: dict[str, Any]) -> str:
         f"data   decode+resize (once, cached) {d['decode_img_s']:8.1f} img/s; "
         f"augment+collate per epoch {d['augment_img_s']:8.1f} img/s ({d['images']} images)",
         f"end-to-end Trainer.fit epoch        {result['end_to_end_img_s']:8.1f} img/s",
-        _onnx_row(result["onnxruntime"]) if result.get("onnxruntime") else "onnxruntime: skipped (onnx=false)",
+        _onnx_row(result["onnxruntime"])
+        if result.get("onnxruntime")
+        else "onnxruntime: skipped (onnx=false)",
         "",
         f"defaults ({s['dtype']}; "
-        + ", ".join(f"{k} {'channels_last' if cl else 'NCHW'}" for k, cl in s["channels_last"].items())
+        + ", ".join(
+            f"{k} {'channels_last' if cl else 'NCHW'}" for k, cl in s["channels_last"].items()
+        )
         + "): "
         f"train {result['train_img_s']:.1f}, infer {result['infer_img_s']:.1f}, "
         f"data {result['data_img_s']:.1f}, end-to-end {result['end_to_end_img_s']:.1f} img/s",

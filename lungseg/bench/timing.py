@@ -1,9 +1,10 @@
-"""Timing the network: the median of repeated steps, the matmul peak of a dtype, FLOPs, and a training or inference
-step of the real model in a given dtype and memory layout."""
+"""Timing the network: the median of repeated steps, the matmul peak of a dtype, FLOPs, and a
+training or inference step of the real model in a given dtype and memory layout."""
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -64,9 +65,15 @@ def count_flops(module: LungSegModule, size: int, train: bool) -> float:
 
 
 def model_variant(
-    cfg: DictConfig, device: torch.device, dtype: str, channels_last: bool, compile: bool, train: bool
+    cfg: DictConfig,
+    device: torch.device,
+    dtype: str,
+    channels_last: bool,
+    compile: bool,
+    train: bool,
 ) -> float:
-    """Images/s of a training step (forward, loss, backward, Adam) or of inference, on synthetic tensors."""
+    """Images/s of a training step (forward, loss, backward, Adam) or of inference, on synthetic
+    tensors."""
     module = build_module(cfg, channels_last).to(device).train(train)
     net = torch.compile(module) if compile else module
     size, batch = cfg.data.image_size, cfg.batch_size
@@ -89,3 +96,22 @@ def model_variant(
 
     warmup = cfg.warmup + (2 if compile else 0)
     return batch / median_seconds(step, device, warmup, cfg.repeats)
+
+
+def quiet_fit(cfg: DictConfig, callback: Any, module: Any, datamodule: Any, **limits: Any) -> None:
+    """A real ``Trainer.fit`` of the configured trainer with ``callback`` only: no logger,
+    checkpoints, progress bar, summary or sanity check, in a temporary folder; ``limits`` are the
+    trainer's (max_steps, limit_val_batches...)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[callback],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
+            **limits,
+        )
+        trainer.fit(module, datamodule=datamodule)

@@ -1,4 +1,5 @@
-"""Validate a dataset folder and list every problem at once: ``python -m lungseg.data.check data.root=...``."""
+"""Validate a dataset folder and list every problem at once: ``python -m lungseg.data.check
+data.root=...``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from lungseg.errors import DataError, exit_on_user_error
 
 
 def check_dataset(root: str | Path, image_size: int = 256) -> dict[str, int]:
-    """Pair and decode every file of every split; return pair counts or raise one DataError listing all problems."""
+    """Pair and decode every file of every split; return pair counts or raise one DataError listing
+    all problems."""
     root = require_root(Path(root))
     counts, problems = {}, []
     for split in SPLITS:
@@ -33,7 +35,11 @@ def main(cfg: DictConfig) -> None:
     """Check ``data.root`` and print the pair counts per split."""
     counts = check_dataset(cfg.data.root, cfg.data.image_size)
     total = sum(counts.values())
-    print(f"OK: {total} pairs in {cfg.data.root} (" + ", ".join(f"{s} {n}" for s, n in counts.items()) + ")")
+    print(
+        f"OK: {total} pairs in {cfg.data.root} ("
+        + ", ".join(f"{s} {n}" for s, n in counts.items())
+        + ")"
+    )
 
 
 cli = command_line(main)

@@ -41,31 +41,35 @@ def init_worker(worker_id: int) -> None:
     the rank is added so every DDP rank does too; the same ``seed=`` reproduces them all.
     """
     seed = torch.initial_seed() + RANK_STRIDE * rank_zero_only.rank
-    keep_freed_memory()  # a forked worker has it from its parent already, a spawned one sets it here
+    # a forked worker has it from its parent already, a spawned one sets it here
+    keep_freed_memory()
     pl_worker_init_function(worker_id)
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
         info.dataset.reseed(seed)
 
 
-SHARE_SEED = 0  # the training items' one fixed order, which deals them out to the ranks (and the precise-BN sample)
+# the training items' one fixed order, which deals them out to the ranks (and the precise-BN sample)
+SHARE_SEED = 0
 
 
 def train_share(length: int, rank: int, world: int) -> np.ndarray:
-    """The training items rank ``rank`` of ``world`` reads, epoch after epoch (and so decodes and caches): every
-    ``world``-th item of one fixed random permutation, so each rank's share is a random draw, not a run of
-    neighbouring files. Never empty: with fewer items than ranks a rank borrows one."""
+    """The training items rank ``rank`` of ``world`` reads, epoch after epoch (and so decodes and
+    caches): every ``world``-th item of one fixed random permutation, so each rank's share is a
+    random draw, not a run of neighbouring files. Never empty: with fewer items than ranks a rank
+    borrows one."""
     order = np.random.default_rng(SHARE_SEED).permutation(length)
     share = order[rank::world]
     return share if len(share) or not length else order[rank % length :][:1]
 
 
 class ShuffledShareSampler(Sampler[int]):
-    """Under DDP, a rank's training items: its fixed share (:func:`train_share`) in a new order every epoch, padded
-    with its own items to the longest share so every rank takes the same number of steps.
+    """Under DDP, a rank's training items: its fixed share (:func:`train_share`) in a new order
+    every epoch, padded with its own items to the longest share so every rank takes the same number
+    of steps.
 
-    (torch's DistributedSampler deals the whole set out anew every epoch, so over a run every rank would read,
-    decode and cache every image.)"""
+    (torch's DistributedSampler deals the whole set out anew every epoch, so over a run every rank
+    would read, decode and cache every image.)"""
 
     def __init__(self, length: int, rank: int, world: int, seed: int) -> None:
         self.share = train_share(length, rank, world)
@@ -78,17 +82,19 @@ class ShuffledShareSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.share)
-        return iter(np.resize(order, self.per_rank).tolist())  # padding repeats the rank's own first items
+        # padding repeats the rank's own first items
+        return iter(np.resize(order, self.per_rank).tolist())
 
     def __len__(self) -> int:
         return self.per_rank
 
 
 class ShardSampler(Sampler[int]):
-    """Items ``rank, rank + world, ...`` of a split: under DDP every item is on exactly one rank, none repeated.
+    """Items ``rank, rank + world, ...`` of a split: under DDP every item is on exactly one rank,
+    none repeated.
 
-    (torch's DistributedSampler pads a split to a multiple of the world size by repeating items, which would
-    count some images twice in the pooled val/test metrics.)"""
+    (torch's DistributedSampler pads a split to a multiple of the world size by repeating items,
+    which would count some images twice in the pooled val/test metrics.)"""
 
     def __init__(self, length: int, rank: int, world: int) -> None:
         self.items = range(rank, length, world)
@@ -101,18 +107,23 @@ class ShardSampler(Sampler[int]):
 
 
 def augmenters(transform: Any) -> list[Any]:
-    """The transform and every transform inside it: each keeps its own random generators (albumentations 2)."""
+    """The transform and every transform inside it: each keeps its own random generators
+    (albumentations 2)."""
     if transform is None:
         return []
-    return [transform] + [t for child in getattr(transform, "transforms", []) for t in augmenters(child)]
+    return [transform] + [
+        t for child in getattr(transform, "transforms", []) for t in augmenters(child)
+    ]
 
 
-SUBSET_SEED = 0  # one fixed draw for every run, whatever its seed=, so runs on the same subset compare
+# one fixed draw for every run, whatever its seed=, so runs on the same subset compare
+SUBSET_SEED = 0
 
 
 def subset(pairs: list[Pair], n: int, root: Path) -> list[Pair]:
-    """The first ``n`` pairs of one fixed random permutation (in file order): a smaller training set for a
-    learning curve. Subsets are nested (the 15 of n=15 are among the 30 of n=30) and the same for every run."""
+    """The first ``n`` pairs of one fixed random permutation (in file order): a smaller training set
+    for a learning curve. Subsets are nested (the 15 of n=15 are among the 30 of n=30) and the same
+    for every run."""
     if not 1 <= n <= len(pairs):
         raise DataError(
             f"data.train_subset={n}, but {root} has {len(pairs)} training pairs; "
@@ -139,7 +150,8 @@ class LungDataModule(L.LightningDataModule):
         intensity: str = "window",
     ) -> None:
         super().__init__()
-        self.intensity = intensity  # how images become 8-bit (images.INTENSITY_RULES): training's, or a model's
+        # how images become 8-bit (images.INTENSITY_RULES): training's, or a model's
+        self.intensity = intensity
         self.root = Path(root)
         self.image_size = image_size
         self.batch_size = batch_size
@@ -159,10 +171,13 @@ class LungDataModule(L.LightningDataModule):
             ensure_sample_dataset(self.root)
 
     def _stage_splits(self, stage: str | None) -> tuple[str, ...]:
-        return {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        return {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
+            stage or "", SPLITS
+        )
 
     def check_splits(self, splits: tuple[str, ...]) -> dict[str, list[Pair]]:
-        """Pair the files of ``splits`` (no decoding); every problem of every split is reported at once."""
+        """Pair the files of ``splits`` (no decoding); every problem of every split is reported at
+        once."""
         require_root(self.root)
         found, problems = {}, []
         for split in splits:
@@ -174,13 +189,16 @@ class LungDataModule(L.LightningDataModule):
 
     @staticmethod
     def share(split: str, length: int, rank: int, world: int) -> np.ndarray:
-        """The items of ``split`` this rank reads: its training share, or every ``world``-th val/test item."""
-        return train_share(length, rank, world) if split == "train" else np.arange(rank, length, world)
+        """The items of ``split`` this rank reads: its training share, or every ``world``-th
+        val/test item."""
+        return (
+            train_share(length, rank, world) if split == "train" else np.arange(rank, length, world)
+        )
 
     def setup(self, stage: str | None = None) -> None:
-        """Pair the splits the stage needs, then decode this rank's share of each once (validating every file before
-        any training; under DDP the ranks together read each file once) into the decode cache. Every problem of
-        every rank is reported at once, by every rank."""
+        """Pair the splits the stage needs, then decode this rank's share of each once (validating
+        every file before any training; under DDP the ranks together read each file once) into the
+        decode cache. Every problem of every rank is reported at once, by every rank."""
         wanted = [s for s in self._stage_splits(stage) if s not in self.datasets]
         found = self.check_splits(tuple(wanted))
         if "train" in found and self.train_subset is not None:
@@ -189,9 +207,12 @@ class LungDataModule(L.LightningDataModule):
         problems: list[str] = []
         made: dict[str, LungDataset] = {}
         for split in wanted:
-            transform = self.train_transform if split == "train" else None  # val/test: resized, never augmented
+            # val/test: resized, never augmented
+            transform = self.train_transform if split == "train" else None
             share = self.share(split, len(found[split]), rank, world)
-            budget = int(self.cache_mb * MIB) - sum(d.cache.nbytes for d in [*self.datasets.values(), *made.values()])
+            budget = int(self.cache_mb * MIB) - sum(
+                d.cache.nbytes for d in [*self.datasets.values(), *made.values()]
+            )
             dataset = LungDataset(
                 found[split],
                 self.image_size,
@@ -202,10 +223,16 @@ class LungDataModule(L.LightningDataModule):
                 intensity=self.intensity,
             )
             # follows seed_everything; each DDP rank augments differently
-            dataset.reseed(int(torch.randint(0, 2**31 - 1, ()).item()) + RANK_STRIDE * rank_zero_only.rank)
+            dataset.reseed(
+                int(torch.randint(0, 2**31 - 1, ()).item()) + RANK_STRIDE * rank_zero_only.rank
+            )
             problems += dataset.read(share)
             made[split] = dataset
-            subset_note = f" (data.train_subset={self.train_subset})" if split == "train" and self.train_subset else ""
+            subset_note = (
+                f" (data.train_subset={self.train_subset})"
+                if split == "train" and self.train_subset
+                else ""
+            )
             log.info(
                 "%s: %d pairs from %s%s; %s",
                 split,
@@ -231,12 +258,16 @@ class LungDataModule(L.LightningDataModule):
         if cache.capacity < share:
             line += f", the other {share - cache.capacity} are decoded on every read"
         if cache.shm_limited:
-            line += " (limited by the free shared memory in /dev/shm: raise it, e.g. docker run --shm-size=8g)"
+            line += (
+                " (limited by the free shared memory in /dev/shm: raise it, e.g. docker run "
+                "--shm-size=8g)"
+            )
         return line + f" (data.cache_mb={self.cache_mb:g})"
 
     def state_dict(self) -> dict[str, Any]:
-        """The training augmentation's random state (in-process loading), so a resumed run augments as an
-        uninterrupted one would. Worker processes reseed themselves each epoch from torch's restored RNG."""
+        """The training augmentation's random state (in-process loading), so a resumed run augments
+        as an uninterrupted one would. Worker processes reseed themselves each epoch from torch's
+        restored RNG."""
         train = self.datasets.get("train")
         return {
             "augment_rng": [
@@ -249,7 +280,9 @@ class LungDataModule(L.LightningDataModule):
         """Restore the training augmentation's random state saved by :meth:`state_dict`."""
         train = self.datasets.get("train")
         for transform, (np_state, py_state) in zip(
-            augmenters(train.transform if train is not None else None), state_dict.get("augment_rng", []), strict=False
+            augmenters(train.transform if train is not None else None),
+            state_dict.get("augment_rng", []),
+            strict=False,
         ):
             transform.random_generator.bit_generator.state = np_state
             transform.py_random.setstate(py_state)
@@ -263,14 +296,16 @@ class LungDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        """The split's loader; under DDP each rank gets its own share (the trainer's use_distributed_sampler is
-        off: this is the one place that shards)."""
+        """The split's loader; under DDP each rank gets its own share (the trainer's
+        use_distributed_sampler is off: this is the one place that shards)."""
         limit_opencv_threads(self.num_workers)
         keep_freed_memory()  # each batch reuses the pages of the ones before it
         dataset = self.dataset(split)
         rank, world = process_rank()
         sampler: Sampler[int] | None = None
-        if world > 1:  # training: each rank's fixed share, shuffled, padded to equal length (every rank steps together)
+        # training: each rank's fixed share, shuffled, padded to equal length (every rank steps
+        # together)
+        if world > 1:
             sampler = (
                 ShuffledShareSampler(len(dataset), rank, world, seed=torch.initial_seed() % 2**31)
                 if shuffle

@@ -1,5 +1,5 @@
-"""LungDataset: image/mask pairs as tensors, decoded and resized on first read into a budgeted cache, augmented per
-item."""
+"""LungDataset: image/mask pairs as tensors, decoded and resized on first read into a budgeted
+cache, augmented per item."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from lungseg.errors import DataError
 from lungseg.runtime import usable_cores
 
 MIB = 2**20
-SHARED_MEMORY = Path("/dev/shm")  # where torch's shared tensors live on Linux (Docker's default is only 64 MB)
+# where torch's shared tensors live on Linux (Docker's default is only 64 MB)
+SHARED_MEMORY = Path("/dev/shm")
 
 
 def item_bytes(size: int) -> int:
@@ -27,9 +28,11 @@ def item_bytes(size: int) -> int:
     return 2 * size * size
 
 
-def read_each(read: Callable[[int], Any], indices: Iterable[int], threads: int | None = None) -> list[str]:
-    """Call ``read(i)`` for every index (in threads: OpenCV decodes without the GIL); the sorted messages of every
-    DataError, one per bad file."""
+def read_each(
+    read: Callable[[int], Any], indices: Iterable[int], threads: int | None = None
+) -> list[str]:
+    """Call ``read(i)`` for every index (in threads: OpenCV decodes without the GIL); the sorted
+    messages of every DataError, one per bad file."""
     problems: list[str] = []
 
     def one(i: int) -> None:
@@ -50,22 +53,30 @@ def bad_files(problems: list[str]) -> DataError:
 
 
 class DecodeCache:
-    """Decoded, resized uint8 image/mask pairs of one split, kept from their first read within a byte budget.
+    """Decoded, resized uint8 image/mask pairs of one split, kept from their first read within a
+    byte budget.
 
-    Items of ``order`` get a slot each, in that order, until ``budget_bytes`` is spent; the others are decoded on
-    every read. With ``shared`` the pixels and their filled flags live in shared memory, so what one DataLoader
-    worker decodes is seen by the other workers and the main process and kept across epochs; a spawned worker maps
-    the same memory (torch passes it by handle) instead of receiving a copy.
+    Items of ``order`` get a slot each, in that order, until ``budget_bytes`` is spent; the others
+    are decoded on every read. With ``shared`` the pixels and their filled flags live in shared
+    memory, so what one DataLoader worker decodes is seen by the other workers and the main process
+    and kept across epochs; a spawned worker maps the same memory (torch passes it by handle)
+    instead of receiving a copy.
     """
 
     def __init__(
-        self, length: int, size: int, budget_bytes: int, order: Sequence[int] | None = None, shared: bool = False
+        self,
+        length: int,
+        size: int,
+        budget_bytes: int,
+        order: Sequence[int] | None = None,
+        shared: bool = False,
     ) -> None:
         order = np.arange(length) if order is None else np.asarray(order, np.int64)
         capacity = int(min(len(order), max(0, budget_bytes) // item_bytes(size)))
         self.shm_limited = False
         if shared and capacity and SHARED_MEMORY.is_dir():
-            # Half of what is free: the workers pass their batches through the same memory. Beyond it a write
+            # Half of what is free: the workers pass their batches through the same memory. Beyond
+            # it a write
             # would kill the process with SIGBUS instead of an error.
             room = int(shutil.disk_usage(SHARED_MEMORY).free // 2 // item_bytes(size))
             self.shm_limited, capacity = room < capacity, min(capacity, room)
@@ -89,7 +100,8 @@ class DecodeCache:
         return int(self.filled.sum())
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The cached image and mask of item ``index``, or None when it has no slot or is not decoded yet."""
+        """The cached image and mask of item ``index``, or None when it has no slot or is not
+        decoded yet."""
         slot = self.slot[index]
         if slot < 0 or not self.filled[slot]:
             return None
@@ -97,7 +109,8 @@ class DecodeCache:
         return pair[0], pair[1]
 
     def put(self, index: int, image: np.ndarray, mask: np.ndarray) -> None:
-        """Keep item ``index`` when it has a slot (the pixels first, then the flag that says they are there)."""
+        """Keep item ``index`` when it has a slot (the pixels first, then the flag that says they
+        are there)."""
         slot = self.slot[index]
         if slot >= 0:
             self.pixels[slot, 0] = torch.from_numpy(image)
@@ -106,10 +119,12 @@ class DecodeCache:
 
 
 class LungDataset(Dataset):
-    """Pairs of one split; items are dicts with ``image`` (1,H,W) float in [0,1], ``mask`` (1,H,W) {0,1}.
+    """Pairs of one split; items are dicts with ``image`` (1,H,W) float in [0,1], ``mask`` (1,H,W)
+    {0,1}.
 
-    Each pair is decoded and resized on its first read and kept in a :class:`DecodeCache` of ``cache_bytes``
-    (0: decoded on every read); ``cache_order`` says which items get its slots first (default: file order).
+    Each pair is decoded and resized on its first read and kept in a :class:`DecodeCache` of
+    ``cache_bytes`` (0: decoded on every read); ``cache_order`` says which items get its slots first
+    (default: file order).
     """
 
     def __init__(
@@ -126,19 +141,22 @@ class LungDataset(Dataset):
         self.intensity = intensity
         self.image_size = image_size
         self.transform = transform
-        self.cache = DecodeCache(len(self.pairs), image_size, cache_bytes, cache_order, shared_cache)
+        self.cache = DecodeCache(
+            len(self.pairs), image_size, cache_bytes, cache_order, shared_cache
+        )
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def reseed(self, seed: int) -> None:
-        """Seed the augmentation (albumentations keeps its own generator, which forked workers would share)."""
+        """Seed the augmentation (albumentations keeps its own generator, which forked workers would
+        share)."""
         if self.transform is not None:
             self.transform.set_random_seed(seed % 2**32)
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The resized, un-augmented uint8 image and {0,1} mask of one item (decoded once where the cache has
-        room)."""
+        """The resized, un-augmented uint8 image and {0,1} mask of one item (decoded once where the
+        cache has room)."""
         cached = self.cache.get(index)
         if cached is not None:
             return cached
@@ -148,14 +166,16 @@ class LungDataset(Dataset):
         return image, mask
 
     def read(self, indices: Iterable[int] | None = None, threads: int | None = None) -> list[str]:
-        """Read ``indices`` (default: every item) once, filling the cache; the message of every bad file."""
+        """Read ``indices`` (default: every item) once, filling the cache; the message of every bad
+        file."""
         return read_each(self.raw, range(len(self)) if indices is None else indices, threads)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(index)
 
     def item(self, index: int, augment: bool = True) -> dict[str, Any]:
-        """One item as tensors; ``augment=False`` gives it as evaluation sees it, whatever the transform."""
+        """One item as tensors; ``augment=False`` gives it as evaluation sees it, whatever the
+        transform."""
         image, mask = self.raw(index)
         if augment and self.transform is not None:
             out = self.transform(image=image, mask=mask)

@@ -35,7 +35,8 @@ RATIO_MIN_BYTES = 4 * 2**20  # ... and is bigger than this is taken for a zip bo
 WAYS_FORWARD = (
     "Three ways forward:\n"
     "  1. Kaggle credentials: save kaggle.json (kaggle.com > Settings > API > Create New Token) as "
-    "~/.kaggle/kaggle.json and run `chmod 600 ~/.kaggle/kaggle.json`, or export KAGGLE_USERNAME and "
+    "~/.kaggle/kaggle.json and run `chmod 600 ~/.kaggle/kaggle.json`, or export KAGGLE_USERNAME "
+    "and "
     "KAGGLE_KEY; then run `make data`\n"
     "  2. a copy you already have: data.root=/path/to/dataset (the folder holding ChestXray/)\n"
     "  3. the built-in sample data: python -m lungseg.train +experiment=demo"
@@ -43,7 +44,8 @@ WAYS_FORWARD = (
 
 
 def _kaggle_config_dir() -> Path:
-    """The folder kaggle reads kaggle.json from (KAGGLE_CONFIG_DIR, ~/.kaggle, or the XDG folder)."""
+    """The folder kaggle reads kaggle.json from (KAGGLE_CONFIG_DIR, ~/.kaggle, or the XDG
+    folder)."""
     if os.environ.get("KAGGLE_CONFIG_DIR"):
         return Path(os.environ["KAGGLE_CONFIG_DIR"]).expanduser()
     legacy = Path.home() / ".kaggle"
@@ -61,7 +63,10 @@ def _warn_if_credentials_readable() -> None:
         return
     if os.name != "nt" and mode & 0o077:
         log.warning(
-            "%s is readable by other users (mode %03o); fix it with: chmod 600 %s", path, stat.S_IMODE(mode), path
+            "%s is readable by other users (mode %03o); fix it with: chmod 600 %s",
+            path,
+            stat.S_IMODE(mode),
+            path,
         )
 
 
@@ -122,7 +127,9 @@ def _safe_extract(zip_path: Path, dest: Path, max_bytes: int) -> None:
             for info in members:
                 problem = _member_problem(info, dest)
                 if problem:
-                    raise DataError(f"refusing to extract {zip_path}: member {info.filename!r}: {problem}")
+                    raise DataError(
+                        f"refusing to extract {zip_path}: member {info.filename!r}: {problem}"
+                    )
             total = sum(info.file_size for info in members)
             if total > max_bytes:
                 biggest = max(members, key=lambda i: i.file_size).filename
@@ -134,7 +141,8 @@ def _safe_extract(zip_path: Path, dest: Path, max_bytes: int) -> None:
                 _extract_member(zf, info, dest)
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise DataError(
-            f"the download {zip_path.name} is corrupt ({err}); it was discarded, rerun to download it again"
+            f"the download {zip_path.name} is corrupt ({err}); it was discarded, rerun to "
+            "download it again"
         ) from None
     except OSError as err:
         raise DataError(
@@ -147,10 +155,15 @@ def _layout_problems(parent: Path) -> list[str]:
     """What is missing for ``parent/ChestXray`` to be a complete dataset (empty when complete)."""
     base = parent / DATASET_DIR
     problems = [
-        f"{base / s / d}: missing" for s in SPLITS for d in (IMAGE_DIR, MASK_DIR) if not (base / s / d).is_dir()
+        f"{base / s / d}: missing"
+        for s in SPLITS
+        for d in (IMAGE_DIR, MASK_DIR)
+        if not (base / s / d).is_dir()
     ]
     if not problems:
-        problems = [f"{base / s}: no image/mask pair" for s in SPLITS if not find_pairs(parent, s)[0]]
+        problems = [
+            f"{base / s}: no image/mask pair" for s in SPLITS if not find_pairs(parent, s)[0]
+        ]
     return problems
 
 
@@ -161,7 +174,8 @@ def _find_dataset_dir(extracted: Path) -> Path:
         if not _layout_problems(parent):
             return parent / DATASET_DIR
     raise DataError(
-        f"the downloaded zip holds no complete {DATASET_DIR}/{{{','.join(SPLITS)}}}/{{{IMAGE_DIR},{MASK_DIR}}}/ folder",
+        "the downloaded zip holds no complete "
+        f"{DATASET_DIR}/{{{','.join(SPLITS)}}}/{{{IMAGE_DIR},{MASK_DIR}}}/ folder",
         _layout_problems(extracted),
     )
 
@@ -189,15 +203,20 @@ def download_dataset(
     force: bool = False,
     max_bytes: int = 20 * 2**30,
 ) -> Path:
-    """Download ``dataset`` into ``<root>/ChestXray`` unless it is already there; return ``root``."""
+    """Download ``dataset`` into ``<root>/ChestXray`` unless it is already there; return
+    ``root``."""
     root = Path(root).expanduser().absolute()
     target = root / DATASET_DIR
     if target.exists() and not force:
         problems = _layout_problems(root)
         if not problems:
-            log.info("The dataset is already in place at %s (pass force=true to download it again)", root)
+            log.info(
+                "The dataset is already in place at %s (pass force=true to download it again)", root
+            )
             return root
-        raise DataError(f"{target} exists but is incomplete; move it away or rerun with force=true", problems)
+        raise DataError(
+            f"{target} exists but is incomplete; move it away or rerun with force=true", problems
+        )
     _warn_if_credentials_readable()
     api = _make_api() if api is None else api
     _authenticate(api)
@@ -206,7 +225,8 @@ def download_dataset(
     with output_lock(target, "data.root"):  # one download into a folder at a time
         remove_stale(root / ZIP_FOLDER)  # what a killed download left
         remove_stale(root / EXTRACT_FOLDER)
-        zips, extracted = temp_path(root / ZIP_FOLDER), temp_path(root / EXTRACT_FOLDER)  # beside the target
+        # beside the target
+        zips, extracted = temp_path(root / ZIP_FOLDER), temp_path(root / EXTRACT_FOLDER)
         try:
             for temp in (zips, extracted):
                 temp.mkdir()
@@ -214,7 +234,8 @@ def download_dataset(
             zip_path = _download(api, dataset, zips)
             _safe_extract(zip_path, extracted, max_bytes)
             zip_path.unlink()
-            replace_dir(_find_dataset_dir(extracted), target)  # an earlier copy is swapped out only now
+            # an earlier copy is swapped out only now
+            replace_dir(_find_dataset_dir(extracted), target)
         finally:
             for temp in (zips, extracted):
                 shutil.rmtree(temp, ignore_errors=True)

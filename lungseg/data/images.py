@@ -1,4 +1,5 @@
-"""Reading radiographs and masks from disk, and the one preprocessing used by training and inference."""
+"""Reading radiographs and masks from disk, and the one preprocessing used by training and
+inference."""
 
 from __future__ import annotations
 
@@ -11,42 +12,54 @@ import numpy as np
 from lungseg.errors import DataError
 
 MASK_THRESHOLD = 128
-# The smallest side of an image taken as a radiograph: anything smaller is an icon, a thumbnail or a broken export,
+# The smallest side of an image taken as a radiograph: anything smaller is an icon, a thumbnail or a
+# broken export,
 # not a film to segment or train on (the network's own input is far larger).
 MIN_SIDE = 16
 # A mask is "not binary" when more than this fraction of its pixels is mid-grey (64..191):
 # JPEG artefacts on real masks stay near 0 and 255 and well under this.
 MAX_GREY_FRACTION = 0.01
-# A mask is "colour" when more than this fraction of its pixels have channels that differ by more than
-# COLOUR_SPREAD: a grey mask saved as RGB (JPEG noise included) stays far below; a colour-coded one does not.
+# A mask is "colour" when more than this fraction of its pixels have channels that differ by more
+# than
+# COLOUR_SPREAD: a grey mask saved as RGB (JPEG noise included) stays far below; a colour-coded one
+# does not.
 MAX_COLOUR_FRACTION = 0.01
 COLOUR_SPREAD = 48
 
 
 def read_image_file(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """Decode an image file, raising a DataError that names the file when it cannot be read or holds more than one
-    frame (an animated GIF, PNG or WebP, a multi-page TIFF: decoders would silently take the first)."""
+    """Decode an image file, raising a DataError that names the file when it cannot be read or holds
+    more than one frame (an animated GIF, PNG or WebP, a multi-page TIFF: decoders would silently
+    take the first)."""
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
-        raise DataError(f"{path}: cannot read file ({err.strerror}); check it exists and is readable") from None
+        raise DataError(
+            f"{path}: cannot read file ({err.strerror}); check it exists and is readable"
+        ) from None
     frames = frame_count(data.tobytes()) if data.size else 1
     if frames > 1:
         raise DataError(
-            f"{path}: an animated or multi-page image ({frames} frames); save the one radiograph as a single-frame PNG"
+            f"{path}: an animated or multi-page image ({frames} frames); save the one radiograph "
+            "as a single-frame PNG"
         )
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None or image.size == 0:
-        raise DataError(f"{path}: not a readable image (corrupt or truncated?); replace or remove it")
+        raise DataError(
+            f"{path}: not a readable image (corrupt or truncated?); replace or remove it"
+        )
     return image
 
 
 def frame_count(data: bytes) -> int:
-    """How many frames an encoded image holds: read from the header for the formats that can hold several (GIF,
-    TIFF, PNG with an animation chunk, WebP with one); 1 for everything else."""
+    """How many frames an encoded image holds: read from the header for the formats that can hold
+    several (GIF, TIFF, PNG with an animation chunk, WebP with one); 1 for everything else."""
     webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP" and b"ANIM" in data[12:256]
-    png = data[:8] == b"\x89PNG\r\n\x1a\n" and b"acTL" in data[: data.find(b"IDAT") if b"IDAT" in data else 4096]
+    png = (
+        data[:8] == b"\x89PNG\r\n\x1a\n"
+        and b"acTL" in data[: data.find(b"IDAT") if b"IDAT" in data else 4096]
+    )
     if not (data[:4] in (b"GIF8", b"II*\x00", b"MM\x00*") or png or webp):
         return 1
     from PIL import Image, UnidentifiedImageError
@@ -59,30 +72,36 @@ def frame_count(data: bytes) -> int:
 
 
 def require_radiograph(image: np.ndarray, where: str) -> np.ndarray:
-    """Refuse what cannot be a radiograph: not 2-D (H x W, or H x W x 1/3/4 channels) or under ``MIN_SIDE`` px a
-    side; the same rule for training data and inference inputs."""
+    """Refuse what cannot be a radiograph: not 2-D (H x W, or H x W x 1/3/4 channels) or under
+    ``MIN_SIDE`` px a side; the same rule for training data and inference inputs."""
     channels_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
     if not channels_ok or min(image.shape[:2]) < MIN_SIDE:
         raise DataError(
-            f"{where}: image of shape {image.shape} is not a radiograph: expected H x W (or H x W x 1/3/4 "
+            f"{where}: image of shape {image.shape} is not a radiograph: expected H x W (or H x W "
+            "x 1/3/4 "
             f"channels) of at least {MIN_SIDE} px a side; replace or remove it"
         )
     return image
 
 
-# How grey levels of any bit depth become the model's 8-bit input (recorded in every model's description as
+# How grey levels of any bit depth become the model's 8-bit input (recorded in every model's
+# description as
 # preprocessing["intensity"]; a model is always fed by the rule it was trained with):
-#   window: the film's own 0.5th..99.5th percentile grey levels -> 0..255, clipped, for every depth. The same
-#           film as an 8-bit PNG, a 16-bit PNG or a DICOM gives the same input; a linear contrast or brightness
+# window: the film's own 0.5th..99.5th percentile grey levels -> 0..255, clipped, for every depth.
+# The same
+# film as an 8-bit PNG, a 16-bit PNG or a DICOM gives the same input; a linear contrast or
+# brightness
 #           change of the export does not move it. (lungseg >= 0.3)
-#   minmax: 8-bit as is; 16-bit and float stretched from their own min..max (lungseg 0.2, and masks).
+# minmax: 8-bit as is; 16-bit and float stretched from their own min..max (lungseg 0.2, and masks).
 INTENSITY_RULES = ("window", "minmax")
 WINDOW_PERCENTILES = (0.5, 99.5)
-_MAX_FLOAT_SAMPLES = 1 << 20  # float images: percentiles from a regular subsample of at most this many pixels
+# float images: percentiles from a regular subsample of at most this many pixels
+_MAX_FLOAT_SAMPLES = 1 << 20
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
-    """Colour (BGR/BGRA) -> ITU-R 601 luminance (alpha dropped); grayscale as is. The bit depth is kept."""
+    """Colour (BGR/BGRA) -> ITU-R 601 luminance (alpha dropped); grayscale as is. The bit depth is
+    kept."""
     if image.ndim == 3:
         if image.shape[2] == 4:
             image = image[:, :, :3]
@@ -95,7 +114,8 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 def _percentiles(gray: np.ndarray, low: float, high: float) -> tuple[float, float]:
-    """The ``low`` and ``high`` percentiles of a grayscale image's grey levels (exact for 8/16-bit)."""
+    """The ``low`` and ``high`` percentiles of a grayscale image's grey levels (exact for
+    8/16-bit)."""
     if gray.dtype in (np.uint8, np.uint16):
         cdf = np.cumsum(np.bincount(gray.ravel(), minlength=256))
         lo, hi = np.searchsorted(cdf, [cdf[-1] * low / 100, cdf[-1] * high / 100])
@@ -106,8 +126,9 @@ def _percentiles(gray: np.ndarray, low: float, high: float) -> tuple[float, floa
 
 
 def window(gray: np.ndarray) -> np.ndarray:
-    """The ``window`` rule: a grayscale image of any depth -> uint8, its 0.5th..99.5th percentile grey levels
-    stretched to 0..255 and the tails clipped. Flat images fall back to min..max (all zero when constant)."""
+    """The ``window`` rule: a grayscale image of any depth -> uint8, its 0.5th..99.5th percentile
+    grey levels stretched to 0..255 and the tails clipped. Flat images fall back to min..max (all
+    zero when constant)."""
     lo, hi = _percentiles(gray, *WINDOW_PERCENTILES)
     if hi <= lo:
         lo, hi = float(gray.min()), float(gray.max())
@@ -117,11 +138,14 @@ def window(gray: np.ndarray) -> np.ndarray:
         levels = np.arange(int(gray.max()) + 1, dtype=np.float32)
         table = np.clip(np.round((levels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
         return cv2.LUT(gray, table) if gray.dtype == np.uint8 and table.size == 256 else table[gray]
-    return np.clip(np.round((gray.astype(np.float32) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    return np.clip(np.round((gray.astype(np.float32) - lo) * (255.0 / (hi - lo))), 0, 255).astype(
+        np.uint8
+    )
 
 
 def _minmax(gray: np.ndarray) -> np.ndarray:
-    """The ``minmax`` rule: 8-bit as is; other depths stretched from their own min..max to 0..255."""
+    """The ``minmax`` rule: 8-bit as is; other depths stretched from their own min..max to
+    0..255."""
     if gray.dtype == np.uint8:
         return gray
     gray = gray.astype(np.float32)
@@ -132,8 +156,9 @@ def _minmax(gray: np.ndarray) -> np.ndarray:
 
 
 def to_gray8(image: np.ndarray, intensity: str = "window") -> np.ndarray:
-    """Any decoded image -> 8-bit grayscale by an intensity rule (``INTENSITY_RULES``), the one way used everywhere:
-    radiographs by the model's rule (``window`` for every model lungseg trains now), masks by ``minmax``."""
+    """Any decoded image -> 8-bit grayscale by an intensity rule (``INTENSITY_RULES``), the one way
+    used everywhere: radiographs by the model's rule (``window`` for every model lungseg trains
+    now), masks by ``minmax``."""
     gray = to_gray(image)
     if intensity == "window":
         return window(gray)
@@ -143,7 +168,8 @@ def to_gray8(image: np.ndarray, intensity: str = "window") -> np.ndarray:
 
 
 def read_gray(path: Path, intensity: str = "window") -> np.ndarray:
-    """Read a radiograph file as 8-bit grayscale by an intensity rule (``window``: the one training uses)."""
+    """Read a radiograph file as 8-bit grayscale by an intensity rule (``window``: the one training
+    uses)."""
     return to_gray8(require_radiograph(read_image_file(path), str(path)), intensity)
 
 
@@ -153,8 +179,9 @@ def _levels(gray: np.ndarray) -> np.ndarray:
 
 
 def binarize(mask: np.ndarray) -> np.ndarray:
-    """A mask to uint8 {0, 1}: lung where it is at least 128 (JPEG masks are not exactly 0/255), or, in a mask of
-    exactly two low values (0/1, as many tools save them), where it takes the higher one."""
+    """A mask to uint8 {0, 1}: lung where it is at least 128 (JPEG masks are not exactly 0/255), or,
+    in a mask of exactly two low values (0/1, as many tools save them), where it takes the higher
+    one."""
     gray = to_gray8(mask, "minmax")
     levels = _levels(gray)
     if len(levels) == 2 and levels[1] < MASK_THRESHOLD:
@@ -169,7 +196,8 @@ def grey_fraction(mask: np.ndarray) -> float:
 
 
 def colours(image: np.ndarray, most: int = 4) -> list[str]:
-    """The most frequent colours of a BGR(A) image as #rrggbb, quantised to steps of 32 (JPEG noise folded)."""
+    """The most frequent colours of a BGR(A) image as #rrggbb, quantised to steps of 32 (JPEG noise
+    folded)."""
     rgb = (image[..., 2::-1].reshape(-1, 3).astype(np.int32) + 16) // 32 * 32
     values, counts = np.unique(np.clip(rgb, 0, 255), axis=0, return_counts=True)
     order = np.argsort(-counts)[:most]
@@ -180,14 +208,16 @@ def colours(image: np.ndarray, most: int = 4) -> list[str]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a mask file as uint8 {0, 1}, refusing one that is colour-coded or not (close to) binary."""
+    """Read a mask file as uint8 {0, 1}, refusing one that is colour-coded or not (close to)
+    binary."""
     mask = read_image_file(path)
     if mask.ndim == 3 and mask.shape[2] >= 3:
         bgr = mask[..., :3].astype(np.int16)
         if ((bgr.max(-1) - bgr.min(-1)) > COLOUR_SPREAD).mean() > MAX_COLOUR_FRACTION:
             raise DataError(
                 f"{path}: colour mask (colours found: {', '.join(colours(mask))}); masks must be "
-                "black background and white lung: convert the lung colour to white, the rest to black"
+                "black background and white lung: convert the lung colour to white, the rest to "
+                "black"
             )
     levels = _levels(to_gray8(mask, "minmax"))
     if len(levels) == 2:  # two-valued (0/255, 0/1, ...): binary whatever its levels
@@ -200,18 +230,22 @@ def read_mask(path: Path) -> np.ndarray:
         )
     if len(levels) > 2 and levels[-1] < MASK_THRESHOLD:  # many low levels: a 0/1 mask through JPEG
         raise DataError(
-            f"{path}: mask values only reach {levels[-1]} over {len(levels)} grey levels (a 0/1 mask saved "
+            f"{path}: mask values only reach {levels[-1]} over {len(levels)} grey levels (a 0/1 "
+            "mask saved "
             "as JPEG?); save masks losslessly (PNG) with lung 255 or 1 and background 0"
         )
     return binarize(mask)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a grayscale image to size x size (area interpolation when shrinking, linear when growing)."""
+    """Resize a grayscale image to size x size (area interpolation when shrinking, linear when
+    growing)."""
     if image.shape[:2] == (size, size):
         return image
     shrinking = image.shape[0] >= size and image.shape[1] >= size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return cv2.resize(
+        image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -227,28 +261,34 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(gray: np.ndarray, size: int) -> np.ndarray:
-    """An 8-bit grayscale radiograph (``to_gray8``) -> float32 (size, size) in [0, 1]: the model input, for
-    training and inference."""
+    """An 8-bit grayscale radiograph (``to_gray8``) -> float32 (size, size) in [0, 1]: the model
+    input, for training and inference."""
     if gray.dtype != np.uint8 or gray.ndim != 2:
-        raise ValueError(f"preprocess takes 8-bit grayscale (to_gray8); got {gray.dtype} {gray.shape}")
+        raise ValueError(
+            f"preprocess takes 8-bit grayscale (to_gray8); got {gray.dtype} {gray.shape}"
+        )
     return to_unit_float(resize_image(gray, size))
 
 
-def load_pair(image_path: Path, mask_path: Path, size: int, intensity: str = "window") -> tuple[np.ndarray, np.ndarray]:
-    """Read, validate and resize one image/mask pair to uint8 arrays (image 0..255 by the intensity rule, mask
-    0/1)."""
+def load_pair(
+    image_path: Path, mask_path: Path, size: int, intensity: str = "window"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read, validate and resize one image/mask pair to uint8 arrays (image 0..255 by the intensity
+    rule, mask 0/1)."""
     image = read_gray(image_path, intensity)
     mask = read_mask(mask_path)
     if image.shape[:2] != mask.shape[:2]:
         raise DataError(
-            f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its mask {mask_path.name} is "
+            f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its mask "
+            f"{mask_path.name} is "
             f"{mask.shape[1]}x{mask.shape[0]}; they must be the same size"
         )
     return resize_image(image, size), resize_mask(mask, size)
 
 
 def limit_opencv_threads(num_workers: int) -> None:
-    """With DataLoader workers, run OpenCV single-threaded so N workers don't each start a thread per core.
+    """With DataLoader workers, run OpenCV single-threaded so N workers don't each start a thread
+    per core.
 
     Call it in the parent before the workers fork: ``cv2.setNumThreads`` inside a forked worker can
     deadlock on the parent's thread pool.

@@ -62,7 +62,9 @@ def _files(folder: Path) -> tuple[list[Path], list[str]]:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             images.append(path)
         else:
-            problems.append(f"{path}: not an image file (expected one of {sorted(IMAGE_SUFFIXES)}); move it out")
+            problems.append(
+                f"{path}: not an image file (expected one of {sorted(IMAGE_SUFFIXES)}); move it out"
+            )
     return images, problems
 
 
@@ -71,7 +73,8 @@ def _mask_key(stem: str) -> str:
 
 
 def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
-    """Pair images with masks (by N in the Kaggle naming, else by stem); return pairs and problems."""
+    """Pair images with masks (by N in the Kaggle naming, else by stem); return pairs and
+    problems."""
     images, problems = _files(image_dir)
     masks, mask_problems = _files(mask_dir)
     problems += mask_problems
@@ -97,16 +100,22 @@ def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
     for mask in masks:
         key = mask_key(mask)
         if key is None:
-            problems.append(f"{mask}: mask name does not match cxrmask_<N>; rename it or move it out")
+            problems.append(
+                f"{mask}: mask name does not match cxrmask_<N>; rename it or move it out"
+            )
         elif key in by_key:
-            problems.append(f"{mask}: a second mask for the same image as {by_key[key].name}; keep one")
+            problems.append(
+                f"{mask}: a second mask for the same image as {by_key[key].name}; keep one"
+            )
         else:
             by_key[key] = mask
     pairs, seen = [], set()
     for image in images:
         key = image_key(image)
         if key is None:
-            problems.append(f"{image}: image name does not match cxrimage_<N>; rename it or move it out")
+            problems.append(
+                f"{image}: image name does not match cxrimage_<N>; rename it or move it out"
+            )
             continue
         if key in seen:
             problems.append(f"{image}: a second image with the same number/stem; keep one")
@@ -115,7 +124,9 @@ def pair_files(image_dir: Path, mask_dir: Path) -> tuple[list[Pair], list[str]]:
         mask = by_key.get(key)
         if mask is None:
             expected = mask_name(int(key)) if kaggle else f"{image.stem}.png"
-            problems.append(f"{image}: no mask (expected {mask_dir / expected}); add it or remove the image")
+            problems.append(
+                f"{image}: no mask (expected {mask_dir / expected}); add it or remove the image"
+            )
         else:
             pairs.append(Pair(image, mask))
     for key, mask in by_key.items():
@@ -132,7 +143,10 @@ def find_pairs(root: Path, split: str) -> tuple[list[Pair], list[str]]:
     image_dir, mask_dir = folder / IMAGE_DIR, folder / MASK_DIR
     missing = [d for d in (image_dir, mask_dir) if not d.is_dir()]
     if missing:
-        return [], [f"{d}: folder missing (expected <root>/{DATASET_DIR}/{split}/{d.name}/)" for d in missing]
+        return [], [
+            f"{d}: folder missing (expected <root>/{DATASET_DIR}/{split}/{d.name}/)"
+            for d in missing
+        ]
     pairs, problems = pair_files(image_dir, mask_dir)
     if not pairs and not problems:
         problems.append(f"{folder}: split '{split}' is empty; put image/mask pairs there")
@@ -146,8 +160,11 @@ def require_root(root: Path) -> Path:
     root = Path(root)
     if not any(split_dir(root, s).is_dir() for s in SPLITS):
         raise DataError(
-            f"no dataset at {root} (expected {root}/{DATASET_DIR}/{{train,val,test}}/{{image,mask}}/). "
-            "Either download it with Kaggle credentials (`make data`, see README), point at a local "
-            "copy with data.root=/path/to/dataset, or train on the built-in sample: +experiment=demo"
+            f"no dataset at {root} (expected "
+            f"{root}/{DATASET_DIR}/{{train,val,test}}/{{image,mask}}/). "
+            "Either download it with Kaggle credentials (`make data`, see README), point at a "
+            "local "
+            "copy with data.root=/path/to/dataset, or train on the built-in sample: "
+            "+experiment=demo"
         )
     return root

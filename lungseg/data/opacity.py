@@ -1,10 +1,11 @@
-"""LungOpacity: synthetic airspace opacity inside the lung, for training only (image changed, mask kept).
+"""LungOpacity: synthetic airspace opacity inside the lung, for training only (image changed, mask
+kept).
 
-The hardest films in small CXR sets are supine AP films with dense consolidation or effusion: the lung
-is still lung in the reference mask, but its pixels look like soft tissue, and a model that learned
-"lung = dark, textured" cuts it out. This transform paints smooth, patchy haze of soft-tissue
-brightness over random parts of the lung field, so the model must use the outline (ribs, diaphragm,
-mediastinum) rather than the darkness alone.
+The hardest films in small CXR sets are supine AP films with dense consolidation or effusion: the
+lung is still lung in the reference mask, but its pixels look like soft tissue, and a model that
+learned "lung = dark, textured" cuts it out. This transform paints smooth, patchy haze of
+soft-tissue brightness over random parts of the lung field, so the model must use the outline (ribs,
+diaphragm, mediastinum) rather than the darkness alone.
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ class LungOpacity(DualTransform):
             ("tissue_percentile", tissue_percentile, (0, 100)),
         ):
             if not bounds[0] <= lo <= hi <= bounds[1]:
-                raise ValueError(f"LungOpacity.{name} must be a range within {list(bounds)}, got {[lo, hi]}")
+                raise ValueError(
+                    f"LungOpacity.{name} must be a range within {list(bounds)}, got {[lo, hi]}"
+                )
         if not 2 <= grid[0] <= grid[1]:
-            raise ValueError(f"LungOpacity.grid must be a range of at least 2 cells, got {list(grid)}")
+            raise ValueError(
+                f"LungOpacity.grid must be a range of at least 2 cells, got {list(grid)}"
+            )
         self.alpha, self.coverage, self.grid = tuple(alpha), tuple(coverage), tuple(grid)
         self.tissue_percentile, self.feather, self.ramp = tuple(tissue_percentile), feather, ramp
 
@@ -54,7 +59,9 @@ class LungOpacity(DualTransform):
         """The mask says where the lung is."""
         return ["mask"]
 
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
         """The per-pixel opacity map (float32, 0 outside the lung) and the haze brightness."""
         image, mask = data["image"], np.asarray(data["mask"]) > 0
         rng = self.random_generator
@@ -62,12 +69,21 @@ class LungOpacity(DualTransform):
             return {"opacity": None, "tissue": 0.0}
         cells = int(rng.integers(self.grid[0], self.grid[1] + 1))
         h, w = mask.shape[:2]
-        field = cv2.resize(rng.random((cells, cells), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+        field = cv2.resize(
+            rng.random((cells, cells), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+        )
         cut = np.quantile(field[mask], 1.0 - rng.uniform(*self.coverage))
-        patch = np.clip((field - cut) / self.ramp, 0.0, 1.0)  # full opacity a little inside the patch edge
-        lung = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), self.feather) if self.feather > 0 else mask
+        # full opacity a little inside the patch edge
+        patch = np.clip((field - cut) / self.ramp, 0.0, 1.0)
+        lung = (
+            cv2.GaussianBlur(mask.astype(np.float32), (0, 0), self.feather)
+            if self.feather > 0
+            else mask
+        )
         opacity = (rng.uniform(*self.alpha) * patch * lung).astype(np.float32)
-        tissue = float(np.percentile(np.asarray(image)[~mask], rng.uniform(*self.tissue_percentile)))
+        tissue = float(
+            np.percentile(np.asarray(image)[~mask], rng.uniform(*self.tissue_percentile))
+        )
         return {"opacity": opacity, "tissue": tissue}
 
     def apply(

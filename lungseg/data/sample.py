@@ -1,10 +1,11 @@
 """Built-in sample data: deterministic synthetic chest-radiograph phantoms with exact lung masks.
 
-The project cannot ship real X-rays, so ``write_sample_dataset`` draws a small set in the Kaggle layout
-(``<root>/ChestXray/{train,val,test}/{image,mask}/``): a soft-tissue torso, two dark lung fields with
-organic outlines (the left one smaller, with a cardiac notch), ribs and clavicles, a bright mediastinum,
-heart and diaphragm, low-frequency shading, noise and per-image contrast. Masks are the two lung fields
-as drawn, saved as JPEG like the real dataset. Run ``python -m lungseg.data.sample [root]``.
+The project cannot ship real X-rays, so ``write_sample_dataset`` draws a small set in the Kaggle
+layout (``<root>/ChestXray/{train,val,test}/{image,mask}/``): a soft-tissue torso, two dark lung
+fields with organic outlines (the left one smaller, with a cardiac notch), ribs and clavicles, a
+bright mediastinum, heart and diaphragm, low-frequency shading, noise and per-image contrast. Masks
+are the two lung fields as drawn, saved as JPEG like the real dataset. Run ``python -m
+lungseg.data.sample [root]``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def smooth_field(rng: np.random.Generator, size: int, cells: int = 4) -> np.ndar
 def lung_outline(
     rng: np.random.Generator, cx: float, top: float, width: float, height: float, lateral: int
 ) -> np.ndarray:
-    """Polygon of one lung field: a Fourier-deformed ellipse, narrow at the apex, dome-shaped base."""
+    """Polygon of one lung field: a Fourier-deformed ellipse, narrow at the apex, dome-shaped
+    base."""
     theta = np.linspace(0, 2 * np.pi, 120, endpoint=False)
     k = np.arange(2, 6)[:, None]
     amp = rng.uniform(-0.07, 0.07, (4, 1)) / k
@@ -59,8 +61,11 @@ def draw_lungs(rng: np.random.Generator, s: int) -> tuple[np.ndarray, tuple[floa
     top, height = rng.uniform(0.07, 0.15) * s, rng.uniform(0.55, 0.72) * s
     mid = s / 2 + rng.normal(0, 0.015) * s
     mask = np.zeros((s, s), np.uint8)
-    right = lung_outline(rng, mid - gap - width / 2, top, width, height, -1)  # patient's right, image left
-    left = lung_outline(rng, mid + gap + 0.45 * width, top + 0.02 * s, 0.9 * width, 0.95 * height, 1)
+    # patient's right, image left
+    right = lung_outline(rng, mid - gap - width / 2, top, width, height, -1)
+    left = lung_outline(
+        rng, mid + gap + 0.45 * width, top + 0.02 * s, 0.9 * width, 0.95 * height, 1
+    )
     cv2.fillPoly(mask, [right, left], 1)
     hx, hy = mid + rng.uniform(0.04, 0.08) * s, top + height * rng.uniform(0.72, 0.8)
     hr = rng.uniform(0.13, 0.17) * s
@@ -78,7 +83,8 @@ def draw_torso(rng: np.random.Generator, s: int, yy: np.ndarray, xx: np.ndarray)
 
 
 def draw_ribs(rng: np.random.Generator, s: int) -> np.ndarray:
-    """Rib-like curved bright stripes (posterior ribs arching down laterally, faint anterior ones)."""
+    """Rib-like curved bright stripes (posterior ribs arching down laterally, faint anterior
+    ones)."""
     ribs = np.zeros((s, s), np.float32)
     u = np.linspace(0, 1, 40)
     n = rng.integers(9, 12)
@@ -96,12 +102,15 @@ def draw_ribs(rng: np.random.Generator, s: int) -> np.ndarray:
     for side in (-1, 1):  # clavicles
         xs = s / 2 + side * (0.05 * s + u * 0.3 * s)
         pts = np.stack([xs, (0.1 + rng.uniform(-0.02, 0.02)) * s - 0.05 * s * np.sin(np.pi * u)], 1)
-        cv2.polylines(ribs, np.round(pts).astype(np.int32)[None], False, 1.0, int(0.03 * s), cv2.LINE_AA)
+        cv2.polylines(
+            ribs, np.round(pts).astype(np.int32)[None], False, 1.0, int(0.03 * s), cv2.LINE_AA
+        )
     return _blur(ribs, 0.006 * s)
 
 
 def draw_vessels(rng: np.random.Generator, s: int, lungs: np.ndarray) -> np.ndarray:
-    """Faint branching vessel markings and hilar shadows fanning out from each lung's medial side."""
+    """Faint branching vessel markings and hilar shadows fanning out from each lung's medial
+    side."""
     out = np.zeros((s, s), np.float32)
     for side, half in ((-1, lungs[:, : s // 2]), (1, lungs[:, s // 2 :])):
         ys, xs = np.nonzero(half)
@@ -112,19 +121,25 @@ def draw_vessels(rng: np.random.Generator, s: int, lungs: np.ndarray) -> np.ndar
             heading = rng.uniform(-0.5, 0.5) * np.pi + (np.pi if side < 0 else 0)
             turns = heading + rng.normal(0, 0.3, 10).cumsum()
             step = rng.uniform(0.015, 0.03) * s
-            pts = np.stack([hx + step * np.cos(turns).cumsum(), hy + step * np.sin(turns).cumsum()], 1)
+            pts = np.stack(
+                [hx + step * np.cos(turns).cumsum(), hy + step * np.sin(turns).cumsum()], 1
+            )
             pts = np.round(pts).astype(np.int32)[None]
             cv2.polylines(out, pts[:, :4], False, 1.0, max(2, s // 128), cv2.LINE_AA)
             cv2.polylines(out, pts, False, 1.0, 1, cv2.LINE_AA)
     return _blur(out, 0.005 * s + 0.3)
 
 
-def draw_mediastinum(rng: np.random.Generator, s: int, heart: tuple[float, float, float]) -> np.ndarray:
+def draw_mediastinum(
+    rng: np.random.Generator, s: int, heart: tuple[float, float, float]
+) -> np.ndarray:
     """Bright central column (spine with discs, dark trachea), the heart and the diaphragm below."""
     hx, hy, hr = heart
     y, x = np.arange(s, dtype=np.float32)[:, None], np.arange(s, dtype=np.float32)[None, :]
     band = np.exp(-(((x - s / 2) / (0.07 * s)) ** 4))
-    spine = np.exp(-(((x - s / 2) / (0.035 * s)) ** 4)) * (0.8 + 0.2 * np.cos(y * 2 * np.pi / (0.055 * s)))
+    spine = np.exp(-(((x - s / 2) / (0.035 * s)) ** 4)) * (
+        0.8 + 0.2 * np.cos(y * 2 * np.pi / (0.055 * s))
+    )
     trachea = np.exp(-(((x - s / 2) / (0.018 * s)) ** 2)) * (y < 0.3 * s)
     heart_blob = np.exp(-((((x - hx) / (1.1 * hr)) ** 2 + ((y - hy) / (0.9 * hr)) ** 2) ** 2))
     abdomen = 1 / (1 + np.exp(-(y - hy - rng.uniform(0.02, 0.06) * s) / (0.02 * s)))
@@ -143,9 +158,11 @@ def make_phantom(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
     soft_lungs = _blur(lungs.astype(np.float32), 0.008 * s)
     texture = _blur(rng.normal(0, 1, (s, s)).astype(np.float32), 0.01 * s)
     img = 0.05 + torso * (rng.uniform(0.5, 0.62) + draw_mediastinum(rng, s, heart))
-    air = 1.05 - 0.3 * yy / s + 0.1 * smooth_field(rng, s) + 0.08 * texture  # less air towards the bases
+    # less air towards the bases
+    air = 1.05 - 0.3 * yy / s + 0.1 * smooth_field(rng, s) + 0.08 * texture
     img -= soft_lungs * rng.uniform(0.3, 0.4) * air
-    thorax = 1 / (1 + np.exp((yy - heart[1] - 0.1 * s) / (0.03 * s)))  # ribs fade below the diaphragm
+    # ribs fade below the diaphragm
+    thorax = 1 / (1 + np.exp((yy - heart[1] - 0.1 * s) / (0.03 * s)))
     img += torso * thorax * (0.5 + 0.5 * soft_lungs) * rng.uniform(0.14, 0.22) * draw_ribs(rng, s)
     img += soft_lungs * rng.uniform(0.1, 0.16) * draw_vessels(rng, s, lungs)
     img *= 1 + 0.12 * smooth_field(rng, s, 3)
@@ -157,9 +174,9 @@ def make_phantom(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
 
 
 def write_phantoms(folder: Path, numbers: Iterable[int], size: int = 256, seed: int = 0) -> int:
-    """Draw and write the phantoms numbered ``numbers`` into ``folder/{image,mask}``, skipping those already there;
-    each file appears under its name only when complete, so an interrupted run can be continued. Returns how many
-    were drawn."""
+    """Draw and write the phantoms numbered ``numbers`` into ``folder/{image,mask}``, skipping those
+    already there; each file appears under its name only when complete, so an interrupted run can be
+    continued. Returns how many were drawn."""
     (folder / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     (folder / MASK_DIR).mkdir(exist_ok=True)
     drawn = 0
@@ -180,14 +197,20 @@ def write_phantoms(folder: Path, numbers: Iterable[int], size: int = 256, seed: 
 
 
 def write_sample_dataset(
-    root: str | Path, n_train: int = 240, n_val: int = 40, n_test: int = 40, size: int = 256, seed: int = 0
+    root: str | Path,
+    n_train: int = 240,
+    n_val: int = 40,
+    n_test: int = 40,
+    size: int = 256,
+    seed: int = 0,
 ) -> Path:
     """Write the synthetic set in the Kaggle layout under ``root`` atomically (no-op if present)."""
     root = Path(root)
     target = root / DATASET_DIR
     if target.exists():
         return root
-    with output_lock(target, "data.root"):  # two demos started at once: one writes, the other is told to wait
+    # two demos started at once: one writes, the other is told to wait
+    with output_lock(target, "data.root"):
         if target.exists():  # written while this process waited for its turn
             return root
         with atomic_dir(target) as staged:
@@ -210,7 +233,9 @@ def ensure_sample_dataset(root: str | Path, **kwargs: int) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command line: write the sample dataset (default ``data/sample``) and print where."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", nargs="?", default="data/sample", help="where to write (default data/sample)")
+    parser.add_argument(
+        "root", nargs="?", default="data/sample", help="where to write (default data/sample)"
+    )
     root = write_sample_dataset(parser.parse_args(argv).root)
     print(f"sample dataset at {root / DATASET_DIR}")
 

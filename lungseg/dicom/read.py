@@ -129,7 +129,8 @@ class DicomFilm:
             raise DataError(f"{self.path}: {self.no_pixels_reason}")
         if self.frames > 1:
             raise DataError(
-                f"{self.path}: multi-frame DICOM ({self.frames} frames); export the single radiograph frame"
+                f"{self.path}: multi-frame DICOM ({self.frames} frames); export the single "
+                "radiograph frame"
             )
         self._check_decoder()
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -184,7 +185,8 @@ class DicomFilm:
             if plugin not in get_decoder(self.transfer_syntax).available_plugins:
                 return DataError(self._install_message())
         return DataError(
-            f"{self.path}: truncated or corrupt pixel data ({_reason(err)}); export the film again or remove it"
+            f"{self.path}: truncated or corrupt pixel data ({_reason(err)}); export the film "
+            "again or remove it"
         )
 
 
@@ -199,10 +201,15 @@ def read_film(path: str | Path) -> DicomFilm:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, *_READ_ERRORS) as err:
         reason = (
-            "no DICOM file header: the 'DICM' marker is missing" if isinstance(err, InvalidDicomError) else _reason(err)
+            "no DICOM file header: the 'DICM' marker is missing"
+            if isinstance(err, InvalidDicomError)
+            else _reason(err)
         )
-        raise DataError(f"{path}: not a readable DICOM file ({reason}); replace or remove it") from None
-    if not any(k in ds for k in ("SOPClassUID", "Modality", *PIXEL_KEYWORDS)):  # a preamble over garbage
+        raise DataError(
+            f"{path}: not a readable DICOM file ({reason}); replace or remove it"
+        ) from None
+    # a preamble over garbage
+    if not any(k in ds for k in ("SOPClassUID", "Modality", *PIXEL_KEYWORDS)):
         raise DataError(
             f"{path}: not a readable DICOM file (no data set after its header: corrupt or "
             "truncated); replace or remove it"

@@ -34,7 +34,9 @@ def _highdicom() -> Any:
     """highdicom, its per-attribute INFO lines ("copy attributes of module ...", a dozen per SEG)
     kept out of the run's log."""
     hd = require_extra("highdicom", "dicom", SEG_FEATURE)
-    logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger("highdicom").level))
+    logging.getLogger("highdicom").setLevel(
+        max(logging.WARNING, logging.getLogger("highdicom").level)
+    )
     return hd
 
 
@@ -98,7 +100,10 @@ def write_seg(
     name = getattr(source, "path", None) or "the source DICOM"
     missing = [k for k in REFERENCED if not str(dataset.get(k, "") or "")]
     if missing:
-        raise DataError(f"{name}: no {', '.join(missing)}, so a SEG cannot reference it; export the film with its UIDs")
+        raise DataError(
+            f"{name}: no {', '.join(missing)}, so a SEG cannot reference it; export "
+            "the film with its UIDs"
+        )
     shape = (int(dataset.Rows), int(dataset.Columns))
     masks = [np.asarray(m) > 0 for m in (left, right)]
     if any(m.shape != shape for m in masks):
@@ -109,9 +114,15 @@ def write_seg(
     size = description.image_size if description is not None else None
     model = model_name or (f"U-Net {size} px" if size else "lungseg model")
     score = "n/a" if quality_score is None or math.isnan(quality_score) else f"{quality_score:.6f}"
-    parameters = {"model": model, "quality_score": score, "needs_review": str(bool(needs_review)).lower()}
+    parameters = {
+        "model": model,
+        "quality_score": score,
+        "needs_review": str(bool(needs_review)).lower(),
+    }
     if description is not None:  # the model's version: when and from which commit it was trained
-        parameters.update(image_size=str(description.image_size), threshold=str(description.threshold))
+        parameters.update(
+            image_size=str(description.image_size), threshold=str(description.threshold)
+        )
         version = {"model_created": description.created, "model_git_commit": description.git_commit}
         parameters.update({k: str(v) for k, v in version.items() if v})
     if weights_sha256:
@@ -173,5 +184,7 @@ def read_seg(path: str | Path) -> dict[str, np.ndarray]:
     seg = hd.seg.segread(path)
     numbers = {seg.get_segment_description(n).segment_label: n for n in seg.segment_numbers}
     source = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
-    stack = seg.get_pixels_by_source_instance([source], segment_numbers=[numbers[s] for s in SEGMENTS])
+    stack = seg.get_pixels_by_source_instance(
+        [source], segment_numbers=[numbers[s] for s in SEGMENTS]
+    )
     return {label: stack[0, :, :, i] > 0 for i, label in enumerate(SEGMENTS)}

@@ -1,2 +1,2 @@
-"""Evaluation: scoring a split, its summary and report, figures, boundary distances, robustness to other scanners,
-and the reviewer's decisions on flagged masks."""
+"""Evaluation: scoring a split, its summary and report, figures, boundary distances, robustness to
+other scanners, and the reviewer's decisions on flagged masks."""

@@ -1,10 +1,10 @@
 """INT8 through OpenVINO's own tooling, with accuracy control: NNCF post-training quantisation of
 the float model, calibrated on radiographs through the project's preprocessing
-(``lungseg.inference.inputs.calibration_images``), then checked on the val films: mean per-film Dice of the
-thresholded masks (LungSegmenter's upsampling and threshold, no post-processing) against their
-reference masks, INT8 against the fp32 model. NNCF's ``quantize_with_accuracy_control`` returns
-operations to float until its own check passes; the export then measures the result itself and
-refuses to write it when the mean Dice drops more than ``max_dice_drop``.
+(``lungseg.inference.inputs.calibration_images``), then checked on the val films: mean per-film Dice
+of the thresholded masks (LungSegmenter's upsampling and threshold, no post-processing) against
+their reference masks, INT8 against the fp32 model. NNCF's ``quantize_with_accuracy_control``
+returns operations to float until its own check passes; the export then measures the result itself
+and refuses to write it when the mean Dice drops more than ``max_dice_drop``.
 
 Used by ``python -m lungseg.export format=openvino quantize=int8 calibration=<data root>``.
 """
@@ -168,10 +168,15 @@ def quantize_checked(
     images = np.asarray(calibration, np.float32)
     reference = film_dice(OpenVinoBackend(model, "cpu", threads, "32-true"), films)
     start = time.perf_counter()
-    quantized, method = quantize(nncf, model, images, films, description, max_dice_drop, restore_iterations)
+    quantized, method = quantize(
+        nncf, model, images, films, description, max_dice_drop, restore_iterations
+    )
     seconds = time.perf_counter() - start
     write_metadata(quantized, metadata)  # the description and card, whatever NNCF kept
-    got = {p: film_dice(OpenVinoBackend(quantized, "cpu", threads, p), films) for p in checked_precisions()}
+    got = {
+        p: film_dice(OpenVinoBackend(quantized, "cpu", threads, p), films)
+        for p in checked_precisions()
+    }
     float_dice = float(np.mean(reference))
     int8_dice = {p: float(np.mean(s)) for p, s in got.items()}
     worst = min(int8_dice, key=lambda p: int8_dice[p])
@@ -190,7 +195,9 @@ def quantize_checked(
         "mean_dice_drop": round(drop, 6),
         "max_dice_drop": max_dice_drop,
         "largest_film_drop": round(max(film_drops), 6),
-        "fake_quantize_ops": sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()),
+        "fake_quantize_ops": sum(
+            op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()
+        ),
         "quantize_s": round(seconds, 1),
     }
     if drop > max_dice_drop:
@@ -217,7 +224,9 @@ def quantize_checked(
 
 def quantization_card(details: dict[str, Any]) -> str:
     """The model card's section on an NNCF INT8 IR: how it was quantised and checked."""
-    int8 = ", ".join(f"{d:.4f} with {p} float operations" for p, d in details["int8_mean_dice"].items())
+    int8 = ", ".join(
+        f"{d:.4f} with {p} float operations" for p, d in details["int8_mean_dice"].items()
+    )
     return (
         f"\n\n## INT8 quantisation (OpenVINO)\n\nThis IR is the INT8 version of the model: "
         f"{details['tool']} post-training quantisation ({details['method']}), calibrated on "

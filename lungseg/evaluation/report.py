@@ -1,5 +1,5 @@
-"""The evaluation report's files: metrics.json, per_image.csv, report.md, PNG figures and TensorBoard events, from
-the summary (``evaluation.summary``) and the scoring's arrays."""
+"""The evaluation report's files: metrics.json, per_image.csv, report.md, PNG figures and
+TensorBoard events, from the summary (``evaluation.summary``) and the scoring's arrays."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def make_figures(
     history_dir: Path,
     quality: dict[str, Any],
 ) -> dict[str, Any]:
-    """All figures of the report, by file name (without .png); ``samples`` holds the sample sheet's arrays
-    (images, masks, probs, titles), ``quality`` the quality score's figures (:func:`quality_summary`)."""
+    """All figures of the report, by file name (without .png); ``samples`` holds the sample sheet's
+    arrays (images, masks, probs, titles), ``quality`` the quality score's figures
+    (:func:`quality_summary`)."""
     pooled, threshold = results["pooled"][0], results["thresholds"][0]
     fpr, tpr, _ = results["roc"]
     precision, recall, _ = results["pr"]
@@ -58,7 +59,11 @@ def make_figures(
 
 
 def _fmt(x: Any) -> str:
-    return f"{x:.6f}" if isinstance(x, float) else ("-" if x is None else f"{x:,}" if isinstance(x, int) else str(x))
+    return (
+        f"{x:.6f}"
+        if isinstance(x, float)
+        else ("-" if x is None else f"{x:,}" if isinstance(x, int) else str(x))
+    )
 
 
 def _spread_rows(spread_of: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -66,7 +71,10 @@ def _spread_rows(spread_of: dict[str, Any]) -> list[tuple[str, ...]]:
     return [
         (
             k.removesuffix("_mean"),
-            *(_fmt(spread_of.get(k.replace("_mean", s))) for s in ("_mean", "_sd", "_median", "_worst")),
+            *(
+                _fmt(spread_of.get(k.replace("_mean", s)))
+                for s in ("_mean", "_sd", "_median", "_worst")
+            ),
         )
         for k in spread_of
         if k.endswith("_mean")
@@ -74,7 +82,8 @@ def _spread_rows(spread_of: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def report_markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
-    """report.md: the original's results table beside ours, per-image summary, worst 5, threshold, figures."""
+    """report.md: the original's results table beside ours, per-image summary, worst 5, threshold,
+    figures."""
     pooled, per, conf = summary["pooled"], summary["per_image"], summary["confusion"]
     clean = summary["postprocessed"]
     name = {
@@ -83,7 +92,9 @@ def report_markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
         "loss": "BCE loss",
     }
     metrics_rows = [(name.get(k, k), _fmt(ORIGINAL.get(k)), _fmt(pooled[k])) for k in POOLED]
-    conf_rows = [(k.upper(), _fmt(ORIGINAL_CONFUSION[k]), _fmt(conf[k])) for k in ("tp", "fn", "fp", "tn")]
+    conf_rows = [
+        (k.upper(), _fmt(ORIGINAL_CONFUSION[k]), _fmt(conf[k])) for k in ("tp", "fn", "fp", "tn")
+    ]
     per_rows = _spread_rows(per)
     worst = [
         (Path(w["file"]).name, *(_fmt(float(w[k])) for k in ("dice", "iou", "hd95_px", "assd_px")))
@@ -91,21 +102,29 @@ def report_markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
     ]
     parts = [
         f"# Evaluation: {summary['split']} split, {summary['n_images']} images",
-        f"Checkpoint `{summary['checkpoint']}`, data `{summary['data_root']}`, {summary['image_size']} px, "
-        f"threshold {summary['threshold']}, precision {summary['precision']} on {summary['device']}.",
+        f"Checkpoint `{summary['checkpoint']}`, data `{summary['data_root']}`, "
+        f"{summary['image_size']} px, "
+        f"threshold {summary['threshold']}, precision {summary['precision']} on "
+        f"{summary['device']}.",
         "## Pooled pixel metrics beside the original notebook",
-        'The notebook sampled its test batches randomly (with replacement) and computed its "AUC" from '
-        "thresholded masks; here every image is evaluated once and AUROC comes from the probabilities. "
-        "Its positives are ~75 % of pixels, so its positive class may be inverted relative to the lung masks.",
+        'The notebook sampled its test batches randomly (with replacement) and computed its "AUC" '
+        "from "
+        "thresholded masks; here every image is evaluated once and AUROC comes from the "
+        "probabilities. "
+        "Its positives are ~75 % of pixels, so its positive class may be inverted relative to the "
+        "lung masks.",
         table([("metric", "original (Keras notebook)", "this evaluation"), *metrics_rows]),
         table([("pixels", "original", "this evaluation"), *conf_rows]),
         "## Per-image metrics",
-        "HD95 and ASSD are in pixels (`_mm`: millimetres). An empty truth or prediction counts as the image "
-        f"diagonal; both empty as 0 (Dice/IoU 1). Empty truths: {per['empty_truth']}, empty predictions: "
+        "HD95 and ASSD are in pixels (`_mm`: millimetres). An empty truth or prediction counts as "
+        "the image "
+        f"diagonal; both empty as 0 (Dice/IoU 1). Empty truths: {per['empty_truth']}, empty "
+        "predictions: "
         f"{per['empty_prediction']}.",
         table([("metric", "mean", "SD", "median", "worst"), *per_rows]),
         "## After post-processing",
-        "The thresholded masks cleaned as `lungseg.predict` does by default (the two largest connected "
+        "The thresholded masks cleaned as `lungseg.predict` does by default (the two largest "
+        "connected "
         "components kept, holes filled); the pooled metrics above are the model's raw output.",
         table(
             [
@@ -125,9 +144,17 @@ def report_markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
             f"Best pooled val Dice {t['val_dice']:.6f} at threshold {t['threshold']:.4f}.",
             table(
                 [
-                    ("metric", f"threshold {summary['threshold']}", f"threshold {t['threshold']:.4f}"),
+                    (
+                        "metric",
+                        f"threshold {summary['threshold']}",
+                        f"threshold {t['threshold']:.4f}",
+                    ),
                     *[(k, _fmt(pooled[k]), _fmt(t["pooled"][k])) for k in POOLED],
-                    ("per-image Dice mean", _fmt(per["dice_mean"]), _fmt(t["per_image"]["dice_mean"])),
+                    (
+                        "per-image Dice mean",
+                        _fmt(per["dice_mean"]),
+                        _fmt(t["per_image"]["dice_mean"]),
+                    ),
                 ]
             ),
         ]
@@ -139,10 +166,14 @@ def report_markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
     )
     parts += [
         "## Quality score",
-        f"Each post-processed mask's `quality_score` (`lungseg.inference.quality`, an estimate of its Dice; TTA views "
-        f"{'on' if q['tta'] else 'off'}) against its true Dice: Spearman {_fmt(q['spearman'])}. At the operating "
-        f"point {q['review_below']:.4f} (`quality.review_below`), {q['n_flagged']} of {q['n_images']} films "
-        f"({q['flagged_share']:.0%}) are flagged `needs_review`, {bad}. The highest operating point that "
+        "Each post-processed mask's `quality_score` (`lungseg.inference.quality`, an estimate of "
+        "its Dice; TTA views "
+        f"{'on' if q['tta'] else 'off'}) against its true Dice: Spearman {_fmt(q['spearman'])}. "
+        "At the operating "
+        f"point {q['review_below']:.4f} (`quality.review_below`), {q['n_flagged']} of "
+        f"{q['n_images']} films "
+        f"({q['flagged_share']:.0%}) are flagged `needs_review`, {bad}. The highest operating "
+        "point that "
         f"flags at most a quarter of this split's films: {q['suggested_review_below']:.4f} (flags "
         f"{q['suggested_flagged_share']:.0%}); choose it on val, never on the split you report.",
     ]
@@ -155,19 +186,24 @@ def report_markdown(summary: dict[str, Any], figure_names: list[str]) -> str:
         ]
         parts += [
             "## Review of the flagged masks",
-            f"A reviewer's decisions (`lungseg-review`, `{r['review_csv']}`) on {r['films']} predicted "
+            f"A reviewer's decisions (`lungseg-review`, `{r['review_csv']}`) on {r['films']} "
+            "predicted "
             f"films{'; ' + ', '.join(dice) if dice else ''}.",
             table(
                 [
                     ("films", *kinds),
                     (f"flagged ({r['flagged']})", *(r[f"flagged_{k}"] for k in kinds)),
-                    (f"not flagged ({r['films'] - r['flagged']})", *(r[f"others_{k}"] for k in kinds)),
+                    (
+                        f"not flagged ({r['films'] - r['flagged']})",
+                        *(r[f"others_{k}"] for k in kinds),
+                    ),
                 ]
             ),
         ]
     if "calibration" in summary:
         parts.append(
-            f"## Calibration\n\nExpected calibration error (pixels, {summary['calibration']['bins']} "
+            "## Calibration\n\nExpected calibration error (pixels, "
+            f"{summary['calibration']['bins']} "
             f"bins): {summary['calibration']['ece']:.6f}."
         )
     parts += ["## Figures", *[f"![{n}]({n}.png)" for n in figure_names]]
@@ -182,9 +218,10 @@ def write_report(
     cfg: DictConfig,
     history_dir: Path,
 ) -> dict[str, Any]:
-    """Write every output file into ``out``: per_image.csv, the figures (training curves from ``history_dir``, the
-    sample sheet from ``samples``), TensorBoard events, metrics.json (``summary``, with the figures' names) and
-    report.md; return that summary. Arrays in, files out: the report never runs a model."""
+    """Write every output file into ``out``: per_image.csv, the figures (training curves from
+    ``history_dir``, the sample sheet from ``samples``), TensorBoard events, metrics.json
+    (``summary``, with the figures' names) and report.md; return that summary. Arrays in, files out:
+    the report never runs a model."""
     from torch.utils.tensorboard import SummaryWriter
 
     rows = results["rows"]

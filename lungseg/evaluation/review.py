@@ -63,7 +63,9 @@ def _row(row: dict[str | None, Any], films: dict[str, Film], where: str) -> Deci
     if key not in films:
         raise DataError(f"{where}: film '{key}' is not in {PREDICTIONS}; {FIX}")
     if decision not in (*DECISIONS, ""):
-        raise DataError(f"{where}: decision '{cells['decision']}' is not accepted, rejected or empty; {FIX}")
+        raise DataError(
+            f"{where}: decision '{cells['decision']}' is not accepted, rejected or empty; {FIX}"
+        )
     return Decision(**{**cells, "film": key, "decision": decision})
 
 
@@ -74,7 +76,9 @@ def _read_text(path: Path) -> str:
     except FileNotFoundError:
         return ""
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read it ({err}); move it away to start afresh (nothing was changed)") from None
+        raise DataError(
+            f"{path}: cannot read it ({err}); move it away to start afresh (nothing was changed)"
+        ) from None
 
 
 def read_review(path: Path, films: dict[str, Film], text: str | None = None) -> dict[str, Decision]:
@@ -99,12 +103,15 @@ def read_review(path: Path, films: dict[str, Film], text: str | None = None) -> 
             decision = _row(row, films, where)
             if decision.film in rows:
                 raise DataError(
-                    f"{where}: film '{decision.film}' is listed twice (also row {rows[decision.film]}); {FIX}"
+                    f"{where}: film '{decision.film}' is listed twice (also row "
+                    f"{rows[decision.film]}); {FIX}"
                 )
             rows[decision.film] = reader.line_num
             decisions[decision.film] = decision
     except csv.Error as err:
-        raise DataError(f"{path}, row {reader.line_num}: not readable as CSV ({err}); {FIX}") from None
+        raise DataError(
+            f"{path}, row {reader.line_num}: not readable as CSV ({err}); {FIX}"
+        ) from None
     return decisions
 
 
@@ -149,10 +156,13 @@ class ReviewBook:
             self._lock_file.touch()
         except OSError as err:
             raise DataError(
-                f"{self.folder}: cannot write {REVIEW_CSV} there ({err.strerror or err}); review a writable copy of it"
+                f"{self.folder}: cannot write {REVIEW_CSV} there ({err.strerror or err}); review "
+                "a writable copy of it"
             ) from None
 
-    def decide(self, key: str, decision: str | None = None, note: str | None = None) -> Decision | None:
+    def decide(
+        self, key: str, decision: str | None = None, note: str | None = None
+    ) -> Decision | None:
         """Set a film's decision (accepted, rejected, or empty to clear it) and/or its note (None:
         unchanged) and write review.csv; return the film's row (None once it has neither)."""
         film = self.by_key.get(key)
@@ -164,7 +174,11 @@ class ReviewBook:
             raise LungsegError(f"a note holds at most {NOTE_LIMIT} characters, not {len(note)}")
         with self._lock, _folder_lock(self._lock_file):
             text = _read_text(self.path)  # parsed again only if someone else has written it
-            current = dict(self.decisions) if text == self._text else read_review(self.path, self.by_key, text)
+            current = (
+                dict(self.decisions)
+                if text == self._text
+                else read_review(self.path, self.by_key, text)
+            )
             old = current.get(key, Decision(key))
             new = Decision(
                 key,
@@ -189,7 +203,9 @@ class ReviewBook:
         return count_decisions(self.films, self.decisions, self.path)
 
 
-def count_decisions(films: list[Film], decisions: dict[str, Decision], path: Path) -> dict[str, Any]:
+def count_decisions(
+    films: list[Film], decisions: dict[str, Decision], path: Path
+) -> dict[str, Any]:
     """How many films are flagged, how many of those (and of the others) a reviewer accepted and
     rejected, and with reference masks (``truth=``) the mean Dice of the flagged accepted and
     rejected masks."""
@@ -210,7 +226,9 @@ def count_decisions(films: list[Film], decisions: dict[str, Decision], path: Pat
         "others_accepted": sum(decided(f) == "accepted" for f in others),
         "others_rejected": sum(decided(f) == "rejected" for f in others),
         "notes": sum(bool(d.note) for d in decisions.values()),
-        "stale": sum(d.stale(by_key[d.film]) for d in decisions.values() if d.decision and d.film in by_key),
+        "stale": sum(
+            d.stale(by_key[d.film]) for d in decisions.values() if d.decision and d.film in by_key
+        ),
     }
     out["flagged_undecided"] = out["flagged"] - out["flagged_accepted"] - out["flagged_rejected"]
     out["others_undecided"] = len(others) - out["others_accepted"] - out["others_rejected"]
@@ -235,7 +253,9 @@ def review_counts(folder: str | Path, required: bool = False) -> dict[str, Any] 
     path = Path(folder).expanduser() / REVIEW_CSV
     films, decisions = read_folder(folder)
     if not path.is_file() and required:
-        raise DataError(f"{folder}: no {REVIEW_CSV} yet; review the folder first: lungseg-review {folder}")
+        raise DataError(
+            f"{folder}: no {REVIEW_CSV} yet; review the folder first: lungseg-review {folder}"
+        )
     return count_decisions(films, decisions, path) if path.is_file() else None
 
 
@@ -253,5 +273,8 @@ def describe(counts: dict[str, Any]) -> str:
         if dice is not None:
             line += f"; mean Dice of the flagged masks {kind}: {dice:.4f}"
     if counts["stale"]:
-        line += f"; {counts['stale']} decision(s) predate the current masks (their quality score has changed since)"
+        line += (
+            f"; {counts['stale']} decision(s) predate the current masks (their quality score "
+            "has changed since)"
+        )
     return f"{line} ({counts['review_csv']})"

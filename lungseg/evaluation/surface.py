@@ -4,7 +4,8 @@ torchmetrics has only the maximum Hausdorff distance (and a distance transform t
 memory), so these are written here on scipy's exact Euclidean distance transform, in the MONAI /
 DeepMind convention:
 
-- the surface of a mask is its pixels with a 4-neighbour outside it (the image frame counts as outside);
+- the surface of a mask is its pixels with a 4-neighbour outside it (the image frame counts as
+  outside);
 - ``d(A->B)`` is, for every surface pixel of A, the distance to the nearest surface pixel of B;
 - HD95 = max(95th percentile of d(P->T), 95th percentile of d(T->P)) (``np.percentile``, linear);
 - ASSD = mean of all d(P->T) and d(T->P) together.
@@ -27,7 +28,8 @@ CROSS = ndimage.generate_binary_structure(2, 1)
 
 @dataclass(frozen=True)
 class SurfaceDistances:
-    """HD95 and ASSD of one image, and which mask (if any) was empty: '', 'truth', 'prediction' or 'both'."""
+    """HD95 and ASSD of one image, and which mask (if any) was empty: '', 'truth', 'prediction' or
+    'both'."""
 
     hd95: float
     assd: float
@@ -35,13 +37,17 @@ class SurfaceDistances:
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Boolean surface (boundary) pixels of a 2-D mask: in the mask with a 4-neighbour outside it."""
+    """Boolean surface (boundary) pixels of a 2-D mask: in the mask with a 4-neighbour outside
+    it."""
     mask = np.asarray(mask, bool)
     return mask & ~ndimage.binary_erosion(mask, CROSS, border_value=0)
 
 
-def directed_distances(source: np.ndarray, target: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """For each surface pixel of ``source``, the distance to the nearest surface pixel of ``target``."""
+def directed_distances(
+    source: np.ndarray, target: np.ndarray, spacing: tuple[float, float]
+) -> np.ndarray:
+    """For each surface pixel of ``source``, the distance to the nearest surface pixel of
+    ``target``."""
     to_target = ndimage.distance_transform_edt(~surface(target), sampling=spacing)
     return to_target[surface(source)]
 
@@ -54,7 +60,8 @@ def diagonal(shape: tuple[int, ...], spacing: tuple[float, float] = (1.0, 1.0)) 
 def surface_distances(
     pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)
 ) -> SurfaceDistances:
-    """HD95 and ASSD between two 2-D masks of the same shape (see the module docstring for conventions)."""
+    """HD95 and ASSD between two 2-D masks of the same shape (see the module docstring for
+    conventions)."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     if pred.shape != truth.shape or pred.ndim != 2:
         raise ValueError(f"expected two 2-D masks of one shape, got {pred.shape} and {truth.shape}")

@@ -1,13 +1,20 @@
-"""Cohort runs: thousands of films, one model, runs that survive interruption and split across machines.
+"""Cohort runs: thousands of films, one model, runs that survive interruption and split across
+machines.
 
-- ``shard=i/n`` takes the films whose output key hashes to ``i`` modulo ``n``: deterministic, disjoint, and stable
-  when films are added. Shards write into one output folder (each its own CSV, manifest, journal and lock);
+- ``shard=i/n`` takes the films whose output key hashes to ``i`` modulo ``n``: deterministic,
+  disjoint, and stable
+  when films are added. Shards write into one output folder (each its own CSV, manifest, journal and
+  lock);
   :func:`merge_shards` joins their CSVs and manifests.
-- The journal (``.journal<shard>.jsonl`` in the output folder) gets each film's CSV row, with its content and model
-  SHA-256, as soon as its files are written. ``resume=true`` skips every film whose row is there for the same
-  model, whose content is unchanged and whose outputs exist, so a killed run picks up where it stopped with
+- The journal (``.journal<shard>.jsonl`` in the output folder) gets each film's CSV row, with its
+  content and model
+  SHA-256, as soon as its files are written. ``resume=true`` skips every film whose row is there for
+  the same
+  model, whose content is unchanged and whose outputs exist, so a killed run picks up where it
+  stopped with
   nothing written twice or lost.
-- The manifest (``run<shard>.json``): lungseg version, the model (sources, SHA-256, description), settings,
+- The manifest (``run<shard>.json``): lungseg version, the model (sources, SHA-256, description),
+  settings,
   device and precision, counts by status, timings.
 """
 
@@ -29,7 +36,8 @@ from lungseg.errors import DataError, LungsegError
 from lungseg.inference.outputs import CSV_COLUMNS, PREDICTIONS
 
 RUN_FILE = "run.json"
-STATUSES = ("ok", "flagged", "refused", "error")  # error: unreadable (a DataError); refused: the input gate
+# error: unreadable (a DataError); refused: the input gate
+STATUSES = ("ok", "flagged", "refused", "error")
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,15 @@ class Shard:
 
     @classmethod
     def parse(cls, setting: Any) -> Shard:
-        """``None`` -> the whole run; ``"i/n"`` with 0 <= i < n; else one line naming the setting."""
+        """``None`` -> the whole run; ``"i/n"`` with 0 <= i < n; else one line naming the
+        setting."""
         if setting in (None, ""):
             return cls()
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(setting))
         if not match or not int(match.group(1)) < int(match.group(2)):
-            raise LungsegError(f"shard={setting}: use i/n with 0 <= i < n (e.g. shard=0/4 ... shard=3/4)")
+            raise LungsegError(
+                f"shard={setting}: use i/n with 0 <= i < n (e.g. shard=0/4 ... shard=3/4)"
+            )
         return cls(int(match.group(1)), int(match.group(2)))
 
     @property
@@ -69,20 +80,22 @@ class Shard:
 
 
 def model_sha256(sources: list[str]) -> str:
-    """One SHA-256 for the model of ``sources`` (a checkpoint, an ONNX file, a pretrained folder's weights, an
-    installed model's; an ensemble's members in order); a Hub id counts by its name."""
+    """One SHA-256 for the model of ``sources`` (a checkpoint, an ONNX file, a pretrained folder's
+    weights, an installed model's; an ensemble's members in order); a Hub id counts by its name."""
     digests = []
     for source in sources:
         path = installed_model(source) or Path(source).expanduser()
         if path.is_dir():
             path = path / "model.safetensors"
         digests.append(file_sha256(path) if path.is_file() else f"hub:{source}")
-    return digests[0] if len(digests) == 1 else hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    return (
+        digests[0] if len(digests) == 1 else hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    )
 
 
 class Journal:
-    """The append-only record of a run's finished films (one JSON line each, flushed as written): what
-    ``resume=true`` skips. A line cut short by a kill is ignored."""
+    """The append-only record of a run's finished films (one JSON line each, flushed as
+    written): what ``resume=true`` skips. A line cut short by a kill is ignored."""
 
     def __init__(self, path: Path, model: str, fresh: bool) -> None:
         self.path, self.model = path, model
@@ -115,8 +128,8 @@ class Journal:
 
 
 def reusable(entry: dict[str, Any], output: Path) -> bool:
-    """Whether a journal row can stand for its film: its content is unchanged and its outputs exist (a film that
-    failed to be read is tried again)."""
+    """Whether a journal row can stand for its film: its content is unchanged and its outputs exist
+    (a film that failed to be read is tried again)."""
     row = entry["row"]
     if row.get("status") == "error" or not row.get("content_sha256"):
         return False
@@ -127,10 +140,13 @@ def reusable(entry: dict[str, Any], output: Path) -> bool:
 
 
 def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...] = CSV_COLUMNS) -> str:
-    """predictions.csv's text: ``columns`` first, then any others the rows hold (truth=, ...), in their order."""
+    """predictions.csv's text: ``columns`` first, then any others the rows hold (truth=, ...), in
+    their order."""
     extra = [k for r in rows for k in r if k not in columns]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=[*columns, *dict.fromkeys(extra)], extrasaction="ignore")
+    writer = csv.DictWriter(
+        text, fieldnames=[*columns, *dict.fromkeys(extra)], extrasaction="ignore"
+    )
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
@@ -142,13 +158,16 @@ def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def merge_shards(output: Path) -> dict[str, Any]:
-    """Join the shards' CSVs into ``predictions.csv`` (rows by input) and their manifests into ``run.json``; every
-    shard of the run must have finished."""
+    """Join the shards' CSVs into ``predictions.csv`` (rows by input) and their manifests into
+    ``run.json``; every shard of the run must have finished."""
     found = sorted(output.glob(PREDICTIONS.replace(".csv", "-shard-*-of-*.csv")))
-    counts = {int(m.group(2)) for p in found if (m := re.search(r"-shard-(\d+)-of-(\d+)\.csv$", p.name))}
+    counts = {
+        int(m.group(2)) for p in found if (m := re.search(r"-shard-(\d+)-of-(\d+)\.csv$", p.name))
+    }
     if not found:
         raise DataError(
-            f"output={output}: no shard results (predictions-shard-<i>-of-<n>.csv) to merge; run the "
+            f"output={output}: no shard results (predictions-shard-<i>-of-<n>.csv) to merge; run "
+            "the "
             "shards first (shard=i/n)"
         )
     if len(counts) != 1:
@@ -161,7 +180,8 @@ def merge_shards(output: Path) -> dict[str, Any]:
     missing = [s.csv_name() for s in shards if not (output / s.csv_name()).is_file()]
     if missing:
         raise DataError(
-            f"output={output}: {len(missing)} of {n} shards have not finished ({', '.join(missing)}); "
+            f"output={output}: {len(missing)} of {n} shards have not finished "
+            f"({', '.join(missing)}); "
             "run them (resume=true continues a killed one), then merge again"
         )
     rows: list[dict[str, Any]] = []
@@ -170,7 +190,11 @@ def merge_shards(output: Path) -> dict[str, Any]:
         with (output / shard.csv_name()).open(newline="", encoding="utf-8") as f:
             rows += list(csv.DictReader(f))
         manifest = output / shard.run_name()
-        manifests.append(json.loads(manifest.read_text()) if manifest.is_file() else {"shard": f"{shard.index}/{n}"})
+        manifests.append(
+            json.loads(manifest.read_text())
+            if manifest.is_file()
+            else {"shard": f"{shard.index}/{n}"}
+        )
     rows.sort(key=lambda r: r["input"])
     write_text(output / PREDICTIONS, csv_text(rows))
     merged = {"shards": manifests, "counts": status_counts(rows), "films": len(rows)}

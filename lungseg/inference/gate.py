@@ -139,7 +139,10 @@ def check_image(image: np.ndarray, limits: ImageLimits = ImageLimits()) -> Statu
     limit)."""
     f = image_features(image)
     if f["colour"] > limits.max_colour:
-        return Status("refused", f"a colour photograph ({f['colour']:.0%} of pixels in colour), not a radiograph")
+        return Status(
+            "refused",
+            f"a colour photograph ({f['colour']:.0%} of pixels in colour), not a radiograph",
+        )
     checks = [
         ("detail", f["detail"] < limits.min_detail, "<", limits.min_detail),
         ("detail", f["detail"] > limits.max_detail, ">", limits.max_detail),
@@ -173,13 +176,20 @@ def check_film(film: DicomFilm) -> Status:
         return Status("refused", f"a colour image ({film.photometric})")
     view, codes = film.view_position, _view_codes(film)
     if view in LATERAL_VIEWS or (not view and "lateral" in codes and "decubitus" not in codes):
-        return Status("refused", f"a lateral view (ViewPosition {view or codes!r}); the model reads frontal films")
+        return Status(
+            "refused",
+            f"a lateral view (ViewPosition {view or codes!r}); the model reads frontal films",
+        )
     if view in OBLIQUE_VIEWS or (not view and "oblique" in codes):
         return Status("flagged", f"an oblique view (ViewPosition {view or codes!r})")
     return OK
 
 
-def gate(film: DicomFilm | None = None, image: np.ndarray | None = None, limits: ImageLimits = ImageLimits()) -> Status:
+def gate(
+    film: DicomFilm | None = None,
+    image: np.ndarray | None = None,
+    limits: ImageLimits = ImageLimits(),
+) -> Status:
     """The gate on a film: its DICOM attributes (``film``, when it is one) first, then its pixels
     (``image``, as decoded: :meth:`DicomFilm.pixels` or the image file, before the window rule). A
     refusal wins over a flag; two flags are joined."""

@@ -1,6 +1,6 @@
-"""A ``lungseg.predict`` output folder: its layout (``masks/``, ``overlays/``, ``probabilities/`` and
-``predictions.csv`` with its columns), and its films read back as the review page lists them: flagged films
-first, then the lowest (most doubtful) quality score first."""
+"""A ``lungseg.predict`` output folder: its layout (``masks/``, ``overlays/``, ``probabilities/``
+and ``predictions.csv`` with its columns), and its films read back as the review page lists them:
+flagged films first, then the lowest (most doubtful) quality score first."""
 
 from __future__ import annotations
 
@@ -34,17 +34,24 @@ CSV_COLUMNS = (
     "seg",
     "content_sha256",
 )
-TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")  # with truth=: the written mask against the reference mask
+# with truth=: the written mask against the reference mask
+TRUTH_COLUMNS = ("truth", "dice", "iou", "hd95_px")
 
 
-OUTPUT_FORMATS = ("png", "seg")  # PNG masks (with overlays and probabilities as asked); DICOM SEG of DICOM films
+# PNG masks (with overlays and probabilities as asked); DICOM SEG of DICOM films
+OUTPUT_FORMATS = ("png", "seg")
 
 
 def output_paths(
-    output: Path, key: str, overlays: bool = True, probabilities: bool = False, formats: tuple[str, ...] = ("png",)
+    output: Path,
+    key: str,
+    overlays: bool = True,
+    probabilities: bool = False,
+    formats: tuple[str, ...] = ("png",),
 ) -> dict[str, Path]:
-    """Where one input's files go: ``masks/<key>.png``, ``overlays/<key>.png``, ``probabilities/<key>.png`` (with
-    ``png``) and ``seg/<key>.dcm`` (with ``seg``; written for DICOM films only)."""
+    """Where one input's files go: ``masks/<key>.png``, ``overlays/<key>.png``,
+    ``probabilities/<key>.png`` (with ``png``) and ``seg/<key>.dcm`` (with ``seg``; written for
+    DICOM films only)."""
     kinds = [
         *(["masks"] if "png" in formats else []),
         *(["overlays"] if overlays else []),
@@ -159,13 +166,17 @@ def load_films(folder: str | Path) -> list[Film]:
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(
-                    f"{path}: not a lungseg.predict {PREDICTIONS} (no column(s) {', '.join(missing)}); {FIX}"
+                    f"{path}: not a lungseg.predict {PREDICTIONS} (no column(s) "
+                    f"{', '.join(missing)}); {FIX}"
                 )
             for row in reader:
                 where = f"{path}, row {reader.line_num}"
                 film = _film(row, len(films), folder, where)
                 if film.key in rows:
-                    raise DataError(f"{where}: film '{film.key}' is listed twice (also row {rows[film.key]}); {FIX}")
+                    raise DataError(
+                        f"{where}: film '{film.key}' is listed twice (also row "
+                        f"{rows[film.key]}); {FIX}"
+                    )
                 rows[film.key] = reader.line_num
                 films.append(film)
     except (UnicodeDecodeError, csv.Error) as err:

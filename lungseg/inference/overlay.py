@@ -1,5 +1,6 @@
-"""The one overlay: a radiograph with its predicted lungs tinted and outlined, and with a reference mask the
-errors coloured (used by predict's previews, the evaluation sheet and TensorBoard's prediction grid)."""
+"""The one overlay: a radiograph with its predicted lungs tinted and outlined, and with a reference
+mask the errors coloured (used by predict's previews, the evaluation sheet and TensorBoard's
+prediction grid)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 def overlay(
     gray: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None, max_size: int | None = None
 ) -> np.ndarray:
-    """RGB uint8 image of ``gray`` (uint8, H x W) with ``mask`` tinted green and outlined in yellow; given
-    ``truth``, predicted-but-not-true pixels are red and missed lung blue. The longest side is at most
-    ``max_size`` (None: the input's size)."""
+    """RGB uint8 image of ``gray`` (uint8, H x W) with ``mask`` tinted green and outlined in yellow;
+    given ``truth``, predicted-but-not-true pixels are red and missed lung blue. The longest side is
+    at most ``max_size`` (None: the input's size)."""
     mask = (np.asarray(mask) > 0).astype(np.uint8)
     scale = max_size / max(gray.shape) if max_size else 1.0
     if scale < 1:
@@ -28,14 +29,20 @@ def overlay(
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         truth = (
-            None if truth is None else cv2.resize((truth > 0).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+            None
+            if truth is None
+            else cv2.resize((truth > 0).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
         )
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB).astype(np.float32)
     out = rgb.copy()
     regions = (
         [(mask > 0, GREEN)]
         if truth is None
-        else [((mask > 0) & (truth > 0), GREEN), ((mask > 0) & (truth == 0), RED), ((mask == 0) & (truth > 0), BLUE)]
+        else [
+            ((mask > 0) & (truth > 0), GREEN),
+            ((mask > 0) & (truth == 0), RED),
+            ((mask == 0) & (truth > 0), BLUE),
+        ]
     )
     for region, colour in regions:
         out[region] = (1 - TINT) * rgb[region] + TINT * np.array(colour, np.float32)

@@ -1,22 +1,31 @@
-"""How far to trust one mask: a quality score that estimates its Dice, from what the model and the mask show.
+"""How far to trust one mask: a quality score that estimates its Dice, from what the model and the
+mask show.
 
-Everything is measured at the model's input size (the same numbers whatever the film's size, and in predict,
-evaluate and the API alike) on the probability map and the mask the segmenter delivers (thresholded, and
-cleaned when it post-processes):
+Everything is measured at the model's input size (the same numbers whatever the film's size, and in
+predict, evaluate and the API alike) on the probability map and the mask the segmenter delivers
+(thresholded, and cleaned when it post-processes):
 
-- ``expected_dice``: the mask's Dice against the model's own probabilities (the soft Dice 2 sum(p m) / (sum p +
-  sum m)): what Dice the model expects if its probabilities were the truth. Low where many pixels sit near 0.5.
-- ``border_entropy``: the mean binary entropy of the probabilities in a band around the mask's border.
-- ``flip_dice``, ``zoom_dice``, ``tta_dice`` (with TTA only): the Dice between the mask and the mask of the same
-  film mirrored left-right, or zoomed out by ``ZOOM`` (each mapped back), and the lower of the two: a model that
+- ``expected_dice``: the mask's Dice against the model's own probabilities (the soft Dice 2 sum(p m)
+  / (sum p +
+  sum m)): what Dice the model expects if its probabilities were the truth. Low where many pixels
+  sit near 0.5.
+- ``border_entropy``: the mean binary entropy of the probabilities in a band around the mask's
+  border.
+- ``flip_dice``, ``zoom_dice``, ``tta_dice`` (with TTA only): the Dice between the mask and the mask
+  of the same
+  film mirrored left-right, or zoomed out by ``ZOOM`` (each mapped back), and the lower of the two:
+  a model that
   changes its mind under a harmless change is guessing.
-- shape: ``lung_fraction``, ``components`` (large ones, before cleaning), ``balance`` (the smaller image half's
-  mask area over the larger's), ``height`` and ``height_balance`` (the taller lung's height, the shorter's over
+- shape: ``lung_fraction``, ``components`` (large ones, before cleaning), ``balance`` (the smaller
+  image half's
+  mask area over the larger's), ``height`` and ``height_balance`` (the taller lung's height, the
+  shorter's over
   it), ``solidity``, ``holes`` (the share of the filled mask that was holes before cleaning).
 
-:func:`score` combines them (the formula and how it was chosen are documented there); a mask ``needs_review``
-below the operating point, ``REVIEW_BELOW`` unless set. ``python -m lungseg.evaluate split=val`` reports the score
-against the true Dice and suggests the operating point (:func:`operating_point`).
+:func:`score` combines them (the formula and how it was chosen are documented there); a mask
+``needs_review`` below the operating point, ``REVIEW_BELOW`` unless set. ``python -m
+lungseg.evaluate split=val`` reports the score against the true Dice and suggests the operating
+point (:func:`operating_point`).
 """
 
 from __future__ import annotations
@@ -38,7 +47,8 @@ REVIEW_BELOW = 0.929  # chosen on val by operating_point (docs/quality.md)
 TTA_FEATURES = ("flip_dice", "zoom_dice", "tta_dice")  # present only with TTA
 # score(): weights chosen on val (docs/quality.md)
 ENTROPY_WEIGHT, TYPICAL_ENTROPY, SHAPE_WEIGHT = 0.4, 0.64, 0.25
-# plausibility(): what every training mask of the real set shows (lowest values, at 128 px; docs/quality.md)
+# plausibility(): what every training mask of the real set shows (lowest values, at 128 px;
+# docs/quality.md)
 SHAPE_LIMITS = {
     "lung_fraction": 0.21,
     "max_lung_fraction": 0.61,
@@ -51,24 +61,26 @@ SHAPE_LIMITS = {
 
 @dataclass(frozen=True)
 class QualitySettings:
-    """How masks are scored: ``tta`` adds the flip and zoom views (two more forward passes per film);
-    ``review_below``: the operating point, a mask scoring below it ``needs_review``."""
+    """How masks are scored: ``tta`` adds the flip and zoom views (two more forward passes per
+    film); ``review_below``: the operating point, a mask scoring below it ``needs_review``."""
 
     tta: bool = False
     review_below: float = REVIEW_BELOW
 
 
 def soft_dice(mask: np.ndarray, prob: np.ndarray) -> float:
-    """Dice of a {0,1} mask against probabilities; an empty mask where the model sees no lung is 1."""
+    """Dice of a {0,1} mask against probabilities; an empty mask where the model sees no lung is
+    1."""
     m = mask.astype(np.float32, copy=False)
     denominator = float(m.sum() + prob.sum())
     return 2 * float((m * prob).sum()) / denominator if denominator else 1.0
 
 
 def shape_features(raw: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Shape of the thresholded mask ``raw`` (components, holes: what cleaning hides) and the delivered ``mask``:
-    lung fraction, left/right balance of the image halves, the taller lung's height (a share of the image's) and
-    the shorter's over the taller's (a lung cut short by consolidation or effusion)."""
+    """Shape of the thresholded mask ``raw`` (components, holes: what cleaning hides) and the
+    delivered ``mask``: lung fraction, left/right balance of the image halves, the taller lung's
+    height (a share of the image's) and the shorter's over the taller's (a lung cut short by
+    consolidation or effusion)."""
     components = large_components(raw)
     filled = int(fill_holes(raw).sum())
     left, right = image_half_areas(mask)
@@ -86,17 +98,19 @@ def shape_features(raw: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 
 
 def solidity(mask: np.ndarray) -> float:
-    """The least convex of the two largest components: its area over its convex hull's (1: convex; a lung with
-    a bite taken out of it is lower). An empty mask: 0."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    """The least convex of the two largest components: its area over its convex hull's (1: convex; a
+    lung with a bite taken out of it is lower). An empty mask: 0."""
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     largest = sorted(contours, key=cv2.contourArea, reverse=True)[:2]
     ratios = [cv2.contourArea(c) / max(cv2.contourArea(cv2.convexHull(c)), 1e-9) for c in largest]
     return float(min(ratios)) if ratios else 0.0
 
 
 def border_entropy(mask: np.ndarray, prob: np.ndarray) -> float:
-    """Mean binary entropy (bits) of the probabilities in a band around the mask's border (width 1/32 of the
-    image): how unsure the model is where the lung ends."""
+    """Mean binary entropy (bits) of the probabilities in a band around the mask's border (width
+    1/32 of the image): how unsure the model is where the lung ends."""
     k = max(3, 2 * (mask.shape[0] // 64) + 1)
     kernel = np.ones((k, k), np.uint8)
     band = cv2.dilate(mask, kernel) > cv2.erode(mask, kernel)
@@ -113,13 +127,15 @@ def zoom_matrix(size: int, zoom: float = ZOOM) -> np.ndarray:
 
 
 def tta_inputs(images: np.ndarray) -> np.ndarray:
-    """The TTA views of preprocessed images (N, 1, s, s): mirrored, then zoomed out (edges replicated, as the
-    training augmentation fills); (2N, 1, s, s)."""
+    """The TTA views of preprocessed images (N, 1, s, s): mirrored, then zoomed out (edges
+    replicated, as the training augmentation fills); (2N, 1, s, s)."""
     size = images.shape[-1]
     matrix = zoom_matrix(size)
     zoomed = np.stack(
         [
-            cv2.warpAffine(x[0], matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[None]
+            cv2.warpAffine(
+                x[0], matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )[None]
             for x in images
         ]
     )
@@ -127,7 +143,8 @@ def tta_inputs(images: np.ndarray) -> np.ndarray:
 
 
 def tta_outputs(probs: np.ndarray) -> np.ndarray:
-    """The probabilities (2N, 1, s, s) of :func:`tta_inputs`' views mapped back onto the films: (N, 2, s, s)."""
+    """The probabilities (2N, 1, s, s) of :func:`tta_inputs`' views mapped back onto the films: (N,
+    2, s, s)."""
     n, size = len(probs) // 2, probs.shape[-1]
     matrix = zoom_matrix(size)
     mirrored = probs[:n, 0, :, ::-1]
@@ -149,8 +166,8 @@ def tta_outputs(probs: np.ndarray) -> np.ndarray:
 def features(
     prob: np.ndarray, threshold: float, postprocess: bool = True, views: np.ndarray | None = None
 ) -> dict[str, float]:
-    """Every quality feature of one film from its probabilities (s, s) at the model's size and, with TTA, its
-    views' probabilities (V, s, s) mapped back."""
+    """Every quality feature of one film from its probabilities (s, s) at the model's size and, with
+    TTA, its views' probabilities (V, s, s) mapped back."""
     raw = (prob >= threshold).astype(np.uint8)
     mask = clean_mask(raw) if postprocess else raw
     out = {
@@ -173,11 +190,11 @@ def _within(value: float, limit: float) -> float:
 
 
 def plausibility(f: dict[str, float]) -> float:
-    """How much the mask looks like a pair of lungs, in [0, 1]: 1 within what every training mask shows
-    (``SHAPE_LIMITS``: lung fraction, image-half balance, solidity, the taller lung's height, the shorter's over
-    the taller's; two large components and no holes), falling to 0 at half of each limit; a raw mask with other
-    than two large components counts 0.6 at most (most such masks are poor: docs/quality.md), holes 5 x their
-    share."""
+    """How much the mask looks like a pair of lungs, in [0, 1]: 1 within what every training mask
+    shows (``SHAPE_LIMITS``: lung fraction, image-half balance, solidity, the taller lung's height,
+    the shorter's over the taller's; two large components and no holes), falling to 0 at half of
+    each limit; a raw mask with other than two large components counts 0.6 at most (most such masks
+    are poor: docs/quality.md), holes 5 x their share."""
     lim = SHAPE_LIMITS
     return min(
         _within(f["lung_fraction"], lim["lung_fraction"]),
@@ -193,17 +210,19 @@ def score(f: dict[str, float]) -> float:
 
         clip(agreement + 0.4 (0.64 - border_entropy) + 0.25 (plausibility - 1), 0, 1)
 
-    ``agreement`` is the expected Dice, or with TTA the lowest of it and the flip and zoom agreements. The border
-    entropy adds what the expected Dice misses, plausibility catches confident but misshapen masks, and the
-    entropy's typical value centres the score on the clean films' mean Dice so that it reads as a Dice. The
-    weights were chosen on the val split only (how, and how well they rank films: docs/quality.md)."""
+    ``agreement`` is the expected Dice, or with TTA the lowest of it and the flip and zoom
+    agreements. The border entropy adds what the expected Dice misses, plausibility catches
+    confident but misshapen masks, and the entropy's typical value centres the score on the clean
+    films' mean Dice so that it reads as a Dice. The weights were chosen on the val split only (how,
+    and how well they rank films: docs/quality.md)."""
     agreement = min(f["expected_dice"], f.get("tta_dice", 1.0))
     uncertainty = ENTROPY_WEIGHT * (TYPICAL_ENTROPY - f["border_entropy"])
     return float(np.clip(agreement + uncertainty + SHAPE_WEIGHT * (plausibility(f) - 1), 0.0, 1.0))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (scipy's; NaN when either side is constant or has fewer than 3 values)."""
+    """Spearman's rank correlation (scipy's; NaN when either side is constant or has fewer than 3
+    values)."""
     from scipy.stats import spearmanr
 
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -215,8 +234,8 @@ def review_figures(
     scores: Sequence[float], dice: Sequence[float], review_below: float, bad_dice: float = BAD_DICE
 ) -> dict[str, Any]:
     """How well the score sorts films: Spearman with the true Dice, the share of films flagged at
-    ``review_below`` and the share of films under ``bad_dice`` that are flagged (None where undefined: no film
-    under ``bad_dice``, or a constant score or Dice)."""
+    ``review_below`` and the share of films under ``bad_dice`` that are flagged (None where
+    undefined: no film under ``bad_dice``, or a constant score or Dice)."""
     s, d = np.asarray(scores, np.float64), np.asarray(dice, np.float64)
     flagged, bad = s < review_below, d < bad_dice
     rho = spearman(s, d)
@@ -233,9 +252,9 @@ def review_figures(
 
 
 def operating_point(scores: Sequence[float], budget: float = REVIEW_BUDGET) -> float:
-    """The highest threshold that flags at most ``budget`` of the films (scores below it): the review budget the
-    issue allows spent on the least trusted films, so that as many bad films as possible are caught. Choose it on
-    val; it is the k+1-th lowest score, k = floor(budget n)."""
+    """The highest threshold that flags at most ``budget`` of the films (scores below it): the
+    review budget the issue allows spent on the least trusted films, so that as many bad films as
+    possible are caught. Choose it on val; it is the k+1-th lowest score, k = floor(budget n)."""
     s = np.sort(np.asarray(scores, np.float64))
     k = int(np.floor(budget * len(s) + 1e-9))
     return float(s[k]) if k < len(s) else float(np.nextafter(s[-1], np.inf))

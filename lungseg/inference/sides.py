@@ -139,7 +139,9 @@ def split_sides(
         main = labels == order[0]
         beyond = np.zeros(mask.shape, bool)  # the pixels past the image centre across the patient
         first = int(np.floor(centre)) + 1
-        beyond[(slice(None), slice(first, None)) if axis == 1 else (slice(first, None), slice(None))] = True
+        beyond[
+            (slice(None), slice(first, None)) if axis == 1 else (slice(first, None), slice(None))
+        ] = True
         share = np.count_nonzero(main & beyond) / areas[order[0]]
         if JOINED_SHARE <= share <= 1 - JOINED_SHARE:  # both lungs joined: split at the centre
             high = (high & ~main) | (main & beyond)

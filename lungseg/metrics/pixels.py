@@ -2,8 +2,8 @@
 
 All are pooled over every pixel seen in an epoch (as the original reported them), computed from
 probabilities: thresholded at ``threshold`` where a hard mask is needed, while AUROC uses the
-probabilities themselves over ``auroc_bins`` fixed thresholds (bounded memory on 137M pixels).
-For binary masks Dice equals F1, so ``dice`` is torchmetrics' pooled F1 under the name people look for.
+probabilities themselves over ``auroc_bins`` fixed thresholds (bounded memory on 137M pixels). For
+binary masks Dice equals F1, so ``dice`` is torchmetrics' pooled F1 under the name people look for.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from torchmetrics.classification import (
 class BinnedAUROC(BinaryAUROC):
     """torchmetrics' binned BinaryAUROC with an O(pixels) update (bucketize + bincount).
 
-    torchmetrics compares every pixel with every threshold, which dominates evaluation at 200 bins; this fills
-    the same ``confmat`` state, [threshold, target, prediction], from two histograms, and leaves ``compute`` to
-    torchmetrics.
+    torchmetrics compares every pixel with every threshold, which dominates evaluation at 200 bins;
+    this fills the same ``confmat`` state, [threshold, target, prediction], from two histograms, and
+    leaves ``compute`` to torchmetrics.
     """
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
@@ -38,14 +38,20 @@ class BinnedAUROC(BinaryAUROC):
         # bucket b = number of thresholds <= p, so p >= thresholds[j] exactly for j < b.
         bucket = torch.bucketize(preds, thresholds, right=True)
         target = target.long()
-        hist = torch.bincount(bucket + (n_t + 1) * target, minlength=2 * (n_t + 1)).reshape(2, n_t + 1)
-        at_or_above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # (target, threshold): count with p >= t
+        hist = torch.bincount(bucket + (n_t + 1) * target, minlength=2 * (n_t + 1)).reshape(
+            2, n_t + 1
+        )
+        # (target, threshold): count with p >= t
+        at_or_above = hist.flip(1).cumsum(1).flip(1)[:, 1:]
         totals = hist.sum(1, keepdim=True)
-        confmat = torch.stack([totals - at_or_above, at_or_above], dim=-1)  # (target, threshold, pred)
+        # (target, threshold, pred)
+        confmat = torch.stack([totals - at_or_above, at_or_above], dim=-1)
         self.confmat += confmat.permute(1, 0, 2).to(self.confmat.dtype)
 
 
-def pixel_metrics(prefix: str = "", threshold: float = 0.5, auroc_bins: int = 200) -> MetricCollection:
+def pixel_metrics(
+    prefix: str = "", threshold: float = 0.5, auroc_bins: int = 200
+) -> MetricCollection:
     """A MetricCollection of the pooled pixel metrics, keys ``<prefix><name>``."""
     kw = {"threshold": threshold, "validate_args": False}
     return MetricCollection(
@@ -60,7 +66,11 @@ def pixel_metrics(prefix: str = "", threshold: float = 0.5, auroc_bins: int = 20
             "auroc": BinnedAUROC(thresholds=auroc_bins, validate_args=False),
         },
         prefix=prefix,
-        compute_groups=[["accuracy", "precision", "recall", "f1", "specificity", "dice"], ["iou"], ["auroc"]],
+        compute_groups=[
+            ["accuracy", "precision", "recall", "f1", "specificity", "dice"],
+            ["iou"],
+            ["auroc"],
+        ],
     )
 
 
@@ -75,7 +85,8 @@ def flatten(probs: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 class BinnedROC(BinaryROC):
-    """torchmetrics' binned BinaryROC curve with BinnedAUROC's O(pixels) update (same state, same thresholds)."""
+    """torchmetrics' binned BinaryROC curve with BinnedAUROC's O(pixels) update (same state, same
+    thresholds)."""
 
     update = BinnedAUROC.update
 
@@ -86,9 +97,12 @@ class BinnedPRCurve(BinaryPrecisionRecallCurve):
     update = BinnedAUROC.update
 
 
-def per_image_overlap(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> dict[str, torch.Tensor]:
-    """Per-image Dice and IoU of (N, ...) probabilities vs {0,1} masks; 1.0 when truth and prediction are both empty.
-    (Counted directly: torchmetrics' samplewise stat scores squeeze a batch of one image away.)"""
+def per_image_overlap(
+    probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """Per-image Dice and IoU of (N, ...) probabilities vs {0,1} masks; 1.0 when truth and
+    prediction are both empty. (Counted directly: torchmetrics' samplewise stat scores squeeze a
+    batch of one image away.)"""
     preds = probs.detach().float().flatten(1) >= threshold
     target = masks.detach().flatten(1) > 0.5
     tp, fp, fn = ((preds & target).sum(1), (preds & ~target).sum(1), (~preds & target).sum(1))
@@ -100,10 +114,12 @@ def per_image_overlap(probs: torch.Tensor, masks: torch.Tensor, threshold: float
 
 
 class ReliabilityBins(Metric):
-    """Pixel calibration in bounded memory: count, summed probability and summed truth per probability bin.
+    """Pixel calibration in bounded memory: count, summed probability and summed truth per
+    probability bin.
 
     torchmetrics' BinaryCalibrationError keeps every pixel (gigabytes on a full test set); these
-    per-bin sums give the same ECE (same bins, ``bucketize(right=True) - 1``) and the reliability diagram.
+    per-bin sums give the same ECE (same bins, ``bucketize(right=True) - 1``) and the reliability
+    diagram.
     """
 
     full_state_update = False
@@ -111,7 +127,9 @@ class ReliabilityBins(Metric):
     def __init__(self, n_bins: int = 15) -> None:
         super().__init__()
         self.n_bins = n_bins
-        self.register_buffer("boundaries", torch.linspace(0, 1, n_bins + 1, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "boundaries", torch.linspace(0, 1, n_bins + 1, dtype=torch.float64), persistent=False
+        )
         for name in ("count", "prob_sum", "true_sum"):
             self.add_state(name, torch.zeros(n_bins + 1, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -120,10 +138,13 @@ class ReliabilityBins(Metric):
         index = torch.bucketize(preds, self.boundaries, right=True) - 1
         self.count += torch.bincount(index, minlength=self.n_bins + 1).double()
         self.prob_sum += torch.bincount(index, weights=preds, minlength=self.n_bins + 1)
-        self.true_sum += torch.bincount(index, weights=target.reshape(-1).double(), minlength=self.n_bins + 1)
+        self.true_sum += torch.bincount(
+            index, weights=target.reshape(-1).double(), minlength=self.n_bins + 1
+        )
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``ece`` (L1, weighted by bin size) and per bin ``confidence``, ``frequency``, ``fraction`` (NaN if empty)."""
+        """``ece`` (L1, weighted by bin size) and per bin ``confidence``, ``frequency``,
+        ``fraction`` (NaN if empty)."""
         confidence, frequency = self.prob_sum / self.count, self.true_sum / self.count
         fraction = self.count / self.count.sum()
         ece = torch.nansum((confidence - frequency).abs() * fraction)

@@ -1,4 +1,5 @@
-"""The seed's enhanced U-Net: input noise, conv-BN encoder with spatial dropout, and a skip-connected decoder.
+"""The seed's enhanced U-Net: input noise, conv-BN encoder with spatial dropout, and a
+skip-connected decoder.
 
 Layer by layer it follows the original Keras notebook (``Conv2D(relu)`` then ``BatchNormalization``,
 ``MaxPooling2D`` then ``SpatialDropout2D``); the output is one channel of **logits** (the sigmoid
@@ -44,7 +45,8 @@ class ConvReLUBN(nn.Sequential):
 
 
 class Up(nn.Module):
-    """Double the resolution: a 2x2 stride-2 transposed conv (README) or upsample + 2x2 conv + ReLU (notebook)."""
+    """Double the resolution: a 2x2 stride-2 transposed conv (README) or upsample + 2x2 conv + ReLU
+    (notebook)."""
 
     def __init__(self, in_channels: int, out_channels: int, mode: Decoder) -> None:
         super().__init__()
@@ -66,7 +68,9 @@ class Up(nn.Module):
 class DecoderBlock(nn.Module):
     """Upsample, concatenate the encoder's skip output, then two conv-BN layers."""
 
-    def __init__(self, in_channels: int, out_channels: int, mode: Decoder, bn_momentum: float = 0.1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, mode: Decoder, bn_momentum: float = 0.1
+    ) -> None:
         super().__init__()
         self.up = Up(in_channels, out_channels, mode)
         self.conv = ConvReLUBN(2 * out_channels, out_channels, bn_momentum)
@@ -76,7 +80,8 @@ class DecoderBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net with ``depth`` levels of ``base_filters * 2**i`` channels and a bottleneck of twice the deepest."""
+    """U-Net with ``depth`` levels of ``base_filters * 2**i`` channels and a bottleneck of twice the
+    deepest."""
 
     def __init__(
         self,
@@ -105,7 +110,8 @@ class UNet(nn.Module):
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
         # Deep supervision: a 1x1 logit head on each coarser decoder output (deepest first), trained
-        # through forward_with_aux; forward() never uses them, so inference and export are unchanged.
+        # through forward_with_aux; forward() never uses them, so inference and export are
+        # unchanged.
         self.aux_heads = (
             nn.ModuleList(nn.Conv2d(width, 1, 1) for width in list(reversed(widths))[:-1])
             if deep_supervision
@@ -119,16 +125,20 @@ class UNet(nn.Module):
         return len(self.aux_heads) > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) images in [0, 1] -> (N, 1, H, W) logits; H and W must be multiples of 2**depth."""
+        """(N, C, H, W) images in [0, 1] -> (N, 1, H, W) logits; H and W must be multiples of
+        2**depth."""
         return self._run(x, aux=False)[0]
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and, with ``deep_supervision``, the auxiliary logits at 1/2**(depth-1) ... 1/2 of the input size."""
+        """Logits and, with ``deep_supervision``, the auxiliary logits at 1/2**(depth-1) ... 1/2 of
+        the input size."""
         return self._run(x, aux=True)
 
     def _run(self, x: torch.Tensor, aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if x.shape[-2] % self.divisor or x.shape[-1] % self.divisor:
-            raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of {self.divisor}")
+            raise ValueError(
+                f"input size {tuple(x.shape[-2:])} must be a multiple of {self.divisor}"
+            )
         x = self.noise(x)
         skips = []
         for encoder in self.encoders:

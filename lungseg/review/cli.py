@@ -22,19 +22,31 @@ def parser() -> argparse.ArgumentParser:
         description="Review the masks of a lungseg.predict output folder in "
         "a local browser page, flagged films first; decisions go to FOLDER/review.csv.",
     )
-    p.add_argument("folder", type=Path, help="the output= folder of lungseg.predict (it holds predictions.csv)")
     p.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port of the page (default {DEFAULT_PORT}; 0 picks a free one)"
+        "folder", type=Path, help="the output= folder of lungseg.predict (it holds predictions.csv)"
     )
-    p.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK}: this machine only)")
     p.add_argument(
-        "--summary", action="store_true", help="print how many flagged masks were accepted and rejected, and exit"
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port of the page (default {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help=f"address to listen on (default {LOOPBACK}: this machine only)",
+    )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print how many flagged masks were accepted and rejected, and exit",
     )
     p.add_argument(
         "--export-rejected",
         type=Path,
         metavar="DIR",
-        help="copy the rejected films into the new folder DIR (image/, mask/, rejected.csv), and exit",
+        help="copy the rejected films into the new folder DIR (image/, mask/, rejected.csv), and "
+        "exit",
     )
     return p
 
@@ -64,10 +76,14 @@ def main(argv: list[str] | None = None) -> None:
     sock = listen(args.host, args.port)
     book = app.state.review.book
     if args.host not in (LOOPBACK, "localhost", "::1"):
-        print(f"warning: --host {args.host}: anyone who can reach this machine can see these films", file=sys.stderr)
+        print(
+            f"warning: --host {args.host}: anyone who can reach this machine can see these films",
+            file=sys.stderr,
+        )
     flagged = sum(f.flagged for f in book.films)
     print(
-        f"lungseg-review: {len(book.films)} films ({flagged} flagged) in {book.folder}; decisions go to {book.path}",
+        f"lungseg-review: {len(book.films)} films ({flagged} flagged) in {book.folder}; decisions "
+        f"go to {book.path}",
         flush=True,
     )
     print(f"open {url_of(sock)} (Ctrl+C stops)", flush=True)

@@ -32,7 +32,9 @@ def film_source(film: Film) -> Path:
         return film.input
     if film.overlay.is_file():
         return film.overlay
-    raise DataError(f"film not found: {film.input} (moved or deleted?), and no overlay {film.overlay}")
+    raise DataError(
+        f"film not found: {film.input} (moved or deleted?), and no overlay {film.overlay}"
+    )
 
 
 def mask_source(film: Film) -> Path:
@@ -128,7 +130,20 @@ class Thumbnails:
         gone."""
         source = film_source(film) if layer == "film" else mask_source(film)
         stat = source.stat()
-        tag = "|".join(map(str, (film.key, layer, source, stat.st_mtime_ns, stat.st_size, film.inverted, self.longest)))
+        tag = "|".join(
+            map(
+                str,
+                (
+                    film.key,
+                    layer,
+                    source,
+                    stat.st_mtime_ns,
+                    stat.st_size,
+                    film.inverted,
+                    self.longest,
+                ),
+            )
+        )
         digest = hashlib.sha1(tag.encode("utf-8")).hexdigest()
         path = self.cache / digest[:2] / f"{digest}.{'jpg' if layer == 'film' else 'png'}"
         if not path.is_file():

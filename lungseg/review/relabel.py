@@ -61,7 +61,9 @@ def export_rejected(folder: str | Path, out: str | Path) -> dict[str, Any]:
     films, decisions = read_folder(folder)
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LungsegError(f"--export-rejected {out}: already exists; choose a new folder (nothing was written)")
+        raise LungsegError(
+            f"--export-rejected {out}: already exists; choose a new folder (nothing was written)"
+        )
     rejected = [f for f in films if f.key in decisions and decisions[f.key].decision == "rejected"]
     if not rejected:
         raise LungsegError(f"{Path(folder) / REVIEW_CSV}: no film is rejected; nothing to export")

@@ -131,8 +131,12 @@ class ReviewState:
             "reason": row.get("status_reason", ""),
             "plausibility": row.get("plausibility", row.get("quality", "")),
             "has_mask": film.mask is not None,
-            "figures": {k: v for k, v in row.items() if _figure(k) and k not in OWN_PLACE and v != ""},
-            "columns": {k: v for k, v in row.items() if not _figure(k) and k not in OWN_PLACE and v != ""},
+            "figures": {
+                k: v for k, v in row.items() if _figure(k) and k not in OWN_PLACE and v != ""
+            },
+            "columns": {
+                k: v for k, v in row.items() if not _figure(k) and k not in OWN_PLACE and v != ""
+            },
             "decision": decision.decision if decision else "",
             "note": decision.note if decision else "",
             "decided_at": decision.decided_at if decision else "",
@@ -180,7 +184,11 @@ def create_app(folder: str | Path, host: str = LOOPBACK) -> FastAPI:
         if host not in ANY_ADDRESS and name not in names:
             return _error(400, f"this page answers at {', '.join(sorted(names))} only")
         origin = request.headers.get("origin")
-        if request.method == "POST" and origin and urlsplit(origin).netloc != request.headers.get("host"):
+        if (
+            request.method == "POST"
+            and origin
+            and urlsplit(origin).netloc != request.headers.get("host")
+        ):
             return _error(403, f"a decision from another origin ({origin}) is refused")
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
@@ -225,7 +233,9 @@ def create_app(folder: str | Path, host: str = LOOPBACK) -> FastAPI:
         try:
             if size == "full":
                 return Response(
-                    picture(film, layer, None), media_type="image/png", headers={"Cache-Control": "no-store"}
+                    picture(film, layer, None),
+                    media_type="image/png",
+                    headers={"Cache-Control": "no-store"},
                 )
             path = state.thumbnails.path(film, layer)
         except LungsegError as err:

@@ -1,6 +1,6 @@
-"""Training-loop extensions of our own: the TensorBoard prediction sheet, best-metric tracking, a stop on
-NaN/inf, precise BatchNorm statistics, random state and the model's description in checkpoints, and atomic
-checkpoint writes."""
+"""Training-loop extensions of our own: the TensorBoard prediction sheet, best-metric tracking, a
+stop on NaN/inf, precise BatchNorm statistics, random state and the model's description in
+checkpoints, and atomic checkpoint writes."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lungseg.artifacts.checkpoint import non_finite_tensors
-from lungseg.artifacts.description import DESCRIPTION_KEY, ModelDescription, data_fingerprint, git_commit, now
+from lungseg.artifacts.description import (
+    DESCRIPTION_KEY,
+    ModelDescription,
+    data_fingerprint,
+    git_commit,
+    now,
+)
 from lungseg.atomic import save_torch
 from lungseg.data.datamodule import process_rank, train_share
 from lungseg.data.layout import SPLITS, find_pairs
@@ -36,8 +42,8 @@ class TrainingDivergedError(LungsegError):
 def prediction_sheet(
     images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor, threshold: float = 0.5
 ) -> torch.Tensor:
-    """One row per image: input, true mask, predicted mask, overlay (green hit, red false positive, blue missed);
-    returns an RGB (3, H*n, W*4) tensor."""
+    """One row per image: input, true mask, predicted mask, overlay (green hit, red false positive,
+    blue missed); returns an RGB (3, H*n, W*4) tensor."""
     rows = []
     for image, truth, prob in zip(images, masks, probs, strict=True):
         pred = (prob >= threshold).float()
@@ -53,14 +59,20 @@ def prediction_sheet(
 
 
 class PredictionGrid(L.Callback):
-    """After each validation epoch, log input / truth / prediction / overlay of fixed validation images."""
+    """After each validation epoch, log input / truth / prediction / overlay of fixed validation
+    images."""
 
     def __init__(self, n_images: int = 4) -> None:
         self.n_images = n_images
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if trainer.sanity_checking or not loggers or trainer.datamodule is None or not trainer.is_global_zero:
+        if (
+            trainer.sanity_checking
+            or not loggers
+            or trainer.datamodule is None
+            or not trainer.is_global_zero
+        ):
             return
         dataset = trainer.datamodule.dataset("val")
         items = [dataset[i] for i in range(min(self.n_images, len(dataset)))]
@@ -79,8 +91,9 @@ class PredictionGrid(L.Callback):
 
 
 class EpochLog(L.Callback):
-    """One log line per epoch (losses, val Dice, learning rate, time) when the output is not a terminal, where
-    the progress bar shows nothing: a run written to a file or a CI log still shows its progress."""
+    """One log line per epoch (losses, val Dice, learning rate, time) when the output is not a
+    terminal, where the progress bar shows nothing: a run written to a file or a CI log still shows
+    its progress."""
 
     def __init__(self, always: bool = False) -> None:
         self.always = always
@@ -93,7 +106,11 @@ class EpochLog(L.Callback):
         if not trainer.is_global_zero or not (self.always or not sys.stdout.isatty()):
             return
         metrics = trainer.callback_metrics
-        parts = [f"{k} {float(metrics[k]):.4f}" for k in ("train/loss", "val/loss", "val/dice") if k in metrics]
+        parts = [
+            f"{k} {float(metrics[k]):.4f}"
+            for k in ("train/loss", "val/loss", "val/dice")
+            if k in metrics
+        ]
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         log.info(
             "epoch %d/%d: %s, lr %.3g (%.1f s)",
@@ -106,7 +123,8 @@ class EpochLog(L.Callback):
 
 
 class BestMetrics(L.Callback):
-    """The best value over the run of some validation metrics (``best/val_dice`` ...), kept across resumes."""
+    """The best value over the run of some validation metrics (``best/val_dice`` ...), kept across
+    resumes."""
 
     def __init__(self, track: dict[str, str] | None = None) -> None:
         self.track = dict(track or {"val/dice": "max", "val/loss": "min"})
@@ -135,15 +153,15 @@ class BestMetrics(L.Callback):
 
 
 class PreciseBatchNorm(L.Callback):
-    """Before each validation in fit, recompute every BatchNorm's running statistics on training images as
-    evaluation sees them: un-augmented, with the input noise and dropout off (Wu & Johnson, "Rethinking 'Batch'
-    in BatchNorm", 2021).
+    """Before each validation in fit, recompute every BatchNorm's running statistics on training
+    images as evaluation sees them: un-augmented, with the input noise and dropout off (Wu &
+    Johnson, "Rethinking 'Batch' in BatchNorm", 2021).
 
-    The running averages gathered during training describe *noisy* inputs: GaussianNoise(0.05) before the
-    first convolution inflates its variance, so eval-mode BatchNorm mis-scales every later layer (what that
-    costs: docs/training.md). Deterministic (no
-    random draws: one fixed-seed sample, shuffled so a folder grouped by source still gives mixed batches). Under
-    DDP each rank runs its share of the sample and the statistics are averaged over all ranks (all-reduce), so
+    The running averages gathered during training describe *noisy* inputs: GaussianNoise(0.05)
+    before the first convolution inflates its variance, so eval-mode BatchNorm mis-scales every
+    later layer (what that costs: docs/training.md). Deterministic (no random draws: one fixed-seed
+    sample, shuffled so a folder grouped by source still gives mixed batches). Under DDP each rank
+    runs its share of the sample and the statistics are averaged over all ranks (all-reduce), so
     they are identical on every rank. The checkpoints keep the recomputed statistics.
     """
 
@@ -152,8 +170,11 @@ class PreciseBatchNorm(L.Callback):
 
     @torch.no_grad()
     def recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Reset the statistics and average them exactly (momentum None) over up to ``max_images`` train images."""
-        norms = [m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        """Reset the statistics and average them exactly (momentum None) over up to ``max_images``
+        train images."""
+        norms = [
+            m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
         dataset = trainer.datamodule.dataset("train")
         if not norms or len(dataset) == 0:
             return
@@ -166,7 +187,8 @@ class PreciseBatchNorm(L.Callback):
             m.train()
         n = min(len(dataset), self.max_images)
         rank, world = process_rank()
-        if n >= world:  # the first of this rank's training share (the items it has decoded and cached): together,
+        # the first of this rank's training share (the items it has decoded and cached): together,
+        if n >= world:
             # over the ranks, the first n of the one fixed random order of the training items
             picks = train_share(len(dataset), rank, world)[: len(range(rank, n, world))].tolist()
         else:
@@ -175,7 +197,9 @@ class PreciseBatchNorm(L.Callback):
         try:
             with trainer.precision_plugin.forward_context():
                 for start in range(0, len(picks), batch_size):
-                    items = [dataset.item(i, augment=False) for i in picks[start : start + batch_size]]
+                    items = [
+                        dataset.item(i, augment=False) for i in picks[start : start + batch_size]
+                    ]
                     pl_module(torch.stack([it["image"] for it in items]).to(pl_module.device))
         finally:
             for m, momentum in zip(norms, momenta, strict=True):
@@ -194,25 +218,33 @@ class PreciseBatchNorm(L.Callback):
 
 
 class StopOnNonFinite(L.Callback):
-    """Stop with a clear error when the loss or the weights turn NaN/inf, before any checkpoint of that state.
+    """Stop with a clear error when the loss or the weights turn NaN/inf, before any checkpoint of
+    that state.
 
-    The loss is checked on the device (no host sync per step): a run of consecutive non-finite losses is counted
-    there and read every ``check_every`` steps (on CPU, every step), at each epoch end and before every checkpoint
-    is written. Under ``16-mixed`` the gradient scaler skips an overflowing step by design, so up to
-    ``fp16_skips`` consecutive ones are let through; elsewhere the first stops the run. Every checkpoint is
-    checked, parameters and buffers (BatchNorm statistics) alike, before it is written.
+    The loss is checked on the device (no host sync per step): a run of consecutive non-finite
+    losses is counted there and read every ``check_every`` steps (on CPU, every step), at each epoch
+    end and before every checkpoint is written. Under ``16-mixed`` the gradient scaler skips an
+    overflowing step by design, so up to ``fp16_skips`` consecutive ones are let through; elsewhere
+    the first stops the run. Every checkpoint is checked, parameters and buffers (BatchNorm
+    statistics) alike, before it is written.
     """
 
     def __init__(self, check_every: int = 50, fp16_skips: int = 10) -> None:
         self.check_every, self.fp16_skips = check_every, fp16_skips
-        self._streak: torch.Tensor | None = None  # consecutive non-finite losses, on the loss's device
+        # consecutive non-finite losses, on the loss's device
+        self._streak: torch.Tensor | None = None
         self._last = float("nan")
 
     def _allowed(self, trainer: L.Trainer) -> int:
         return self.fp16_skips if str(trainer.precision).startswith("16") else 0
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
@@ -232,7 +264,8 @@ class StopOnNonFinite(L.Callback):
         if loss is not None and streak:
             self._last = float(loss.detach())
         too_many = streak > self._allowed(trainer)
-        if trainer.strategy.reduce_boolean_decision(too_many, all=False):  # every rank stops together
+        # every rank stops together
+        if trainer.strategy.reduce_boolean_decision(too_many, all=False):
             what = (
                 f"the training loss was {self._last:g} for {streak} step(s) in a row"
                 if too_many
@@ -242,14 +275,18 @@ class StopOnNonFinite(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check_streak(trainer)
-        bad = non_finite_tensors(dict(pl_module.named_parameters()) | dict(pl_module.named_buffers()))
+        bad = non_finite_tensors(
+            dict(pl_module.named_parameters()) | dict(pl_module.named_buffers())
+        )
         if bad:
             self._fail(trainer, f"weights or statistics are NaN/inf ({', '.join(bad[:3])})")
         val_loss = trainer.callback_metrics.get("val/loss")
         if val_loss is not None and not math.isfinite(float(val_loss)):
             self._fail(trainer, f"val/loss is {float(val_loss):g}")
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._check_streak(trainer)
         bad = non_finite_tensors(checkpoint.get("state_dict", {}))
         if bad:  # raising here stops the write: no checkpoint ever holds NaN/inf
@@ -260,16 +297,23 @@ class StopOnNonFinite(L.Callback):
         saved = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
         saved = [p for p in saved if p]
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        where = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint had been written yet"
+        where = (
+            f"the last good checkpoint is {saved[-1]}"
+            if saved
+            else "no checkpoint had been written yet"
+        )
         raise TrainingDivergedError(
-            f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: {what}. "
-            f"Nothing of this state was saved; {where}. Lower optimizer.lr (now {lr:g}) and train again, "
+            f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+            f"{what}. "
+            f"Nothing of this state was saved; {where}. Lower optimizer.lr (now {lr:g}) and train "
+            "again, "
             "or check the data with python -m lungseg.data.check"
         )
 
 
 def _rng_states() -> dict[str, Any]:
-    """Python, NumPy, torch and CUDA generator states as plain values (checkpoints load tensors-only)."""
+    """Python, NumPy, torch and CUDA generator states as plain values (checkpoints load
+    tensors-only)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -280,11 +324,13 @@ def _rng_states() -> dict[str, Any]:
 
 
 class ExactResume(L.Callback):
-    """Keep in each checkpoint what Lightning leaves out, so a resumed run continues as if never stopped.
+    """Keep in each checkpoint what Lightning leaves out, so a resumed run continues as if never
+    stopped.
 
-    The global random generators (else a resume shuffles, adds noise and drops out differently), and the
-    ReduceLROnPlateau step still due: checkpoints are written in ``on_train_epoch_end``, plateau schedulers step
-    after it, and Lightning skips that step on resume (the monitored value is not in the checkpoint).
+    The global random generators (else a resume shuffles, adds noise and drops out differently), and
+    the ReduceLROnPlateau step still due: checkpoints are written in ``on_train_epoch_end``, plateau
+    schedulers step after it, and Lightning skips that step on resume (the monitored value is not in
+    the checkpoint).
     """
 
     def __init__(self) -> None:
@@ -300,7 +346,8 @@ class ExactResume(L.Callback):
         trainer = self._trainer
         if trainer is not None:
             progress = trainer.fit_loop.epoch_progress.current
-            if progress.processed > progress.completed:  # saved at epoch end, before the plateau step
+            # saved at epoch end, before the plateau step
+            if progress.processed > progress.completed:
                 metrics = trainer.callback_metrics
                 state["plateau_due"] = {
                     c.monitor: float(metrics[c.monitor])
@@ -335,12 +382,16 @@ class ExactResume(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write a checkpoint to a temporary file beside it, flush it to disk, then rename it into place.
+    """Write a checkpoint to a temporary file beside it, flush it to disk, then rename it into
+    place.
 
-    A kill while saving leaves the previous ``last.ckpt`` whole (rename is atomic on one file system).
+    A kill while saving leaves the previous ``last.ckpt`` whole (rename is atomic on one file
+    system).
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if "://" in str(path):  # remote storage: fsspec's own transaction
             super().save_checkpoint(checkpoint, path, storage_options)
             return
@@ -350,9 +401,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class DescribeModel(L.Callback):
-    """Write the model's self-description (``lungseg.artifacts.checkpoint.ModelDescription``) into every checkpoint:
-    input size, preprocessing, threshold, training precision, the run config, code version, data fingerprint,
-    metrics."""
+    """Write the model's self-description (``lungseg.artifacts.checkpoint.ModelDescription``) into
+    every checkpoint: input size, preprocessing, threshold, training precision, the run config, code
+    version, data fingerprint, metrics."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -360,15 +411,21 @@ class DescribeModel(L.Callback):
         self._commit = git_commit()
 
     def _fingerprint(self, trainer: L.Trainer) -> dict[str, Any]:
-        """The training data's fingerprint, computed once (the splits the run uses, its train subset included)."""
+        """The training data's fingerprint, computed once (the splits the run uses, its train subset
+        included)."""
         if self._data is None:
             datamodule = trainer.datamodule
             root = Path(datamodule.root)
             pairs = {
-                split: datamodule.datasets[split].pairs if split in datamodule.datasets else find_pairs(root, split)[0]
+                split: datamodule.datasets[split].pairs
+                if split in datamodule.datasets
+                else find_pairs(root, split)[0]
                 for split in SPLITS
             }
-            files = {split: [(p.image, p.mask) for p in split_pairs] for split, split_pairs in pairs.items()}
+            files = {
+                split: [(p.image, p.mask) for p in split_pairs]
+                for split, split_pairs in pairs.items()
+            }
             self._data = {**data_fingerprint(root, files), "train_subset": datamodule.train_subset}
         return self._data
 
@@ -382,11 +439,15 @@ class DescribeModel(L.Callback):
             precision=str(trainer.precision),
             config=self.config,
             data=self._fingerprint(trainer),
-            val_metrics={k: float(v) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1},
+            val_metrics={
+                k: float(v) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1
+            },
             best_metrics=best.results() if best is not None else {},
             git_commit=self._commit,
             created=now(),
         )
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint[DESCRIPTION_KEY] = self.describe(trainer, pl_module).to_dict()

@@ -1,4 +1,5 @@
-"""Safe resume: ``ckpt_path=`` continues a run only under the config its checkpoint was trained with."""
+"""Safe resume: ``ckpt_path=`` continues a run only under the config its checkpoint was trained
+with."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ CHECKED = (
     "callbacks.early_stopping",
     "callbacks.precise_batchnorm",
 )
-# Not compared: how the same training runs here (free to change), and the module's copies of the groups above.
+# Not compared: how the same training runs here (free to change), and the module's copies of the
+# groups above.
 IGNORED = (
     "data.num_workers",
     "data.cache",
@@ -42,7 +44,8 @@ IGNORED = (
     "module.scheduler",
 )
 MAX_SHOWN = 12
-# Class paths that moved when lungseg 0.3 grouped the package by role: a checkpoint written before records the old
+# Class paths that moved when lungseg 0.3 grouped the package by role: a checkpoint written before
+# records the old
 # names of the same classes, which must not read as a changed recipe.
 MOVED = {
     "lungseg.module.": "lungseg.training.module.",
@@ -75,9 +78,15 @@ def _checked(key: str) -> bool:
     return inside and not any(key == r or key.startswith(r + ".") for r in IGNORED)
 
 
-def config_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, checkpoint value, new value) for every checked setting that differs (absent: ``<unset>``)."""
-    old, new = {k: current_name(v) for k, v in flatten_config(recorded).items()}, flatten_config(current)
+def config_changes(
+    recorded: Mapping[str, Any], current: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """(key, checkpoint value, new value) for every checked setting that differs (absent:
+    ``<unset>``)."""
+    old, new = (
+        {k: current_name(v) for k, v in flatten_config(recorded).items()},
+        flatten_config(current),
+    )
     keys = sorted(k for k in old.keys() | new.keys() if _checked(k))
     return [
         (k, old.get(k, "<unset>"), new.get(k, "<unset>"))
@@ -86,9 +95,12 @@ def config_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> l
     ]
 
 
-def check_resume(ckpt: Mapping[str, Any], path: str | Path, current: Mapping[str, Any], allow_changes: bool) -> None:
-    """Refuse to resume ``path`` under ``current`` (the resolved run config) when a checked setting differs, with
-    a short diff; ``allow_changes`` (``resume.allow_changes=true``) lets an expert resume anyway."""
+def check_resume(
+    ckpt: Mapping[str, Any], path: str | Path, current: Mapping[str, Any], allow_changes: bool
+) -> None:
+    """Refuse to resume ``path`` under ``current`` (the resolved run config) when a checked setting
+    differs, with a short diff; ``allow_changes`` (``resume.allow_changes=true``) lets an expert
+    resume anyway."""
     if allow_changes:
         return
     recorded = (ckpt.get(DESCRIPTION_KEY) or {}).get("config")
@@ -99,10 +111,13 @@ def check_resume(ckpt: Mapping[str, Any], path: str | Path, current: Mapping[str
         )
     changes = config_changes(recorded, current)
     if changes:
-        shown = [f"  {k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in changes[:MAX_SHOWN]]
+        shown = [
+            f"  {k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in changes[:MAX_SHOWN]
+        ]
         more = [f"  ... and {len(changes) - MAX_SHOWN} more"] if len(changes) > MAX_SHOWN else []
         raise LungsegError(
-            f"ckpt_path={path}: refused to resume under a different config ({len(changes)} setting(s) differ):\n"
+            f"ckpt_path={path}: refused to resume under a different config ({len(changes)} "
+            "setting(s) differ):\n"
             + "\n".join(shown + more)
             + "\nResume with the checkpoint's settings (its +experiment= and overrides; "
             "trainer.max_epochs may be raised), start a new run without ckpt_path=, or pass "

@@ -1,11 +1,14 @@
-"""Val and test figures against the number of training images (scripts/pipelines/learning_curve.sh; docs/RESULTS.md).
+"""Val and test figures against the number of training images (scripts/pipelines/learning_curve.sh;
+docs/RESULTS.md).
 
-    python scripts/pipelines/learning_curve_table.py outputs/learning_curve/n*-seed* [--plot learning_curve.png]
+    python scripts/pipelines/learning_curve_table.py outputs/learning_curve/n*-seed* [--plot
+    learning_curve.png]
 
-Each run folder is ``n<N>-seed<S>`` with eval/val and eval/test from lungseg.evaluate; runs with the same N are
-averaged (mean ± SD when there are several seeds). The hard test films are the three consolidated AP supine ones.
-Then a least-squares line through every run, figure = a + b * log2(N): the gain per doubling of the training set,
-and the N at which that line would reach the targets of issue 8 (an extrapolation, labelled as one).
+Each run folder is ``n<N>-seed<S>`` with eval/val and eval/test from lungseg.evaluate; runs with the
+same N are averaged (mean ± SD when there are several seeds). The hard test films are the three
+consolidated AP supine ones. Then a least-squares line through every run, figure = a + b * log2(N):
+the gain per doubling of the training set, and the N at which that line would reach the targets of
+issue 8 (an extrapolation, labelled as one).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ TARGETS = {"test pooled Dice": 0.96, "test per-image Dice": 0.95, "test HD95 px"
 
 
 def read_run(run: Path) -> dict[str, float]:
-    """One run's figures: val and test pooled / per-image Dice and HD95, and test Dice without and on the hard films."""
+    """One run's figures: val and test pooled / per-image Dice and HD95, and test Dice without and
+    on the hard films."""
     row: dict[str, float] = {}
     for split in ("val", "test"):
         path = run / "eval" / split / "metrics.json"
@@ -41,7 +45,9 @@ def read_run(run: Path) -> dict[str, float]:
     with (run / "eval" / "test" / "per_image.csv").open(newline="") as f:
         dice = {Path(r["file"]).stem: float(r["dice"]) for r in csv.DictReader(f)}
     row["test per-image Dice, 3 hard films"] = float(np.mean([dice[k] for k in HARD]))
-    row["test per-image Dice, other 12"] = float(np.mean([v for k, v in dice.items() if k not in HARD]))
+    row["test per-image Dice, other 12"] = float(
+        np.mean([v for k, v in dice.items() if k not in HARD])
+    )
     return row
 
 
@@ -51,7 +57,9 @@ def read_runs(runs: list[Path]) -> dict[int, list[dict[str, float]]]:
     for run in runs:
         match = re.fullmatch(r"n(\d+)-seed\d+", run.name)
         if match is None:
-            raise SystemExit(f"{run}: expected a folder named n<N>-seed<S> (scripts/pipelines/learning_curve.sh)")
+            raise SystemExit(
+                f"{run}: expected a folder named n<N>-seed<S> (scripts/pipelines/learning_curve.sh)"
+            )
         groups[int(match.group(1))].append(read_run(run))
     return dict(sorted(groups.items()))
 
@@ -67,15 +75,24 @@ def fit(groups: dict[int, list[dict[str, float]]], column: str) -> tuple[float, 
 def table(groups: dict[int, list[dict[str, float]]]) -> str:
     """The markdown table: one row per N, then the fitted gain per doubling."""
     columns = list(next(iter(groups.values()))[0])
-    lines = ["| training images | runs | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 2) + "|"]
+    lines = [
+        "| training images | runs | " + " | ".join(columns) + " |",
+        "| --- " * (len(columns) + 2) + "|",
+    ]
     for n, rows in groups.items():
-        cells = [cell(np.array([r[column] for r in rows]), 1 if "HD95" in column else 4) for column in columns]
+        cells = [
+            cell(np.array([r[column] for r in rows]), 1 if "HD95" in column else 4)
+            for column in columns
+        ]
         lines.append(f"| {n} | {len(rows)} | " + " | ".join(cells) + " |")
     if len(groups) > 1:
         slopes = [fit(groups, c)[1] for c in columns]
         lines.append(
             "| per doubling (fit) | | "
-            + " | ".join(f"{s:+.1f}" if "HD95" in c else f"{s:+.4f}" for c, s in zip(columns, slopes, strict=True))
+            + " | ".join(
+                f"{s:+.1f}" if "HD95" in c else f"{s:+.4f}"
+                for c, s in zip(columns, slopes, strict=True)
+            )
             + " |"
         )
     return "\n".join(lines)
@@ -114,9 +131,14 @@ def plot(groups: dict[int, list[dict[str, float]]], path: Path) -> None:
         xs = [n for n, rows in groups.items() for _ in rows]
         ax.scatter(xs, [r[column] for rows in groups.values() for r in rows], color=colour, s=14)
         ax.plot(
-            list(groups), [np.mean([r[column] for r in rows]) for rows in groups.values()], color=colour, label=column
+            list(groups),
+            [np.mean([r[column] for r in rows]) for rows in groups.values()],
+            color=colour,
+            label=column,
         )
-    ax.axhline(TARGETS["test pooled Dice"], color="grey", ls="--", lw=1, label="target, pooled test Dice")
+    ax.axhline(
+        TARGETS["test pooled Dice"], color="grey", ls="--", lw=1, label="target, pooled test Dice"
+    )
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(groups), [str(n) for n in groups])
     ax.set(

@@ -1,6 +1,8 @@
-"""Mean ± SD over runs of the test-split evaluation and the native-resolution prediction (docs/RESULTS.md).
+"""Mean ± SD over runs of the test-split evaluation and the native-resolution prediction
+(docs/RESULTS.md).
 
-    python scripts/pipelines/results_table.py outputs/results/cxr_small-seed* outputs/results/baseline
+    python scripts/pipelines/results_table.py outputs/results/cxr_small-seed*
+    outputs/results/baseline
 
 Each run folder needs eval/test/metrics.json (lungseg.evaluate) and predict-native/predictions.csv
 (lungseg.predict with truth=); runs are grouped by name without its ``-seed<N>`` suffix.
@@ -38,7 +40,10 @@ def read_run(run: Path) -> dict[str, float]:
         native = list(csv.DictReader(f))
     result = json.loads((run / "result.json").read_text())
     row = {name: float(read(metrics, native, result)) for name, read in COLUMNS.items()}
-    print(f"{run}: {result['epochs']} epochs, {result['wall_s'] / 60:.1f} min of training", file=sys.stderr)
+    print(
+        f"{run}: {result['epochs']} epochs, {result['wall_s'] / 60:.1f} min of training",
+        file=sys.stderr,
+    )
     return row
 
 
@@ -55,7 +60,9 @@ def main(runs: list[str]) -> None:
     print("| recipe | runs | " + " | ".join(COLUMNS) + " |")
     print("| --- | --- |" + " --- |" * len(COLUMNS))
     for name, rows in groups.items():
-        cells = [cell(np.array([r[col] for r in rows]), 4 if "Dice" in col else 1) for col in COLUMNS]
+        cells = [
+            cell(np.array([r[col] for r in rows]), 4 if "Dice" in col else 1) for col in COLUMNS
+        ]
         print(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
 
 

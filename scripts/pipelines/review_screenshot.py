@@ -1,10 +1,11 @@
 """A screenshot of lungseg-review's page over a prediction folder, in headless Chromium.
 
-    python scripts/pipelines/review_screenshot.py <prediction folder> docs/figures/review.png [--decide]
+    python scripts/pipelines/review_screenshot.py <prediction folder> docs/figures/review.png
+    [--decide]
 
-``--decide`` works on a copy of the folder (its review.csv is left alone) and, with the page's
-keys, rejects the first flagged film with a note and accepts the second, so the picture shows
-both. Needs ``pip install playwright`` and /usr/bin/chromium (as scripts/pipelines/sweep_screenshot.py).
+``--decide`` works on a copy of the folder (its review.csv is left alone) and, with the page's keys,
+rejects the first flagged film with a note and accepts the second, so the picture shows both. Needs
+``pip install playwright`` and /usr/bin/chromium (as scripts/pipelines/sweep_screenshot.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.folder
         if args.decide:
             folder = Path(
-                shutil.copytree(args.folder, Path(tmp) / "out", ignore=shutil.ignore_patterns(REVIEW_CSV, CACHE_DIR))
+                shutil.copytree(
+                    args.folder,
+                    Path(tmp) / "out",
+                    ignore=shutil.ignore_patterns(REVIEW_CSV, CACHE_DIR),
+                )
             )
         with serving(folder) as url, chromium_page(width, height) as page:
             page.goto(url)

@@ -1,10 +1,11 @@
 """TensorBoard's HParams tab of a sweep, in headless Chromium: the table as text, or a screenshot.
 
-    python scripts/pipelines/sweep_screenshot.py outputs/multirun/<date>/<time> docs/figures/sweep_hparams.png [--view
-    table]
+    python scripts/pipelines/sweep_screenshot.py outputs/multirun/<date>/<time>
+    docs/figures/sweep_hparams.png [--view table]
 
-Needs ``pip install playwright`` and a Chromium at /usr/bin/chromium (Debian: ``apt-get install chromium``;
-Playwright's own browser download is not used). tests/test_sweep_browser.py drives the same functions.
+Needs ``pip install playwright`` and a Chromium at /usr/bin/chromium (Debian: ``apt-get install
+chromium``; Playwright's own browser download is not used). tests/test_sweep_browser.py drives the
+same functions.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
-VIEWS = {"table": "TABLE VIEW", "parallel": "PARALLEL COORDINATES VIEW", "scatter": "SCATTER PLOT MATRIX VIEW"}
+VIEWS = {
+    "table": "TABLE VIEW",
+    "parallel": "PARALLEL COORDINATES VIEW",
+    "scatter": "SCATTER PLOT MATRIX VIEW",
+}
 
 
 def free_port() -> int:
@@ -35,7 +40,17 @@ def tensorboard(logdir: Path, timeout_s: float = 120.0) -> Iterator[str]:
     """``tensorboard --logdir logdir`` on a free local port until the block ends; yields its URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"],
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -48,7 +63,9 @@ def tensorboard(logdir: Path, timeout_s: float = 120.0) -> Iterator[str]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"tensorboard did not start: {proc.stderr.read().decode()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"tensorboard did not start: {proc.stderr.read().decode()[-2000:]}"
+                    ) from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -76,21 +93,25 @@ def open_hparams(page: Any, url: str, n_runs: int, timeout_ms: int = 60_000) -> 
     deadline = time.monotonic() + timeout_ms / 1000
     while len(hparams_table(page)[1]) < n_runs:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the HParams table shows {hparams_table(page)[1]}, not {n_runs} runs")
+            raise TimeoutError(
+                f"the HParams table shows {hparams_table(page)[1]}, not {n_runs} runs"
+            )
         page.wait_for_timeout(500)
 
 
 def hparams_table(page: Any) -> tuple[list[str], list[list[str]]]:
-    """The HParams table as shown: header texts left to right, then each row's texts top to bottom (cells grouped
-    by the grid row that draws them; the Show Metrics checkbox column is an empty string)."""
+    """The HParams table as shown: header texts left to right, then each row's texts top to bottom
+    (cells grouped by the grid row that draws them; the Show Metrics checkbox column is an empty
+    string)."""
     cells = page.locator("tf-hparams-table-view vaadin-grid-cell-content").evaluate_all(
-        """els => els.map(e => { const cell = e.assignedSlot && e.assignedSlot.parentElement;
-                                 const row = cell && cell.parentElement;
-                                 if (!row || row.hidden || row.offsetParent === null) return null;
-                                 const r = cell.getBoundingClientRect(), rr = row.getBoundingClientRect();
-                                 if (r.width === 0 || rr.height === 0) return null;
-                                 return [row.parentElement.id, Math.round(rr.top), Math.round(r.left),
-                                         e.innerText.trim().replace(/\\s+/g, ' ')]; }).filter(x => x)"""
+        """els => els.map(e => {
+            const cell = e.assignedSlot && e.assignedSlot.parentElement;
+            const row = cell && cell.parentElement;
+            if (!row || row.hidden || row.offsetParent === null) return null;
+            const r = cell.getBoundingClientRect(), rr = row.getBoundingClientRect();
+            if (r.width === 0 || rr.height === 0) return null;
+            return [row.parentElement.id, Math.round(rr.top), Math.round(r.left),
+                    e.innerText.trim().replace(/\\s+/g, ' ')]; }).filter(x => x)"""
     )
     lines: dict[tuple[bool, int], list[tuple[int, str]]] = {}
     for section, top, left, text in cells:
@@ -101,7 +122,8 @@ def hparams_table(page: Any) -> tuple[list[str], list[list[str]]]:
 
 
 def show_view(page: Any, view: str) -> None:
-    """Switch the HParams tab to ``table``, ``parallel`` (coordinates) or ``scatter`` (plot matrix)."""
+    """Switch the HParams tab to ``table``, ``parallel`` (coordinates) or ``scatter`` (plot
+    matrix)."""
     page.get_by_text(VIEWS[view], exact=True).click()
     page.wait_for_timeout(1500)
 
@@ -116,10 +138,15 @@ def untick(page: Any, names: list[str]) -> None:
 
 
 def log_scales(page: Any, columns: list[str]) -> None:
-    """In the parallel-coordinates view, draw these columns (among the ticked ones, in order) on log axes."""
+    """In the parallel-coordinates view, draw these columns (among the ticked ones, in order) on log
+    axes."""
     panes = page.locator("tf-hparams-parallel-coords-view tf-hparams-scale-and-color-controls")
     for name in columns:
-        column = panes.locator("div.column").filter(has=page.locator("div.column-title", has_text=name)).first
+        column = (
+            panes.locator("div.column")
+            .filter(has=page.locator("div.column-title", has_text=name))
+            .first
+        )
         column.get_by_text("Logarithmic", exact=True).click()
     page.wait_for_timeout(1000)
 

@@ -1,5 +1,5 @@
-"""Research script, not a pipeline: produced the input gate's image limits (docs/dicom.md) at commit ece7bdb; kept to
-reproduce or extend them.
+"""Research script, not a pipeline: produced the input gate's image limits (docs/dicom.md) at commit
+ece7bdb; kept to reproduce or extend them.
 
 Chooses the input gate's image limits (``lungseg.inference.gate.ImageLimits``) on the cxr-v7 train
 and val films and tests them on held-out images: the test films, the test films under every
@@ -7,10 +7,10 @@ robustness shift (``lungseg.evaluation.robustness.SHIFTS``) and synthetic non-ra
 
     PYTHONPATH=. python scripts/research/gate_limits.py [DATA_ROOT=/work/shared/data/cxr-v7]
 
-Produced: the defaults of ``ImageLimits`` in lungseg/inference/gate.py and the tables of docs/dicom.md
-("The input gate"). The rule: each limit is the most extreme train/val value moved out by ``MARGIN``
-(the value itself for ``detail``, the odds p / (1 - p) for the shares), so every training and
-validation film passes with room.
+Produced: the defaults of ``ImageLimits`` in lungseg/inference/gate.py and the tables of
+docs/dicom.md ("The input gate"). The rule: each limit is the most extreme train/val value moved out
+by ``MARGIN`` (the value itself for ``detail``, the odds p / (1 - p) for the shares), so every
+training and validation film passes with room.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ SHARES = ("flat", "dark_edge")
 
 
 def films(root: Path, split: str) -> list[np.ndarray]:
-    return [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((root / "ChestXray" / split / "image").iterdir())]
+    return [
+        cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        for p in sorted((root / "ChestXray" / split / "image").iterdir())
+    ]
 
 
 def widen_share(p: float) -> float:
@@ -71,9 +74,17 @@ def text_page(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A scanned page: dark text lines on white (a report, a request form)."""
     page = np.full((int(h * 1.41), w), int(rng.integers(225, 250)), np.uint8)
     for i in range(int(page.shape[0] / (w / 18))):
-        words = " ".join("".join(rng.choice(list("abcdefghij"), int(rng.integers(2, 9)))) for _ in range(6))
+        words = " ".join(
+            "".join(rng.choice(list("abcdefghij"), int(rng.integers(2, 9)))) for _ in range(6)
+        )
         cv2.putText(
-            page, words, (w // 16, int((i + 1.5) * w / 18)), cv2.FONT_HERSHEY_SIMPLEX, w / 900, 20, max(1, w // 400)
+            page,
+            words,
+            (w // 16, int((i + 1.5) * w / 18)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            w / 900,
+            20,
+            max(1, w // 400),
         )
     return page
 
@@ -105,7 +116,9 @@ def gradient(kind: str) -> Callable[[np.random.Generator, int, int], np.ndarray]
 
 NON_RADIOGRAPHS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "uniform noise": lambda rng, h, w: rng.integers(0, 256, (h, w)).astype(np.uint8),
-    "gaussian noise": lambda rng, h, w: np.clip(rng.normal(128, 40, (h, w)), 0, 255).astype(np.uint8),
+    "gaussian noise": lambda rng, h, w: np.clip(rng.normal(128, 40, (h, w)), 0, 255).astype(
+        np.uint8
+    ),
     "pink noise": pink_noise,
     "horizontal gradient": gradient("horizontal"),
     "vertical gradient": gradient("vertical"),
@@ -114,7 +127,9 @@ NON_RADIOGRAPHS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]
     "CT slice": ct_slice,
     "text page": text_page,
     "colour photo": colour_photo,
-    "colour photo as grey": lambda rng, h, w: cv2.cvtColor(colour_photo(rng, h, w), cv2.COLOR_BGR2GRAY),
+    "colour photo as grey": lambda rng, h, w: cv2.cvtColor(
+        colour_photo(rng, h, w), cv2.COLOR_BGR2GRAY
+    ),
     "panorama strip": lambda rng, h, w: cv2.resize(HELD_OUT[0], (w * 3, h)),  # a film stretched 3:1
 }
 HELD_OUT: list[np.ndarray] = []  # the test films, once read
@@ -123,7 +138,9 @@ HELD_OUT: list[np.ndarray] = []  # the test films, once read
 def rates(images: list[np.ndarray], limits: ImageLimits) -> str:
     """ "ok / flagged / refused" counts and what flagged or refused them (feature: films)."""
     verdicts = [check_image(image, limits) for image in images]
-    counts = " / ".join(str(sum(v.status == s for v in verdicts)) for s in ("ok", "flagged", "refused"))
+    counts = " / ".join(
+        str(sum(v.status == s for v in verdicts)) for s in ("ok", "flagged", "refused")
+    )
     causes = Counter(
         part.split()[0]
         for v in verdicts
@@ -142,7 +159,10 @@ def main(root: Path) -> None:
     print(f"## Limits chosen on train + val ({len(train_val)} films), margin {MARGIN:.1f}")
     for key in ("detail", "flat", "dark_edge"):
         values = np.array([f[key] for f in features])
-        print(f"- {key}: train/val {values.min():.3f} .. {values.max():.3f} (median {np.median(values):.3f})")
+        print(
+            f"- {key}: train/val {values.min():.3f} .. {values.max():.3f} (median "
+            f"{np.median(values):.3f})"
+        )
     print("- limits:", {k: round(v, 3) for k, v in chosen.items()})
     limits = ImageLimits(**{k: round(v, 3) for k, v in chosen.items()})
     shipped = ImageLimits()

@@ -1,11 +1,13 @@
-"""Research script, not a pipeline: produced the INT8 speed tables and operator profiles in docs/INT8.md at commit
-73aacdd; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the INT8 speed tables and operator profiles in
+docs/INT8.md at commit 73aacdd; kept to reproduce or extend them.
 
-Images/s of ONNX files on the CPU: onnxruntime and, when the optional ``openvino`` package imports, OpenVINO; with
-``--profile`` onnxruntime's time per operator type. Runs are interleaved (load changes hit every model alike).
+Images/s of ONNX files on the CPU: onnxruntime and, when the optional ``openvino`` package imports,
+OpenVINO; with ``--profile`` onnxruntime's time per operator type. Runs are interleaved (load
+changes hit every model alike).
 
-    python -m lungseg.bench onnx_dir=bench-onnx     # writes the bench network as bench_fp32.onnx / bench_int8.onnx
-    python scripts/research/int8_speed.py bench-onnx/bench_fp32.onnx bench-onnx/bench_int8.onnx --profile
+    python -m lungseg.bench onnx_dir=bench-onnx # writes the bench network as bench_fp32.onnx /
+    bench_int8.onnx python scripts/research/int8_speed.py bench-onnx/bench_fp32.onnx
+    bench-onnx/bench_int8.onnx --profile
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ def ort_runner(path: Path, threads: int, profile: bool = False) -> ort.Inference
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = profile
-    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "lungseg_ort_profile")  # not into the cwd
+    # not into the cwd
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "lungseg_ort_profile")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], object] | None:
-    """OpenVINO's CPU plugin on the same ONNX file (it reads QDQ models as INT8); None when it is not installed."""
+    """OpenVINO's CPU plugin on the same ONNX file (it reads QDQ models as INT8); None when it is
+    not installed."""
     try:
         import openvino as ov
     except ImportError:
@@ -44,7 +48,9 @@ def openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], object] 
     return lambda images: request.infer({0: images})
 
 
-def op_profile(path: Path, images: np.ndarray, threads: int, runs: int = 3) -> list[tuple[str, float, int]]:
+def op_profile(
+    path: Path, images: np.ndarray, threads: int, runs: int = 3
+) -> list[tuple[str, float, int]]:
     """(op type, ms per run, nodes) from onnxruntime's profiler, most expensive first."""
     session = ort_runner(path, threads, profile=True)
     name = session.get_inputs()[0].name
@@ -71,11 +77,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    images = np.random.default_rng(0).random((args.batch, 1, args.size, args.size), dtype=np.float32)
+    images = np.random.default_rng(0).random(
+        (args.batch, 1, args.size, args.size), dtype=np.float32
+    )
     runners: dict[str, Callable[[], object]] = {}
     for path in args.onnx:
         session = ort_runner(path, args.threads)
-        runners[f"onnxruntime {path.name}"] = lambda s=session: s.run(None, {s.get_inputs()[0].name: images})
+        runners[f"onnxruntime {path.name}"] = lambda s=session: s.run(
+            None, {s.get_inputs()[0].name: images}
+        )
         vino = openvino_runner(path, args.threads)
         if vino is not None:
             runners[f"openvino {path.name}"] = lambda v=vino: v(images)
@@ -91,7 +101,10 @@ def main() -> None:
     print(f"{args.size} px, batch {args.batch}, {args.threads} threads, median of {args.repeats}")
     for name, t in times.items():
         rates = sorted(args.batch / s for s in t)
-        print(f"{name:<40} {args.batch / statistics.median(t):7.2f} img/s  (range {rates[0]:.2f}-{rates[-1]:.2f})")
+        print(
+            f"{name:<40} {args.batch / statistics.median(t):7.2f} img/s  (range "
+            f"{rates[0]:.2f}-{rates[-1]:.2f})"
+        )
     if args.profile:
         for path in args.onnx:
             rows = op_profile(path, images, args.threads)

@@ -8,12 +8,13 @@ Runs in its own venv with TensorFlow (not a lungseg dependency)::
     python3 -m venv /tmp/kvenv && /tmp/kvenv/bin/pip install tensorflow-cpu
     /tmp/kvenv/bin/python scripts/research/keras_original_bench.py --threads 2 --json keras.json
 
-The network is the original README's (the one lungseg ports, /work/shared/seed/original-README.md and
-notebook-facts.md): GaussianNoise(0.1); per level two Conv2D(f, 3, relu, same, L2 0.01) each followed by
-BatchNormalization, MaxPooling2D(2), SpatialDropout2D(0.5), f = 32, 64, 128, 256; a 512 bottleneck;
-Conv2DTranspose(f, 2, stride 2) decoder with concatenation of the skip; Conv2D(1, 1, sigmoid). Adam(1e-4),
-binary cross-entropy, accuracy as the compiled metric. Training is timed with ``train_on_batch`` and inference
-with ``predict_on_batch`` on random 256x256 batches of 8, after warm-up; the median of repeats is reported.
+The network is the original README's (the one lungseg ports, /work/shared/seed/original-README.md
+and notebook-facts.md): GaussianNoise(0.1); per level two Conv2D(f, 3, relu, same, L2 0.01) each
+followed by BatchNormalization, MaxPooling2D(2), SpatialDropout2D(0.5), f = 32, 64, 128, 256; a 512
+bottleneck; Conv2DTranspose(f, 2, stride 2) decoder with concatenation of the skip; Conv2D(1, 1,
+sigmoid). Adam(1e-4), binary cross-entropy, accuracy as the compiled metric. Training is timed with
+``train_on_batch`` and inference with ``predict_on_batch`` on random 256x256 batches of 8, after
+warm-up; the median of repeats is reported.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def build(size: int, base: int, l2: float):  # noqa: ANN201 - keras is imported 
 
     def conv(x, f):  # noqa: ANN001, ANN202
         for _ in range(2):
-            x = layers.Conv2D(f, 3, activation="relu", padding="same", kernel_regularizer=regularizers.L2(l2))(x)
+            x = layers.Conv2D(
+                f, 3, activation="relu", padding="same", kernel_regularizer=regularizers.L2(l2)
+            )(x)
             x = layers.BatchNormalization()(x)
         return x
 
@@ -47,7 +50,9 @@ def build(size: int, base: int, l2: float):  # noqa: ANN201 - keras is imported 
         x = layers.SpatialDropout2D(0.5)(layers.MaxPooling2D(2)(x))
     x = conv(x, 16 * base)
     for f, skip in zip((8 * base, 4 * base, 2 * base, base), reversed(skips), strict=True):
-        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", kernel_regularizer=regularizers.L2(l2))(x)
+        x = layers.Conv2DTranspose(
+            f, 2, strides=2, padding="same", kernel_regularizer=regularizers.L2(l2)
+        )(x)
         x = conv(layers.concatenate([x, skip]), f)
     outputs = layers.Conv2D(1, 1, activation="sigmoid", kernel_regularizer=regularizers.L2(l2))(x)
     return keras.Model(inputs, outputs)
@@ -76,7 +81,8 @@ def main() -> None:
         "--jit-compile",
         default="auto",
         choices=("auto", "true", "false"),
-        help="Keras 3's compile(jit_compile=): auto (its default, XLA where supported), true, false",
+        help="Keras 3's compile(jit_compile=): auto (its default, XLA where supported), true, "
+        "false",
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument(
@@ -96,13 +102,19 @@ def main() -> None:
     model = build(args.size, args.base, 0.01)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(1e-4), loss="binary_crossentropy", metrics=["accuracy"], jit_compile=jit
+        optimizer=tf.keras.optimizers.Adam(1e-4),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit,
     )
     rng = np.random.default_rng(0)
     images = rng.random((args.batch, args.size, args.size, 1), dtype=np.float32)
     masks = (rng.random((args.batch, args.size, args.size, 1)) > 0.5).astype(np.float32)
     if args.serve:
-        steps = {"train": lambda: model.train_on_batch(images, masks), "infer": lambda: model.predict_on_batch(images)}
+        steps = {
+            "train": lambda: model.train_on_batch(images, masks),
+            "infer": lambda: model.predict_on_batch(images),
+        }
         print("ready", flush=True)
         for line in sys.stdin:
             start = time.perf_counter()
@@ -127,7 +139,8 @@ def main() -> None:
         },
     }
     print(
-        f"keras original: train {result['train_img_s']:.2f} img/s, infer {result['infer_img_s']:.2f} img/s "
+        f"keras original: train {result['train_img_s']:.2f} img/s, infer "
+        f"{result['infer_img_s']:.2f} img/s "
         f"({model.count_params():,} parameters, TF {tf.__version__}, {args.threads} threads, "
         f"jit_compile={args.jit_compile})",
         flush=True,

@@ -1,10 +1,10 @@
-"""Research script, not a pipeline: produced the polarity check's thresholds, POLARITY_CHECK_BELOW and POLARITY_ACCEPT
-(docs/quality.md) at commit 3e03194; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the polarity check's thresholds, POLARITY_CHECK_BELOW
+and POLARITY_ACCEPT (docs/quality.md) at commit 3e03194; kept to reproduce or extend them.
 
-The polarity check's development data (lungseg.inference.segmenter, polarity="auto"): every train and val film of a set
-under every robustness-benchmark shift and severity, given upright and inverted, segmented as read and with its
-grey levels inverted; prints, per accept threshold, how many inverted films would be read back and how many
-upright ones turned.
+The polarity check's development data (lungseg.inference.segmenter, polarity="auto"): every train
+and val film of a set under every robustness-benchmark shift and severity, given upright and
+inverted, segmented as read and with its grey levels inverted; prints, per accept threshold, how
+many inverted films would be read back and how many upright ones turned.
 
     python scripts/research/polarity_dev.py DATA_ROOT CKPT [CKPT ...]
 
@@ -52,11 +52,13 @@ def collect(root: str, ckpt: str) -> list[dict[str, float | bool]]:
 
 
 def table(rows: list[dict[str, float | bool]]) -> None:
-    """Per accept threshold: inverted films read back, unshifted ones read back, upright films turned."""
+    """Per accept threshold: inverted films read back, unshifted ones read back, upright films
+    turned."""
     inverted = [r for r in rows if r["inverted"]]
     upright = [r for r in rows if not r["inverted"]]
     print(
-        "| accept at | inverted films read back | unshifted inverted read back | upright films turned | "
+        "| accept at | inverted films read back | unshifted inverted read back | upright films "
+        "turned | "
         "mean Dice, inverted films | mean Dice change, upright films |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
@@ -70,8 +72,10 @@ def table(rows: list[dict[str, float | bool]]) -> None:
         dice_inverted = np.mean([r["flipped_dice"] if turned(r) else r["dice"] for r in inverted])
         change = np.mean([r["flipped_dice"] - r["dice"] if turned(r) else 0.0 for r in upright])
         print(
-            f"| {accept} | {back} / {len(inverted)} | {sum(turned(r) for r in plain)} / {len(plain)} | "
-            f"{sum(turned(r) for r in upright)} / {len(upright)} | {dice_inverted:.3f} | {change:+.4f} |"
+            f"| {accept} | {back} / {len(inverted)} | {sum(turned(r) for r in plain)} / "
+            f"{len(plain)} | "
+            f"{sum(turned(r) for r in upright)} / {len(upright)} | {dice_inverted:.3f} | "
+            f"{change:+.4f} |"
         )
 
 

@@ -1,21 +1,22 @@
-"""Research script, not a pipeline: produced the training-step profile in docs/TRAINING-PROFILE.md at commit 3dd2d2f;
-kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the training-step profile in docs/TRAINING-PROFILE.md
+at commit 3dd2d2f; kept to reproduce or extend them.
 
 Profile one training step of the original network, or compare configurations step by step (A/B).
 
-    python scripts/research/profile_train.py                                   # the baseline recipe: 256 px, batch 8
-    python scripts/research/profile_train.py --threads 1 module.channels_last=false
-    python scripts/research/profile_train.py --ab "module.channels_last=true" "module.channels_last=false" --pairs 5
+    python scripts/research/profile_train.py # the baseline recipe: 256 px, batch 8 python
+    scripts/research/profile_train.py --threads 1 module.channels_last=false python
+    scripts/research/profile_train.py --ab "module.channels_last=true" "module.channels_last=false"
+    --pairs 5
 
-The step is the one Lightning runs in a fit: ``LungSegModule.training_step`` (forward, BCE, the L2 term's value,
-the train metrics), ``backward``, ``on_before_optimizer_step`` (the L2 term's gradient), the configured
-optimiser's ``step`` and ``zero_grad``. The
-profile groups each operator's self CPU time by what it belongs to: the innermost module whose forward ran it
-(Conv2d, ConvTranspose2d, BatchNorm2d, ReLU, the decoder's concatenation, ...) and, in the backward pass, the
-module whose forward op made the autograd node (matched by sequence number); copies (``copy_``, ``clone``,
-``contiguous``, ``_to_copy``) are counted as memory-format conversions wherever they run.
-``--ab`` builds one module per variant (each a space-separated list of overrides) and alternates their steps,
-so both see the same load, and reports the median step of each and their ratio.
+The step is the one Lightning runs in a fit: ``LungSegModule.training_step`` (forward, BCE, the L2
+term's value, the train metrics), ``backward``, ``on_before_optimizer_step`` (the L2 term's
+gradient), the configured optimiser's ``step`` and ``zero_grad``. The profile groups each operator's
+self CPU time by what it belongs to: the innermost module whose forward ran it (Conv2d,
+ConvTranspose2d, BatchNorm2d, ReLU, the decoder's concatenation, ...) and, in the backward pass, the
+module whose forward op made the autograd node (matched by sequence number); copies (``copy_``,
+``clone``, ``contiguous``, ``_to_copy``) are counted as memory-format conversions wherever they run.
+``--ab`` builds one module per variant (each a space-separated list of overrides) and alternates
+their steps, so both see the same load, and reports the median step of each and their ratio.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ GROUPS = {
 
 
 def build(overrides: list[str]) -> tuple[LungSegModule, torch.optim.Optimizer]:
-    """The baseline experiment's LungSegModule (plus ``overrides``) and the optimiser it configures."""
+    """The baseline experiment's LungSegModule (plus ``overrides``) and the optimiser it
+    configures."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=baseline", *overrides])
     module: LungSegModule = instantiate(cfg.module).train()
@@ -104,7 +106,11 @@ def labelled_modules(root: nn.Module) -> Iterator[None]:
     def leave(m: nn.Module, *_: object) -> None:
         ranges[id(m)].pop().__exit__(None, None, None)
 
-    handles = [h for m in root.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    handles = [
+        h
+        for m in root.modules()
+        for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))
+    ]
     try:
         yield
     finally:
@@ -157,7 +163,11 @@ def grouped(prof: profile) -> tuple[dict[str, float], float]:
     events = [e for e in prof.events() if e.device_type.name == "CPU"]
     forward_group: dict[int, str] = {}
     for e in events:
-        if e.sequence_nr >= 0 and not e.name.startswith(BACKWARD_TAG) and _enclosing(e, BACKWARD_TAG) is None:
+        if (
+            e.sequence_nr >= 0
+            and not e.name.startswith(BACKWARD_TAG)
+            and _enclosing(e, BACKWARD_TAG) is None
+        ):
             module = _enclosing(e, MODULE_TAG)
             if module is None and _enclosing(e, "LungSegModule.") == "l2_penalty":
                 module = "L2 term"
@@ -192,22 +202,34 @@ def run_profile(args: argparse.Namespace) -> None:
     step = train_step(module, optimizer, make_batch(args.size, args.batch))
     for _ in range(args.warmup):
         step()
-    with labelled_modules(module), labelled_l2(module), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with (
+        labelled_modules(module),
+        labelled_l2(module),
+        profile(activities=[ProfilerActivity.CPU]) as prof,
+    ):
         start = time.perf_counter()
         for _ in range(args.steps):
             step()
         wall = (time.perf_counter() - start) / args.steps
     groups, total = grouped(prof)
     print(
-        f"training step: {wall:.2f} s wall, {args.batch / wall:.2f} img/s ({args.steps} steps profiled, "
+        f"training step: {wall:.2f} s wall, {args.batch / wall:.2f} img/s ({args.steps} steps "
+        "profiled, "
         f"{torch.get_num_threads()} threads, overrides: {' '.join(args.overrides) or 'none'})\n"
     )
-    print(f"| {'group (self CPU time)':<28} | {'s/step':>7} | {'share':>6} |\n| {'-' * 28} | {'-' * 7} | {'-' * 6} |")
+    print(
+        f"| {'group (self CPU time)':<28} | {'s/step':>7} | {'share':>6} |\n| {'-' * 28} | "
+        f"{'-' * 7} | {'-' * 6} |"
+    )
     for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
         if seconds / total >= args.min_share:
             print(f"| {name:<28} | {seconds / args.steps:7.3f} | {seconds / total:6.1%} |")
     print(f"| {'total':<28} | {total / args.steps:7.3f} | {1:6.0%} |\n")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=48))
+    print(
+        prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=48
+        )
+    )
 
 
 def run_ab(args: argparse.Namespace) -> None:
@@ -219,7 +241,8 @@ def run_ab(args: argparse.Namespace) -> None:
             step()
     times: list[list[float]] = [[] for _ in steps]
     for i in range(args.pairs):
-        for k in range(len(steps)) if i % 2 == 0 else reversed(range(len(steps))):  # ABBA: no order bias
+        # ABBA: no order bias
+        for k in range(len(steps)) if i % 2 == 0 else reversed(range(len(steps))):
             start = time.perf_counter()
             steps[k]()
             times[k].append(time.perf_counter() - start)
@@ -227,7 +250,10 @@ def run_ab(args: argparse.Namespace) -> None:
     medians = [statistics.median(t) for t in times]
     print(f"\n{torch.get_num_threads()} threads, {args.pairs} alternations, median s/step (img/s):")
     for v, m in zip(args.ab, medians, strict=True):
-        print(f"  {v or '(as configured)':<50} {m:7.2f} s  {args.batch / m:6.2f} img/s  {medians[0] / m:5.2f}x")
+        print(
+            f"  {v or '(as configured)':<50} {m:7.2f} s  {args.batch / m:6.2f} img/s  "
+            f"{medians[0] / m:5.2f}x"
+        )
 
 
 def main() -> None:
@@ -239,8 +265,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="steps profiled")
     parser.add_argument("--rows", type=int, default=20, help="rows of torch's per-operator table")
-    parser.add_argument("--min-share", type=float, default=0.001, help="hide groups below this share")
-    parser.add_argument("--ab", nargs="+", metavar="OVERRIDES", help="variants to alternate ('' = as configured)")
+    parser.add_argument(
+        "--min-share", type=float, default=0.001, help="hide groups below this share"
+    )
+    parser.add_argument(
+        "--ab", nargs="+", metavar="OVERRIDES", help="variants to alternate ('' = as configured)"
+    )
     parser.add_argument("--pairs", type=int, default=5, help="alternations in --ab")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

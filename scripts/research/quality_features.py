@@ -1,15 +1,16 @@
-"""Research script, not a pipeline: produced the quality score's weights (docs/quality.md) at commit c55a48a; kept to
-reproduce or extend them.
+"""Research script, not a pipeline: produced the quality score's weights (docs/quality.md) at commit
+c55a48a; kept to reproduce or extend them.
 
-The quality score's development data: every film of a split, clean, under the robustness benchmark's shifts and
-under synthetic airspace opacity, with its quality features, score and true Dice (of the mask lungseg.predict
-delivers), to choose the score on val.
+The quality score's development data: every film of a split, clean, under the robustness benchmark's
+shifts and under synthetic airspace opacity, with its quality features, score and true Dice (of the
+mask lungseg.predict delivers), to choose the score on val.
 
-    python scripts/research/quality_features.py CKPT DATA_ROOT [SPLIT=val] [OUT=quality_features.csv]
+    python scripts/research/quality_features.py CKPT DATA_ROOT [SPLIT=val]
+    [OUT=quality_features.csv]
 
-Prints the Spearman correlation of each feature and of the score (without and with TTA) with Dice (clean films,
-then all), the operating point each gives on the clean films and its figures, and the TTA cost. Use it on val
-only: the score is frozen before test is looked at (issue 17).
+Prints the Spearman correlation of each feature and of the score (without and with TTA) with Dice
+(clean films, then all), the operating point each gives on the clean films and its figures, and the
+TTA cost. Use it on val only: the score is frozen before test is looked at (issue 17).
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from lungseg.metrics import mask_dice
 
 
 def opacity(gray: np.ndarray, mask: np.ndarray, strength: float, rng: np.random.Generator) -> tuple:
-    """Dense airspace opacity over part of the lung (lungseg.data.opacity.LungOpacity, always applied), the truth
-    unchanged: the failure the test films show (consolidation on AP supine films), which no benchmark shift makes."""
-    hit = LungOpacity(alpha=(strength, strength), coverage=(0.25 + strength / 3, 0.25 + strength / 3), p=1.0)
+    """Dense airspace opacity over part of the lung (lungseg.data.opacity.LungOpacity, always
+    applied), the truth unchanged: the failure the test films show (consolidation on AP supine
+    films), which no benchmark shift makes."""
+    hit = LungOpacity(
+        alpha=(strength, strength), coverage=(0.25 + strength / 3, 0.25 + strength / 3), p=1.0
+    )
     hit.set_random_seed(int(rng.integers(2**31)))
     return hit(image=gray, mask=mask)["image"], mask
 
@@ -45,9 +49,13 @@ def collect(ckpt: str, root: str, split: str) -> list[dict[str, object]]:
     films = load_split(root, split, seg.description.intensity)  # read as the model reads its inputs
     for i, (gray, truth, name) in enumerate(films):
         variants = [("clean", 0, gray, truth)]
-        for s, (shift_name, (shift, levels)) in enumerate({**SHIFTS, **APART, **DEV_SHIFTS}.items()):
+        for s, (shift_name, (shift, levels)) in enumerate(
+            {**SHIFTS, **APART, **DEV_SHIFTS}.items()
+        ):
             for severity, level in enumerate(levels, start=1):
-                moved, moved_truth = shift(gray, truth, level, np.random.default_rng([0, i, s, severity]))
+                moved, moved_truth = shift(
+                    gray, truth, level, np.random.default_rng([0, i, s, severity])
+                )
                 variants.append((shift_name, severity, moved, moved_truth))
         for shift_name, severity, image, target in variants:
             result = seg.segment(image)
@@ -74,7 +82,8 @@ def collect(ckpt: str, root: str, split: str) -> list[dict[str, object]]:
         seconds["tta"] = time.perf_counter() - tick
     print(
         f"model {1000 * seconds['model'] / len(batch):.1f} ms/film, TTA views "
-        f"{1000 * seconds['tta'] / len(batch):.1f} ms/film ({seg.image_size} px, batch {len(batch)}, "
+        f"{1000 * seconds['tta'] / len(batch):.1f} ms/film ({seg.image_size} px, batch "
+        f"{len(batch)}, "
         f"{seg.precision})"
     )
     return rows
@@ -94,7 +103,8 @@ def main() -> None:
         d = [r["dice"] for r in subset]
         names = [k for k in rows[0] if k not in ("image", "shift", "severity", "dice")]
         print(
-            f"{label} ({len(subset)} films, Dice {min(d):.3f}..{max(d):.3f}, {sum(x < 0.9 for x in d)} < 0.90): "
+            f"{label} ({len(subset)} films, Dice {min(d):.3f}..{max(d):.3f}, "
+            f"{sum(x < 0.9 for x in d)} < 0.90): "
             + ", ".join(f"{k} {spearman([r[k] for r in subset], d):+.3f}" for k in names)
         )
     for key in ("score", "score_tta"):

@@ -1,10 +1,11 @@
-"""Research script, not a pipeline: produced the review page's scale figures (docs/review.md) at commit e73b68f; kept to
-reproduce or extend them.
+"""Research script, not a pipeline: produced the review page's scale figures (docs/review.md) at
+commit e73b68f; kept to reproduce or extend them.
 
 How lungseg-review copes with a large prediction folder: fabricate one (tiny real PNGs and a
 predictions.csv), start the page on a loopback port and time what a reader waits for.
 
-    python scripts/research/review_scale.py [--films 10000] [--folder /tmp/lungseg-review-scale] [--browser]
+    python scripts/research/review_scale.py [--films 10000] [--folder /tmp/lungseg-review-scale]
+    [--browser]
 
 Times: process start to the page's HTML and the first page of cards (JSON); the first page's
 thumbnails made cold (24 films, film and mask each); a page turn; a decision written to a
@@ -67,7 +68,10 @@ def fabricate(folder: Path, n: int, size: int = 96, seed: int = 0) -> int:
         film = film.astype(np.uint8)
         mask = lungs.astype(np.uint8) * 255
         variants.append(
-            [cv2.imencode(".png", im)[1].tobytes() for im in (film, mask, cv2.cvtColor(film, cv2.COLOR_GRAY2BGR))]
+            [
+                cv2.imencode(".png", im)[1].tobytes()
+                for im in (film, mask, cv2.cvtColor(film, cv2.COLOR_GRAY2BGR))
+            ]
         )
     rows, flagged = [], []
     for i in range(n):
@@ -101,7 +105,9 @@ def fabricate(folder: Path, n: int, size: int = 96, seed: int = 0) -> int:
         writer.writerows(rows)
     with (folder / "review.csv").open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("film", "decision", "note", "input", "quality_score", "needs_review", "decided_at"))
+        writer.writerow(
+            ("film", "decision", "note", "input", "quality_score", "needs_review", "decided_at")
+        )
         for k, row in enumerate(flagged):
             writer.writerow(
                 (
@@ -206,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         first_page = time.perf_counter() - t0
         assert b"app.js" in html and len(first["films"]) == 24
         thumbs = [
-            f"{url}api/picture?key={c['key']}&layer={layer}" for c in first["films"] for layer in ("film", "mask")
+            f"{url}api/picture?key={c['key']}&layer={layer}"
+            for c in first["films"]
+            for layer in ("film", "mask")
         ]
         t1 = time.perf_counter()
         with ThreadPoolExecutor(6) as pool:  # a browser opens about six connections per host

@@ -1,14 +1,15 @@
-"""Research script, not a pipeline: produced the interleaved scale figures (docs/performance.md, Scale) at commit
-a3aa24f; kept to reproduce or extend them.
+"""Research script, not a pipeline: produced the interleaved scale figures (docs/performance.md,
+Scale) at commit a3aa24f; kept to reproduce or extend them.
 
-The data cost per image of a small and a large cached set, interleaved in one process, so a machine whose load
-changes over minutes affects both alike (the README's scale section).
+The data cost per image of a small and a large cached set, interleaved in one process, so a machine
+whose load changes over minutes affects both alike (the README's scale section).
 
     python scripts/research/scale_interleaved.py [SMALL_SET LARGE_SET] [--workers 2] [--rounds 3]
 
-The sets are the ones ``python -m lungseg.bench mode=scale`` leaves in ``<temp>/lungseg-scale`` (default: its 1,000
-and 17,000 sets). Each round reads as many images from each (whole epochs of the small set), through the real
-LungDataModule with the training augmentation, and prints wall and CPU milliseconds per image.
+The sets are the ones ``python -m lungseg.bench mode=scale`` leaves in ``<temp>/lungseg-scale``
+(default: its 1,000 and 17,000 sets). Each round reads as many images from each (whole epochs of the
+small set), through the real LungDataModule with the training augmentation, and prints wall and CPU
+milliseconds per image.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ SETS = Path(tempfile.gettempdir()) / "lungseg-scale"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sets", nargs="*", default=[SETS / f"set-{n}-16-256px-seed0" for n in (1000, 17000)])
+    parser.add_argument(
+        "sets", nargs="*", default=[SETS / f"set-{n}-16-256px-seed0" for n in (1000, 17000)]
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -50,7 +53,8 @@ def main() -> None:
             wall, cpu = time.perf_counter(), cpu_seconds()
             seen = sum(batch["image"].shape[0] for _ in range(largest // n) for batch in loader)
             print(
-                f"round {round_}, {n} images: {1e3 * (time.perf_counter() - wall) / seen:.3f} ms per image wall, "
+                f"round {round_}, {n} images: {1e3 * (time.perf_counter() - wall) / seen:.3f} ms "
+                "per image wall, "
                 f"{1e3 * (cpu_seconds() - cpu) / seen:.3f} CPU ({seen} images)",
                 flush=True,
             )

@@ -1,6 +1,6 @@
-"""What runs the network: PyTorch (checkpoints, pretrained folders), ONNX Runtime and OpenVINO (exported files, no
-torch), and an ensemble of any; :func:`load_backend` picks one by the model's path, by name, or by timing
-(``backend=auto``, ``choice``)."""
+"""What runs the network: PyTorch (checkpoints, pretrained folders), ONNX Runtime and OpenVINO
+(exported files, no torch), and an ensemble of any; :func:`load_backend` picks one by the model's
+path, by name, or by timing (``backend=auto``, ``choice``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from lungseg.artifacts.description import ModelDescription
 
 
 class Backend(Protocol):
-    """What runs the network: preprocessed batches in, probabilities out, and the model's description."""
+    """What runs the network: preprocessed batches in, probabilities out, and the model's
+    description."""
 
     description: ModelDescription
     precision: str
@@ -43,22 +44,32 @@ def load_backend(
     threads: int | None = None,
     backend: str | None = None,
 ) -> Backend:
-    """The backend of one model. ``backend`` None: by its path (``.onnx`` -> ONNX Runtime, ``.xml`` -> OpenVINO,
-    any other file -> a checkpoint, else a pretrained folder or Hub id: PyTorch); ``torch``, ``onnxruntime`` or
-    ``openvino`` as named (OpenVINO converts a checkpoint in memory); ``auto``: the fastest installed one for this
-    model and host (``choice``), timed once and cached. Torch is imported only for checkpoints and folders."""
+    """The backend of one model. ``backend`` None: by its path (``.onnx`` -> ONNX Runtime, ``.xml``
+    -> OpenVINO, any other file -> a checkpoint, else a pretrained folder or Hub id: PyTorch);
+    ``torch``, ``onnxruntime`` or ``openvino`` as named (OpenVINO converts a checkpoint in memory);
+    ``auto``: the fastest installed one for this model and host (``choice``), timed once and cached.
+    Torch is imported only for checkpoints and folders."""
     from lungseg.errors import LungsegError
     from lungseg.inference.backends.choice import backends_for
 
     if backend == "auto":
         from lungseg.inference.backends.choice import choose_backend
 
-        settings = {"device": device, "precision": precision, "threads": threads, "image_size": image_size}
+        settings = {
+            "device": device,
+            "precision": precision,
+            "threads": threads,
+            "image_size": image_size,
+        }
         return choose_backend(
-            source, lambda name: load_backend(source, device, precision, image_size, threads, name), settings
+            source,
+            lambda name: load_backend(source, device, precision, image_size, threads, name),
+            settings,
         )
     if backend is not None and backend not in BACKENDS:
-        raise LungsegError(f"backend={backend}: use {', '.join(BACKENDS)}, or leave it unset (by the model's file)")
+        raise LungsegError(
+            f"backend={backend}: use {', '.join(BACKENDS)}, or leave it unset (by the model's file)"
+        )
     path = Path(str(source)).expanduser()
     runs = backends_for(source)
     backend = backend or runs[0]
@@ -68,7 +79,10 @@ def load_backend(
             if backend == "onnxruntime"
             else "torch runs checkpoints and pretrained folders"
         )
-        raise LungsegError(f"backend={backend} cannot run {source}; use backend={' or '.join(runs)} or auto ({fix})")
+        raise LungsegError(
+            f"backend={backend} cannot run {source}; use "
+            f"backend={' or '.join(runs)} or auto ({fix})"
+        )
     if backend == "onnxruntime":
         from lungseg.inference.backends.onnxruntime import OnnxBackend
 
@@ -79,7 +93,9 @@ def load_backend(
 
         if path.suffix.lower() in SUFFIXES:
             return OpenVinoBackend(path, device, threads, precision)
-        return OpenVinoBackend(convert_source(source, image_size), device, threads, precision, where=str(source))
+        return OpenVinoBackend(
+            convert_source(source, image_size), device, threads, precision, where=str(source)
+        )
     from lungseg.artifacts.checkpoint import load_checkpoint
     from lungseg.artifacts.pretrained import load_pretrained
     from lungseg.inference.backends.pytorch import TorchBackend

@@ -133,10 +133,15 @@ def time_backends(
 def describe_rates(rates: dict[str, float], precisions: dict[str, str]) -> str:
     """``openvino bf16-mixed 12.3 img/s, torch bf16-mixed 6.1 img/s``: fastest first."""
     ranked = sorted(rates.items(), key=lambda kv: -kv[1])
-    return ", ".join(" ".join(filter(None, (name, precisions.get(name), f"{rate:.1f} img/s"))) for name, rate in ranked)
+    return ", ".join(
+        " ".join(filter(None, (name, precisions.get(name), f"{rate:.1f} img/s")))
+        for name, rate in ranked
+    )
 
 
-def choose_backend(source: str | Path, build: Callable[[str], Any], settings: dict[str, Any]) -> Any:
+def choose_backend(
+    source: str | Path, build: Callable[[str], Any], settings: dict[str, Any]
+) -> Any:
     """``build(name)`` of the fastest installed candidate for ``source``: from the cache when this
     model was timed on this host with these ``settings``, else timed now and cached. Logs what it
     picked and why."""

@@ -1,4 +1,5 @@
-"""Several trained models as one: their probabilities averaged (a seed ensemble, or PyTorch and ONNX members)."""
+"""Several trained models as one: their probabilities averaged (a seed ensemble, or PyTorch and ONNX
+members)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from lungseg.errors import LungsegError
 
 
 class EnsembleBackend:
-    """The mean of its members' probabilities. Members must share the input size (the model input is prepared
-    once); the description is the first member's, with every member's listed under ``ensemble``."""
+    """The mean of its members' probabilities. Members must share the input size (the model input is
+    prepared once); the description is the first member's, with every member's listed under
+    ``ensemble``."""
 
     def __init__(self, members: Sequence[Any], sources: Sequence[str]) -> None:
         if not members:
@@ -24,7 +26,8 @@ class EnsembleBackend:
         ):
             if len({getattr(m.description, what) for m in members}) > 1:
                 listed = ", ".join(
-                    f"{s} ({getattr(m.description, what)})" for s, m in zip(sources, members, strict=True)
+                    f"{s} ({getattr(m.description, what)})"
+                    for s, m in zip(sources, members, strict=True)
                 )
                 raise LungsegError(
                     f"ensemble members differ in their input's {what} ({listed}); {fix} (the model "
@@ -36,7 +39,8 @@ class EnsembleBackend:
             {
                 **first.to_dict(),
                 "ensemble": [
-                    {"source": str(s), **m.description.to_dict()} for s, m in zip(sources, members, strict=True)
+                    {"source": str(s), **m.description.to_dict()}
+                    for s, m in zip(sources, members, strict=True)
                 ],
             }
         )
@@ -52,7 +56,8 @@ class EnsembleBackend:
         return np.mean([m.probabilities(images) for m in self.members], axis=0, dtype=np.float32)
 
     def logits(self, images: Any) -> Any:
-        """The logit of the mean probability (so evaluation's loss and curves score the ensemble's output)."""
+        """The logit of the mean probability (so evaluation's loss and curves score the ensemble's
+        output)."""
         import torch
 
         probs = torch.stack([torch.sigmoid(m.logits(images)) for m in self.members]).mean(0)

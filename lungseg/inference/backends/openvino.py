@@ -32,12 +32,15 @@ PRECISION_NAMES = {
 
 
 def require_lungseg_signature(model: Any, where: str) -> None:
-    """Refuse a model that does not take lungseg's input (``artifacts.contract``), one line naming it."""
+    """Refuse a model that does not take lungseg's input (``artifacts.contract``), one line naming
+    it."""
 
     def described(port: Any) -> tuple[str, str, list[int | None]]:
         names = port.get_names()
         shape = port.get_partial_shape()
-        dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+        dims = (
+            [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+        )
         return (
             INPUT_NAME if INPUT_NAME in names else "/".join(sorted(names)),
             port.get_element_type().get_type_name(),
@@ -57,7 +60,9 @@ def float_precision(setting: str | None, trained: str) -> str:
         return "bf16-mixed" if trained == "bf16-mixed" and cpu_has_native_bf16() else "32-true"
     name = PRECISION_NAMES.get(str(setting))
     if name is None:
-        raise LungsegError(f"precision={setting}: OpenVINO on the CPU runs auto, 32-true or bf16-mixed (32, bf16)")
+        raise LungsegError(
+            f"precision={setting}: OpenVINO on the CPU runs auto, 32-true or bf16-mixed (32, bf16)"
+        )
     return name
 
 
@@ -96,7 +101,10 @@ class OpenVinoBackend:
         self.divisor = int(metadata.get("size_divisor", 1))
         self.int8 = is_int8(model)
         asked = float_precision(precision, self.description.precision)
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": HINTS[asked]}
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": HINTS[asked],
+        }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = ov.Core().compile_model(model, "CPU", config)

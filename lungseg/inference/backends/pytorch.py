@@ -1,5 +1,6 @@
-"""A trained network run by PyTorch (checkpoints and pretrained folders): preprocessed batches in, probabilities
-out, on the chosen device and in the training precision where the device runs it natively."""
+"""A trained network run by PyTorch (checkpoints and pretrained folders): preprocessed batches in,
+probabilities out, on the chosen device and in the training precision where the device runs it
+natively."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from lungseg.runtime import autocast, default_num_workers, pick_device, resolve_
 class TorchBackend:
     """The network of a :class:`TrainedModel` in eval mode (channels_last as trained)."""
 
-    def __init__(self, model: TrainedModel, device: str | torch.device = "auto", precision: str | None = "auto"):
+    def __init__(
+        self,
+        model: TrainedModel,
+        device: str | torch.device = "auto",
+        precision: str | None = "auto",
+    ):
         self.device = device if isinstance(device, torch.device) else pick_device(str(device))
         self.description: ModelDescription = model.description
         self.precision = resolve_precision(self.device, precision, model.description.precision)

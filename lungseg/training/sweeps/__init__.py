@@ -1,8 +1,9 @@
-"""Sweep summary: every job of a multirun with its readable name, knobs, best val Dice/loss, test metrics, epochs,
-wall time and status; the best job; ``summary.csv``, ``summary.md`` and ``summary.png`` (the metric against each
-knob); for an Optuna sweep also its history and parameter importances (``optuna.png``); and the TensorBoard HParams
-experiment of the sweep (its varied knobs first). Written at the end of every ``--multirun`` by the Hydra callback
-:class:`SweepSummary` (``conf/hydra/default.yaml``), and by ``python -m lungseg.sweep_summary``. A job whose
+"""Sweep summary: every job of a multirun with its readable name, knobs, best val Dice/loss, test
+metrics, epochs, wall time and status; the best job; ``summary.csv``, ``summary.md`` and
+``summary.png`` (the metric against each knob); for an Optuna sweep also its history and parameter
+importances (``optuna.png``); and the TensorBoard HParams experiment of the sweep (its varied knobs
+first). Written at the end of every ``--multirun`` by the Hydra callback :class:`SweepSummary`
+(``conf/hydra/default.yaml``), and by ``python -m lungseg.sweep_summary``. A job whose
 ``result.json`` still says ``running`` and whose process is gone was killed."""
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from lungseg.training.sweeps.results import best_row, cell, job_table
 log = logging.getLogger(__name__)
 
 
-def hparams_experiment(rows: list[dict[str, Any]], sweep_dir: Path, knobs: list[str]) -> Path | None:
-    """The sweep's TensorBoard HParams experiment (its varied knobs first), from the sessions its jobs wrote."""
+def hparams_experiment(
+    rows: list[dict[str, Any]], sweep_dir: Path, knobs: list[str]
+) -> Path | None:
+    """The sweep's TensorBoard HParams experiment (its varied knobs first), from the sessions its
+    jobs wrote."""
     from lungseg.training.tensorboard_hparams import HPARAMS_METRICS, write_sweep_experiment
 
     sessions = [r["hparams"] for r in rows if r["hparams"]]
@@ -40,8 +44,9 @@ def hparams_experiment(rows: list[dict[str, Any]], sweep_dir: Path, knobs: list[
 
 
 def summarize(sweep_dir: str | Path, metric: str = "best/val_dice") -> dict[str, Any]:
-    """Write ``summary.csv``, ``summary.md``, ``summary.png`` (and ``optuna.png`` for an Optuna sweep) and the
-    TensorBoard HParams experiment into ``sweep_dir``; return the rows, knobs, best job and the printed report."""
+    """Write ``summary.csv``, ``summary.md``, ``summary.png`` (and ``optuna.png`` for an Optuna
+    sweep) and the TensorBoard HParams experiment into ``sweep_dir``; return the rows, knobs, best
+    job and the printed report."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
     knobs = swept_knobs(rows, recorded_varying(sweep_dir))
@@ -53,21 +58,31 @@ def summarize(sweep_dir: str | Path, metric: str = "best/val_dice") -> dict[str,
             overrides = " ".join(f"{k}={v}" for k, v in row["overrides"].items())
             writer.writerow([*line[:-1], row["error"], overrides])
     best = best_row(rows, metric)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "killed", "running")}
+    counts = {
+        s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "killed", "running")
+    }
     verdict = (
-        f"best job: {best['job']} ({metric} {cell(best[metric])}) {best['run']}" if best else "best job: none finished"
+        f"best job: {best['job']} ({metric} {cell(best[metric])}) {best['run']}"
+        if best
+        else "best job: none finished"
     )
     widths = [max(len(str(c)) for c in col) for col in zip(*lines, strict=True)]
-    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    text = "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
     status = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     report = f"sweep {sweep_dir}: {len(rows)} jobs ({status})\n{text}\n{verdict}"
-    markdown = f"# Sweep {sweep_dir.name}\n\n{table(lines)}\n\n{verdict}\n\n![{metric} per knob](summary.png)\n"
+    figure = f"![{metric} per knob](summary.png)"
+    markdown = f"# Sweep {sweep_dir.name}\n\n{table(lines)}\n\n{verdict}\n\n{figure}\n"
     plot(rows, knobs, metric, sweep_dir / "summary.png")
     optuna = optuna_summary(rows, sweep_dir)
     if optuna is not None:
         optuna_figure(optuna, metric, sweep_dir / "optuna.png")
         markdown += "\n" + optuna_markdown(optuna, metric)
-        ranked = ", ".join(f"{k} {v:.2f}" for k, v in optuna["importances"].items()) or optuna["note"]
+        ranked = (
+            ", ".join(f"{k} {v:.2f}" for k, v in optuna["importances"].items()) or optuna["note"]
+        )
         report += f"\noptuna: {len(optuna['history'])} finished trials; importances: {ranked}"
     write_text(sweep_dir / "summary.md", markdown)
     try:
@@ -78,16 +93,20 @@ def summarize(sweep_dir: str | Path, metric: str = "best/val_dice") -> dict[str,
 
 
 class SweepSummary(Callback):
-    """Hydra callback: record the swept keys when a ``--multirun`` starts; print and write its summary at the end."""
+    """Hydra callback: record the swept keys when a ``--multirun`` starts; print and write its
+    summary at the end."""
 
     def __init__(self, metric: str | None = "best/val_dice") -> None:
         self.metric = metric or "best/val_dice"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """``<sweep>/sweep.yaml``: the keys the sweep varies, which name every job (``lungseg.training.run_names``)."""
+        """``<sweep>/sweep.yaml``: the keys the sweep varies, which name every job
+        (``lungseg.training.run_names``)."""
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            write_sweep_file(sweep_dir, config.hydra.overrides.task, config.hydra.sweeper.get("params"))
+            write_sweep_file(
+                sweep_dir, config.hydra.overrides.task, config.hydra.sweeper.get("params")
+            )
         except Exception as err:  # the jobs then name themselves by their own overrides
             log.warning("could not record the swept keys in %s: %s", sweep_dir, err)
 

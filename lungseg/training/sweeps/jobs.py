@@ -1,5 +1,5 @@
-"""The jobs of a sweep: one row per job folder (its run name, overrides, status, metrics and the hparams its
-TensorBoard session records), and the knobs the sweep varied."""
+"""The jobs of a sweep: one row per job folder (its run name, overrides, status, metrics and the
+hparams its TensorBoard session records), and the knobs the sweep varied."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def job_overrides(job: Path) -> dict[str, str]:
 
 
 def job_session(job: Path) -> tuple[str, dict[str, Any]] | None:
-    """The run name and hparams a job's TensorBoard events record (its newest ``tensorboard/<name>`` folder)."""
+    """The run name and hparams a job's TensorBoard events record (its newest ``tensorboard/<name>``
+    folder)."""
     from lungseg.training.tensorboard_hparams import read_session
 
     for folder in event_folders(job / TENSORBOARD):
@@ -35,8 +36,8 @@ def job_session(job: Path) -> tuple[str, dict[str, Any]] | None:
 
 
 def read_job(job: Path, varying: list[str] | None = None) -> dict[str, Any]:
-    """One row: job, run name, overrides, status, error, metrics, value returned to the sweeper, epochs, wall
-    time, and the hparams its TensorBoard session records."""
+    """One row: job, run name, overrides, status, error, metrics, value returned to the sweeper,
+    epochs, wall time, and the hparams its TensorBoard session records."""
     result_file = job / RESULT_FILE
     try:
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
@@ -49,7 +50,10 @@ def read_job(job: Path, varying: list[str] | None = None) -> dict[str, Any]:
         run, hparams = session
     else:
         items = [f"{k}={v}" for k, v in overrides.items()]
-        run, hparams = job_run_name(varying or varying_keys(job.parent, items, None), items) or job.name, {}
+        run, hparams = (
+            job_run_name(varying or varying_keys(job.parent, items, None), items) or job.name,
+            {},
+        )
     return {
         "job": job.name,
         "run": run,
@@ -66,9 +70,13 @@ def read_job(job: Path, varying: list[str] | None = None) -> dict[str, Any]:
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Rows of every job folder (one with ``.hydra/overrides.yaml``) under ``sweep_dir``, in job order."""
+    """Rows of every job folder (one with ``.hydra/overrides.yaml``) under ``sweep_dir``, in job
+    order."""
     if not sweep_dir.is_dir():
-        raise LungsegError(f"{sweep_dir}: no such folder; pass a multirun folder, e.g. outputs/multirun/<date>/<time>")
+        raise LungsegError(
+            f"{sweep_dir}: no such folder; pass a multirun folder, e.g. "
+            "outputs/multirun/<date>/<time>"
+        )
     jobs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
     if not jobs:
         raise LungsegError(
@@ -81,16 +89,22 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def recorded_varying(sweep_dir: Path) -> list[str]:
-    """The keys the sweep's definition varies (``sweep.yaml`` or Hydra's ``multirun.yaml``), [] if unrecorded."""
+    """The keys the sweep's definition varies (``sweep.yaml`` or Hydra's ``multirun.yaml``), [] if
+    unrecorded."""
     if read_sweep_file(sweep_dir).get("varying") or (sweep_dir / "multirun.yaml").is_file():
         return varying_keys(sweep_dir, [], None)
     return []
 
 
 def swept_knobs(rows: list[dict[str, Any]], order: list[str] | None = None) -> list[str]:
-    """The overrides whose values differ between jobs: in the sweep's own ``order`` first, then by name."""
+    """The overrides whose values differ between jobs: in the sweep's own ``order`` first, then by
+    name."""
     keys = sorted(
         {k for row in rows for k in row["overrides"]},
-        key=lambda k: (k not in (order or []), (order or []).index(k) if k in (order or []) else 0, k),
+        key=lambda k: (
+            k not in (order or []),
+            (order or []).index(k) if k in (order or []) else 0,
+            k,
+        ),
     )
     return [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]

@@ -1,4 +1,5 @@
-"""An Optuna sweep's history and parameter importances, from its storage or rebuilt from the jobs."""
+"""An Optuna sweep's history and parameter importances, from its storage or rebuilt from the
+jobs."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ log = logging.getLogger(__name__)
 
 
 def _hydra_cfg(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any]:
-    """The ``hydra`` node a job of the sweep recorded (``<job>/.hydra/hydra.yaml``), unresolved; {} if none."""
+    """The ``hydra`` node a job of the sweep recorded (``<job>/.hydra/hydra.yaml``), unresolved; {}
+    if none."""
     for row in rows:
         try:
-            return (yaml.safe_load((sweep_dir / row["job"] / ".hydra" / "hydra.yaml").read_text()) or {})["hydra"]
+            return (
+                yaml.safe_load((sweep_dir / row["job"] / ".hydra" / "hydra.yaml").read_text()) or {}
+            )["hydra"]
         except (OSError, KeyError, TypeError, yaml.YAMLError):
             continue
     return {}
@@ -36,13 +40,15 @@ def _load_study(sweeper: dict[str, Any]) -> Any:
     try:
         return optuna.load_study(study_name=sweeper.get("study_name"), storage=storage)
     except Exception as err:  # a moved or deleted database: rebuild from the jobs instead
-        log.info("optuna storage %s not readable (%s); rebuilding the study from the jobs", storage, err)
+        log.info(
+            "optuna storage %s not readable (%s); rebuilding the study from the jobs", storage, err
+        )
         return None
 
 
 def rebuild_study(rows: list[dict[str, Any]], space: dict[str, Any], direction: str) -> Any:
-    """An in-memory Optuna study with one trial per job: its searched params (from its overrides) and the value
-    it returned (result.json ``value``); failed and killed jobs as failed trials."""
+    """An in-memory Optuna study with one trial per job: its searched params (from its overrides)
+    and the value it returned (result.json ``value``); failed and killed jobs as failed trials."""
     import optuna
     from optuna.distributions import CategoricalDistribution
 
@@ -57,7 +63,11 @@ def rebuild_study(rows: list[dict[str, Any]], space: dict[str, Any], direction: 
                 value = next((c for c in dist.choices if str(c) == raw), None)
             else:
                 number = finite_number(raw)
-                value = None if number is None else (int(number) if "Int" in type(dist).__name__ else number)
+                value = (
+                    None
+                    if number is None
+                    else (int(number) if "Int" in type(dist).__name__ else number)
+                )
             if value is not None:
                 params[key], dists[key] = value, dist
         value = finite_number(row.get("value"))
@@ -66,18 +76,22 @@ def rebuild_study(rows: list[dict[str, Any]], space: dict[str, Any], direction: 
         try:
             study.add_trial(
                 optuna.trial.create_trial(
-                    params=params, distributions=dists, state=state, value=value if finished else None
+                    params=params,
+                    distributions=dists,
+                    state=state,
+                    value=value if finished else None,
                 )
             )
-        except ValueError as err:  # a value outside its distribution (the search space changed): leave it out
+        # a value outside its distribution (the search space changed): leave it out
+        except ValueError as err:
             log.warning("job %s left out of the optuna study: %s", row["job"], err)
     return study
 
 
 def optuna_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any] | None:
-    """For an Optuna sweep: its history (trial, value, best so far) and parameter importances (fANOVA, else mean
-    decrease in impurity; optuna 2.x computes both with scikit-learn), from ``hydra.sweeper.storage`` or rebuilt
-    from the jobs; None for any other sweep."""
+    """For an Optuna sweep: its history (trial, value, best so far) and parameter importances
+    (fANOVA, else mean decrease in impurity; optuna 2.x computes both with scikit-learn), from
+    ``hydra.sweeper.storage`` or rebuilt from the jobs; None for any other sweep."""
     sweeper = _hydra_cfg(rows, sweep_dir).get("sweeper") or {}
     if "optuna" not in str(sweeper.get("_target_", "")):
         return None
@@ -103,15 +117,19 @@ def optuna_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any
         "fANOVA": optuna.importance.FanovaImportanceEvaluator,
         "mean decrease in impurity": optuna.importance.MeanDecreaseImpurityImportanceEvaluator,
     }
-    for method, evaluator in evaluators.items():  # optuna 2.x's fANOVA fails on scikit-learn >= 1.3's trees
+    # optuna 2.x's fANOVA fails on scikit-learn >= 1.3's trees
+    for method, evaluator in evaluators.items():
         try:
-            importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator(seed=0)))
+            importances = dict(
+                optuna.importance.get_param_importances(study, evaluator=evaluator(seed=0))
+            )
             note, used = "", method
             break
         except ImportError:
             note = "parameter importances need scikit-learn (pip install scikit-learn)"
             break
-        except (RuntimeError, ValueError) as err:  # fewer than two finished trials, nothing searched, fANOVA
+        # fewer than two finished trials, nothing searched, fANOVA
+        except (RuntimeError, ValueError) as err:
             note = f"no parameter importances: {err}"
     return {
         "direction": direction,
@@ -124,7 +142,8 @@ def optuna_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> dict[str, Any
 
 
 def optuna_figure(report: dict[str, Any], metric: str, path: Path) -> None:
-    """Optimisation history (each trial's value, the best so far) and parameter importances, side by side."""
+    """Optimisation history (each trial's value, the best so far) and parameter importances, side by
+    side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,9 +151,15 @@ def optuna_figure(report: dict[str, Any], metric: str, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     history = report["history"]
-    left.scatter([h["trial"] for h in history], [h["value"] for h in history], label="trial", zorder=3)
+    left.scatter(
+        [h["trial"] for h in history], [h["value"] for h in history], label="trial", zorder=3
+    )
     left.step(
-        [h["trial"] for h in history], [h["best"] for h in history], where="post", color="red", label="best so far"
+        [h["trial"] for h in history],
+        [h["best"] for h in history],
+        where="post",
+        color="red",
+        label="best so far",
     )
     left.set(xlabel="trial", ylabel=metric, title="Optimisation history")
     left.xaxis.get_major_locator().set_params(integer=True)
@@ -144,7 +169,9 @@ def optuna_figure(report: dict[str, Any], metric: str, path: Path) -> None:
     right.barh(names, [report["importances"][n] for n in names])
     right.set(xlabel=f"importance ({report['method'] or 'none'})", title="Parameter importances")
     if not names:
-        right.text(0.5, 0.5, report["note"] or "none", ha="center", va="center", wrap=True, fontsize=8)
+        right.text(
+            0.5, 0.5, report["note"] or "none", ha="center", va="center", wrap=True, fontsize=8
+        )
     fig.tight_layout()
     thin_tick_labels(fig)
     fig.savefig(path, dpi=100)
@@ -160,7 +187,10 @@ def optuna_markdown(report: dict[str, Any], metric: str) -> str:
         ]
     )
     importances = table(
-        [("parameter", "importance"), *((name, f"{value:.3f}") for name, value in report["importances"].items())]
+        [
+            ("parameter", "importance"),
+            *((name, f"{value:.3f}") for name, value in report["importances"].items()),
+        ]
     )
     lines = [
         "## Optuna",

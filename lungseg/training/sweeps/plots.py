@@ -1,5 +1,5 @@
-"""The sweep's figure, ``summary.png``: the metric against each swept knob (numbers on their axis, anything else
-as labelled categories)."""
+"""The sweep's figure, ``summary.png``: the metric against each swept knob (numbers on their axis,
+anything else as labelled categories)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ def _label(value: Any) -> str:
 
 
 def knob_axis(ax: Any, raw: list[Any]) -> list[float]:
-    """Set ``ax``'s x axis for a knob's values and return each value's x: log for numbers spanning a decade or
-    more, categorical positions for strings and for a few (<= 6) distinct numbers, linear otherwise."""
+    """Set ``ax``'s x axis for a knob's values and return each value's x: log for numbers spanning a
+    decade or more, categorical positions for strings and for a few (<= 6) distinct numbers, linear
+    otherwise."""
     from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
     numbers = [finite_number(v) for v in raw]
     numeric = bool(raw) and all(n is not None for n in numbers)
-    distinct = sorted(set(raw), key=lambda v: (finite_number(v) is None, finite_number(v) or 0.0, str(v)))
+    distinct = sorted(
+        set(raw), key=lambda v: (finite_number(v) is None, finite_number(v) or 0.0, str(v))
+    )
     if numeric:
         low, high = min(numbers), max(numbers)
         if low > 0 and high / low >= 10:
@@ -53,7 +56,8 @@ def knob_axis(ax: Any, raw: list[Any]) -> list[float]:
 
 
 def thin_tick_labels(fig: Any) -> None:
-    """Hide each x tick label that would overlap the one kept before it (after layout), on every axes."""
+    """Hide each x tick label that would overlap the one kept before it (after layout), on every
+    axes."""
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
         kept = None
@@ -68,7 +72,8 @@ def thin_tick_labels(fig: Any) -> None:
 
 
 def figure(rows: list[dict[str, Any]], knobs: list[str], metric: str) -> Any:
-    """One panel per swept knob: ``metric`` of every finished job against the knob's value; the best in red."""
+    """One panel per swept knob: ``metric`` of every finished job against the knob's value; the best
+    in red."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,5 @@
-"""The sweep's table: one line per job (knobs, metrics, epochs, wall time, status), and its best job."""
+"""The sweep's table: one line per job (knobs, metrics, epochs, wall time, status), and its best
+job."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def finite_number(value: Any) -> float | None:
 
 def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     """The finished job with the best ``metric`` (lowest for a loss, else highest)."""
-    scored = [r for r in rows if r["status"] == "finished" and finite_number(r.get(metric)) is not None]
+    scored = [
+        r for r in rows if r["status"] == "finished" and finite_number(r.get(metric)) is not None
+    ]
     if not scored:
         return None
     sign = -1.0 if monitor_mode(metric) == "min" else 1.0
