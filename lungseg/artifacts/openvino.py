@@ -7,6 +7,7 @@ the ``openvino`` extra (converting: torch too)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -38,6 +39,14 @@ def openvino() -> Any:
     return require_extra("openvino", "openvino", "Running models with OpenVINO")
 
 
+@functools.cache
+def core() -> Any:
+    """The process's one ``openvino.Core``: models read by it and compiled by it never outlive it
+    (a Core made per call and dropped while its model lives on can leave the model pointing into
+    freed memory)."""
+    return openvino().Core()
+
+
 def read_model(path: str | Path) -> Any:
     """An ``openvino.Model`` from an ONNX file or an IR ``.xml`` (its ``.bin`` beside it)."""
     path = Path(path).expanduser()
@@ -57,7 +66,7 @@ def read_model(path: str | Path) -> Any:
             "beside it; copy the .xml and .bin together, or export again"
         )
     try:
-        return openvino().Core().read_model(str(path))
+        return core().read_model(str(path))
     except RuntimeError as err:
         reason = (str(err).strip().splitlines() or ["unreadable"])[0]
         raise CheckpointError(
@@ -100,12 +109,11 @@ def to_openvino(
     ``dynamic_size`` is false), ``metadata`` in its rt_info."""
     from lungseg.artifacts.exports import ProbabilityModel, export_onnx
 
-    ov = openvino()
     size = model.description.image_size
     with tempfile.TemporaryDirectory(prefix="lungseg-openvino-") as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(ProbabilityModel(model.net), path, size, opset, dynamic_size, metadata)
-        converted = ov.Core().read_model(str(path))  # weights are read into memory: the file may go
+        converted = core().read_model(str(path))  # weights are read into memory: the file may go
     write_metadata(converted, {"image_size": str(size), **metadata})
     return converted
 

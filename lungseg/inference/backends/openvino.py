@@ -14,7 +14,14 @@ import numpy as np
 
 from lungseg.artifacts.contract import INPUT_NAME, OUTPUT_NAME, read_description, signature_problem
 from lungseg.artifacts.description import ModelDescription
-from lungseg.artifacts.openvino import SUFFIXES, is_int8, openvino, read_metadata, read_model
+from lungseg.artifacts.openvino import (
+    SUFFIXES,
+    core,
+    is_int8,
+    openvino,
+    read_metadata,
+    read_model,
+)
 from lungseg.cpu import cpu_has_native_bf16
 from lungseg.errors import CheckpointError, LungsegError
 
@@ -107,7 +114,7 @@ class OpenVinoBackend:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.compiled = core().compile_model(model, "CPU", config)
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin runs
         self.float_precision = "bf16-mixed" if got == ov.Type.bf16 else "32-true"
         self.precision = "int8" if self.int8 else self.float_precision
