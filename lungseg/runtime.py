@@ -149,9 +149,8 @@ def usable_cores() -> int:
 
 
 # glibc's mallopt parameters (malloc.h) and the ceiling glibc itself gives its sliding mmap
-# threshold on 64-bit
-# (DEFAULT_MMAP_THRESHOLD_MAX); when it slides there, it sets the trim threshold to twice that, as
-# we do
+# threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX); when it slides there, it sets the trim threshold
+# to twice that, as we do
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_ENV = (

@@ -24,10 +24,8 @@ CONF = CONFIG_DIR
 CXR = ROOT.parent / "shared" / "data" / "cxr-v7"
 
 # How far a recomputation may stray from a logged or written number computed in the same precision,
-# by that
-# precision: fp32 rounding, or bf16's 8-bit mantissa (2**-8 relative per operation) through a few
-# layers, where
-# the two computations may take other kernels (batch size, memory layout).
+# by that precision: fp32 rounding, or bf16's 8-bit mantissa (2**-8 relative per operation) through
+# a few layers, where the two computations may take other kernels (batch size, memory layout).
 TOLERANCE = {"32-true": 1e-5, "bf16-mixed": 5e-3}
 
 

@@ -30,11 +30,9 @@ pytestmark = pytest.mark.skipif(not _glibc(), reason="glibc's malloc only")
 BATCH_BYTES = 8 * 256 * 256 * 4  # one collated batch of float images (or masks) at 256 px, batch 8
 
 # With "loader": the data module's real epochs at 256 px after a few warm-up epochs, page faults per
-# image. Then,
-# either way: a batch's two tensors made and freed, as a DataLoader and a training step do, after an
-# earlier freed
-# block of that size has set glibc's sliding thresholds; the page faults of the batches after the
-# first.
+# image. Then, either way: a batch's two tensors made and freed, as a DataLoader and a training step
+# do, after an earlier freed block of that size has set glibc's sliding thresholds; the page faults
+# of the batches after the first.
 SCRIPT = f"""
 import ctypes, resource, sys
 import lightning as L

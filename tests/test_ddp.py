@@ -16,14 +16,11 @@ from lungseg.evaluate import evaluate
 from tests.helpers import ROOT, write_split
 
 # Both runs see the same data in every optimizer step: the 2 training images form one global batch
-# (DDP: one image
-# per rank; one process: two micro-batches of one, accumulated), so shuffling order cannot matter.
-# Randomness
-# that differs per process is off (input noise, dropout, augmentation). BatchNorm uses per-image
-# batch statistics
-# in both; its running statistics are frozen (momentum 0) because without SyncBatchNorm (CUDA only)
-# DDP keeps
-# rank 0's. SGD keeps tiny float differences tiny (Adam's first step is about lr * sign(gradient)).
+# (DDP: one image per rank; one process: two micro-batches of one, accumulated), so shuffling order
+# cannot matter. Randomness that differs per process is off (input noise, dropout, augmentation).
+# BatchNorm uses per-image batch statistics in both; its running statistics are frozen (momentum 0)
+# because without SyncBatchNorm (CUDA only) DDP keeps rank 0's. SGD keeps tiny float differences
+# tiny (Adam's first step is about lr * sign(gradient)).
 COMMON = (
     "data.image_size=32",
     "model.base_filters=4",

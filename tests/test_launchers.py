@@ -64,8 +64,7 @@ def test_two_processes_add_trials_to_one_optuna_study(tiny_dataset: Path, tmp_pa
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     # Create the study (and SQLite's tables) once before the workers start, as the README says:
-    # optuna 2.x's
-    # schema creation races when two processes create it at the same moment.
+    # optuna 2.x's schema creation races when two processes create it at the same moment.
     optuna.create_study(study_name="shared", storage=storage, direction="maximize")
     cmd = [
         sys.executable,

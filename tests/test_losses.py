@@ -89,9 +89,8 @@ def test_scheduler_cosine_anneals_the_lr_once_per_epoch_over_max_epochs(
     compose_cfg, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     # CosineAnnealingLR(T_max = max_epochs, eta_min = 1e-6), stepped at each epoch's end: epoch e
-    # trains at
-    # eta_min + (lr - eta_min) * (1 + cos(pi * e / T_max)) / 2. (With loss=bce_dice: the two knobs
-    # train together.)
+    # trains at eta_min + (lr - eta_min) * (1 + cos(pi * e / T_max)) / 2. (With loss=bce_dice: the
+    # two knobs train together.)
     lr, epochs, eta_min = 1e-2, 4, 1e-6
     cfg = compose_cfg(
         f"data.root={tiny_dataset}",

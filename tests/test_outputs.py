@@ -210,8 +210,8 @@ def test_a_report_folder_is_replaced_whole_or_not_at_all(
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
 
     # where the system cannot swap two folders in one step, the earlier one is moved aside first; a
-    # kill between
-    # the two renames leaves it aside, and the next writer puts it back before anything else
+    # kill between the two renames leaves it aside, and the next writer puts it back before anything
+    # else
     monkeypatch.setattr("lungseg.atomic._exchange", lambda a, b: False)
     with atomic_dir(out) as staged:
         (staged / "per_image.csv").write_text("newer")

@@ -68,9 +68,8 @@ def test_statistics_are_those_of_clean_images_whatever_came_before(tiny_dataset:
     assert all(m.momentum == 0.1 for m in _norms(module))  # ... and the momentum
 
     # The first BatchNorm sees ReLU(conv(image)) of the 8 clean train images in 2 batches of 4: its
-    # statistics
-    # are the exact mean over batches of the batch mean and unbiased variance (no noise, no
-    # augmentation).
+    # statistics are the exact mean over batches of the batch mean and unbiased variance (no noise,
+    # no augmentation).
     first = _norms(module)[0]
     seen: list[torch.Tensor] = []
     handle = first.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))

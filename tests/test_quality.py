@@ -190,8 +190,7 @@ def test_damaged_films_score_lower_and_the_score_ranks_films_by_dice(cxr_model: 
         scores += [r.quality_score for r in results]
         dices += [mask_dice(r.mask, truth) for r in results]
     # a tiny model's score on one film can tie (its thread count moves a film or two): 22 of 24
-    # damaged films
-    # score lower than their clean film, and on average by more than 0.1
+    # damaged films score lower than their clean film, and on average by more than 0.1
     assert sum(d > 0 for d in drops) >= 22 and np.mean(drops) > 0.1, np.round(drops, 3)
     assert np.ptp(dices) > 0.4  # the set spans good and bad masks
     assert quality.spearman(scores, dices) > 0.6

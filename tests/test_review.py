@@ -505,8 +505,8 @@ def test_predict_and_evaluate_report_what_the_reviewer_decided(
         "4 of 9 films flagged; a reviewer accepted 2 and rejected 1 of them (1 undecided)" in line
     )
 
-    # predict again over the reviewed folder, by another model: the summary counts the
-    # decisions, and says they were made on the earlier masks
+    # predict again over the reviewed folder, by another model: the summary counts the decisions,
+    # and says they were made on the earlier masks
     rows = read_rows(folder / "predictions.csv")
     films = Path(rows[0]["input"]).parent
     summary = predict(

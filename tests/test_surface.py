@@ -81,8 +81,8 @@ def test_shifted_square_and_spacing() -> None:
     scaled = surface_distances(a, b, spacing=(0.5, 0.5))
     assert scaled.hd95 == pytest.approx(1.0) and scaled.assd == pytest.approx(0.5)
     # Anisotropic (7 mm rows, 0.25 mm columns): a row step (7) is never the nearest, so each side's
-    # distances
-    # are its column offsets x 0.25: per ring 2 x 0.25 + 24 x 0.5 = 12.5 -> ASSD 25 / 96, HD95 0.5.
+    # distances are its column offsets x 0.25: per ring 2 x 0.25 + 24 x 0.5 = 12.5 -> ASSD 25 / 96,
+    # HD95 0.5.
     aniso = surface_distances(a, b, spacing=(7.0, 0.25))
     assert aniso.hd95 == pytest.approx(0.5) and aniso.assd == pytest.approx(25 / 96)
 

@@ -265,10 +265,8 @@ def test_tuned_recipe_briefly_on_real_radiographs(compose_cfg) -> None:
     in data, augmentation, model, BatchNorm statistics, loss or schedule shows up as a drop in test
     Dice."""
     # Measured: test Dice 0.944 (3 min 33 s on one thread beside two training runs); 0.947 before
-    # cxr_small gained
-    # deep supervision. The same run with the original's input noise (0.1) and without the precise
-    # BatchNorm
-    # statistics: 0.826.
+    # cxr_small gained deep supervision. The same run with the original's input noise (0.1) and
+    # without the precise BatchNorm statistics: 0.826.
     cfg = compose_cfg(
         "+experiment=cxr_small",
         f"data.root={CXR}",
@@ -312,9 +310,7 @@ def test_compiled_training_matches_eager_and_keeps_plain_checkpoint_keys(
     # dynamo ran
     assert graphs == {"eager": 0, "compiled": graphs["compiled"]} and graphs["compiled"] > 0
     # fused kernels round differently, and Adam's early steps amplify that (with the fused Adam and
-    # the L2 gradient
-    # hook the gap after one epoch is 1.5e-3 in loss, 3e-3 in this barely trained model's Dice); a
-    # broken graph
-    # would be far off
+    # the L2 gradient hook the gap after one epoch is 1.5e-3 in loss, 3e-3 in this barely trained
+    # model's Dice); a broken graph would be far off
     assert compiled["val/loss"] == pytest.approx(eager["val/loss"], rel=3e-3)
     assert compiled["val/dice"] == pytest.approx(eager["val/dice"], abs=6e-3)

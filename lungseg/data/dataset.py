@@ -76,8 +76,7 @@ class DecodeCache:
         self.shm_limited = False
         if shared and capacity and SHARED_MEMORY.is_dir():
             # Half of what is free: the workers pass their batches through the same memory. Beyond
-            # it a write
-            # would kill the process with SIGBUS instead of an error.
+            # it a write would kill the process with SIGBUS instead of an error.
             room = int(shutil.disk_usage(SHARED_MEMORY).free // 2 // item_bytes(size))
             self.shm_limited, capacity = room < capacity, min(capacity, room)
         self.slot = np.full(length, -1, np.int64)  # item -> its slot, -1: not cached

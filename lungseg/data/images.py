@@ -13,8 +13,7 @@ from lungseg.errors import DataError
 
 MASK_THRESHOLD = 128
 # The smallest side of an image taken as a radiograph: anything smaller is an icon, a thumbnail or a
-# broken export,
-# not a film to segment or train on (the network's own input is far larger).
+# broken export, not a film to segment or train on (the network's own input is far larger).
 MIN_SIDE = 16
 # A mask is "not binary" when more than this fraction of its pixels is mid-grey (64..191):
 # JPEG artefacts on real masks stay near 0 and 255 and well under this.
@@ -85,13 +84,10 @@ def require_radiograph(image: np.ndarray, where: str) -> np.ndarray:
 
 
 # How grey levels of any bit depth become the model's 8-bit input (recorded in every model's
-# description as
-# preprocessing["intensity"]; a model is always fed by the rule it was trained with):
+# description as preprocessing["intensity"]; a model is always fed by the rule it was trained with):
 # window: the film's own 0.5th..99.5th percentile grey levels -> 0..255, clipped, for every depth.
-# The same
-# film as an 8-bit PNG, a 16-bit PNG or a DICOM gives the same input; a linear contrast or
-# brightness
-#           change of the export does not move it. (lungseg >= 0.3)
+#         The same film as an 8-bit PNG, a 16-bit PNG or a DICOM gives the same input; a linear
+#         contrast or brightness change of the export does not move it. (lungseg >= 0.3)
 # minmax: 8-bit as is; 16-bit and float stretched from their own min..max (lungseg 0.2, and masks).
 INTENSITY_RULES = ("window", "minmax")
 WINDOW_PERCENTILES = (0.5, 99.5)

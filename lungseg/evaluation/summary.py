@@ -24,8 +24,7 @@ POOLED = (
 )
 PER_IMAGE = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
 # The notebook's reported test results (see ../shared/seed/notebook-facts.md); its "AUC" was (sens +
-# spec) / 2
-# of thresholded masks, and its accuracy is derived here from its confusion matrix.
+# spec) / 2 of thresholded masks, and its accuracy is derived here from its confusion matrix.
 ORIGINAL = {
     "precision": 0.974872,
     "recall": 0.982158,

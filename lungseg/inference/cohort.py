@@ -2,20 +2,14 @@
 machines.
 
 - ``shard=i/n`` takes the films whose output key hashes to ``i`` modulo ``n``: deterministic,
-  disjoint, and stable
-  when films are added. Shards write into one output folder (each its own CSV, manifest, journal and
-  lock);
-  :func:`merge_shards` joins their CSVs and manifests.
+  disjoint, and stable when films are added. Shards write into one output folder (each its own CSV,
+  manifest, journal and lock); :func:`merge_shards` joins their CSVs and manifests.
 - The journal (``.journal<shard>.jsonl`` in the output folder) gets each film's CSV row, with its
-  content and model
-  SHA-256, as soon as its files are written. ``resume=true`` skips every film whose row is there for
-  the same
-  model, whose content is unchanged and whose outputs exist, so a killed run picks up where it
-  stopped with
-  nothing written twice or lost.
+  content and model SHA-256, as soon as its files are written. ``resume=true`` skips every film
+  whose row is there for the same model, whose content is unchanged and whose outputs exist, so a
+  killed run picks up where it stopped with nothing written twice or lost.
 - The manifest (``run<shard>.json``): lungseg version, the model (sources, SHA-256, description),
-  settings,
-  device and precision, counts by status, timings.
+  settings, device and precision, counts by status, timings.
 """
 
 from __future__ import annotations

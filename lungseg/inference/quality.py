@@ -6,21 +6,17 @@ predict, evaluate and the API alike) on the probability map and the mask the seg
 (thresholded, and cleaned when it post-processes):
 
 - ``expected_dice``: the mask's Dice against the model's own probabilities (the soft Dice 2 sum(p m)
-  / (sum p +
-  sum m)): what Dice the model expects if its probabilities were the truth. Low where many pixels
-  sit near 0.5.
+  / (sum p + sum m)): what Dice the model expects if its probabilities were the truth. Low where
+  many pixels sit near 0.5.
 - ``border_entropy``: the mean binary entropy of the probabilities in a band around the mask's
   border.
 - ``flip_dice``, ``zoom_dice``, ``tta_dice`` (with TTA only): the Dice between the mask and the mask
-  of the same
-  film mirrored left-right, or zoomed out by ``ZOOM`` (each mapped back), and the lower of the two:
-  a model that
-  changes its mind under a harmless change is guessing.
+  of the same film mirrored left-right, or zoomed out by ``ZOOM`` (each mapped back), and the lower
+  of the two: a model that changes its mind under a harmless change is guessing.
 - shape: ``lung_fraction``, ``components`` (large ones, before cleaning), ``balance`` (the smaller
-  image half's
-  mask area over the larger's), ``height`` and ``height_balance`` (the taller lung's height, the
-  shorter's over
-  it), ``solidity``, ``holes`` (the share of the filled mask that was holes before cleaning).
+  image half's mask area over the larger's), ``height`` and ``height_balance`` (the taller lung's
+  height, the shorter's over it), ``solidity``, ``holes`` (the share of the filled mask that was
+  holes before cleaning).
 
 :func:`score` combines them (the formula and how it was chosen are documented there); a mask
 ``needs_review`` below the operating point, ``REVIEW_BELOW`` unless set. ``python -m

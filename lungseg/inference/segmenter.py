@@ -42,11 +42,9 @@ ImageInput = np.ndarray | str | Path
 FINISHERS = 2
 POLARITIES = ("auto", "as_read")
 # polarity="auto": a film whose mask scores below POLARITY_CHECK_BELOW is also segmented with its
-# grey levels
-# inverted, and read inverted when that mask scores at least POLARITY_ACCEPT: a mask to trust where
-# the film as
-# read gives none (an unsure model never turns films). Chosen on train and val films
-# (docs/quality.md).
+# grey levels inverted, and read inverted when that mask scores at least POLARITY_ACCEPT: a mask to
+# trust where the film as read gives none (an unsure model never turns films). Chosen on train and
+# val films (docs/quality.md).
 POLARITY_CHECK_BELOW, POLARITY_ACCEPT = 0.8, 0.9
 
 

@@ -94,9 +94,8 @@ class LungSegModule(L.LightningModule):
             {f"{s}_metrics": pixel_metrics(f"{s}/", threshold) for s in STAGES}
         )
         # The epoch loss as a metric: its sum and count are summed over DDP ranks, so the mean is
-        # over every image
-        # exactly (Lightning's sync_dist would average the ranks' means, wrong when they hold
-        # different counts).
+        # over every image exactly (Lightning's sync_dist would average the ranks' means, wrong when
+        # they hold different counts).
         self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric() for s in STAGES})
         # The mean of per-image Dice (val/test): every image weighs the same, small lungs as much as
         # large ones.
@@ -244,8 +243,8 @@ class LungSegModule(L.LightningModule):
         loss = self._step(batch, "train")
         if self.hparams.kernel_l2:
             # The returned loss is the Keras objective's value, BCE + L2; the L2 term's gradient is
-            # added by
-            # on_before_optimizer_step, so its value is computed here without an autograd graph.
+            # added by on_before_optimizer_step, so its value is computed here without an autograd
+            # graph.
             with torch.no_grad():
                 penalty = self.l2_penalty()
             self.log(
@@ -280,8 +279,8 @@ class LungSegModule(L.LightningModule):
             return {"optimizer": optimizer}
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
         # A plateau schedule reads the monitored val metric, so it steps only on epochs that
-        # validate
-        # (trainer.check_val_every_n_epoch): its patience counts validations, as Keras' does.
+        # validate (trainer.check_val_every_n_epoch): its patience counts validations, as Keras'
+        # does.
         every = self.trainer.check_val_every_n_epoch if self._trainer is not None else 1
         plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         return {

@@ -45,8 +45,7 @@ IGNORED = (
 )
 MAX_SHOWN = 12
 # Class paths that moved when lungseg 0.3 grouped the package by role: a checkpoint written before
-# records the old
-# names of the same classes, which must not read as a changed recipe.
+# records the old names of the same classes, which must not read as a changed recipe.
 MOVED = {
     "lungseg.module.": "lungseg.training.module.",
     "lungseg.callbacks.": "lungseg.training.callbacks.",
