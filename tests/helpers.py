@@ -3,7 +3,11 @@ tiny modules."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -138,3 +142,19 @@ def gradient(h: int = 70, w: int = 90) -> np.ndarray:
     """A uint8 test image spanning 0..255 with structure in both directions."""
     yy, xx = np.mgrid[:h, :w]
     return np.round(255 * (0.7 * xx / (w - 1) + 0.3 * yy / (h - 1))).astype(np.uint8)
+
+
+def run_bench(
+    out: Path, *overrides: str, timeout: int = 600
+) -> tuple[subprocess.CompletedProcess, Any]:
+    """``python -m lungseg.bench <overrides> json=<out>`` from the checkout; asserts it exits 0 and
+    returns the process and the JSON it wrote."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lungseg.bench", *overrides, f"json={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, json.loads(out.read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -12,38 +11,27 @@ import onnx
 import pytest
 
 from lungseg.bench.scale import synthetic_set
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_bench
 
 
 def test_bench_tiny_mode_writes_the_documented_json(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lungseg.bench",
-            "device=cpu",
-            "data.image_size=32",
-            "model.base_filters=4",
-            "model.depth=2",
-            "batch_size=2",
-            "warmup=0",
-            "repeats=1",
-            "matmul_size=64",
-            "fit_epochs=1",
-            f"data_root={tiny_dataset}",
-            "onnx_calibration_images=3",
-            f"onnx_dir={tmp_path / 'onnx'}",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc, result = run_bench(
+        out,
+        "device=cpu",
+        "data.image_size=32",
+        "model.base_filters=4",
+        "model.depth=2",
+        "batch_size=2",
+        "warmup=0",
+        "repeats=1",
+        "matmul_size=64",
+        "fit_epochs=1",
+        f"data_root={tiny_dataset}",
+        "onnx_calibration_images=3",
+        f"onnx_dir={tmp_path / 'onnx'}",
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
     for key in (
         "train_img_s",
         "infer_img_s",
@@ -82,38 +70,27 @@ def test_bench_tiny_mode_writes_the_documented_json(tiny_dataset: Path, tmp_path
 def test_bench_scale_mode_grows_the_sets_and_measures_each(tmp_path: Path) -> None:
     out, folder = tmp_path / "scale.json", tmp_path / "sets"
     item = 2 * 32 * 32  # bytes a 32-px image and mask take in the cache
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lungseg.bench",
-            "mode=scale",
-            "scale.sizes=[32,16]",
-            "device=cpu",
-            "trainer.accelerator=cpu",
-            "data.image_size=32",
-            "model.base_filters=4",
-            "model.depth=2",
-            "batch_size=4",
-            "warmup=0",
-            "repeats=1",
-            "scale.source_px=64",
-            "scale.val_pairs=4",
-            "scale.epochs=2",
-            "scale.train_steps=2",
-            "scale.generate_workers=2",
-            f"scale.folder={folder}",
-            f"data.cache_mb={15.5 * item / 2**20}",
-            "data.num_workers=2",
-            f"json={out}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc, result = run_bench(
+        out,
+        "mode=scale",
+        "scale.sizes=[32,16]",
+        "device=cpu",
+        "trainer.accelerator=cpu",
+        "data.image_size=32",
+        "model.base_filters=4",
+        "model.depth=2",
+        "batch_size=4",
+        "warmup=0",
+        "repeats=1",
+        "scale.source_px=64",
+        "scale.val_pairs=4",
+        "scale.epochs=2",
+        "scale.train_steps=2",
+        "scale.generate_workers=2",
+        f"scale.folder={folder}",
+        f"data.cache_mb={15.5 * item / 2**20}",
+        "data.num_workers=2",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
     rows = result["scale"]
     # smallest first
     assert [r["n_images"] for r in rows] == [16, 32] == [r["images_per_epoch"] for r in rows]
@@ -182,15 +159,7 @@ def test_bench_cohort_mode_times_predict_end_to_end_against_the_model(
     missing = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "mode=cohort needs a model: cohort.model=" in missing.stderr
     assert "Traceback" not in missing.stderr
-    proc = subprocess.run(
-        [*args, f"cohort.model={tiny_ckpt}", f"json={out}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    proc, result = run_bench(out, *args[3:], f"cohort.model={tiny_ckpt}")
     rounds = result["rounds"]
     assert len(rounds) == 2
     for key in ("end_to_end_img_s", "model_only_img_s", "predict_model_img_s", "command_img_s"):

@@ -26,7 +26,7 @@ from lungseg.inference.backends import choice as backend_choice
 from lungseg.inference.backends.onnxruntime import OnnxBackend
 from lungseg.inference.backends.openvino import OpenVinoBackend
 from lungseg.inference.inputs import calibration_files, calibration_images
-from tests.helpers import ROOT, write_split
+from tests.helpers import ROOT, run_bench, write_split
 from tests.test_export import export_cfg, reference
 from tests.test_onnx_predict import RUN_WITHOUT_TORCH
 
@@ -254,30 +254,20 @@ def test_bench_backends_mode_times_every_backend_side_by_side(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lungseg.bench",
-            "mode=backends",
-            "device=cpu",
-            "data.image_size=32",
-            "model.base_filters=4",
-            "model.depth=2",
-            "batch_size=2",
-            "backends.rounds=1",
-            "backends.calibration_images=3",
-            f"data_root={tiny_dataset}",
-            "threads=1",
-            f"json={out}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc, result = run_bench(
+        out,
+        "mode=backends",
+        "device=cpu",
+        "data.image_size=32",
+        "model.base_filters=4",
+        "model.depth=2",
+        "batch_size=2",
+        "backends.rounds=1",
+        "backends.calibration_images=3",
+        f"data_root={tiny_dataset}",
+        "threads=1",
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
     rows = {(r["backend"], r["model"], r["precision"]) for r in result["rows"]}
     assert {
         ("torch", "fp32", "32-true"),

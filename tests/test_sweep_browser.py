@@ -58,6 +58,7 @@ def test_hparams_tab_lists_swept_knobs_first_and_one_readable_row_per_run(
     }
     with tools.tensorboard(sweep) as url, tools.chromium_page() as page:
         tools.open_hparams(page, url, n_runs=4)
+        tools.set_shown(page, ["wall time (s)"], True)  # the sixth metric: unticked by default
         header, rows = tools.hparams_table(page)
         # swept, then the rest
         assert header[:4] == ["Trial ID", "Show Metrics", "model.dropout", "optimizer.lr"]

@@ -128,11 +128,12 @@ def show_view(page: Any, view: str) -> None:
     page.wait_for_timeout(1500)
 
 
-def untick(page: Any, names: list[str]) -> None:
-    """Untick hyperparameters in the left pane (the columns the views draw)."""
+def set_shown(page: Any, names: list[str], shown: bool) -> None:
+    """Tick (``shown``) or untick hyperparameters and metrics in the left pane: the columns the
+    views draw. TensorBoard ticks only the first five of each by default."""
     for name in names:
         box = page.locator("tf-hparams-query-pane paper-checkbox", has_text=name).first
-        if box.get_attribute("aria-checked") == "true":
+        if (box.get_attribute("aria-checked") == "true") != shown:
             box.click()
     page.wait_for_timeout(500)
 
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                 for i, c in enumerate(header)
                 if i >= 2 and not c.startswith(metrics) and len({r[i] for r in rows}) == 1
             ]
-            untick(page, constant)
+            set_shown(page, constant, False)
         show_view(page, args.view)
         if args.view == "parallel":
             log_scales(
