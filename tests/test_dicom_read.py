@@ -155,3 +155,46 @@ def test_film_header_is_read_without_decoding(tmp_path: Path) -> None:
     two.save_as(tmp_path / "two.dcm", enforce_file_format=True)
     got = read_film(tmp_path / "two.dcm")  # no error: the gate refuses it by its attributes
     assert isinstance(got, DicomFilm) and got.frames == 2 and got.has_pixels
+
+
+def test_display_pixels_are_pydicoms_modality_and_voi_luts_in_float32(tmp_path: Path) -> None:
+    """lungseg rescales in float32 (5x faster than pydicom's float64 at 2048 px); the values are
+    pydicom's, for a fractional rescale, a VOI window on top, and a modality LUT sequence."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.sequence import Sequence
+
+    film, _ = chest_phantom()
+
+    def reference(film: DicomFilm) -> np.ndarray:
+        ds = film.dataset
+        return apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float32)
+
+    rescaled = read_film(
+        write_dx(tmp_path / "a.dcm", film, RescaleSlope=0.37, RescaleIntercept=-12.5)
+    )
+    got = rescaled.pixels()
+    assert got.dtype == np.float32 and not np.array_equal(got, film.astype(np.float32))
+    np.testing.assert_allclose(got, reference(rescaled), rtol=1e-6, atol=1e-4)
+    windowed = read_film(
+        write_dx(
+            tmp_path / "b.dcm",
+            film,
+            RescaleSlope=2,
+            RescaleIntercept=-10,
+            WindowCenter=3000,
+            WindowWidth=2000,
+        )
+    )
+    got = windowed.pixels()
+    assert 0 < (got == got.max()).mean() < 0.9  # the window clips part of the film
+    np.testing.assert_allclose(got, reference(windowed), rtol=1e-6, atol=1e-3)
+    # a modality LUT sequence (here: levels reversed) goes through pydicom's own LUT
+    ds = dx_dataset(film)
+    item = type(ds)()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTData = list(range(4095, -1, -1))
+    item["LUTData"].VR = "US"
+    ds.ModalityLUTSequence = Sequence([item])
+    ds.save_as(tmp_path / "c.dcm", enforce_file_format=True)
+    lut = read_film(tmp_path / "c.dcm")
+    np.testing.assert_array_equal(lut.pixels(), 4095 - film.astype(np.float32))

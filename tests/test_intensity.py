@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lungseg.artifacts.description import ModelDescription
-from lungseg.data.images import read_gray, to_gray8, window
+from lungseg.data.images import histogram, read_gray, to_gray8, window
 from lungseg.inference.inputs import read_input
 from lungseg.inference.segmenter import LungSegmenter
 from lungseg.metrics import dice_iou, mask_counts
@@ -67,6 +67,26 @@ def test_window_stretches_every_depth_by_its_own_percentiles() -> None:
         ).max()
         > 30
     )
+
+
+def test_histogram_and_window_agree_with_numpy_on_every_depth() -> None:
+    """The fast paths (OpenCV's histogram, the float32 map in place) give numpy's answers: counts
+    as np.bincount (a box cut from a film too), levels as the rule's formula per grey level."""
+    rng = np.random.default_rng(3)
+    film8 = rng.integers(0, 256, (301, 257), dtype=np.uint8)
+    film16 = rng.integers(0, 4096, (301, 257)).astype(np.uint16)
+    for film in (film8, film16, film8[17:200, 9:111], film16[::3, 5:]):
+        np.testing.assert_array_equal(
+            histogram(film), np.bincount(film.ravel(), minlength=256).astype(np.int64)
+        )
+    lo, hi = np.percentile(film16, [0.5, 99.5], method="inverted_cdf")
+    levels = np.arange(4096, dtype=np.float64)
+    table = np.clip(np.round((levels - lo) * 255 / (hi - lo)), 0, 255).astype(np.uint8)
+    got = window(film16)
+    # float32 against float64 may round a level lying on .5 the other way: one grey level at most
+    assert np.abs(got.astype(int) - table[film16]).max() <= 1
+    assert (got == table[film16]).mean() > 0.99
+    np.testing.assert_array_equal(window(film16.astype(np.float32)), got)  # a float DICOM's way
 
 
 @requires_cxr

@@ -9,6 +9,7 @@ from scipy import ndimage
 from lungseg.inference.postprocess import (
     PlausibilityLimits,
     clean_mask,
+    components,
     fill_holes,
     finish_mask,
     keep_largest,
@@ -54,6 +55,25 @@ def test_fill_holes_matches_scipy_on_random_masks() -> None:
         np.testing.assert_array_equal(
             fill_holes(mask), ndimage.binary_fill_holes(mask).astype(np.uint8)
         )
+
+
+def test_components_are_scipys_8_connected_labels_areas_and_centres() -> None:
+    """OpenCV's Grana labelling (chosen for speed) against scipy's: the same partition of the
+    mask, with each component's pixel count and centre."""
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        mask = (ndimage.uniform_filter(rng.random((90, 70 + i)), 3 + i % 3) > 0.52).astype(np.uint8)
+        labels, areas, centres = components(mask)
+        expected, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        assert n > 3 and labels.max() == n == len(areas) - 1  # several components
+        assert areas[0] == np.count_nonzero(mask == 0)
+        # each scipy component is exactly one of ours (labels may be numbered differently)
+        ours = [int(labels[expected == k][0]) for k in range(1, n + 1)]
+        assert sorted(ours) == list(range(1, n + 1))
+        np.testing.assert_array_equal(np.array([0, *ours])[expected], labels)
+        np.testing.assert_array_equal(areas[ours], np.bincount(expected.ravel())[1:])
+        ys_xs = ndimage.center_of_mass(mask, expected, range(1, n + 1))
+        np.testing.assert_allclose(centres[ours], np.array(ys_xs)[:, ::-1], atol=1e-9)
 
 
 def test_stats_name_image_sides_and_flag_implausible_masks() -> None:

@@ -105,7 +105,7 @@ def write_seg(
             "the film with its UIDs"
         )
     shape = (int(dataset.Rows), int(dataset.Columns))
-    masks = [np.asarray(m) > 0 for m in (left, right)]
+    masks = [m if m.dtype == np.bool_ else m > 0 for m in map(np.asarray, (left, right))]
     if any(m.shape != shape for m in masks):
         raise DataError(
             f"{name}: masks of {masks[0].shape} px for a film of {shape} px; a SEG "

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from lungseg.data.images import COLOUR_SPREAD, to_gray, window
+from lungseg.data.images import COLOUR_SPREAD, histogram, to_gray, window
 
 if TYPE_CHECKING:
     from lungseg.dicom.read import DicomFilm
@@ -103,9 +103,9 @@ def _content_box(gray: np.ndarray) -> np.ndarray:
     return gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
-def image_features(image: np.ndarray) -> dict[str, float]:
+def image_features(image: np.ndarray, gray: np.ndarray | None = None) -> dict[str, float]:
     """What the gate measures on a film's pixels (any size and depth, grey or BGR), after the
-    ``window`` rule:
+    ``window`` rule (``gray``: the film so, when already computed):
 
     - ``detail``: the standard deviation of what a small blur removes over that of the film, at
       ``FEATURE_SIZE`` px: near 0 for a smooth gradient, near 1 for noise or text;
@@ -115,13 +115,13 @@ def image_features(image: np.ndarray) -> dict[str, float]:
       abdomen's);
     - ``aspect``: the long side over the short side; ``colour``: :func:`colour_share`.
     """
-    gray = window(to_gray(image))
+    gray = window(to_gray(image)) if gray is None else gray
     h, w = gray.shape[:2]
     small = cv2.resize(gray, (FEATURE_SIZE, FEATURE_SIZE), interpolation=cv2.INTER_AREA)
     small = small.astype(np.float32)
     fine = small - cv2.GaussianBlur(small, (0, 0), DETAIL_SIGMA)
     content = _content_box(gray)
-    counts = np.bincount(content.ravel(), minlength=256)
+    counts = histogram(content)
     box = cv2.resize(content, (EDGE_BOX, EDGE_BOX), interpolation=cv2.INTER_AREA) <= CONTENT_LEVEL
     sides = (box[:EDGE_BAND], box[-EDGE_BAND:], box[:, :EDGE_BAND], box[:, -EDGE_BAND:])
     return {
@@ -133,11 +133,13 @@ def image_features(image: np.ndarray) -> dict[str, float]:
     }
 
 
-def check_image(image: np.ndarray, limits: ImageLimits = ImageLimits()) -> Status:
+def check_image(
+    image: np.ndarray, limits: ImageLimits = ImageLimits(), gray: np.ndarray | None = None
+) -> Status:
     """The gate on a film's pixels (any input: PNG, JPEG, DICOM): a colour photograph is refused, a
     film whose features lie outside ``limits`` is flagged (the reason names each feature and its
-    limit)."""
-    f = image_features(image)
+    limit). ``gray``: the film after the ``window`` rule, when already computed."""
+    f = image_features(image, gray)
     if f["colour"] > limits.max_colour:
         return Status(
             "refused",
@@ -189,13 +191,15 @@ def gate(
     film: DicomFilm | None = None,
     image: np.ndarray | None = None,
     limits: ImageLimits = ImageLimits(),
+    gray: np.ndarray | None = None,
 ) -> Status:
     """The gate on a film: its DICOM attributes (``film``, when it is one) first, then its pixels
-    (``image``, as decoded: :meth:`DicomFilm.pixels` or the image file, before the window rule). A
-    refusal wins over a flag; two flags are joined."""
+    (``image``, as decoded: :meth:`DicomFilm.pixels` or the image file, before the window rule;
+    ``gray``: after it, when already computed). A refusal wins over a flag; two flags are
+    joined."""
     verdicts = [check_film(film)] if film is not None else []
     if image is not None and not (verdicts and verdicts[0].refused):
-        verdicts.append(check_image(image, limits))
+        verdicts.append(check_image(image, limits, gray))
     for status in ("refused", "flagged"):
         reasons = [v.reason for v in verdicts if v.status == status]
         if reasons:

@@ -135,8 +135,10 @@ def read_checked(
     raw = require_radiograph(
         film.pixels() if film is not None else read_image_file(path), str(path)
     )
-    status = gate(film, raw)
-    return (None if status.refused else to_gray8(raw, intensity)), status, film
+    gray = to_gray8(raw, intensity)
+    # the gate measures the film after the window rule: the model's own input when it reads so
+    status = gate(film, raw, gray=gray if intensity == "window" else None)
+    return (None if status.refused else gray), status, film
 
 
 # a dataset root calibrates on its training images, never on val or test

@@ -113,7 +113,7 @@ def read_gated(
     if isinstance(image, (str, Path)):
         return read_checked(Path(image), intensity)
     gray = as_gray(image, intensity)  # validates the array first
-    status = check_image(np.asarray(image))
+    status = check_image(np.asarray(image), gray=gray if intensity == "window" else None)
     return (None if status.refused else gray), status, None
 
 

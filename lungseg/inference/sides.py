@@ -123,7 +123,8 @@ def split_sides(
 
     ``pixel_spacing``: (between rows, between columns) in mm, as DICOM records it; None measures in
     pixels."""
-    mask = np.asarray(mask) > 0
+    mask = np.asarray(mask)
+    mask = mask if mask.dtype == np.bool_ else mask > 0
     towards, side_source = left_on_image(patient_orientation)
     axis = 1 if towards in ("left", "right") else 0  # the image axis across the patient
     labels, areas, centroids = components(mask)
