@@ -7,7 +7,8 @@ after one untimed call. Stages that ``lungseg.predict`` runs beside the model in
 marked; the network's share is per image at batch 8.
 
     python -m lungseg.bench mode=cohort cohort.model=best.ckpt cohort.films=1   # writes a film
-    python scripts/research/finishing_stages.py best.ckpt /tmp/lungseg-cohort/dx-1-2048px-seed0/film_00000.dcm
+    python scripts/research/finishing_stages.py best.ckpt \
+        /tmp/lungseg-cohort/dx-1-2048px-seed0/film_00000.dcm
 """
 
 from __future__ import annotations
