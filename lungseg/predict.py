@@ -40,7 +40,7 @@ from lungseg.inference.cohort import (
     reusable,
     status_counts,
 )
-from lungseg.inference.inputs import InputFile, find_inputs
+from lungseg.inference.inputs import InputFile, film_size, find_inputs
 from lungseg.inference.outputs import CSV_COLUMNS, OUTPUT_FORMATS, TRUTH_COLUMNS, output_paths
 from lungseg.inference.overlay import overlay
 from lungseg.inference.postprocess import PlausibilityLimits
@@ -252,6 +252,32 @@ def segmenter(cfg: DictConfig) -> LungSegmenter:
     )
 
 
+def pace_network(cfg: DictConfig, seg: LungSegmenter, files: list[InputFile]) -> int | None:
+    """With ``threads`` unset, a PyTorch network on a CPU fed native-size films (the median of the
+    first eight, by their headers) runs on all cores but one, leaving it to the threads that read,
+    clean and write the films (``lungseg.runtime.threads_beside_finishing``); said in the log.
+    Returns the threads set, or None when left as they were."""
+    if cfg.get("threads") or seg.backend.name != "torch" or str(seg.device) != "cpu":
+        return None
+    from lungseg.runtime import set_threads, threads_beside_finishing
+
+    sizes = [size for f in files[:8] if (size := film_size(f.path))]
+    if not sizes:
+        return None
+    pixels = int(np.median([h * w for h, w in sizes]))
+    threads = threads_beside_finishing(pixels, seg.image_size**2)
+    if threads:
+        set_threads(threads)
+        log.info(
+            "films of about %d px a side for a %d px model: the network runs on %d thread(s), "
+            "leaving a core to reading, cleaning and writing the films (threads= sets it)",
+            round(pixels**0.5),
+            seg.image_size,
+            threads,
+        )
+    return threads
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Segment every input (of this shard), write its files, predictions.csv and run.json; return
     the summary (``merge=true``: join the shards' results instead)."""
@@ -273,6 +299,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     refuse_overwrite(cfg, output, paths, shard)
     truths = reference_masks(cfg, files)
     seg = segmenter(cfg)
+    pace_network(cfg, seg, files)
     # one writer per folder (shard)
     with output_lock(output.with_name(output.name + shard.suffix), "output"):
         writable_dir(output, "output")
@@ -403,6 +430,15 @@ def write_predictions(
     )
 
 
+def network_threads(cfg: DictConfig, seg: LungSegmenter) -> int | None:
+    """The threads the network ran on: torch's on a CPU, else the ``threads`` setting."""
+    if seg.backend.name == "torch" and str(seg.device) == "cpu":
+        import torch
+
+        return torch.get_num_threads()
+    return cfg.get("threads")
+
+
 def summarise_run(
     cfg: DictConfig,
     seg: LungSegmenter,
@@ -450,6 +486,7 @@ def summarise_run(
         "image_size": seg.image_size,
         "precision": seg.precision,
         "threshold": seg.threshold,
+        "network_threads": network_threads(cfg, seg),
     }
     scores = [r for r in rows if r.get("dice") not in (None, "")]
     if scores:
@@ -488,6 +525,7 @@ def summarise_run(
         "device": str(seg.device),
         "precision": seg.precision,
         "backend": str(seg.backend),
+        "network_threads": summary["network_threads"],
         "settings": settings,
         "counts": counts,
         "films": len(rows),

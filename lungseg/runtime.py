@@ -140,6 +140,23 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+# A film with more than this many times the model's pixels costs more to read, clean and write than
+# the network costs to segment it (a 2048 px film beside a 256 px model: 64 times).
+LARGE_FILM = 16
+
+
+def threads_beside_finishing(film_pixels: int, model_pixels: int) -> int | None:
+    """Torch threads for a network on a CPU that shares it with the threads reading, cleaning and
+    writing the films (``lungseg.predict``): all cores but one for films of more than
+    ``LARGE_FILM`` times the model's pixels, whose finishing outweighs the network, since the
+    network's OpenMP threads spin at every barrier while the finishing holds a core (1.1-1.35x end
+    to end on 2 cores, docs/dicom.md); None (torch's default, one per core) otherwise."""
+    cores = usable_cores()
+    if cores < 2 or film_pixels <= LARGE_FILM * model_pixels:
+        return None
+    return cores - 1
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity where the OS tells it, else the machine's
     count)."""

@@ -359,3 +359,45 @@ def test_truth_scores_the_written_masks_at_native_size(
         summary["truth_images"] == 2
         and "reference mask is 20x20 but its radiograph is 48x48" in summary["failures"][0]
     )
+
+
+def test_the_network_leaves_a_core_to_the_finishing_of_native_size_films(
+    compose_cfg, tiny_ckpt: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """threads unset: films over 16x the model's pixels (here 200 px for a 32 px model) run the
+    network on all cores but one; films near the model's size, a set threads=, or a header that
+    cannot be read leave torch's threads alone. The manifest records what the network ran on."""
+    import json
+    import logging
+
+    from lungseg.inference.inputs import film_size
+
+    monkeypatch.setattr("lungseg.runtime.usable_cores", lambda: 4)
+    rng = np.random.default_rng(0)
+    folders = {}
+    for name, side in (("native", 200), ("small", 100)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i in range(2):
+            film = cv2.GaussianBlur(rng.integers(0, 256, (side, side), dtype=np.uint8), (0, 0), 3)
+            cv2.imwrite(str(folders[name] / f"film{i}.png"), film)
+    assert film_size(folders["native"] / "film0.png") == (200, 200)
+    assert film_size(tmp_path / "missing.png") is None
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with caplog.at_level(logging.INFO, logger="lungseg.predict"):
+            predict(predict_cfg(compose_cfg, tiny_ckpt, folders["small"], tmp_path / "o1"))
+        assert torch.get_num_threads() == 2 and "leaving a core" not in caplog.text
+        predict(
+            predict_cfg(compose_cfg, tiny_ckpt, folders["native"], tmp_path / "o2", "threads=2")
+        )
+        assert torch.get_num_threads() == 2
+        with caplog.at_level(logging.INFO, logger="lungseg.predict"):
+            predict(predict_cfg(compose_cfg, tiny_ckpt, folders["native"], tmp_path / "o3"))
+        assert torch.get_num_threads() == 3
+        assert "200 px a side for a 32 px model: the network runs on 3 thread(s)" in caplog.text
+        manifest = json.loads((tmp_path / "o3" / "run.json").read_text())
+        assert manifest["network_threads"] == 3
+    finally:
+        torch.set_num_threads(before)

@@ -142,12 +142,15 @@ def predict_config(cfg: DictConfig, films: Path, output: Path) -> DictConfig:
 def run_cohort(cfg: DictConfig) -> dict[str, Any]:
     """Time the cohort through predict and the model alone, ``cohort.rounds`` times alternating;
     medians."""
-    from lungseg.predict import predict, segmenter
+    from lungseg.predict import network_threads, predict, segmenter
+    from lungseg.runtime import set_threads
 
     films = write_cohort(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         pcfg = predict_config(cfg, films, Path(tmp) / "out")
         seg = segmenter(pcfg)
+        # the model alone runs on these threads, whatever predict gives it beside the finishing
+        threads = network_threads(pcfg, seg) if seg.backend.name == "torch" else None
         load_before = os.getloadavg()
         rounds: list[dict[str, float]] = []
         levels = {name: logging.getLogger(name).level for name in QUIET}
@@ -158,6 +161,7 @@ def run_cohort(cfg: DictConfig) -> dict[str, Any]:
                 start = time.perf_counter()
                 summary = predict(pcfg)
                 command_s = time.perf_counter() - start
+                set_threads(threads)
                 model_only = time_backends(
                     {"model": seg.backend},
                     seg.image_size,
@@ -211,6 +215,7 @@ def run_cohort(cfg: DictConfig) -> dict[str, Any]:
             "image_size": seg.image_size,
             "batch_size": int(cfg.batch_size),
             "threads": cfg.get("threads"),
+            "predict_network_threads": summary["network_threads"],
             "output_format": list(pcfg.output_format),
             "predict": OmegaConf.to_container(cfg.cohort.predict)
             if cfg.cohort.get("predict")
@@ -233,7 +238,8 @@ def cohort_report(result: dict[str, Any]) -> str:
             f"after: {loads}",
             f"{s['films']} DICOM films ({', '.join(s['film_sizes'])}) -> {s['model']} via "
             f"{s['backend']}; model "
-            f"{s['image_size']} px, batch {s['batch_size']}, threads {s['threads'] or 'auto'}, "
+            f"{s['image_size']} px, batch {s['batch_size']}, threads {s['threads'] or 'auto'} "
+            f"(the network in predict: {s['predict_network_threads'] or 'auto'}), "
             "output "
             f"{'+'.join(s['output_format'])}" + (f", {s['predict']}" if s["predict"] else ""),
             f"status: {', '.join(f'{n} {k}' for k, n in result['counts'].items() if n)}; "

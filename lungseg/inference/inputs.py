@@ -141,6 +141,22 @@ def read_checked(
     return (None if status.refused else gray), status, film
 
 
+def film_size(path: Path) -> tuple[int, int] | None:
+    """(rows, columns) of an input from its header alone (a DICOM's attributes, an image file's
+    header); None when it cannot be told (the run reports the file when it reads it)."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        if is_dicom(path):
+            film = read_film(path)
+            return (film.rows, film.columns) if film.rows and film.columns else None
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (DataError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 # a dataset root calibrates on its training images, never on val or test
 CALIBRATION_SPLIT = "train"
 

@@ -16,6 +16,7 @@ class Backend(Protocol):
     """What runs the network: preprocessed batches in, probabilities out, and the model's
     description."""
 
+    name: str  # "torch", "onnxruntime", "openvino" or "ensemble"
     description: ModelDescription
     precision: str
     divisor: int

@@ -17,6 +17,8 @@ class EnsembleBackend:
     prepared once); the description is the first member's, with every member's listed under
     ``ensemble``."""
 
+    name = "ensemble"
+
     def __init__(self, members: Sequence[Any], sources: Sequence[str]) -> None:
         if not members:
             raise LungsegError("an ensemble needs at least one model")

@@ -48,6 +48,8 @@ def onnx_session(path: Path, device: str = "cpu", threads: int | None = None) ->
 class OnnxBackend:
     """An ONNX Runtime session on the CPU (or CUDA where asked and installed)."""
 
+    name = "onnxruntime"
+
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
         # before anything else is looked at
         require_extra("onnxruntime", "export", "Running ONNX models")

@@ -81,6 +81,8 @@ class OpenVinoBackend:
     operations stay int8 either way. ``threads``: ``INFERENCE_NUM_THREADS`` (None: OpenVINO's
     default, the cores this process may use)."""
 
+    name = "openvino"
+
     def __init__(
         self,
         model: str | Path | Any,

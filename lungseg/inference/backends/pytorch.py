@@ -15,6 +15,8 @@ from lungseg.runtime import autocast, default_num_workers, pick_device, resolve_
 class TorchBackend:
     """The network of a :class:`TrainedModel` in eval mode (channels_last as trained)."""
 
+    name = "torch"
+
     def __init__(
         self,
         model: TrainedModel,
