@@ -256,9 +256,11 @@ def pace_network(cfg: DictConfig, seg: LungSegmenter, files: list[InputFile]) ->
     """With ``threads`` unset, a PyTorch network on a CPU fed native-size films (the median of the
     first eight, by their headers) runs on all cores but one, leaving it to the threads that read,
     clean and write the films (``lungseg.runtime.threads_beside_finishing``); said in the log.
-    Returns the threads set, or None when left as they were."""
+    Returns torch's threads before, to put back when the run ends, or None when left alone."""
     if cfg.get("threads") or seg.backend.name != "torch" or str(seg.device) != "cpu":
         return None
+    import torch
+
     from lungseg.runtime import set_threads, threads_beside_finishing
 
     sizes = [size for f in files[:8] if (size := film_size(f.path))]
@@ -266,16 +268,18 @@ def pace_network(cfg: DictConfig, seg: LungSegmenter, files: list[InputFile]) ->
         return None
     pixels = int(np.median([h * w for h, w in sizes]))
     threads = threads_beside_finishing(pixels, seg.image_size**2)
-    if threads:
-        set_threads(threads)
-        log.info(
-            "films of about %d px a side for a %d px model: the network runs on %d thread(s), "
-            "leaving a core to reading, cleaning and writing the films (threads= sets it)",
-            round(pixels**0.5),
-            seg.image_size,
-            threads,
-        )
-    return threads
+    if not threads:
+        return None
+    before = torch.get_num_threads()
+    set_threads(threads)
+    log.info(
+        "films of about %d px a side for a %d px model: the network runs on %d thread(s), "
+        "leaving a core to reading, cleaning and writing the films (threads= sets it)",
+        round(pixels**0.5),
+        seg.image_size,
+        threads,
+    )
+    return before
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -299,14 +303,20 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     refuse_overwrite(cfg, output, paths, shard)
     truths = reference_masks(cfg, files)
     seg = segmenter(cfg)
-    pace_network(cfg, seg, files)
-    # one writer per folder (shard)
-    with output_lock(output.with_name(output.name + shard.suffix), "output"):
-        writable_dir(output, "output")
-        # again under the lock: a run that finished meanwhile is kept
-        refuse_overwrite(cfg, output, paths, shard)
-        remove_stale_under(output)  # the temp files of a run that was killed
-        return write_predictions(cfg, seg, output, files, paths, truths, failures, shard)
+    threads_before = pace_network(cfg, seg, files)
+    try:
+        # one writer per folder (shard)
+        with output_lock(output.with_name(output.name + shard.suffix), "output"):
+            writable_dir(output, "output")
+            # again under the lock: a run that finished meanwhile is kept
+            refuse_overwrite(cfg, output, paths, shard)
+            remove_stale_under(output)  # the temp files of a run that was killed
+            return write_predictions(cfg, seg, output, files, paths, truths, failures, shard)
+    finally:
+        if threads_before:  # a caller in this process (the bench, a notebook) gets its own back
+            from lungseg.runtime import set_threads
+
+            set_threads(threads_before)
 
 
 def _row(file: InputFile, status: str, reason: str, content: str = "") -> dict[str, Any]:

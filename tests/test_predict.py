@@ -364,9 +364,10 @@ def test_truth_scores_the_written_masks_at_native_size(
 def test_the_network_leaves_a_core_to_the_finishing_of_native_size_films(
     compose_cfg, tiny_ckpt: Path, tmp_path: Path, monkeypatch, caplog
 ) -> None:
-    """threads unset: films over 16x the model's pixels (here 200 px for a 32 px model) run the
-    network on all cores but one; films near the model's size, a set threads=, or a header that
-    cannot be read leave torch's threads alone. The manifest records what the network ran on."""
+    """On a CPU (a GPU host runs it there too), threads unset: films over 16x the model's pixels
+    (here 200 px for a 32 px model) run the network on all cores but one; films near the model's
+    size, a set threads=, or a header that cannot be read leave torch's threads alone. The manifest
+    records what the network ran on, and the caller gets its threads back when the run ends."""
     import json
     import logging
 
@@ -387,15 +388,29 @@ def test_the_network_leaves_a_core_to_the_finishing_of_native_size_films(
     try:
         torch.set_num_threads(2)
         with caplog.at_level(logging.INFO, logger="lungseg.predict"):
-            predict(predict_cfg(compose_cfg, tiny_ckpt, folders["small"], tmp_path / "o1"))
+            predict(
+                predict_cfg(compose_cfg, tiny_ckpt, folders["small"], tmp_path / "o1", "device=cpu")
+            )
         assert torch.get_num_threads() == 2 and "leaving a core" not in caplog.text
         predict(
-            predict_cfg(compose_cfg, tiny_ckpt, folders["native"], tmp_path / "o2", "threads=2")
+            predict_cfg(
+                compose_cfg,
+                tiny_ckpt,
+                folders["native"],
+                tmp_path / "o2",
+                "threads=2",
+                "device=cpu",
+            )
         )
         assert torch.get_num_threads() == 2
         with caplog.at_level(logging.INFO, logger="lungseg.predict"):
-            predict(predict_cfg(compose_cfg, tiny_ckpt, folders["native"], tmp_path / "o3"))
-        assert torch.get_num_threads() == 3
+            summary = predict(
+                predict_cfg(
+                    compose_cfg, tiny_ckpt, folders["native"], tmp_path / "o3", "device=cpu"
+                )
+            )
+        assert summary["network_threads"] == 3
+        assert torch.get_num_threads() == 2  # given back when the run ended
         assert "200 px a side for a 32 px model: the network runs on 3 thread(s)" in caplog.text
         manifest = json.loads((tmp_path / "o3" / "run.json").read_text())
         assert manifest["network_threads"] == 3

@@ -142,15 +142,12 @@ def predict_config(cfg: DictConfig, films: Path, output: Path) -> DictConfig:
 def run_cohort(cfg: DictConfig) -> dict[str, Any]:
     """Time the cohort through predict and the model alone, ``cohort.rounds`` times alternating;
     medians."""
-    from lungseg.predict import network_threads, predict, segmenter
-    from lungseg.runtime import set_threads
+    from lungseg.predict import predict, segmenter
 
     films = write_cohort(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         pcfg = predict_config(cfg, films, Path(tmp) / "out")
         seg = segmenter(pcfg)
-        # the model alone runs on these threads, whatever predict gives it beside the finishing
-        threads = network_threads(pcfg, seg) if seg.backend.name == "torch" else None
         load_before = os.getloadavg()
         rounds: list[dict[str, float]] = []
         levels = {name: logging.getLogger(name).level for name in QUIET}
@@ -161,7 +158,7 @@ def run_cohort(cfg: DictConfig) -> dict[str, Any]:
                 start = time.perf_counter()
                 summary = predict(pcfg)
                 command_s = time.perf_counter() - start
-                set_threads(threads)
+                # predict gave its threads back: the model alone runs on the bench's
                 model_only = time_backends(
                     {"model": seg.backend},
                     seg.image_size,
