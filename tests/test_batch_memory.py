@@ -90,8 +90,10 @@ def test_batches_reuse_the_pages_of_the_ones_before(tiny_dataset: Path) -> None:
     per_image, kept = _run("loader", str(tiny_dataset))
     # once the data module has made a loader, the freed batch stays for the next
     assert kept < pages / 100
-    # and later epochs fault no new pages (a 256 px image and mask in float: 128 pages)
-    assert per_image < 1
+    # and later epochs fault almost no new pages: 0-1.3 per image in fresh processes on one host
+    # (a stray 256 KiB block now and then), against 128 when every batch is faulted in again (a
+    # 256 px image and mask in float); the bound sits well between the two
+    assert per_image < 8
 
 
 @pytest.mark.parametrize(
