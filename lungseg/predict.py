@@ -252,12 +252,17 @@ def segmenter(cfg: DictConfig) -> LungSegmenter:
     )
 
 
+def _torch_on_cpu(seg: LungSegmenter) -> bool:
+    """Whether PyTorch runs the network on the CPU (where its threads are torch's to set)."""
+    return seg.backend.name == "torch" and str(seg.device) == "cpu"
+
+
 def pace_network(cfg: DictConfig, seg: LungSegmenter, files: list[InputFile]) -> int | None:
     """With ``threads`` unset, a PyTorch network on a CPU fed native-size films (the median of the
     first eight, by their headers) runs on all cores but one, leaving it to the threads that read,
     clean and write the films (``lungseg.runtime.threads_beside_finishing``); said in the log.
     Returns torch's threads before, to put back when the run ends, or None when left alone."""
-    if cfg.get("threads") or seg.backend.name != "torch" or str(seg.device) != "cpu":
+    if cfg.get("threads") or not _torch_on_cpu(seg):
         return None
     import torch
 
@@ -442,7 +447,7 @@ def write_predictions(
 
 def network_threads(cfg: DictConfig, seg: LungSegmenter) -> int | None:
     """The threads the network ran on: torch's on a CPU, else the ``threads`` setting."""
-    if seg.backend.name == "torch" and str(seg.device) == "cpu":
+    if _torch_on_cpu(seg):
         import torch
 
         return torch.get_num_threads()

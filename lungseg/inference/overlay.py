@@ -32,18 +32,14 @@ def overlay(
     given ``truth``, predicted-but-not-true pixels are red and missed lung blue. The longest side is
     at most ``max_size`` (None: the input's size)."""
     mask = (np.asarray(mask) > 0).astype(np.uint8)
+    truth = None if truth is None else (np.asarray(truth) > 0).astype(np.uint8)
     scale = max_size / max(gray.shape) if max_size else 1.0
     if scale < 1:
         size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-        truth = (
-            None
-            if truth is None
-            else cv2.resize((truth > 0).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-        )
-    elif truth is not None:
-        truth = (np.asarray(truth) > 0).astype(np.uint8)
+        if truth is not None:
+            truth = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     out = rgb.copy()
     regions = (
